@@ -1,0 +1,112 @@
+"""AWS clients and the one retry policy for S3 and SQS calls.
+
+Endpoint, region and credentials come from the SDK's standard environment variables
+(``AWS_ENDPOINT_URL``...); nothing here knows about LocalStack. Retries are ours (tenacity) rather
+than botocore's, so there is a single, visible policy: bounded exponential backoff with jitter,
+only for errors that can succeed on a second try.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import aioboto3
+from aiobotocore.config import AioConfig
+from botocore.exceptions import (
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+)
+from tenacity import (
+    AsyncRetrying,
+    Retrying,
+    before_sleep_log,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_REGION = "us-east-1"
+
+_TRANSIENT_CODES = {
+    "InternalError",
+    "InternalFailure",
+    "ServiceUnavailable",
+    "SlowDown",
+    "RequestTimeout",
+    "RequestTimeoutException",
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "RequestThrottled",
+    "RequestLimitExceeded",
+    "TooManyRequestsException",
+    "ProvisionedThroughputExceededException",
+    "AWS.SimpleQueueService.ServiceUnavailable",
+}
+
+MAX_ATTEMPTS = 6
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, EndpointConnectionError | ConnectionClosedError | ReadTimeoutError | ConnectTimeoutError):
+        return True
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return err.get("Code") in _TRANSIENT_CODES or status >= 500
+    return isinstance(exc, ConnectionError | TimeoutError)
+
+
+def _policy() -> dict[str, Any]:
+    return {
+        "retry": retry_if_exception(is_transient),
+        "stop": stop_after_attempt(MAX_ATTEMPTS),
+        "wait": wait_exponential_jitter(initial=0.2, max=5.0),
+        "before_sleep": before_sleep_log(log, logging.WARNING),
+        "reraise": True,
+    }
+
+
+def async_retrying() -> AsyncRetrying:
+    return AsyncRetrying(**_policy())
+
+
+def retrying() -> Retrying:
+    return Retrying(**_policy())
+
+
+def region() -> str:
+    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
+
+
+def client_config(max_pool: int = 16) -> AioConfig:
+    # SDK-level retries off: tenacity above is the single retry layer.
+    return AioConfig(
+        retries={"total_max_attempts": 1, "mode": "standard"},
+        max_pool_connections=max_pool,
+        connect_timeout=10,
+        read_timeout=60,
+    )
+
+
+def session() -> aioboto3.Session:
+    return aioboto3.Session(region_name=region())
+
+
+def sync_client(service: str, **kwargs: Any) -> Any:
+    """A plain boto3 client (model cache transfers, bootstrap): same endpoint/region rules."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        retries={"total_max_attempts": 1, "mode": "standard"},
+        max_pool_connections=kwargs.pop("max_pool", 32),
+    )
+    return boto3.client(service, region_name=region(), config=config, **kwargs)

@@ -1,0 +1,178 @@
+"""Create the pipeline's AWS resources, idempotently: bucket, job queue + DLQ, S3 -> SQS notification.
+
+One source of truth for the resources, used three ways:
+
+- ``tts-pipeline bootstrap`` (against AWS or any endpoint in ``AWS_ENDPOINT_URL``);
+- as LocalStack's ready-hook (``localstack/init/ready.d/10_tts_bootstrap.py`` links here), which
+  LocalStack ``exec``s inside its own process: hence only stdlib + boto3, no dataclasses, and the
+  ``__name__`` check at the bottom;
+- ``python pipeline/bootstrap.py`` anywhere boto3 is installed.
+
+Returns/prints the list of changes made; an empty list means everything was already in place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import boto3
+from botocore.exceptions import ClientError
+
+NOTIFICATION_ID = "tts-inbox"
+INBOX_PREFIX = "inbox/"
+MANIFEST_SUFFIX = ".json"
+VISIBILITY_TIMEOUT_S = 300
+MAX_RECEIVE_COUNT = 5
+DLQ_RETENTION_S = 14 * 24 * 3600
+
+
+def bootstrap(bucket: str, queue: str, *, s3: Any = None, sqs: Any = None, region: str | None = None) -> list[str]:
+    """Ensure all resources exist with the expected settings. Returns a list of change descriptions."""
+    region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    s3 = s3 or boto3.client("s3", region_name=region)
+    sqs = sqs or boto3.client("sqs", region_name=region)
+    changes: list[str] = []
+    _ensure_bucket(s3, bucket, region, changes)
+    dlq_url = _ensure_queue(sqs, f"{queue}-dlq", {"MessageRetentionPeriod": str(DLQ_RETENTION_S)}, changes)
+    dlq_arn = _queue_arn(sqs, dlq_url)
+    queue_url = _ensure_queue(
+        sqs,
+        queue,
+        {"VisibilityTimeout": str(VISIBILITY_TIMEOUT_S), "ReceiveMessageWaitTimeSeconds": "20"},
+        changes,
+    )
+    queue_arn = _queue_arn(sqs, queue_url)
+    _ensure_queue_attributes(
+        sqs,
+        queue_url,
+        {
+            "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(MAX_RECEIVE_COUNT)}),
+            "Policy": json.dumps(_queue_policy(queue_arn, bucket)),
+        },
+        changes,
+    )
+    _ensure_notification(s3, bucket, queue_arn, changes)
+    return changes
+
+
+def _ensure_bucket(s3: Any, bucket: str, region: str, changes: list[str]) -> None:
+    try:
+        s3.head_bucket(Bucket=bucket)
+        return
+    except ClientError as e:
+        if e.response.get("Error", {}).get("Code") not in {"404", "NoSuchBucket", "NotFound"}:
+            raise
+    kwargs: dict[str, Any] = {"Bucket": bucket}
+    if region != "us-east-1":
+        kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
+    s3.create_bucket(**kwargs)
+    changes.append(f"created bucket {bucket}")
+
+
+def _ensure_queue(sqs: Any, name: str, attributes: dict[str, str], changes: list[str]) -> str:
+    try:
+        url = sqs.get_queue_url(QueueName=name)["QueueUrl"]
+    except ClientError as e:
+        if "NonExistentQueue" not in e.response.get("Error", {}).get("Code", ""):
+            raise
+        url = sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
+        changes.append(f"created queue {name}")
+        return url
+    _ensure_queue_attributes(sqs, url, attributes, changes)
+    return url
+
+
+def _ensure_queue_attributes(sqs: Any, url: str, wanted: dict[str, str], changes: list[str]) -> None:
+    current = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"]).get("Attributes", {})
+    diff = {k: v for k, v in wanted.items() if not _same(current.get(k), v)}
+    if diff:
+        sqs.set_queue_attributes(QueueUrl=url, Attributes=diff)
+        changes.append(f"set {', '.join(sorted(diff))} on {url.rsplit('/', 1)[-1]}")
+
+
+def _same(current: str | None, wanted: str) -> bool:
+    if current == wanted:
+        return True
+    try:  # JSON attributes may come back re-serialised
+        return current is not None and json.loads(current) == json.loads(wanted)
+    except ValueError:
+        return False
+
+
+def _queue_arn(sqs: Any, url: str) -> str:
+    return sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+
+
+def _queue_policy(queue_arn: str, bucket: str) -> dict[str, Any]:
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "AllowS3Notifications",
+                "Effect": "Allow",
+                "Principal": {"Service": "s3.amazonaws.com"},
+                "Action": "sqs:SendMessage",
+                "Resource": queue_arn,
+                "Condition": {"ArnLike": {"aws:SourceArn": f"arn:aws:s3:::{bucket}"}},
+            }
+        ],
+    }
+
+
+def _ensure_notification(s3: Any, bucket: str, queue_arn: str, changes: list[str]) -> None:
+    current = s3.get_bucket_notification_configuration(Bucket=bucket)
+    current.pop("ResponseMetadata", None)
+    ours = {
+        "Id": NOTIFICATION_ID,
+        "QueueArn": queue_arn,
+        "Events": ["s3:ObjectCreated:*"],
+        "Filter": {
+            "Key": {
+                "FilterRules": [
+                    {"Name": "Prefix", "Value": INBOX_PREFIX},
+                    {"Name": "Suffix", "Value": MANIFEST_SUFFIX},
+                ]
+            }
+        },
+    }
+    others = [q for q in current.get("QueueConfigurations", []) if q.get("Id") != NOTIFICATION_ID]
+    existing = [q for q in current.get("QueueConfigurations", []) if q.get("Id") == NOTIFICATION_ID]
+    if existing and _normalise(existing[0]) == _normalise(ours):
+        return
+    config = {k: v for k, v in current.items() if k != "QueueConfigurations"}
+    config["QueueConfigurations"] = [*others, ours]
+    s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration=config)
+    changes.append(f"configured s3://{bucket}/{INBOX_PREFIX}*{MANIFEST_SUFFIX} -> {queue_arn}")
+
+
+def _normalise(cfg: dict[str, Any]) -> tuple[Any, ...]:
+    rules = cfg.get("Filter", {}).get("Key", {}).get("FilterRules", [])
+    return (
+        cfg.get("QueueArn"),
+        sorted(cfg.get("Events", [])),
+        sorted((r["Name"].lower(), r["Value"]) for r in rules),
+    )
+
+
+def main() -> None:
+    # As a LocalStack hook: talk to the LocalStack we run inside (its port comes from the environment
+    # `tts-pipeline localstack start` sets, or the default gateway port in the official image).
+    endpoint = os.environ.get("TTS_BOOTSTRAP_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
+    endpoint = endpoint or "http://localhost:4566"
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "test")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "test")
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    s3 = boto3.client("s3", region_name=region, endpoint_url=endpoint)
+    sqs = boto3.client("sqs", region_name=region, endpoint_url=endpoint)
+    bucket = os.environ.get("TTS_BUCKET", "tts-jobs")
+    queue = os.environ.get("TTS_QUEUE", "tts-jobs")
+    for change in bootstrap(bucket, queue, s3=s3, sqs=sqs, region=region) or ["nothing to change"]:
+        print(f"tts-bootstrap: {change}", file=sys.stderr)
+
+
+# LocalStack exec()s hooks with empty globals, where __name__ resolves to "builtins".
+if __name__ in {"__main__", "builtins"}:
+    main()

@@ -1,0 +1,332 @@
+"""``tts-pipeline``: the command line. Heavy imports (torch, f5-tts) happen only in the commands
+that need a model (``worker``, ``model build-tiny``); ``status``, ``result`` and ``submit`` are
+plain S3 calls."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from pipeline.config import get_settings
+
+log = logging.getLogger("tts-pipeline")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    settings = get_settings()
+    from pipeline import logs
+
+    logs.setup(settings.log_level, settings.log_format)
+    handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 2
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        return 130
+    except _CliError as e:
+        print(f"tts-pipeline: {e}", file=sys.stderr)
+        return 1
+
+
+class _CliError(Exception):
+    pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tts-pipeline", description="Event-driven voice cloning: S3 inbox -> SQS -> F5-TTS worker -> S3."
+    )
+    sub = p.add_subparsers(metavar="COMMAND")
+
+    ls = sub.add_parser("localstack", help="embedded LocalStack (host mode, no Docker)")
+    ls_sub = ls.add_subparsers(metavar="ACTION", required=True)
+    for name, fn, help_ in (
+        ("start", _ls_start, "start and wait until ready (idempotent)"),
+        ("stop", _ls_stop, "stop it"),
+        ("status", _ls_status, "is it running?"),
+    ):
+        c = ls_sub.add_parser(name, help=help_)
+        c.add_argument("--port", type=int, default=4566)
+        c.add_argument("--state-dir", type=Path, default=None, help="default: <repo>/.localstack")
+        c.set_defaults(handler=fn)
+
+    c = sub.add_parser("bootstrap", help="create bucket, queue, DLQ and the S3->SQS notification (idempotent)")
+    c.set_defaults(handler=_bootstrap)
+
+    model = sub.add_parser("model", help="model bundles")
+    m_sub = model.add_subparsers(metavar="ACTION", required=True)
+    c = m_sub.add_parser("build-tiny", help="build a tiny random F5-TTS/vocoder/aligner/ASR bundle (offline)")
+    c.add_argument("dir", type=Path)
+    c.set_defaults(handler=_model_build_tiny)
+    c = m_sub.add_parser("push", help="upload a bundle to the S3 model cache (bundle.json last)")
+    c.add_argument("dir", type=Path)
+    c.add_argument("--no-latest", action="store_true", help="do not move models/<name>/latest")
+    c.set_defaults(handler=_model_push)
+    c = m_sub.add_parser("pull", help="sync a bundle from S3 into the local cache, as the worker does")
+    c.add_argument("name", nargs="?", help="default: TTS_MODEL_NAME")
+    c.add_argument("version", nargs="?", help="default: TTS_MODEL_VERSION")
+    c.set_defaults(handler=_model_pull)
+
+    c = sub.add_parser("worker", help="run the GPU/CPU worker")
+    c.add_argument("--max-jobs", type=int, default=None, help="exit after N jobs")
+    c.add_argument("--idle-exit", type=float, default=None, metavar="SECONDS", help="exit after an idle period")
+    c.set_defaults(handler=_worker)
+
+    c = sub.add_parser("status", help="print a job's status JSON")
+    c.add_argument("job_id")
+    c.set_defaults(handler=_status)
+
+    c = sub.add_parser("result", help="print a job's result JSON (with a fresh presigned URL)")
+    c.add_argument("job_id")
+    c.add_argument("--out", type=Path, default=None, help="also download the audio here")
+    c.set_defaults(handler=_result)
+
+    c = sub.add_parser("submit", help="submit a job (uploads the voice if it is a local file)")
+    c.add_argument("--text", required=True)
+    c.add_argument("--voice", required=True, help="local audio file, bucket key, or s3:// URI")
+    c.add_argument("--ref-text", default="", help="transcript of the voice; empty = transcribe")
+    c.add_argument("--job-id", default=None)
+    c.add_argument("--speed", type=float, default=None)
+    c.add_argument("--seed", type=int, default=None)
+    c.add_argument("--nfe-step", type=int, default=None)
+    c.add_argument("--format", dest="output_format", default=None, choices=["wav", "flac", "mp3", "ogg"])
+    c.add_argument("--subtitles", action="append", choices=["srt", "vtt"], default=None)
+    c.add_argument("--no-word-timings", action="store_true")
+    c.add_argument("--wait", action="store_true", help="wait for the job to finish")
+    c.add_argument("--timeout", type=float, default=600.0, help="seconds to --wait (default 600)")
+    c.add_argument("--out", type=Path, default=None, help="download the audio here (implies --wait)")
+    c.set_defaults(handler=_submit)
+
+    c = sub.add_parser("schema", help="export the JSON Schemas of manifest, status and result")
+    c.add_argument("--out", type=Path, default=None, help="directory; default prints all to stdout")
+    c.set_defaults(handler=_schema)
+    return p
+
+
+# -- localstack ---------------------------------------------------------------------------------
+
+
+def _state_dir(args: argparse.Namespace) -> Path:
+    from pipeline import localstack_host
+
+    return args.state_dir or localstack_host.DEFAULT_STATE_DIR
+
+
+def _ls_start(args: argparse.Namespace) -> int:
+    from pipeline import localstack_host
+
+    try:
+        inst = localstack_host.start(port=args.port, state_dir=_state_dir(args))
+    except localstack_host.LocalStackError as e:
+        raise _CliError(str(e)) from None
+    print(f"LocalStack ready at {inst.endpoint} (pid {inst.pid}); export AWS_ENDPOINT_URL={inst.endpoint}")
+    return 0
+
+
+def _ls_stop(args: argparse.Namespace) -> int:
+    from pipeline import localstack_host
+
+    stopped = localstack_host.stop(_state_dir(args))
+    print("LocalStack stopped" if stopped else "LocalStack was not running")
+    return 0
+
+
+def _ls_status(args: argparse.Namespace) -> int:
+    from pipeline import localstack_host
+
+    inst = localstack_host.running(_state_dir(args))
+    print(f"running at {inst.endpoint} (pid {inst.pid})" if inst else "not running")
+    return 0 if inst else 1
+
+
+# -- resources and models -----------------------------------------------------------------------
+
+
+def _bootstrap(args: argparse.Namespace) -> int:
+    from pipeline.bootstrap import bootstrap
+
+    s = get_settings()
+    changes = bootstrap(s.bucket, s.queue)
+    for change in changes or [f"bucket {s.bucket}, queue {s.queue}: nothing to change"]:
+        print(change)
+    return 0
+
+
+def _model_build_tiny(args: argparse.Namespace) -> int:
+    from pipeline.models.tiny import build_tiny
+
+    bundle = build_tiny(args.dir)
+    print(f"built {bundle.name}/{bundle.version} in {args.dir} ({bundle.total_bytes / 1e6:.1f} MB, random weights)")
+    return 0
+
+
+def _model_push(args: argparse.Namespace) -> int:
+    from pipeline.models.cache import BundleCorrupt, ModelCache
+
+    s = get_settings()
+    try:
+        bundle = ModelCache(s.bucket, s.cache_dir).push(args.dir, set_latest=not args.no_latest)
+    except (BundleCorrupt, FileNotFoundError) as e:
+        raise _CliError(str(e)) from None
+    print(f"pushed {bundle.name}/{bundle.version} to s3://{s.bucket}/models/{bundle.name}/{bundle.version}/")
+    return 0
+
+
+def _model_pull(args: argparse.Namespace) -> int:
+    from pipeline.models.cache import BundleNotFound, ModelCache
+
+    s = get_settings()
+    try:
+        report = ModelCache(s.bucket, s.cache_dir).sync(args.name or s.model_name, args.version or s.model_version)
+    except BundleNotFound as e:
+        raise _CliError(str(e)) from None
+    print(
+        json.dumps(
+            {
+                "path": str(report.path),
+                "name": report.bundle.name,
+                "version": report.bundle.version,
+                "warm": report.warm,
+                "files_fetched": report.files_fetched,
+                "seconds": {k: round(v, 3) for k, v in report.seconds.items()},
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from pipeline.models.cache import BundleNotFound
+    from pipeline.worker import serve
+
+    s = get_settings()
+    try:
+        done = asyncio.run(serve(s, max_jobs=args.max_jobs, idle_exit_s=args.idle_exit))
+    except BundleNotFound as e:
+        raise _CliError(
+            f"{e}. Push a bundle first (`tts-pipeline model push DIR`) or set TTS_MODEL_NAME/TTS_MODEL_VERSION."
+        ) from None
+    log.info("worker exiting after %d job(s)", done)
+    return 0
+
+
+# -- jobs ---------------------------------------------------------------------------------------
+
+
+def _status(args: argparse.Namespace) -> int:
+    from pipeline import client
+    from pipeline.store import Store
+
+    async def go() -> str:
+        async with Store.open(get_settings().bucket) as store:
+            return client.dump(await client.get_status(store, args.job_id))
+
+    print(_run_job_call(go))
+    return 0
+
+
+def _result(args: argparse.Namespace) -> int:
+    from pipeline import client
+    from pipeline.store import Store
+
+    s = get_settings()
+
+    async def go() -> str:
+        async with Store.open(s.bucket) as store:
+            result = await client.get_result(store, args.job_id, presign_s=s.presign_expiry_s)
+            if args.out:
+                await client.download(store, result.audio.uri, args.out)
+            return client.dump(result)
+
+    print(_run_job_call(go))
+    return 0
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from pipeline import client
+    from pipeline.contract import JobState, Manifest
+    from pipeline.store import Store
+
+    s = get_settings()
+    job_id = args.job_id or client.new_job_id()
+    wait = args.wait or args.out is not None
+
+    local_voice = Path(args.voice) if Path(args.voice).is_file() else None
+
+    async def go() -> int:
+        async with Store.open(s.bucket) as store:
+            voice = await client.upload_voice(store, local_voice) if local_voice else args.voice
+            fields = {
+                "text": args.text,
+                "voice": voice,
+                "ref_text": args.ref_text,
+                "speed": args.speed,
+                "seed": args.seed,
+                "nfe_step": args.nfe_step,
+                "output_format": args.output_format,
+                "subtitles": args.subtitles,
+                "word_timings": False if args.no_word_timings else None,
+            }
+            try:
+                manifest = Manifest.model_validate_json(json.dumps({k: v for k, v in fields.items() if v is not None}))
+            except ValidationError as e:
+                raise _CliError(f"invalid job: {e}") from None
+            try:
+                status = await client.submit(store, job_id, manifest)
+            except ValueError as e:
+                raise _CliError(str(e)) from None
+            print(f"submitted {job_id} (voice {voice})", file=sys.stderr)
+            if not wait:
+                print(client.dump(status))
+                return 0
+            status = await client.wait(store, job_id, timeout_s=args.timeout)
+            if status.state is not JobState.COMPLETED:
+                print(client.dump(status))
+                return 1 if status.state.terminal else 3
+            result = await client.get_result(store, job_id)
+            if args.out:
+                await client.download(store, result.audio.uri, args.out)
+                print(f"audio written to {args.out}", file=sys.stderr)
+            print(client.dump(result))
+            return 0
+
+    return asyncio.run(go())
+
+
+def _run_job_call(fn: Callable[[], object]) -> str:
+    from pipeline.client import JobNotFound
+
+    try:
+        return asyncio.run(fn())  # type: ignore[arg-type]
+    except JobNotFound as e:
+        raise _CliError(str(e)) from None
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from pipeline.contract import json_schemas
+
+    schemas = json_schemas()
+    if args.out is None:
+        print(json.dumps(schemas, indent=2))
+        return 0
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, schema in schemas.items():
+        (args.out / f"{name}.schema.json").write_text(json.dumps(schema, indent=2) + "\n")
+        print(args.out / f"{name}.schema.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

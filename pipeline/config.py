@@ -1,0 +1,62 @@
+"""All configuration, read from the environment (prefix ``TTS_``).
+
+AWS endpoint, region and credentials are deliberately *not* here: they come from the AWS SDK's
+own standard variables (``AWS_ENDPOINT_URL``, ``AWS_REGION``/``AWS_DEFAULT_REGION``,
+``AWS_ACCESS_KEY_ID``...), so the same worker talks to AWS or LocalStack unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TTS_", extra="ignore")
+
+    # Where jobs live.
+    bucket: str = "tts-jobs"
+    queue: str = "tts-jobs"
+
+    # Which model bundle the worker loads (models/<name>/<version>/ in the bucket).
+    model_name: str = "F5TTS_v1_Base"
+    model_version: str = "latest"
+    cache_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "tts-pipeline")
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+    # Input limits; exceeding one fails the job with a specific error code.
+    max_manifest_bytes: int = 64 * 1024
+    max_text_chars: int = 5000
+    max_voice_bytes: int = 25 * 1024 * 1024
+    max_voice_seconds: float = 60.0
+    min_voice_seconds: float = 0.5
+    default_voice: str | None = None  # used when a manifest names no voice
+
+    # Outputs.
+    presign_expiry_s: int = Field(default=24 * 3600, ge=1, le=7 * 24 * 3600)
+
+    # Queue consumption.
+    visibility_timeout_s: int = Field(default=300, ge=30)
+    heartbeat_interval_s: float = Field(default=60.0, gt=0)
+    receive_wait_s: int = Field(default=20, ge=0, le=20)
+
+    # Identity and observability.
+    worker_id: str = Field(default_factory=_default_worker_id)
+    metrics_port: int | None = None  # Prometheus /metrics; unset = off
+    log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

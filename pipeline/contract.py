@@ -1,0 +1,326 @@
+"""The job contract: manifest (input), status and result (outputs), as pydantic models.
+
+These three documents are the whole public interface of the pipeline. Their JSON Schemas are
+exported to ``docs/schemas/`` by ``tts-pipeline schema --out docs/schemas`` and checked in a
+test, so the docs can never drift from the code. See docs/contract.md for the prose version.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class OutputFormat(StrEnum):
+    wav = "wav"
+    flac = "flac"
+    mp3 = "mp3"
+    ogg = "ogg"
+
+
+class SubtitleFormat(StrEnum):
+    srt = "srt"
+    vtt = "vtt"
+
+
+class JobState(StrEnum):
+    QUEUED = "QUEUED"
+    PROCESSING = "PROCESSING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobState.COMPLETED, JobState.FAILED)
+
+
+class ErrorCode(StrEnum):
+    """Why a job failed. Stable strings: clients switch on them."""
+
+    INVALID_JOB_ID = "INVALID_JOB_ID"
+    MANIFEST_NOT_FOUND = "MANIFEST_NOT_FOUND"
+    MANIFEST_TOO_LARGE = "MANIFEST_TOO_LARGE"
+    INVALID_JSON = "INVALID_JSON"
+    INVALID_MANIFEST = "INVALID_MANIFEST"
+    TEXT_TOO_LONG = "TEXT_TOO_LONG"
+    TEXT_NOT_SPEAKABLE = "TEXT_NOT_SPEAKABLE"
+    VOICE_REQUIRED = "VOICE_REQUIRED"
+    INVALID_VOICE_KEY = "INVALID_VOICE_KEY"
+    VOICE_OUTSIDE_BUCKET = "VOICE_OUTSIDE_BUCKET"
+    VOICE_NOT_FOUND = "VOICE_NOT_FOUND"
+    VOICE_TOO_LARGE = "VOICE_TOO_LARGE"
+    VOICE_UNREADABLE = "VOICE_UNREADABLE"
+    VOICE_TOO_SHORT = "VOICE_TOO_SHORT"
+    VOICE_TOO_LONG = "VOICE_TOO_LONG"
+    TRANSCRIPTION_FAILED = "TRANSCRIPTION_FAILED"
+    SYNTHESIS_FAILED = "SYNTHESIS_FAILED"
+    ENCODE_FAILED = "ENCODE_FAILED"
+    INTERNAL_ERROR = "INTERNAL_ERROR"
+
+
+class WarningCode(StrEnum):
+    ALIGNMENT_SKIPPED = "ALIGNMENT_SKIPPED"
+    RANDOM_WEIGHTS = "RANDOM_WEIGHTS"
+
+
+# --------------------------------------------------------------------------------------------
+# Manifest (what a client uploads to inbox/<job_id>.json)
+# --------------------------------------------------------------------------------------------
+
+
+class Manifest(BaseModel):
+    """Manifest v1. Unknown fields are rejected so that typos fail loudly instead of being ignored.
+
+    Limits that depend on deployment (text length, voice size and duration) are settings, checked
+    by the worker, not part of the schema.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    version: Literal[1] = Field(default=1, description="Manifest schema version.")
+    text: str = Field(min_length=1, description="Text to speak.")
+    voice: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1024,
+        description="Reference voice: a key in the job bucket (e.g. voices/alice.wav) or an s3:// URI "
+        "in the same bucket. Defaults to the worker's TTS_DEFAULT_VOICE.",
+    )
+    ref_text: str = Field(
+        default="",
+        max_length=2000,
+        description="Transcript of the reference voice. Empty: the worker transcribes it (ASR).",
+    )
+    speed: float = Field(default=1.0, ge=0.25, le=4.0)
+    nfe_step: int = Field(default=32, ge=1, le=128, description="Flow-matching ODE steps.")
+    cfg_strength: float = Field(default=2.0, ge=0.0, le=10.0)
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1, description="Unset: random, recorded.")
+    output_format: OutputFormat = OutputFormat.wav
+    word_timings: bool = True
+    subtitles: list[SubtitleFormat] = Field(default_factory=list, max_length=2)
+    remove_silence: bool = False
+    language: Annotated[str, Field(pattern=r"^[a-z]{3}$")] = Field(
+        default="eng", description="ISO 639-3 code of the text, used for word alignment."
+    )
+
+    @field_validator("text")
+    @classmethod
+    def _text_not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("text is blank")
+        return v
+
+    @field_validator("subtitles")
+    @classmethod
+    def _unique_subtitles(cls, v: list[SubtitleFormat]) -> list[SubtitleFormat]:
+        if len(set(v)) != len(v):
+            raise ValueError("subtitle formats must not repeat")
+        return v
+
+    @property
+    def needs_alignment(self) -> bool:
+        return self.word_timings or bool(self.subtitles)
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be accepted; ``code`` is INVALID_JSON or INVALID_MANIFEST."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def parse_manifest(raw: bytes) -> Manifest:
+    """Decode and validate manifest bytes, raising ManifestError with a human message."""
+    try:
+        # utf-8-sig: tolerate the BOM some Windows tools write; the JSON inside must be UTF-8.
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ManifestError(ErrorCode.INVALID_JSON, f"manifest is not UTF-8: {e}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ManifestError(ErrorCode.INVALID_JSON, f"manifest is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ManifestError(ErrorCode.INVALID_MANIFEST, f"manifest must be a JSON object, got {type(data).__name__}")
+    try:
+        # Validate the parsed JSON in JSON mode so enums accept their string values under strict.
+        return Manifest.model_validate_json(json.dumps(data))
+    except ValidationError as e:
+        raise ManifestError(ErrorCode.INVALID_MANIFEST, _describe(e)) from None
+
+
+def _describe(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"]) or "manifest"
+        parts.append(f"{loc}: {err['msg']}")
+    return "invalid manifest: " + "; ".join(parts)
+
+
+# --------------------------------------------------------------------------------------------
+# Status (status/<job_id>.json)
+# --------------------------------------------------------------------------------------------
+
+
+class JobErrorInfo(BaseModel):
+    code: str = Field(description="One of ErrorCode.")
+    message: str
+
+
+class Transition(BaseModel):
+    state: JobState
+    at: datetime
+    worker: str | None = None
+    attempt: int = 0
+    note: str | None = None
+
+
+class JobStatus(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    schema_version: Literal[1] = 1
+    job_id: str
+    state: JobState
+    attempt: int = Field(default=0, ge=0, description="Processing attempts started so far.")
+    created_at: datetime = Field(description="When the job entered the system (manifest upload).")
+    updated_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    worker: str | None = None
+    error: JobErrorInfo | None = None
+    result_key: str | None = Field(default=None, description="results/<job_id>.json once COMPLETED.")
+    history: list[Transition] = Field(default_factory=list)
+
+    def moved_to(
+        self,
+        state: JobState,
+        *,
+        worker: str | None = None,
+        error: JobErrorInfo | None = None,
+        note: str | None = None,
+        at: datetime | None = None,
+    ) -> JobStatus:
+        """Return the next status document; the previous one stays in ``history``."""
+        at = at or utcnow()
+        attempt = self.attempt + 1 if state is JobState.PROCESSING else self.attempt
+        changes: dict[str, object] = {
+            "state": state,
+            "attempt": attempt,
+            "updated_at": at,
+            "worker": worker or self.worker,
+            "error": error,
+            "history": [
+                *self.history,
+                Transition(state=state, at=at, worker=worker or self.worker, attempt=attempt, note=note),
+            ],
+        }
+        if state is JobState.PROCESSING:
+            changes["started_at"] = at
+        if state.terminal:
+            changes["finished_at"] = at
+        return self.model_copy(update=changes)
+
+    @classmethod
+    def new(cls, job_id: str, *, created_at: datetime | None = None, note: str | None = None) -> JobStatus:
+        created_at = created_at or utcnow()
+        return cls(
+            job_id=job_id,
+            state=JobState.QUEUED,
+            created_at=created_at,
+            updated_at=created_at,
+            history=[Transition(state=JobState.QUEUED, at=created_at, note=note)],
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Result (results/<job_id>.json)
+# --------------------------------------------------------------------------------------------
+
+
+class AudioInfo(BaseModel):
+    uri: str = Field(description="s3://bucket/outputs/<job_id>.<ext>")
+    url: str = Field(description="Presigned GET URL (expires; `tts-pipeline result` re-signs it).")
+    url_expires_at: datetime
+    format: OutputFormat
+    sample_rate: int
+    duration_s: float
+    bytes: int
+
+
+class WordTiming(BaseModel):
+    word: str
+    start: float = Field(ge=0, description="Seconds from the start of the audio.")
+    end: float = Field(ge=0)
+    score: float | None = None
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str
+    random_weights: bool = Field(description="True for test bundles: the audio is noise.")
+    device: str
+
+
+class StageTimings(BaseModel):
+    """Milliseconds per stage; ``total`` is dequeue-to-published (``queue_wait`` is before it)."""
+
+    queue_wait: float
+    download: float
+    synthesis: float
+    alignment: float
+    encode: float
+    upload: float
+    total: float
+
+
+class ResultWarning(BaseModel):
+    code: str = Field(description="One of WarningCode.")
+    message: str
+
+
+class JobResult(BaseModel):
+    schema_version: Literal[1] = 1
+    job_id: str
+    audio: AudioInfo
+    word_timings: list[WordTiming] | None = Field(
+        description="One entry per aligned word, monotonic, inside the audio; null if not asked."
+    )
+    subtitles: dict[SubtitleFormat, str] = Field(default_factory=dict, description="format -> s3 URI")
+    text: str
+    ref_text: str = Field(description="The reference transcript actually used.")
+    ref_text_source: Literal["manifest", "asr"]
+    voice_key: str
+    seed: int = Field(description="The seed used (the manifest's, or the one drawn); rerun with it.")
+    chunks: int = Field(description="How many text chunks were synthesised.")
+    model: ModelInfo
+    worker: str
+    timings_ms: StageTimings
+    warnings: list[ResultWarning] = Field(default_factory=list)
+    completed_at: datetime
+
+
+DOCUMENTS: dict[str, type[BaseModel]] = {
+    "manifest": Manifest,
+    "status": JobStatus,
+    "result": JobResult,
+}
+
+
+def json_schemas() -> dict[str, dict]:
+    return {name: model.model_json_schema() for name, model in DOCUMENTS.items()}

@@ -1,0 +1,118 @@
+"""The S3 key layout: the one place that knows where each object lives in the bucket.
+
+inbox/<job_id>.json            manifest, uploaded by clients (this upload creates the job)
+status/<job_id>.json           status, written by `submit` (QUEUED) and the worker
+results/<job_id>.json          result, written once the outputs are durable
+outputs/<job_id>.<ext>         audio (+ outputs/<job_id>.srt / .vtt when asked)
+voices/...                     reference voices
+models/<name>/<version>/...    model bundles; models/<name>/latest names the newest version
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from dataclasses import dataclass
+
+from pipeline.contract import ErrorCode
+
+INBOX = "inbox/"
+STATUS = "status/"
+RESULTS = "results/"
+OUTPUTS = "outputs/"
+VOICES = "voices/"
+MODELS = "models/"
+MANIFEST_SUFFIX = ".json"
+
+JOB_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+
+
+class InvalidJobId(ValueError):
+    """The manifest key does not name a valid job. ``status_key`` is still where to report it."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"{key!r}: {reason}")
+        self.key = key
+        self.reason = reason
+        # Mirror the inbox path under status/ so the uploader can find the verdict by analogy.
+        self.status_key = STATUS + key.removeprefix(INBOX)
+
+
+def is_valid_job_id(job_id: str) -> bool:
+    # "." and ".." are legal S3 keys but confusing as file names when outputs are downloaded.
+    return bool(JOB_ID_RE.match(job_id)) and job_id not in {".", ".."}
+
+
+def job_id_from_inbox_key(key: str) -> str:
+    if not key.startswith(INBOX) or not key.endswith(MANIFEST_SUFFIX):
+        raise InvalidJobId(key, f"manifest keys look like {INBOX}<job_id>{MANIFEST_SUFFIX}")
+    job_id = key[len(INBOX) : -len(MANIFEST_SUFFIX)]
+    if not is_valid_job_id(job_id):
+        raise InvalidJobId(key, "job id must match [A-Za-z0-9._-]{1,128} (taken from the manifest key)")
+    return job_id
+
+
+def manifest_key(job_id: str) -> str:
+    return f"{INBOX}{job_id}{MANIFEST_SUFFIX}"
+
+
+def status_key(job_id: str) -> str:
+    return f"{STATUS}{job_id}.json"
+
+
+def result_key(job_id: str) -> str:
+    return f"{RESULTS}{job_id}.json"
+
+
+def output_key(job_id: str, ext: str) -> str:
+    return f"{OUTPUTS}{job_id}.{ext}"
+
+
+def model_prefix(name: str, version: str) -> str:
+    return f"{MODELS}{name}/{version}/"
+
+
+def model_latest_key(name: str) -> str:
+    return f"{MODELS}{name}/latest"
+
+
+def s3_uri(bucket: str, key: str) -> str:
+    return f"s3://{bucket}/{key}"
+
+
+@dataclass(frozen=True)
+class VoiceRefError(ValueError):
+    code: str  # ErrorCode value
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def voice_key(voice: str, bucket: str) -> str:
+    """Resolve a manifest's ``voice`` to a key in ``bucket``.
+
+    Accepts ``voices/alice.wav`` or ``s3://<bucket>/voices/alice.wav``. Refuses other buckets
+    (the worker's IAM role is scoped to its own bucket, and reading elsewhere on a client's say-so
+    would be a confused-deputy hole) and keys that escape or abuse the layout (``..``, ``//``,
+    leading ``/``, control characters), and the pipeline's own job documents and model files.
+    """
+    if voice.startswith("s3://"):
+        rest = voice[len("s3://") :]
+        other, _, key = rest.partition("/")
+        if other != bucket:
+            raise VoiceRefError(
+                ErrorCode.VOICE_OUTSIDE_BUCKET,
+                f"voice {voice!r} is in bucket {other!r}; voices must be in the job bucket {bucket!r}",
+            )
+    elif "://" in voice:
+        raise VoiceRefError(ErrorCode.INVALID_VOICE_KEY, f"voice {voice!r}: only s3:// URIs or keys")
+    else:
+        key = voice
+    if not key or key.startswith("/") or any(ord(c) < 32 or ord(c) == 127 for c in key):
+        raise VoiceRefError(ErrorCode.INVALID_VOICE_KEY, f"voice key {key!r} is empty or malformed")
+    if key != posixpath.normpath(key) or key.split("/")[0] in {"..", "."}:
+        raise VoiceRefError(ErrorCode.INVALID_VOICE_KEY, f"voice key {key!r} is not a normalised path")
+    if key.startswith((INBOX, STATUS, RESULTS, MODELS)):
+        raise VoiceRefError(ErrorCode.INVALID_VOICE_KEY, f"voice key {key!r} points at pipeline data")
+    return key

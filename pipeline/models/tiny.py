@@ -1,0 +1,253 @@
+"""Build a tiny, randomly initialised model bundle, offline, with the real libraries' own classes.
+
+Every component is built by the library that will load it and saved in that library's real
+on-disk format, so the worker exercises exactly the loading and inference code it uses for the
+real F5TTS_v1_Base bundle:
+
+- F5-TTS: ``CFM(DiT(...))`` state dict saved as ``ema_model.*`` safetensors + the packaged vocab.
+- Vocoder: ``Vocos.from_hparams(config.yaml)`` saved as ``pytorch_model.bin``.
+- Aligner: transformers ``Wav2Vec2ForCTC`` (vocab = ctc-forced-aligner's 31 tokens) exported to
+  ONNX with ``input_values`` -> ``logits``, what ctc-forced-aligner's ONNX path runs.
+- ASR: transformers ``WhisperForConditionalGeneration`` + processor via ``save_pretrained``.
+
+Random weights make noise; output *structure* (sample rate, duration rule, alignment shapes) is
+still exactly the real code's. Seeded, so a rebuild yields the same files and the same version.
+"""
+
+from __future__ import annotations
+
+import shutil
+from importlib.resources import files as package_files
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.models.bundle import (
+    AlignerSpec,
+    AsrSpec,
+    Bundle,
+    MelSpec,
+    TtsSpec,
+    VocoderSpec,
+    content_version,
+    inventory,
+)
+
+TINY_NAME = "f5tts-tiny"
+SEED = 1234
+
+# Small enough to run in well under a second per job on 2 CPU cores; the shape of F5TTS_v1_Base
+# (configs/F5TTS_v1_Base.yaml) with every size shrunk.
+TINY_ARCH: dict[str, Any] = {
+    "dim": 64,
+    "depth": 2,
+    "heads": 2,
+    "dim_head": 32,
+    "ff_mult": 2,
+    "text_dim": 32,
+    "text_mask_padding": True,
+    "qk_norm": None,
+    "conv_layers": 2,
+    "pe_attn_head": None,
+    "attn_backend": "torch",
+    "attn_mask_enabled": False,
+    "checkpoint_activations": False,
+}
+
+
+def build_tiny(out: Path, *, name: str = TINY_NAME) -> Bundle:
+    import torch
+
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(SEED)
+    mel = MelSpec()
+    _build_f5(out / "f5", mel)
+    _build_vocos(out / "vocoder", mel)
+    _build_aligner(out / "aligner")
+    _build_whisper(out / "asr")
+
+    files = inventory(out)
+    bundle = Bundle(
+        name=name,
+        version=content_version(files),
+        random_weights=True,
+        description="Tiny randomly initialised F5-TTS + Vocos + aligner + Whisper for offline tests. "
+        "Its audio is noise.",
+        tts=TtsSpec(arch=TINY_ARCH, checkpoint="f5/model.safetensors", vocab="f5/vocab.txt", mel_spec=mel),
+        vocoder=VocoderSpec(dir="vocoder"),
+        aligner=AlignerSpec(model="aligner/model.onnx", license="random weights (test only)"),
+        asr=AsrSpec(dir="asr"),
+        files=files,
+    )
+    bundle.save(out)
+    return bundle
+
+
+def _build_f5(d: Path, mel: MelSpec) -> None:
+    from f5_tts.model import CFM, DiT
+    from f5_tts.model.utils import get_tokenizer
+    from safetensors.torch import save_file
+
+    d.mkdir(parents=True, exist_ok=True)
+    vocab = d / "vocab.txt"
+    shutil.copyfile(str(package_files("f5_tts").joinpath("infer/examples/vocab.txt")), vocab)
+    vocab_char_map, vocab_size = get_tokenizer(str(vocab), "custom")
+    model = CFM(
+        transformer=DiT(**TINY_ARCH, text_num_embeds=vocab_size, mel_dim=mel.n_mel_channels),
+        mel_spec_kwargs=mel.model_dump(),
+        vocab_char_map=vocab_char_map,
+    )
+    # Non-persistent buffers (mel filterbank, window) are rebuilt at load; save parameters only,
+    # under the "ema_model." prefix that f5-tts's load_checkpoint expects for safetensors.
+    state = {f"ema_model.{k}": v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(d / "model.safetensors"))
+
+
+def _build_vocos(d: Path, mel: MelSpec) -> None:
+    import torch
+    from vocos import Vocos
+
+    d.mkdir(parents=True, exist_ok=True)
+    config = {
+        "feature_extractor": {
+            "class_path": "vocos.feature_extractors.MelSpectrogramFeatures",
+            "init_args": {
+                "sample_rate": mel.target_sample_rate,
+                "n_fft": mel.n_fft,
+                "hop_length": mel.hop_length,
+                "n_mels": mel.n_mel_channels,
+                "padding": "center",
+            },
+        },
+        "backbone": {
+            "class_path": "vocos.models.VocosBackbone",
+            "init_args": {"input_channels": mel.n_mel_channels, "dim": 64, "intermediate_dim": 128, "num_layers": 2},
+        },
+        "head": {
+            "class_path": "vocos.heads.ISTFTHead",
+            "init_args": {"dim": 64, "n_fft": mel.n_fft, "hop_length": mel.hop_length, "padding": "same"},
+        },
+    }
+    (d / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    vocos = Vocos.from_hparams(str(d / "config.yaml"))
+    torch.save(vocos.state_dict(), d / "pytorch_model.bin")
+
+
+def _build_aligner(d: Path) -> None:
+    import torch
+    from ctc_forced_aligner import VOCAB_DICT
+    from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
+
+    d.mkdir(parents=True, exist_ok=True)
+    # Same conv strides as MMS/wav2vec2 (320 samples = 20 ms per frame at 16 kHz), tiny widths.
+    config = Wav2Vec2Config(
+        vocab_size=len(VOCAB_DICT),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=(32,) * 7,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
+        pad_token_id=VOCAB_DICT["<pad>"],
+        do_stable_layer_norm=True,
+        feat_extract_norm="layer",
+    )
+    model = Wav2Vec2ForCTC(config).eval()
+
+    class _Logits(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_values: torch.Tensor) -> torch.Tensor:
+            return self.inner(input_values).logits
+
+    torch.onnx.export(
+        _Logits(model),
+        (torch.zeros(1, 16000),),
+        str(d / "model.onnx"),
+        input_names=["input_values"],
+        output_names=["logits"],
+        dynamic_axes={"input_values": {0: "batch", 1: "samples"}, "logits": {0: "batch", 1: "frames"}},
+        opset_version=17,
+        dynamo=False,
+    )
+
+
+def _build_whisper(d: Path) -> None:
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import (
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+        WhisperProcessor,
+        WhisperTokenizer,
+    )
+
+    d.mkdir(parents=True, exist_ok=True)
+    specials = [
+        "<|endoftext|>",
+        "<|startoftranscript|>",
+        "<|en|>",
+        "<|translate|>",
+        "<|transcribe|>",
+        "<|startoflm|>",
+        "<|startofprev|>",
+        "<|nocaptions|>",
+        "<|notimestamps|>",
+    ]
+    alphabet = sorted(ByteLevel.alphabet())
+    vocab = {ch: i for i, ch in enumerate(alphabet)}
+    for tok in specials:
+        vocab[tok] = len(vocab)
+    tok_dir = d / "_tok"
+    tok_dir.mkdir(exist_ok=True)
+    import json
+
+    (tok_dir / "vocab.json").write_text(json.dumps(vocab))
+    (tok_dir / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = WhisperTokenizer(
+        vocab_file=str(tok_dir / "vocab.json"),
+        merges_file=str(tok_dir / "merges.txt"),
+        unk_token="<|endoftext|>",
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": specials[1:]})
+    shutil.rmtree(tok_dir)
+    ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in specials}
+    config = WhisperConfig(
+        vocab_size=len(vocab),
+        num_mel_bins=80,
+        d_model=64,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=128,
+        decoder_ffn_dim=128,
+        max_source_positions=1500,
+        max_target_positions=64,
+        pad_token_id=ids["<|endoftext|>"],
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|endoftext|>"],
+        decoder_start_token_id=ids["<|startoftranscript|>"],
+        begin_suppress_tokens=None,
+        suppress_tokens=None,
+    )
+    model = WhisperForConditionalGeneration(config).eval()
+    gen = model.generation_config
+    gen.is_multilingual = True
+    gen.task_to_id = {"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]}
+    gen.lang_to_id = {"<|en|>": ids["<|en|>"]}
+    gen.no_timestamps_token_id = ids["<|notimestamps|>"]
+    gen.decoder_start_token_id = ids["<|startoftranscript|>"]
+    gen.eos_token_id = ids["<|endoftext|>"]
+    gen.pad_token_id = ids["<|endoftext|>"]
+    # Random weights rarely emit end-of-text: cap the transcript length.
+    gen.max_length = 24
+    model.save_pretrained(d)
+    WhisperProcessor(feature_extractor=WhisperFeatureExtractor(), tokenizer=tokenizer).save_pretrained(d)

@@ -1,0 +1,111 @@
+"""Async access to the job bucket (aioboto3), with the shared retry policy.
+
+Everything the pipeline reads or writes in S3 goes through ``Store``; key names come from
+``pipeline.keys``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+from botocore.exceptions import ClientError
+from pydantic import BaseModel
+
+from pipeline import aws
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class NotFound(KeyError):
+    pass
+
+
+class TooLarge(ValueError):
+    def __init__(self, key: str, size: int, limit: int) -> None:
+        super().__init__(f"{key}: {size} bytes > limit {limit}")
+        self.size = size
+        self.limit = limit
+
+
+def _is_not_found(e: ClientError) -> bool:
+    return e.response.get("Error", {}).get("Code") in {"NoSuchKey", "404", "NotFound"}
+
+
+class Store:
+    def __init__(self, s3: Any, bucket: str) -> None:
+        self.s3 = s3
+        self.bucket = bucket
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, bucket: str) -> AsyncIterator[Store]:
+        async with aws.session().client("s3", config=aws.client_config()) as s3:
+            yield cls(s3, bucket)
+
+    async def _call(self, op: str, **kwargs: Any) -> Any:
+        async for attempt in aws.async_retrying():
+            with attempt:
+                return await getattr(self.s3, op)(Bucket=self.bucket, **kwargs)
+        raise AssertionError("unreachable")
+
+    async def get_bytes(self, key: str, max_bytes: int | None = None) -> bytes:
+        async for attempt in aws.async_retrying():
+            with attempt:
+                try:
+                    resp = await self.s3.get_object(Bucket=self.bucket, Key=key)
+                except ClientError as e:
+                    if _is_not_found(e):
+                        raise NotFound(key) from None
+                    raise
+                size = resp["ContentLength"]
+                async with resp["Body"] as body:
+                    if max_bytes is not None and size > max_bytes:
+                        raise TooLarge(key, size, max_bytes)
+                    return await body.read()
+        raise AssertionError("unreachable")
+
+    async def get_json(self, key: str) -> Any:
+        return json.loads(await self.get_bytes(key))
+
+    async def get_model(self, key: str, model: type[M]) -> M | None:
+        try:
+            return model.model_validate_json(await self.get_bytes(key))
+        except NotFound:
+            return None
+
+    async def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
+        resp = await self._call("put_object", Key=key, Body=data, ContentType=content_type)
+        return resp.get("ETag", "")
+
+    async def put_json(self, key: str, doc: BaseModel | dict[str, Any]) -> str:
+        body = doc.model_dump_json(indent=2) if isinstance(doc, BaseModel) else json.dumps(doc, indent=2)
+        return await self.put_bytes(key, body.encode(), "application/json")
+
+    async def head(self, key: str) -> dict[str, Any] | None:
+        try:
+            return await self._call("head_object", Key=key)
+        except ClientError as e:
+            if _is_not_found(e):
+                return None
+            raise
+
+    async def exists(self, key: str) -> bool:
+        return await self.head(key) is not None
+
+    async def delete(self, key: str) -> None:
+        await self._call("delete_object", Key=key)
+
+    async def list_keys(self, prefix: str) -> list[str]:
+        keys: list[str] = []
+        paginator = self.s3.get_paginator("list_objects_v2")
+        async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            keys.extend(obj["Key"] for obj in page.get("Contents", []))
+        return keys
+
+    async def presign_get(self, key: str, expires_s: int) -> str:
+        return await self.s3.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_s
+        )

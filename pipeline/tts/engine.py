@@ -1,0 +1,321 @@
+"""The TTS engine: F5-TTS loaded once from a model bundle, behind a small batch-shaped interface.
+
+Like f5-tts's own ``api.F5TTS`` this is a thin facade over the library's inference utilities
+(``load_model``, ``load_vocoder``, ``preprocess_ref_audio_text``, ``chunk_text``,
+``infer_batch_process``), with three differences that a queue worker needs:
+
+- the architecture comes from the bundle's ``bundle.json``, not a packaged config name, so one
+  code path runs the tiny test bundle and the real F5TTS_v1_Base;
+- nothing touches a model hub: checkpoint, vocoder and ASR model are local bundle files;
+- text chunks are synthesised one after another with a per-chunk seed (deterministic, and a
+  progress callback between chunks) and cross-faded exactly as F5-TTS does.
+
+The interface takes a *list* of requests so cross-job GPU batching can be added without changing
+callers; today requests run one after another.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import sys
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import soundfile as sf
+
+from pipeline import metrics
+from pipeline.models.bundle import Bundle
+from pipeline.tts import audio as audio_utils
+
+log = logging.getLogger(__name__)
+
+# f5-tts inference constants (utils_infer): the bundle's mel settings must equal these.
+SAMPLE_RATE = 24000
+HOP_LENGTH = 256
+CROSS_FADE_S = 0.15
+SWAY_SAMPLING_COEF = -1.0
+# F5-TTS clips references to ~12 s and budgets chunks against a 22 s window (infer_process).
+CHUNK_WINDOW_S = 22.0
+
+ProgressFn = Callable[[int, int], None]
+
+
+class EngineError(RuntimeError):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A reference voice prepared the way F5-TTS prepares it (clipped, edge-trimmed, 24 kHz mono)."""
+
+    audio: np.ndarray
+    sample_rate: int
+    text: str
+    text_source: Literal["manifest", "asr"]
+
+
+@dataclass(frozen=True)
+class SynthesisRequest:
+    reference: Reference
+    text: str
+    speed: float = 1.0
+    nfe_step: int = 32
+    cfg_strength: float = 2.0
+    seed: int = 0
+    remove_silence: bool = False
+
+
+@dataclass
+class SynthesisResult:
+    audio: np.ndarray  # float32 mono
+    sample_rate: int
+    chunks: list[str] = field(default_factory=list)
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def duration_frames(ref_samples: int, ref_text: str, chunk: str, speed: float) -> int:
+    """Mel frames F5-TTS generates for ``chunk`` (infer_batch_process's rule; audio = frames*hop).
+
+    ``ref_text`` is the normalised reference text (as returned by preprocess_ref_audio_text).
+    """
+    if len(ref_text[-1].encode("utf-8")) == 1:
+        ref_text += " "
+    local_speed = 0.3 if len(chunk.encode("utf-8")) < 10 else speed
+    ref_frames = ref_samples // HOP_LENGTH
+    return int(ref_frames / len(ref_text.encode("utf-8")) * len(chunk.encode("utf-8")) / local_speed)
+
+
+def chunk_budget(ref_samples: int, ref_text: str, speed: float) -> int:
+    """Max bytes per text chunk, as infer_process computes it."""
+    ref_s = ref_samples / SAMPLE_RATE
+    return int(len(ref_text.encode("utf-8")) / ref_s * (CHUNK_WINDOW_S - ref_s) * speed)
+
+
+@contextlib.contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    # f5-tts print()s progress chatter; keep stdout clean for the CLI's JSON output.
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
+
+
+class _SoundfileAsr:
+    """Stands in for f5-tts's ``asr_pipe``: decodes the file itself (no ffmpeg) and calls the
+    bundle's local transformers ASR pipeline."""
+
+    def __init__(self, pipe: Any) -> None:
+        self.pipe = pipe
+
+    def __call__(self, path: str, **kwargs: Any) -> dict[str, Any]:
+        data, sr = sf.read(path, dtype="float32", always_2d=True)
+        return self.pipe({"raw": data.mean(axis=1), "sampling_rate": sr}, **kwargs)
+
+
+class F5Engine:
+    """F5-TTS + Vocos (+ optional Whisper ASR) from one bundle directory. Load once per process."""
+
+    def __init__(self, bundle_dir: Path, bundle: Bundle, device: str) -> None:
+        self.bundle_dir = bundle_dir
+        self.bundle = bundle
+        self.device = device
+        self._lock = threading.Lock()  # torch's RNG and f5-tts's module caches are global
+        self._refs: OrderedDict[tuple[str, str], Reference] = OrderedDict()
+        self._refs_max = 32
+        self.model: Any = None
+        self.vocoder: Any = None
+        self.load_seconds = 0.0
+
+    @classmethod
+    def load(cls, bundle_dir: Path, device: str = "auto") -> F5Engine:
+        bundle = Bundle.load(bundle_dir)
+        engine = cls(bundle_dir, bundle, resolve_device(device))
+        engine._load()
+        return engine
+
+    def _load(self) -> None:
+        t0 = time.perf_counter()
+        mel = self.bundle.tts.mel_spec
+        with _quiet_stdout():
+            from f5_tts.infer import utils_infer as ui
+            from f5_tts.model import DiT, UNetT
+
+            expected = (ui.target_sample_rate, ui.n_mel_channels, ui.hop_length, ui.win_length, ui.n_fft)
+            actual = (mel.target_sample_rate, mel.n_mel_channels, mel.hop_length, mel.win_length, mel.n_fft)
+            if expected != actual:
+                raise EngineError("INTERNAL_ERROR", f"bundle mel settings {actual} != f5-tts's {expected}")
+            backbone = {"DiT": DiT, "UNetT": UNetT}[self.bundle.tts.backbone]
+            self.model = ui.load_model(
+                backbone,
+                dict(self.bundle.tts.arch),
+                str(self.bundle_dir / self.bundle.tts.checkpoint),
+                mel_spec_type=mel.mel_spec_type,
+                vocab_file=str(self.bundle_dir / self.bundle.tts.vocab),
+                use_ema=self.bundle.tts.use_ema,
+                device=self.device,
+            )
+            self.vocoder = ui.load_vocoder(
+                "vocos", is_local=True, local_path=str(self.bundle_dir / self.bundle.vocoder.dir), device=self.device
+            )
+            ui.asr_pipe = self._load_asr() if self.bundle.asr else None
+        self._ui = ui
+        self.load_seconds = time.perf_counter() - t0
+        metrics.MODEL_LOADS.inc()
+        metrics.MODEL_LOAD_SECONDS.set(self.load_seconds)
+        log.info(
+            "engine loaded: %s/%s on %s in %.2fs", self.bundle.name, self.bundle.version, self.device, self.load_seconds
+        )
+
+    def _load_asr(self) -> _SoundfileAsr:
+        import torch
+        from transformers import pipeline
+
+        assert self.bundle.asr is not None
+        dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
+        pipe = pipeline(
+            "automatic-speech-recognition",
+            model=str(self.bundle_dir / self.bundle.asr.dir),
+            dtype=dtype,
+            device=self.device,
+        )
+        return _SoundfileAsr(pipe)
+
+    # ----------------------------------------------------------------------------------------
+    # Reference voices
+    # ----------------------------------------------------------------------------------------
+
+    def prepare_reference(self, audio: np.ndarray, sample_rate: int, ref_text: str) -> Reference:
+        """Clip/trim the reference and settle its transcript, via f5-tts's own preprocessing.
+
+        Empty ``ref_text`` runs the bundle's ASR model. Results are cached (bounded LRU) by audio
+        content and text, so a voice reused across jobs is prepared once per process.
+        """
+        audio = audio_utils.to_mono(audio)
+        if sample_rate != SAMPLE_RATE:
+            audio = audio_utils.resample(audio, sample_rate, SAMPLE_RATE)
+        digest = hashlib.sha256(audio.tobytes()).hexdigest()
+        key = (digest, ref_text.strip())
+        with self._lock:
+            if key in self._refs:
+                self._refs.move_to_end(key)
+                return self._refs[key]
+            if not ref_text.strip() and self._ui.asr_pipe is None:
+                raise EngineError(
+                    "TRANSCRIPTION_FAILED",
+                    f"ref_text is empty and model bundle {self.bundle.name}/{self.bundle.version} has no ASR model;"
+                    " pass ref_text in the manifest",
+                )
+            ref = self._prepare_reference_locked(audio, ref_text)
+            self._refs[key] = ref
+            while len(self._refs) > self._refs_max:
+                self._refs.popitem(last=False)
+            return ref
+
+    def _prepare_reference_locked(self, audio: np.ndarray, ref_text: str) -> Reference:
+        ui = self._ui
+        with tempfile.TemporaryDirectory(prefix="tts-ref-") as tmp:
+            src = Path(tmp) / "ref.wav"
+            sf.write(src, audio, SAMPLE_RATE, subtype="PCM_16")
+            with _quiet_stdout():
+                try:
+                    processed_path, text = ui.preprocess_ref_audio_text(str(src), ref_text, show_info=log.debug)
+                except Exception as e:
+                    code = "TRANSCRIPTION_FAILED" if not ref_text.strip() else "VOICE_UNREADABLE"
+                    raise EngineError(code, f"reference preprocessing failed: {e}") from e
+            processed, sr = sf.read(processed_path, dtype="float32")
+            # Our LRU owns caching; drop f5-tts's unbounded module-level entries and temp file.
+            audio_hash = hashlib.md5(src.read_bytes()).hexdigest()
+            ui._ref_audio_cache.pop(audio_hash, None)
+            ui._ref_text_cache.pop(audio_hash, None)
+            with contextlib.suppress(OSError):
+                os.unlink(processed_path)
+        if not text.strip(" .。"):
+            raise EngineError(
+                "TRANSCRIPTION_FAILED", "the ASR model heard no words in the reference voice; pass ref_text"
+            )
+        return Reference(
+            audio=audio_utils.to_mono(processed),
+            sample_rate=sr,
+            text=text,
+            text_source="manifest" if ref_text.strip() else "asr",
+        )
+
+    # ----------------------------------------------------------------------------------------
+    # Synthesis
+    # ----------------------------------------------------------------------------------------
+
+    def chunks(self, ref: Reference, text: str, speed: float) -> list[str]:
+        budget = chunk_budget(len(ref.audio), ref.text, speed)
+        return self._ui.chunk_text(text, max_chars=max(budget, 1))
+
+    def synthesize(
+        self, requests: Sequence[SynthesisRequest], progress: ProgressFn | None = None
+    ) -> list[SynthesisResult]:
+        with self._lock:
+            return [self._synthesize_one(r, progress) for r in requests]
+
+    def _synthesize_one(self, req: SynthesisRequest, progress: ProgressFn | None) -> SynthesisResult:
+        import torch
+
+        ui = self._ui
+        ref = req.reference
+        chunks = self.chunks(ref, req.text, req.speed)
+        if not chunks:
+            raise EngineError("TEXT_NOT_SPEAKABLE", "text has nothing to synthesise after chunking")
+        cond = torch.from_numpy(ref.audio).unsqueeze(0)
+        waves = []
+        for i, chunk in enumerate(chunks):
+            torch.manual_seed(req.seed + i)
+            with _quiet_stdout():
+                wave, _sr, _spec = next(
+                    ui.infer_batch_process(
+                        (cond, ref.sample_rate),
+                        ref.text,
+                        [chunk],
+                        self.model,
+                        self.vocoder,
+                        mel_spec_type=self.bundle.tts.mel_spec.mel_spec_type,
+                        progress=None,
+                        nfe_step=req.nfe_step,
+                        cfg_strength=req.cfg_strength,
+                        sway_sampling_coef=SWAY_SAMPLING_COEF,
+                        speed=req.speed,
+                        device=self.device,
+                    )
+                )
+            if wave is None:
+                raise EngineError("SYNTHESIS_FAILED", f"chunk {i + 1}/{len(chunks)} produced no audio")
+            waves.append(np.asarray(wave, dtype=np.float32))
+            if progress:
+                progress(i + 1, len(chunks))
+        out = audio_utils.cross_fade(waves, int(CROSS_FADE_S * SAMPLE_RATE))
+        if req.remove_silence:
+            out = self._remove_silence(out)
+        if not np.all(np.isfinite(out)):
+            raise EngineError("SYNTHESIS_FAILED", "model produced non-finite samples")
+        return SynthesisResult(audio=out, sample_rate=SAMPLE_RATE, chunks=chunks)
+
+    def _remove_silence(self, wave: np.ndarray) -> np.ndarray:
+        with tempfile.TemporaryDirectory(prefix="tts-out-") as tmp:
+            path = Path(tmp) / "out.wav"
+            sf.write(path, wave, SAMPLE_RATE, subtype="PCM_16")  # pydub reads PCM only
+            self._ui.remove_silence_for_generated_wav(str(path))
+            trimmed, _ = sf.read(path, dtype="float32")
+        return audio_utils.to_mono(trimmed)

@@ -1,0 +1,478 @@
+"""The worker: consume S3 events from SQS and run each job through its states.
+
+    QUEUED --(dequeued)--> PROCESSING --> COMPLETED
+                                     \\-> FAILED (error.code, error.message)
+
+Per job: read + validate the manifest, fetch the reference voice, synthesise (F5-TTS, off the
+event loop), align words (ctc-forced-aligner), encode, then publish in this order: audio (and
+subtitles), result, final status. The SQS message is deleted only after that, so a crash at any
+point redelivers the job instead of losing it. Bad input fails *that job* with a specific code;
+the worker keeps going. Errors that a retry may cure (S3/SQS unavailable after our own retries)
+leave the message on the queue for redelivery, and the queue's redrive policy parks it in the DLQ
+if it never succeeds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, NoReturn, TypeVar
+
+import numpy as np
+
+from pipeline import keys, metrics
+from pipeline.aws import is_transient
+from pipeline.config import Settings
+from pipeline.consumer import Message, Queue
+from pipeline.contract import (
+    AudioInfo,
+    ErrorCode,
+    JobErrorInfo,
+    JobResult,
+    JobState,
+    JobStatus,
+    Manifest,
+    ManifestError,
+    ModelInfo,
+    ResultWarning,
+    StageTimings,
+    SubtitleFormat,
+    WarningCode,
+    WordTiming,
+    parse_manifest,
+    utcnow,
+)
+from pipeline.events import ObjectCreated, UnrecognisedMessage, parse_message_body
+from pipeline.logs import job_id_var
+from pipeline.store import NotFound, Store, TooLarge
+from pipeline.tts import audio as audio_utils
+from pipeline.tts import subtitles
+from pipeline.tts.align import AlignmentImpossible
+from pipeline.tts.engine import EngineError, Reference, SynthesisRequest, SynthesisResult
+
+if TYPE_CHECKING:
+    from pipeline.tts.align import Aligner
+    from pipeline.tts.engine import F5Engine
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class JobFailed(Exception):
+    """Ends a job FAILED with ``code``: permanent for this manifest, never retried."""
+
+    def __init__(self, code: ErrorCode | str, message: str) -> None:
+        super().__init__(message)
+        self.code = str(code)
+        self.message = message
+
+
+def _fail(code: ErrorCode | str, message: str) -> NoReturn:
+    raise JobFailed(code, message)
+
+
+@dataclass
+class _Clock:
+    """Per-stage stopwatch for result.timings_ms."""
+
+    started: float = field(default_factory=time.perf_counter)
+    ms: dict[str, float] = field(default_factory=dict)
+
+    async def run(self, stage: str, fn: Callable[[], Awaitable[T]]) -> T:
+        t0 = time.perf_counter()
+        try:
+            return await fn()
+        finally:
+            elapsed = time.perf_counter() - t0
+            self.ms[stage] = self.ms.get(stage, 0.0) + elapsed * 1000
+            metrics.STAGE_SECONDS.labels(stage).observe(elapsed)
+
+    def total_ms(self) -> float:
+        return (time.perf_counter() - self.started) * 1000
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        queue: Queue,
+        engine: F5Engine,
+        aligner: Aligner,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.queue = queue
+        self.engine = engine
+        self.aligner = aligner
+        self.model_info = ModelInfo(
+            name=engine.bundle.name,
+            version=engine.bundle.version,
+            random_weights=engine.bundle.random_weights,
+            device=engine.device,
+        )
+        self.jobs_done = 0
+        self._stopping = asyncio.Event()
+
+    # ----------------------------------------------------------------------------------------
+    # Loop
+    # ----------------------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        if not self._stopping.is_set():
+            log.info("stop requested: finishing the job in hand, receiving no more")
+            self._stopping.set()
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+
+    async def run(self, *, max_jobs: int | None = None, idle_exit_s: float | None = None) -> int:
+        """Consume until stopped, ``max_jobs`` jobs are done, or the queue was empty ``idle_exit_s``."""
+        idle_since = time.monotonic()
+        while not self._stopping.is_set():
+            if max_jobs is not None and self.jobs_done >= max_jobs:
+                break
+            wait_s = self.settings.receive_wait_s
+            if idle_exit_s is not None:
+                remaining = idle_exit_s - (time.monotonic() - idle_since)
+                if remaining <= 0:
+                    log.info("idle for %.0fs: exiting", idle_exit_s)
+                    break
+                wait_s = max(0, min(wait_s, int(remaining + 0.999)))
+            receive = asyncio.create_task(
+                self.queue.receive(max_messages=1, wait_s=wait_s, visibility_s=self.settings.visibility_timeout_s)
+            )
+            stop = asyncio.create_task(self._stopping.wait())
+            await asyncio.wait({receive, stop}, return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            if not receive.done():
+                receive.cancel()  # shutting down: anything it would have received stays queued
+                break
+            for msg in receive.result():
+                await self.handle_message(msg)
+                idle_since = time.monotonic()
+        return self.jobs_done
+
+    async def handle_message(self, msg: Message) -> None:
+        try:
+            parsed = parse_message_body(msg.body)
+        except UnrecognisedMessage as e:
+            # Not ours to interpret and not ours to drop: leave it; after maxReceiveCount the
+            # queue's redrive policy moves it to the DLQ for an operator to inspect.
+            metrics.UNRECOGNISED_MESSAGES.inc()
+            log.error("message %s is not an S3 event (%s); leaving it for the DLQ", msg.id, e)
+            return
+        if parsed.test_event:
+            log.info("s3:TestEvent received (notification configured); deleting it")
+            await self.queue.delete(msg)
+            return
+        try:
+            async with self.queue.heartbeat(
+                msg, timeout_s=self.settings.visibility_timeout_s, interval_s=self.settings.heartbeat_interval_s
+            ):
+                for record in parsed.created:
+                    await self.process_record(record)
+        except Exception as e:
+            if not is_transient(e):
+                raise
+            log.warning("transient error, job left on the queue for redelivery: %s", e)
+            return
+        await self.queue.delete(msg)
+
+    # ----------------------------------------------------------------------------------------
+    # One job
+    # ----------------------------------------------------------------------------------------
+
+    async def process_record(self, record: ObjectCreated) -> JobState | None:
+        if record.bucket != self.settings.bucket or not record.key.startswith(keys.INBOX):
+            log.warning("ignoring event for s3://%s/%s (not this pipeline's inbox)", record.bucket, record.key)
+            return None
+        try:
+            job_id = keys.job_id_from_inbox_key(record.key)
+        except keys.InvalidJobId as e:
+            return await self._reject_key(e, record)
+        token = job_id_var.set(job_id)
+        metrics.IN_FLIGHT.inc()
+        try:
+            return await self.process_job(job_id, record)
+        finally:
+            metrics.IN_FLIGHT.dec()
+            job_id_var.reset(token)
+            self.jobs_done += 1
+
+    async def _reject_key(self, e: keys.InvalidJobId, record: ObjectCreated) -> JobState:
+        job_id = e.status_key.removeprefix(keys.STATUS).removesuffix(".json")
+        status = JobStatus.new(job_id, created_at=record.event_time)
+        failed = status.moved_to(
+            JobState.FAILED,
+            worker=self.settings.worker_id,
+            error=JobErrorInfo(code=ErrorCode.INVALID_JOB_ID, message=e.reason),
+        )
+        await self.store.put_json(e.status_key, failed)
+        metrics.JOBS.labels(JobState.FAILED, ErrorCode.INVALID_JOB_ID).inc()
+        log.warning("rejected %s: %s (status at %s)", record.key, e.reason, e.status_key)
+        self.jobs_done += 1
+        return JobState.FAILED
+
+    async def process_job(self, job_id: str, record: ObjectCreated) -> JobState:
+        skey = keys.status_key(job_id)
+        status = await self.store.get_model(skey, JobStatus)
+        if status is not None and status.state.terminal:
+            log.info("job already %s: duplicate delivery, acknowledged", status.state)
+            return status.state
+        status = status or JobStatus.new(job_id, created_at=record.event_time or utcnow())
+        status = status.moved_to(JobState.PROCESSING, worker=self.settings.worker_id)
+        await self.store.put_json(skey, status)
+        queue_wait_ms = max(0.0, (status.started_at - status.created_at).total_seconds() * 1000)  # type: ignore[operator]
+        metrics.QUEUE_WAIT_SECONDS.observe(queue_wait_ms / 1000)
+        log.info("processing (attempt %d, waited %.0f ms)", status.attempt, queue_wait_ms)
+        try:
+            result = await self._run(job_id, queue_wait_ms)
+        except JobFailed as e:
+            return await self._finish_failed(skey, status, e.code, e.message)
+        except Exception as e:
+            if is_transient(e):
+                raise  # infrastructure trouble: leave the message for redelivery
+            log.exception("unexpected error")
+            return await self._finish_failed(skey, status, ErrorCode.INTERNAL_ERROR, f"{type(e).__name__}: {e}")
+        done = status.moved_to(JobState.COMPLETED)
+        done.result_key = keys.result_key(job_id)
+        await self.store.put_json(skey, done)
+        metrics.JOBS.labels(JobState.COMPLETED, "").inc()
+        log.info(
+            "completed: %.2fs of audio, timings %s",
+            result.audio.duration_s,
+            {k: round(v) for k, v in result.timings_ms.model_dump().items()},
+        )
+        return JobState.COMPLETED
+
+    async def _finish_failed(self, skey: str, status: JobStatus, code: str, message: str) -> JobState:
+        failed = status.moved_to(JobState.FAILED, error=JobErrorInfo(code=code, message=message))
+        await self.store.put_json(skey, failed)
+        metrics.JOBS.labels(JobState.FAILED, code).inc()
+        log.warning("failed: %s: %s", code, message)
+        return JobState.FAILED
+
+    async def _run(self, job_id: str, queue_wait_ms: float) -> JobResult:
+        clock = _Clock()
+        manifest, voice, wave, sr = await clock.run("download", lambda: self._inputs(job_id))
+        seed = manifest.seed if manifest.seed is not None else random.randrange(2**31)
+        ref, synth = await clock.run("synthesis", lambda: self._synthesize(manifest, wave, sr, seed))
+        warnings: list[ResultWarning] = []
+        if self.model_info.random_weights:
+            warnings.append(
+                ResultWarning(
+                    code=WarningCode.RANDOM_WEIGHTS,
+                    message="model bundle has random weights (test bundle): the audio is noise",
+                )
+            )
+        words: list[WordTiming] = []
+        if manifest.needs_alignment:
+            words = await clock.run(
+                "alignment", lambda: self._align(manifest, synth.audio, synth.sample_rate, warnings)
+            )
+        encoded, content_type = await clock.run(
+            "encode", lambda: self._encode(manifest, synth.audio, synth.sample_rate)
+        )
+        audio_key = keys.output_key(job_id, manifest.output_format.value)
+        subs = await clock.run(
+            "upload", lambda: self._upload(job_id, manifest, audio_key, encoded, content_type, words)
+        )
+        expires = self.settings.presign_expiry_s
+        result = JobResult(
+            job_id=job_id,
+            audio=AudioInfo(
+                uri=keys.s3_uri(self.settings.bucket, audio_key),
+                url=await self.store.presign_get(audio_key, expires),
+                url_expires_at=utcnow() + timedelta(seconds=expires),
+                format=manifest.output_format,
+                sample_rate=synth.sample_rate,
+                duration_s=round(len(synth.audio) / synth.sample_rate, 4),
+                bytes=len(encoded),
+            ),
+            word_timings=words if manifest.word_timings else None,
+            subtitles=subs,
+            text=manifest.text,
+            ref_text=ref.text,
+            ref_text_source=ref.text_source,
+            voice_key=voice,
+            seed=seed,
+            chunks=len(synth.chunks),
+            model=self.model_info,
+            worker=self.settings.worker_id,
+            timings_ms=_timings(clock, queue_wait_ms),
+            warnings=warnings,
+            completed_at=utcnow(),
+        )
+        # Audio and subtitles are durable before the result names them.
+        await self.store.put_json(keys.result_key(job_id), result)
+        return result
+
+    async def _upload(
+        self,
+        job_id: str,
+        manifest: Manifest,
+        audio_key: str,
+        encoded: bytes,
+        content_type: str,
+        words: list[WordTiming],
+    ) -> dict[SubtitleFormat, str]:
+        await self.store.put_bytes(audio_key, encoded, content_type)
+        subs: dict[SubtitleFormat, str] = {}
+        if not words:  # alignment skipped (warning recorded): no subtitles to write
+            return subs
+        for fmt in manifest.subtitles:
+            key = keys.output_key(job_id, fmt.value)
+            await self.store.put_bytes(key, subtitles.render(fmt.value, words).encode(), _SUB_TYPES[fmt.value])
+            subs[fmt] = keys.s3_uri(self.settings.bucket, key)
+        return subs
+
+    # -- stages ------------------------------------------------------------------------------
+
+    async def _inputs(self, job_id: str) -> tuple[Manifest, str, np.ndarray, int]:
+        s = self.settings
+        try:
+            raw = await self.store.get_bytes(keys.manifest_key(job_id), max_bytes=s.max_manifest_bytes)
+        except NotFound:
+            _fail(ErrorCode.MANIFEST_NOT_FOUND, f"{keys.manifest_key(job_id)} no longer exists")
+        except TooLarge as e:
+            _fail(ErrorCode.MANIFEST_TOO_LARGE, f"manifest is {e.size} bytes; the limit is {e.limit}")
+        try:
+            manifest = parse_manifest(raw)
+        except ManifestError as e:
+            _fail(e.code, e.message)
+        _check_text(manifest.text, s.max_text_chars)
+        voice = manifest.voice or s.default_voice
+        if not voice:
+            _fail(ErrorCode.VOICE_REQUIRED, "manifest names no voice and the worker has no TTS_DEFAULT_VOICE")
+        try:
+            vkey = keys.voice_key(voice, s.bucket)
+        except keys.VoiceRefError as e:
+            _fail(e.code, e.message)
+        try:
+            data = await self.store.get_bytes(vkey, max_bytes=s.max_voice_bytes)
+        except NotFound:
+            _fail(ErrorCode.VOICE_NOT_FOUND, f"voice s3://{s.bucket}/{vkey} does not exist")
+        except TooLarge as e:
+            _fail(ErrorCode.VOICE_TOO_LARGE, f"voice is {e.size} bytes; the limit is {e.limit}")
+        wave, sr = await asyncio.to_thread(_decode_voice, data, s.min_voice_seconds, s.max_voice_seconds)
+        return manifest, vkey, wave, sr
+
+    async def _synthesize(
+        self, manifest: Manifest, wave: np.ndarray, sr: int, seed: int
+    ) -> tuple[Reference, SynthesisResult]:
+        try:
+            ref = await asyncio.to_thread(self.engine.prepare_reference, wave, sr, manifest.ref_text)
+            request = SynthesisRequest(
+                reference=ref,
+                text=manifest.text,
+                speed=manifest.speed,
+                nfe_step=manifest.nfe_step,
+                cfg_strength=manifest.cfg_strength,
+                seed=seed,
+                remove_silence=manifest.remove_silence,
+            )
+            [synth] = await asyncio.to_thread(self.engine.synthesize, [request])
+        except EngineError as e:
+            _fail(e.code, str(e))
+        except (RuntimeError, ValueError, MemoryError) as e:  # torch OOM and shape errors included
+            _fail(ErrorCode.SYNTHESIS_FAILED, f"synthesis failed: {type(e).__name__}: {e}")
+        return ref, synth
+
+    async def _align(
+        self, manifest: Manifest, wave: np.ndarray, sr: int, warnings: list[ResultWarning]
+    ) -> list[WordTiming]:
+        try:
+            spans = await asyncio.to_thread(self.aligner.align, wave, sr, manifest.text, manifest.language)
+        except AlignmentImpossible as e:
+            warnings.append(ResultWarning(code=WarningCode.ALIGNMENT_SKIPPED, message=str(e)))
+            log.warning("alignment skipped: %s", e)
+            return []
+        return [WordTiming(word=s.word, start=s.start, end=s.end, score=round(s.score, 4)) for s in spans]
+
+    async def _encode(self, manifest: Manifest, wave: np.ndarray, sr: int) -> tuple[bytes, str]:
+        try:
+            return await asyncio.to_thread(audio_utils.encode, wave, sr, manifest.output_format.value)
+        except Exception as e:
+            _fail(ErrorCode.ENCODE_FAILED, f"encoding {manifest.output_format.value} failed: {e}")
+
+
+_SUB_TYPES = {"srt": "application/x-subrip", "vtt": "text/vtt"}
+
+
+def _timings(clock: _Clock, queue_wait_ms: float) -> StageTimings:
+    stages = ("download", "synthesis", "alignment", "encode", "upload")
+    return StageTimings(
+        queue_wait=round(queue_wait_ms, 1),
+        total=round(clock.total_ms(), 1),
+        **{s: round(clock.ms.get(s, 0.0), 1) for s in stages},
+    )
+
+
+def _check_text(text: str, max_chars: int) -> None:
+    if len(text) > max_chars:
+        _fail(ErrorCode.TEXT_TOO_LONG, f"text has {len(text)} characters; the limit is {max_chars}")
+    if not any(c.isalnum() for c in text):
+        _fail(ErrorCode.TEXT_NOT_SPEAKABLE, "text has no letters or digits to speak")
+    bad = [c for c in text if ord(c) < 32 and c not in "\t\n\r"]
+    if bad:
+        _fail(ErrorCode.INVALID_MANIFEST, f"text contains control characters {sorted({hex(ord(c)) for c in bad})}")
+
+
+def _decode_voice(data: bytes, min_s: float, max_s: float) -> tuple[np.ndarray, int]:
+    try:
+        info = audio_utils.probe(data)
+    except audio_utils.AudioDecodeError as e:
+        _fail(ErrorCode.VOICE_UNREADABLE, f"voice: {e}")
+    if info.duration_s > max_s:
+        _fail(ErrorCode.VOICE_TOO_LONG, f"voice is {info.duration_s:.1f}s; the limit is {max_s:g}s")
+    if info.duration_s < min_s:
+        _fail(ErrorCode.VOICE_TOO_SHORT, f"voice is {info.duration_s:.2f}s; at least {min_s:g}s is needed")
+    try:
+        return audio_utils.decode(data)
+    except audio_utils.AudioDecodeError as e:
+        _fail(ErrorCode.VOICE_UNREADABLE, f"voice: {e}")
+
+
+async def serve(settings: Settings, *, max_jobs: int | None = None, idle_exit_s: float | None = None) -> int:
+    """Start-up (sync the bundle, load the engine once) then consume. Returns jobs processed."""
+    from pipeline.models.cache import ModelCache
+    from pipeline.tts.align import Aligner
+    from pipeline.tts.engine import F5Engine
+
+    t0 = time.perf_counter()
+    if settings.metrics_port is not None:
+        metrics.serve(settings.metrics_port)
+    cache = ModelCache(settings.bucket, settings.cache_dir)
+    report = await asyncio.to_thread(cache.sync, settings.model_name, settings.model_version)
+    t_sync = time.perf_counter()
+    engine = await asyncio.to_thread(F5Engine.load, report.path, settings.device)
+    aligner = await asyncio.to_thread(Aligner, report.path / report.bundle.aligner.model)
+    t_load = time.perf_counter()
+    phases = {**report.seconds, "load": t_load - t_sync, "total": t_load - t0}
+    for phase, seconds in phases.items():
+        metrics.COLD_START_SECONDS.labels(phase).set(seconds)
+    log.info(
+        "worker %s ready: model %s/%s (%s cache, %d files fetched) on %s; cold start %s",
+        settings.worker_id,
+        report.bundle.name,
+        report.bundle.version,
+        "warm" if report.warm else "cold",
+        len(report.files_fetched),
+        engine.device,
+        " ".join(f"{k}={v:.2f}s" for k, v in phases.items()),
+    )
+    if report.bundle.random_weights:
+        log.warning("!!! model bundle %s has RANDOM WEIGHTS: its audio is noise (test bundle) !!!", report.bundle.name)
+    async with Store.open(settings.bucket) as store, Queue.open(settings.queue) as queue:
+        worker = Worker(settings, store, queue, engine, aligner)
+        worker.install_signal_handlers()
+        return await worker.run(max_jobs=max_jobs, idle_exit_s=idle_exit_s)
