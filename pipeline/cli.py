@@ -9,12 +9,14 @@ import asyncio
 import json
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import TypeVar
 
 from pipeline.config import get_settings
 
 log = logging.getLogger("tts-pipeline")
+T = TypeVar("T")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,6 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("dir", type=Path)
     c.add_argument("--no-latest", action="store_true", help="do not move models/<name>/latest")
     c.set_defaults(handler=_model_push)
+    c = m_sub.add_parser("list", help="bundles in the S3 model cache (name and latest version)")
+    c.set_defaults(handler=_model_list)
     c = m_sub.add_parser("pull", help="sync a bundle from S3 into the local cache, as the worker does")
     c.add_argument("name", nargs="?", help="default: TTS_MODEL_NAME")
     c.add_argument("version", nargs="?", help="default: TTS_MODEL_VERSION")
@@ -84,6 +88,11 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("status", help="print a job's status JSON")
     c.add_argument("job_id")
     c.set_defaults(handler=_status)
+
+    c = sub.add_parser("wait", help="wait until a job ends; print its status (exit 0 only if COMPLETED)")
+    c.add_argument("job_id")
+    c.add_argument("--timeout", type=float, default=600.0)
+    c.set_defaults(handler=_wait)
 
     c = sub.add_parser("result", help="print a job's result JSON (with a fresh presigned URL)")
     c.add_argument("job_id")
@@ -181,6 +190,15 @@ def _model_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_list(args: argparse.Namespace) -> int:
+    from pipeline.models.cache import ModelCache
+
+    s = get_settings()
+    for name, latest in ModelCache(s.bucket, s.cache_dir).list_remote().items():
+        print(f"{name}\t{latest}")
+    return 0
+
+
 def _model_pull(args: argparse.Namespace) -> int:
     from pipeline.models.cache import BundleNotFound, ModelCache
 
@@ -233,6 +251,21 @@ def _status(args: argparse.Namespace) -> int:
 
     print(_run_job_call(go))
     return 0
+
+
+def _wait(args: argparse.Namespace) -> int:
+    from pipeline import client
+    from pipeline.contract import JobState
+    from pipeline.store import Store
+
+    async def go() -> tuple[str, JobState]:
+        async with Store.open(get_settings().bucket) as store:
+            status = await client.wait(store, args.job_id, timeout_s=args.timeout)
+            return client.dump(status), status.state
+
+    text, state = _run_job_call(go)
+    print(text)
+    return 0 if state is JobState.COMPLETED else (1 if state.terminal else 3)
 
 
 def _result(args: argparse.Namespace) -> int:
@@ -305,11 +338,11 @@ def _submit(args: argparse.Namespace) -> int:
     return asyncio.run(go())
 
 
-def _run_job_call(fn: Callable[[], object]) -> str:
+def _run_job_call(fn: Callable[[], Coroutine[object, object, T]]) -> T:
     from pipeline.client import JobNotFound
 
     try:
-        return asyncio.run(fn())  # type: ignore[arg-type]
+        return asyncio.run(fn())
     except JobNotFound as e:
         raise _CliError(str(e)) from None
 

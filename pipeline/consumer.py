@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -32,9 +33,10 @@ class Message:
 
 
 class Queue:
-    def __init__(self, sqs: Any, url: str) -> None:
+    def __init__(self, sqs: Any, url: str, dlq_url: str | None = None) -> None:
         self.sqs = sqs
         self.url = url
+        self.dlq_url = dlq_url
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -43,7 +45,9 @@ class Queue:
             async for attempt in aws.async_retrying():
                 with attempt:
                     url = (await sqs.get_queue_url(QueueName=name))["QueueUrl"]
-            yield cls(sqs, url)
+                    attrs = await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["RedrivePolicy"])
+                    dlq_url = await _dlq_url(sqs, attrs.get("Attributes", {}).get("RedrivePolicy"))
+            yield cls(sqs, url, dlq_url)
 
     async def _call(self, op: str, **kwargs: Any) -> Any:
         async for attempt in aws.async_retrying():
@@ -79,6 +83,24 @@ class Queue:
     async def set_visibility(self, msg: Message, seconds: int) -> None:
         await self._call("change_message_visibility", ReceiptHandle=msg.receipt_handle, VisibilityTimeout=seconds)
 
+    async def dead_letter(self, msg: Message, reason: str) -> bool:
+        """Move a message we cannot interpret to the DLQ now, with the reason attached, rather than
+        letting it bounce maxReceiveCount times. Without a DLQ it stays on the queue (never dropped)."""
+        if not self.dlq_url:
+            return False
+        async for attempt in aws.async_retrying():
+            with attempt:
+                await self.sqs.send_message(
+                    QueueUrl=self.dlq_url,
+                    MessageBody=msg.body,
+                    MessageAttributes={
+                        "tts-reason": {"DataType": "String", "StringValue": reason[:1000]},
+                        "tts-source-message-id": {"DataType": "String", "StringValue": msg.id},
+                    },
+                )
+        await self.delete(msg)
+        return True
+
     @contextlib.asynccontextmanager
     async def heartbeat(self, msg: Message, *, timeout_s: int, interval_s: float) -> AsyncIterator[None]:
         """Keep ``msg`` invisible to other consumers while the body of the ``async with`` runs."""
@@ -100,3 +122,15 @@ class Queue:
                 # The receipt is gone (message deleted or re-delivered elsewhere): nothing to extend.
                 log.warning("heartbeat for %s failed: %s", msg.id, e)
                 return
+
+
+async def _dlq_url(sqs: Any, redrive_policy: str | None) -> str | None:
+    if not redrive_policy:
+        return None
+    arn = json.loads(redrive_policy).get("deadLetterTargetArn", "")
+    # arn:aws:sqs:<region>:<account>:<name>
+    parts = arn.split(":")
+    if len(parts) != 6:
+        return None
+    resp = await sqs.get_queue_url(QueueName=parts[5], QueueOwnerAWSAccountId=parts[4])
+    return resp["QueueUrl"]

@@ -105,6 +105,7 @@ class Worker:
         queue: Queue,
         engine: F5Engine,
         aligner: Aligner,
+        stopping: asyncio.Event | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -118,21 +119,11 @@ class Worker:
             device=engine.device,
         )
         self.jobs_done = 0
-        self._stopping = asyncio.Event()
+        self._stopping = stopping or asyncio.Event()
 
     # ----------------------------------------------------------------------------------------
     # Loop
     # ----------------------------------------------------------------------------------------
-
-    def request_stop(self) -> None:
-        if not self._stopping.is_set():
-            log.info("stop requested: finishing the job in hand, receiving no more")
-            self._stopping.set()
-
-    def install_signal_handlers(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_stop)
 
     async def run(self, *, max_jobs: int | None = None, idle_exit_s: float | None = None) -> int:
         """Consume until stopped, ``max_jobs`` jobs are done, or the queue was empty ``idle_exit_s``."""
@@ -156,19 +147,23 @@ class Worker:
             if not receive.done():
                 receive.cancel()  # shutting down: anything it would have received stays queued
                 break
+            # A stop that arrives while a job runs lets the job finish (its message is deleted only
+            # when its outputs are durable), then the loop ends.
             for msg in receive.result():
                 await self.handle_message(msg)
                 idle_since = time.monotonic()
+        if self._stopping.is_set():
+            log.info("stop requested: no more messages will be received")
         return self.jobs_done
 
     async def handle_message(self, msg: Message) -> None:
         try:
             parsed = parse_message_body(msg.body)
         except UnrecognisedMessage as e:
-            # Not ours to interpret and not ours to drop: leave it; after maxReceiveCount the
-            # queue's redrive policy moves it to the DLQ for an operator to inspect.
+            # Not ours to interpret and not ours to drop: park it in the DLQ for an operator.
             metrics.UNRECOGNISED_MESSAGES.inc()
-            log.error("message %s is not an S3 event (%s); leaving it for the DLQ", msg.id, e)
+            moved = await self.queue.dead_letter(msg, f"not an S3 event notification: {e}")
+            log.error("message %s is not an S3 event (%s); %s", msg.id, e, "moved to the DLQ" if moved else "left")
             return
         if parsed.test_event:
             log.info("s3:TestEvent received (notification configured); deleting it")
@@ -449,6 +444,11 @@ async def serve(settings: Settings, *, max_jobs: int | None = None, idle_exit_s:
     from pipeline.tts.engine import F5Engine
 
     t0 = time.perf_counter()
+    # Signals first: a SIGTERM during start-up (scale-in, deploy) must end the process cleanly too.
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
     if settings.metrics_port is not None:
         metrics.serve(settings.metrics_port)
     cache = ModelCache(settings.bucket, settings.cache_dir)
@@ -472,7 +472,9 @@ async def serve(settings: Settings, *, max_jobs: int | None = None, idle_exit_s:
     )
     if report.bundle.random_weights:
         log.warning("!!! model bundle %s has RANDOM WEIGHTS: its audio is noise (test bundle) !!!", report.bundle.name)
+    if stopping.is_set():
+        log.info("stop requested during start-up: exiting before consuming")
+        return 0
     async with Store.open(settings.bucket) as store, Queue.open(settings.queue) as queue:
-        worker = Worker(settings, store, queue, engine, aligner)
-        worker.install_signal_handlers()
+        worker = Worker(settings, store, queue, engine, aligner, stopping)
         return await worker.run(max_jobs=max_jobs, idle_exit_s=idle_exit_s)

@@ -101,6 +101,17 @@ class ModelCache:
             return False
         return True
 
+    def list_remote(self) -> dict[str, str]:
+        """name -> latest version, for every bundle name with a ``latest`` pointer."""
+        out: dict[str, str] = {}
+        paginator = self.s3.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=keys.MODELS, Delimiter="/"):
+            for prefix in page.get("CommonPrefixes", []):
+                name = prefix["Prefix"][len(keys.MODELS) :].rstrip("/")
+                with contextlib.suppress(BundleNotFound):
+                    out[name] = self.resolve_version(name)
+        return out
+
     def push(self, directory: Path, *, set_latest: bool = True) -> Bundle:
         bundle = Bundle.load(directory)
         bad = verify(directory, bundle)

@@ -179,6 +179,7 @@ def _build_aligner(d: Path) -> None:
 def _build_whisper(d: Path) -> None:
     from tokenizers.pre_tokenizers import ByteLevel
     from transformers import (
+        GenerationConfig,
         WhisperConfig,
         WhisperFeatureExtractor,
         WhisperForConditionalGeneration,
@@ -202,22 +203,15 @@ def _build_whisper(d: Path) -> None:
     vocab = {ch: i for i, ch in enumerate(alphabet)}
     for tok in specials:
         vocab[tok] = len(vocab)
-    tok_dir = d / "_tok"
-    tok_dir.mkdir(exist_ok=True)
-    import json
-
-    (tok_dir / "vocab.json").write_text(json.dumps(vocab))
-    (tok_dir / "merges.txt").write_text("#version: 0.2\n")
     tokenizer = WhisperTokenizer(
-        vocab_file=str(tok_dir / "vocab.json"),
-        merges_file=str(tok_dir / "merges.txt"),
+        vocab=vocab,
+        merges=[],
         unk_token="<|endoftext|>",
         bos_token="<|endoftext|>",
         eos_token="<|endoftext|>",
         pad_token="<|endoftext|>",
     )
     tokenizer.add_special_tokens({"additional_special_tokens": specials[1:]})
-    shutil.rmtree(tok_dir)
     ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in specials}
     config = WhisperConfig(
         vocab_size=len(vocab),
@@ -239,15 +233,17 @@ def _build_whisper(d: Path) -> None:
         suppress_tokens=None,
     )
     model = WhisperForConditionalGeneration(config).eval()
-    gen = model.generation_config
-    gen.is_multilingual = True
-    gen.task_to_id = {"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]}
-    gen.lang_to_id = {"<|en|>": ids["<|en|>"]}
-    gen.no_timestamps_token_id = ids["<|notimestamps|>"]
-    gen.decoder_start_token_id = ids["<|startoftranscript|>"]
-    gen.eos_token_id = ids["<|endoftext|>"]
-    gen.pad_token_id = ids["<|endoftext|>"]
-    # Random weights rarely emit end-of-text: cap the transcript length.
-    gen.max_length = 24
+    model.generation_config = GenerationConfig(
+        is_multilingual=True,
+        task_to_id={"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]},
+        lang_to_id={"<|en|>": ids["<|en|>"]},
+        no_timestamps_token_id=ids["<|notimestamps|>"],
+        decoder_start_token_id=ids["<|startoftranscript|>"],
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|endoftext|>"],
+        pad_token_id=ids["<|endoftext|>"],
+        # Random weights rarely emit end-of-text: cap the transcript length.
+        max_length=24,
+    )
     model.save_pretrained(d)
     WhisperProcessor(feature_extractor=WhisperFeatureExtractor(), tokenizer=tokenizer).save_pretrained(d)

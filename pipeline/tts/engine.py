@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import logging
 import os
-import sys
 import tempfile
 import threading
 import time
@@ -110,11 +110,35 @@ def chunk_budget(ref_samples: int, ref_text: str, speed: float) -> int:
     return int(len(ref_text.encode("utf-8")) / ref_s * (CHUNK_WINDOW_S - ref_s) * speed)
 
 
+class _LogWriter(io.TextIOBase):
+    """A file that turns f5-tts's print() chatter into DEBUG log lines."""
+
+    def write(self, text: str) -> int:
+        for line in text.splitlines():
+            if line.strip():
+                log.debug("f5-tts: %s", line.strip())
+        return len(text)
+
+
 @contextlib.contextmanager
 def _quiet_stdout() -> Iterator[None]:
-    # f5-tts print()s progress chatter; keep stdout clean for the CLI's JSON output.
-    with contextlib.redirect_stdout(sys.stderr):
+    # Keeps stdout clean for the CLI's JSON output, and the worker's log readable.
+    with contextlib.redirect_stdout(_LogWriter()):
         yield
+
+
+def _import_f5() -> Any:
+    import warnings
+
+    with warnings.catch_warnings():
+        # pydub warns at import that ffmpeg is missing; we only hand it PCM WAV, which it reads natively.
+        warnings.filterwarnings("ignore", message="Couldn't find ffmpeg", category=RuntimeWarning)
+        from f5_tts.infer import utils_infer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    return utils_infer
 
 
 class _SoundfileAsr:
@@ -154,7 +178,7 @@ class F5Engine:
         t0 = time.perf_counter()
         mel = self.bundle.tts.mel_spec
         with _quiet_stdout():
-            from f5_tts.infer import utils_infer as ui
+            ui = _import_f5()
             from f5_tts.model import DiT, UNetT
 
             expected = (ui.target_sample_rate, ui.n_mel_channels, ui.hop_length, ui.win_length, ui.n_fft)

@@ -1,0 +1,121 @@
+"""The F5-TTS engine, running the real f5-tts code on the tiny random bundle.
+
+Random weights produce noise, so these check structure: sample rate, the duration rule, chunking,
+seeds, finiteness, and the ASR path for an empty reference text.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.tts.engine import (
+    HOP_LENGTH,
+    SAMPLE_RATE,
+    EngineError,
+    F5Engine,
+    Reference,
+    SynthesisRequest,
+    duration_frames,
+)
+from tests.conftest import reference_voice
+
+
+@pytest.fixture(scope="module")
+def ref(engine: F5Engine) -> Reference:
+    wave, sr, text = reference_voice()
+    return engine.prepare_reference(wave, sr, text)
+
+
+def test_reference_is_prepared_as_f5_tts_does(ref: Reference) -> None:
+    assert ref.sample_rate == SAMPLE_RATE
+    assert ref.audio.ndim == 1 and 0 < len(ref.audio) <= 12.1 * SAMPLE_RATE
+    assert ref.text_source == "manifest"
+    # f5-tts ends the reference text with sentence punctuation and a space.
+    assert ref.text == "Some call me nature, others call me mother nature. "
+
+
+@pytest.mark.parametrize(
+    ("text", "speed"),
+    [
+        ("Hello world, this is a test of the pipeline.", 1.0),
+        ("Hello world, this is a test of the pipeline.", 1.7),
+        ("Hello world, this is a test of the pipeline.", 0.5),
+        ("Hi there.", 1.0),  # < 10 bytes: f5-tts switches to speed 0.3
+    ],
+)
+def test_output_duration_follows_f5_tts_duration_rule(
+    engine: F5Engine, ref: Reference, text: str, speed: float
+) -> None:
+    [out] = engine.synthesize([SynthesisRequest(reference=ref, text=text, speed=speed, nfe_step=4, seed=1)])
+    assert out.sample_rate == 24000 and out.chunks == [text]
+    expected = duration_frames(len(ref.audio), ref.text, text, speed) * HOP_LENGTH
+    assert len(out.audio) == expected
+    assert out.audio.dtype == np.float32 and np.all(np.isfinite(out.audio))
+
+
+def test_faster_speed_means_shorter_audio(engine: F5Engine, ref: Reference) -> None:
+    text = "The quick brown fox jumps over the lazy dog."
+    slow, fast = engine.synthesize(
+        [
+            SynthesisRequest(reference=ref, text=text, speed=0.8, nfe_step=4, seed=1),
+            SynthesisRequest(reference=ref, text=text, speed=2.0, nfe_step=4, seed=1),
+        ]
+    )
+    assert len(fast.audio) < len(slow.audio)
+
+
+def test_seed_makes_output_reproducible(engine: F5Engine, ref: Reference) -> None:
+    req = SynthesisRequest(reference=ref, text="Reproducible output, please.", nfe_step=4, seed=123)
+    a, b = engine.synthesize([req, req])
+    [c] = engine.synthesize([SynthesisRequest(reference=ref, text=req.text, nfe_step=4, seed=124)])
+    assert np.array_equal(a.audio, b.audio)
+    assert not np.array_equal(a.audio, c.audio)
+
+
+def test_long_text_is_chunked_and_cross_faded(engine: F5Engine, ref: Reference) -> None:
+    sentence = "This sentence is one of many that make a long paragraph for chunking. "
+    text = sentence * 8
+    chunks = engine.chunks(ref, text, 1.0)
+    assert len(chunks) > 1
+    progress: list[tuple[int, int]] = []
+    [out] = engine.synthesize(
+        [SynthesisRequest(reference=ref, text=text, nfe_step=2, seed=5)], progress=lambda d, t: progress.append((d, t))
+    )
+    assert out.chunks == chunks
+    assert progress == [(i + 1, len(chunks)) for i in range(len(chunks))]
+    per_chunk = [duration_frames(len(ref.audio), ref.text, c, 1.0) * HOP_LENGTH for c in chunks]
+    fade = int(0.15 * SAMPLE_RATE)
+    assert len(out.audio) == sum(per_chunk) - fade * (len(chunks) - 1)
+
+
+def test_empty_ref_text_is_transcribed_by_the_bundle_asr(engine: F5Engine) -> None:
+    wave, sr, _ = reference_voice()
+    ref = engine.prepare_reference(wave, sr, "")
+    assert ref.text_source == "asr"
+    assert ref.text.strip()  # tiny random Whisper: garbage, but a transcript
+    # Cached: the same voice is not transcribed twice in a process.
+    assert engine.prepare_reference(wave, sr, "") is ref
+
+
+def test_reference_cache_is_keyed_by_text_too(engine: F5Engine, ref: Reference) -> None:
+    wave, sr, text = reference_voice()
+    assert engine.prepare_reference(wave, sr, text) is ref
+    other = engine.prepare_reference(wave, sr, "Another transcript.")
+    assert other is not ref and other.text.startswith("Another transcript.")
+
+
+def test_resampled_reference(engine: F5Engine) -> None:
+    wave, sr, text = reference_voice()
+    from pipeline.tts import audio
+
+    ref16 = engine.prepare_reference(audio.resample(wave, sr, 16000), 16000, text)
+    assert ref16.sample_rate == SAMPLE_RATE
+
+
+def test_no_asr_in_bundle_means_clear_error(engine: F5Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine._ui, "asr_pipe", None)
+    wave, sr, _ = reference_voice()
+    with pytest.raises(EngineError) as info:
+        engine.prepare_reference(wave[: sr * 2], sr, "")
+    assert info.value.code == "TRANSCRIPTION_FAILED"

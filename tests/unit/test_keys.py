@@ -1,0 +1,80 @@
+"""The S3 key layout and the rules for job ids and voice references."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline import keys
+from pipeline.contract import ErrorCode
+
+
+def test_layout() -> None:
+    assert keys.manifest_key("job-1") == "inbox/job-1.json"
+    assert keys.status_key("job-1") == "status/job-1.json"
+    assert keys.result_key("job-1") == "results/job-1.json"
+    assert keys.output_key("job-1", "wav") == "outputs/job-1.wav"
+    assert keys.output_key("job-1", "srt") == "outputs/job-1.srt"
+    assert keys.model_prefix("F5TTS_v1_Base", "abc") == "models/F5TTS_v1_Base/abc/"
+    assert keys.model_latest_key("F5TTS_v1_Base") == "models/F5TTS_v1_Base/latest"
+
+
+@pytest.mark.parametrize("job_id", ["job-0001", "a", "A.b_c-9", "x" * 128, "2026.11.25"])
+def test_valid_job_ids(job_id: str) -> None:
+    assert keys.job_id_from_inbox_key(f"inbox/{job_id}.json") == job_id
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "inbox/has space.json",
+        "inbox/plus+sign.json",
+        "inbox/sub/dir.json",
+        "inbox/.json",
+        "inbox/..json",
+        "inbox/" + "x" * 129 + ".json",
+        "inbox/émoji.json",
+        "inbox/job.txt",
+        "other/job.json",
+    ],
+)
+def test_invalid_job_ids_still_say_where_the_verdict_goes(key: str) -> None:
+    with pytest.raises(keys.InvalidJobId) as info:
+        keys.job_id_from_inbox_key(key)
+    assert info.value.status_key.startswith("status/")
+    if key.startswith("inbox/"):
+        assert info.value.status_key == "status/" + key.removeprefix("inbox/")
+
+
+@pytest.mark.parametrize(
+    ("voice", "key"),
+    [
+        ("voices/alice.wav", "voices/alice.wav"),
+        ("s3://tts-jobs/voices/alice.wav", "voices/alice.wav"),
+        ("voices/with space+plus.wav", "voices/with space+plus.wav"),
+        ("custom/prefix/bob.flac", "custom/prefix/bob.flac"),
+    ],
+)
+def test_voice_references(voice: str, key: str) -> None:
+    assert keys.voice_key(voice, "tts-jobs") == key
+
+
+@pytest.mark.parametrize(
+    ("voice", "code"),
+    [
+        ("s3://other-bucket/voices/a.wav", ErrorCode.VOICE_OUTSIDE_BUCKET),
+        ("s3://tts-jobs-evil/voices/a.wav", ErrorCode.VOICE_OUTSIDE_BUCKET),
+        ("https://example.com/a.wav", ErrorCode.INVALID_VOICE_KEY),
+        ("../etc/passwd", ErrorCode.INVALID_VOICE_KEY),
+        ("voices/../inbox/x.json", ErrorCode.INVALID_VOICE_KEY),
+        ("voices//a.wav", ErrorCode.INVALID_VOICE_KEY),
+        ("/voices/a.wav", ErrorCode.INVALID_VOICE_KEY),
+        ("voices/a\x00.wav", ErrorCode.INVALID_VOICE_KEY),
+        ("s3://tts-jobs/", ErrorCode.INVALID_VOICE_KEY),
+        ("status/job-1.json", ErrorCode.INVALID_VOICE_KEY),
+        ("models/F5TTS_v1_Base/latest", ErrorCode.INVALID_VOICE_KEY),
+    ],
+)
+def test_bad_voice_references(voice: str, code: ErrorCode) -> None:
+    with pytest.raises(keys.VoiceRefError) as info:
+        keys.voice_key(voice, "tts-jobs")
+    assert info.value.code == code
