@@ -1,0 +1,60 @@
+# Two commands matter: `make demo` and `make test`. Both set everything up from a clean clone.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+LS_VENV := localstack/.venv
+TTS := $(VENV)/bin/tts-pipeline
+
+.PHONY: help setup venv localstack-venv demo test unit integration lint format schemas clean
+
+help:
+	@echo "make demo    set up, start LocalStack, run one voice-cloning job end to end, print the result"
+	@echo "make test    set up, lint, run unit + integration tests (real LocalStack, real f5-tts)"
+	@echo "make setup   only create .venv (app) and localstack/.venv (LocalStack + AWS CLI)"
+
+setup: venv localstack-venv
+
+venv: $(VENV)/.installed
+localstack-venv: $(LS_VENV)/.installed
+
+# The app's virtualenv. f5-tts pulls a CUDA build of torch (several GB) the first time.
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required (set PYTHON=...)"'
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	touch $@
+
+# LocalStack's own virtualenv: its runtime pins boto3/awscli versions that clash with aioboto3.
+$(LS_VENV)/.installed: localstack/requirements.txt
+	$(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/pip install --quiet --upgrade pip
+	$(LS_VENV)/bin/pip install --quiet -r localstack/requirements.txt
+	touch $@
+
+demo: setup
+	scripts/demo.sh
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: venv
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+schemas: venv
+	$(TTS) schema --out docs/schemas
+
+test: setup lint
+	$(VENV)/bin/pytest
+
+unit: venv
+	$(VENV)/bin/pytest tests/unit
+
+integration: setup
+	$(VENV)/bin/pytest tests/integration
+
+clean:
+	-$(TTS) localstack stop
+	rm -rf .localstack .cache out .pytest_cache .ruff_cache
