@@ -89,6 +89,20 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("job_id")
     c.set_defaults(handler=_status)
 
+    c = sub.add_parser("cancel", help="cancel a job (writes cancel/<job_id>; a QUEUED job is cancelled at once)")
+    c.add_argument("job_id")
+    c.set_defaults(handler=_cancel)
+
+    dlq = sub.add_parser("dlq", help="inspect and replay dead letters")
+    d_sub = dlq.add_subparsers(metavar="ACTION", required=True)
+    c = d_sub.add_parser("list", help="show the messages in the DLQ (they stay there)")
+    c.add_argument("--max", type=int, default=100)
+    c.set_defaults(handler=_dlq_list)
+    c = d_sub.add_parser("redrive", help="move DLQ messages back to the job queue (jobs reset to QUEUED)")
+    c.add_argument("--max", type=int, default=1000)
+    c.add_argument("--include-unrecognised", action="store_true", help="also replay non-S3-event messages")
+    c.set_defaults(handler=_dlq_redrive)
+
     c = sub.add_parser("wait", help="wait until a job ends; print its status (exit 0 only if COMPLETED)")
     c.add_argument("job_id")
     c.add_argument("--timeout", type=float, default=600.0)
@@ -250,6 +264,38 @@ def _status(args: argparse.Namespace) -> int:
             return client.dump(await client.get_status(store, args.job_id))
 
     print(_run_job_call(go))
+    return 0
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    from pipeline import client
+    from pipeline.state import request_cancel
+    from pipeline.store import Store
+
+    async def go() -> str:
+        async with Store.open(get_settings().bucket) as store:
+            await client.get_status(store, args.job_id)  # JobNotFound for unknown jobs
+            status = await request_cancel(store, args.job_id)
+            return client.dump(status) if status else f"cancellation requested for {args.job_id}"
+
+    print(_run_job_call(go))
+    return 0
+
+
+def _dlq_list(args: argparse.Namespace) -> int:
+    from pipeline import dlq
+
+    for entry in asyncio.run(dlq.peek(get_settings().queue, args.max)):
+        print(json.dumps(entry))
+    return 0
+
+
+def _dlq_redrive(args: argparse.Namespace) -> int:
+    from pipeline import dlq
+
+    s = get_settings()
+    report = asyncio.run(dlq.redrive(s.queue, s.bucket, args.max, include_unrecognised=args.include_unrecognised))
+    print(json.dumps(report, indent=2))
     return 0
 
 

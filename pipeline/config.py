@@ -45,10 +45,19 @@ class Settings(BaseSettings):
     # Outputs.
     presign_expiry_s: int = Field(default=24 * 3600, ge=1, le=7 * 24 * 3600)
 
-    # Queue consumption.
-    visibility_timeout_s: int = Field(default=300, ge=30)
+    # Queue consumption and reliability. A job's lease lasts as long as its message's invisibility:
+    # both are renewed by the heartbeat, and both lapse together when a worker dies.
+    visibility_timeout_s: int = Field(default=300, ge=5, le=43200)
     heartbeat_interval_s: float = Field(default=60.0, gt=0)
     receive_wait_s: int = Field(default=20, ge=0, le=20)
+    max_attempts: int = Field(default=5, ge=1, description="when the queue has no redrive policy")
+    retry_base_s: float = Field(default=10.0, ge=0)
+    retry_max_s: float = Field(default=900.0, ge=0)
+    job_timeout_s: float = Field(default=900.0, gt=0)
+    job_ttl_s: float | None = Field(default=7 * 24 * 3600, gt=0)
+    progress_interval_s: float = Field(default=5.0, gt=0)
+    cancel_poll_s: float = Field(default=2.0, gt=0)
+    shutdown_grace_s: float = Field(default=60.0, ge=0)
 
     # Identity and observability.
     worker_id: str = Field(default_factory=_default_worker_id)

@@ -1,14 +1,13 @@
-"""The SQS side: long-poll receive, delete, visibility changes, and a heartbeat.
+"""The SQS side: long-poll receive, delete, visibility changes, the DLQ.
 
-The heartbeat follows dramatiq_sqs' approach: while a message is being worked on, a background
-task pushes its visibility timeout forward at a fraction of the timeout, so a long GPU job is never
-handed to a second worker while the first is healthy, and a dead worker's message reappears within
-one timeout.
+Visibility is the queue's half of a job's lease: while a job runs, the worker's heartbeat
+(``worker.JobWatch``) pushes the message's visibility forward, as dramatiq_sqs' heartbeat does, so
+a long GPU job is never handed to a second worker while the first is healthy, and a dead worker's
+message reappears within one timeout.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -16,11 +15,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from botocore.exceptions import ClientError
-
 from pipeline import aws
 
 log = logging.getLogger(__name__)
+
+MAX_VISIBILITY_S = 43200  # SQS limit (12 h)
 
 
 @dataclass(frozen=True)
@@ -30,13 +29,15 @@ class Message:
     body: str
     receive_count: int
     sent_at_ms: int | None
+    attributes: dict[str, str] | None = None
 
 
 class Queue:
-    def __init__(self, sqs: Any, url: str, dlq_url: str | None = None) -> None:
+    def __init__(self, sqs: Any, url: str, dlq_url: str | None = None, max_receive_count: int | None = None) -> None:
         self.sqs = sqs
         self.url = url
         self.dlq_url = dlq_url
+        self.max_receive_count = max_receive_count  # from the redrive policy: deliveries before the DLQ
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -46,8 +47,19 @@ class Queue:
                 with attempt:
                     url = (await sqs.get_queue_url(QueueName=name))["QueueUrl"]
                     attrs = await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["RedrivePolicy"])
-                    dlq_url = await _dlq_url(sqs, attrs.get("Attributes", {}).get("RedrivePolicy"))
-            yield cls(sqs, url, dlq_url)
+                    policy = json.loads(attrs.get("Attributes", {}).get("RedrivePolicy") or "{}")
+                    dlq_url = await _queue_url_from_arn(sqs, policy.get("deadLetterTargetArn"))
+            max_receive = int(policy["maxReceiveCount"]) if dlq_url and "maxReceiveCount" in policy else None
+            yield cls(sqs, url, dlq_url, max_receive)
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open_dlq(cls, name: str) -> AsyncIterator[tuple[Queue, Queue]]:
+        """(main queue, its DLQ as a Queue) for operator tools."""
+        async with cls.open(name) as main:
+            if not main.dlq_url:
+                raise LookupError(f"queue {name} has no redrive policy / DLQ")
+            yield main, cls(main.sqs, main.dlq_url)
 
     async def _call(self, op: str, **kwargs: Any) -> Any:
         async for attempt in aws.async_retrying():
@@ -62,6 +74,7 @@ class Queue:
             WaitTimeSeconds=wait_s,
             VisibilityTimeout=visibility_s,
             MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
+            MessageAttributeNames=["All"],
         )
         out = []
         for m in resp.get("Messages", []):
@@ -73,6 +86,7 @@ class Queue:
                     body=m.get("Body", ""),
                     receive_count=int(attrs.get("ApproximateReceiveCount", 1)),
                     sent_at_ms=int(attrs["SentTimestamp"]) if "SentTimestamp" in attrs else None,
+                    attributes={k: v.get("StringValue", "") for k, v in m.get("MessageAttributes", {}).items()},
                 )
             )
         return out
@@ -80,56 +94,30 @@ class Queue:
     async def delete(self, msg: Message) -> None:
         await self._call("delete_message", ReceiptHandle=msg.receipt_handle)
 
-    async def set_visibility(self, msg: Message, seconds: int) -> None:
+    async def set_visibility(self, msg: Message, seconds: float) -> None:
+        seconds = int(min(max(seconds, 0), MAX_VISIBILITY_S))
         await self._call("change_message_visibility", ReceiptHandle=msg.receipt_handle, VisibilityTimeout=seconds)
+
+    async def send(self, body: str, attributes: dict[str, str] | None = None) -> None:
+        attrs = {k: {"DataType": "String", "StringValue": v[:1000]} for k, v in (attributes or {}).items()}
+        await self._call("send_message", MessageBody=body, **({"MessageAttributes": attrs} if attrs else {}))
+
+    def is_last_delivery(self, msg: Message, fallback_max: int) -> bool:
+        """True when SQS will not deliver this message again (the redrive policy moves it to the DLQ)."""
+        return msg.receive_count >= (self.max_receive_count or fallback_max)
 
     async def dead_letter(self, msg: Message, reason: str) -> bool:
         """Move a message we cannot interpret to the DLQ now, with the reason attached, rather than
         letting it bounce maxReceiveCount times. Without a DLQ it stays on the queue (never dropped)."""
         if not self.dlq_url:
             return False
-        async for attempt in aws.async_retrying():
-            with attempt:
-                await self.sqs.send_message(
-                    QueueUrl=self.dlq_url,
-                    MessageBody=msg.body,
-                    MessageAttributes={
-                        "tts-reason": {"DataType": "String", "StringValue": reason[:1000]},
-                        "tts-source-message-id": {"DataType": "String", "StringValue": msg.id},
-                    },
-                )
+        await Queue(self.sqs, self.dlq_url).send(msg.body, {"tts-reason": reason, "tts-source-message-id": msg.id})
         await self.delete(msg)
         return True
 
-    @contextlib.asynccontextmanager
-    async def heartbeat(self, msg: Message, *, timeout_s: int, interval_s: float) -> AsyncIterator[None]:
-        """Keep ``msg`` invisible to other consumers while the body of the ``async with`` runs."""
-        task = asyncio.create_task(self._beat(msg, timeout_s, interval_s), name=f"heartbeat-{msg.id}")
-        try:
-            yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
-    async def _beat(self, msg: Message, timeout_s: int, interval_s: float) -> None:
-        while True:
-            await asyncio.sleep(interval_s)
-            try:
-                await self.set_visibility(msg, timeout_s)
-                log.debug("heartbeat: extended %s by %ss", msg.id, timeout_s)
-            except ClientError as e:
-                # The receipt is gone (message deleted or re-delivered elsewhere): nothing to extend.
-                log.warning("heartbeat for %s failed: %s", msg.id, e)
-                return
-
-
-async def _dlq_url(sqs: Any, redrive_policy: str | None) -> str | None:
-    if not redrive_policy:
-        return None
-    arn = json.loads(redrive_policy).get("deadLetterTargetArn", "")
-    # arn:aws:sqs:<region>:<account>:<name>
-    parts = arn.split(":")
+async def _queue_url_from_arn(sqs: Any, arn: str | None) -> str | None:
+    parts = (arn or "").split(":")  # arn:aws:sqs:<region>:<account>:<name>
     if len(parts) != 6:
         return None
     resp = await sqs.get_queue_url(QueueName=parts[5], QueueOwnerAWSAccountId=parts[4])

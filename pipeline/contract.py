@@ -8,7 +8,7 @@ test, so the docs can never drift from the code. See docs/contract.md for the pr
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Literal
 
@@ -42,10 +42,12 @@ class JobState(StrEnum):
     PROCESSING = "PROCESSING"
     COMPLETED = "COMPLETED"
     FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    EXPIRED = "EXPIRED"
 
     @property
     def terminal(self) -> bool:
-        return self in (JobState.COMPLETED, JobState.FAILED)
+        return self not in (JobState.QUEUED, JobState.PROCESSING)
 
 
 class ErrorCode(StrEnum):
@@ -69,6 +71,8 @@ class ErrorCode(StrEnum):
     TRANSCRIPTION_FAILED = "TRANSCRIPTION_FAILED"
     SYNTHESIS_FAILED = "SYNTHESIS_FAILED"
     ENCODE_FAILED = "ENCODE_FAILED"
+    TIMEOUT = "TIMEOUT"
+    RETRIES_EXHAUSTED = "RETRIES_EXHAUSTED"
     INTERNAL_ERROR = "INTERNAL_ERROR"
 
 
@@ -191,6 +195,11 @@ class Transition(BaseModel):
     note: str | None = None
 
 
+class Progress(BaseModel):
+    chunks_done: int = Field(ge=0)
+    chunks_total: int = Field(ge=0)
+
+
 class JobStatus(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -203,6 +212,12 @@ class JobStatus(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     worker: str | None = None
+    lease_expires_at: datetime | None = Field(
+        default=None,
+        description="While PROCESSING: the worker holds the job until then and renews it while alive. "
+        "Another worker may take over a job whose lease has expired.",
+    )
+    progress: Progress | None = None
     error: JobErrorInfo | None = None
     result_key: str | None = Field(default=None, description="results/<job_id>.json once COMPLETED.")
     history: list[Transition] = Field(default_factory=list)
@@ -215,6 +230,7 @@ class JobStatus(BaseModel):
         error: JobErrorInfo | None = None,
         note: str | None = None,
         at: datetime | None = None,
+        lease_s: float | None = None,
     ) -> JobStatus:
         """Return the next status document; the previous one stays in ``history``."""
         at = at or utcnow()
@@ -225,6 +241,8 @@ class JobStatus(BaseModel):
             "updated_at": at,
             "worker": worker or self.worker,
             "error": error,
+            "lease_expires_at": None,
+            "progress": None,
             "history": [
                 *self.history,
                 Transition(state=state, at=at, worker=worker or self.worker, attempt=attempt, note=note),
@@ -232,8 +250,8 @@ class JobStatus(BaseModel):
         }
         if state is JobState.PROCESSING:
             changes["started_at"] = at
-        if state.terminal:
-            changes["finished_at"] = at
+            changes["lease_expires_at"] = at + timedelta(seconds=lease_s) if lease_s else None
+        changes["finished_at"] = at if state.terminal else None
         return self.model_copy(update=changes)
 
     @classmethod

@@ -22,6 +22,7 @@ RESULTS = "results/"
 OUTPUTS = "outputs/"
 VOICES = "voices/"
 MODELS = "models/"
+CANCEL = "cancel/"
 MANIFEST_SUFFIX = ".json"
 
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
@@ -66,6 +67,10 @@ def result_key(job_id: str) -> str:
 
 def output_key(job_id: str, ext: str) -> str:
     return f"{OUTPUTS}{job_id}.{ext}"
+
+
+def cancel_key(job_id: str) -> str:
+    return f"{CANCEL}{job_id}"
 
 
 def model_prefix(name: str, version: str) -> str:
@@ -113,6 +118,6 @@ def voice_key(voice: str, bucket: str) -> str:
         raise VoiceRefError(ErrorCode.INVALID_VOICE_KEY, f"voice key {key!r} is empty or malformed")
     if key != posixpath.normpath(key) or key.split("/")[0] in {"..", "."}:
         raise VoiceRefError(ErrorCode.INVALID_VOICE_KEY, f"voice key {key!r} is not a normalised path")
-    if key.startswith((INBOX, STATUS, RESULTS, MODELS)):
+    if key.startswith((INBOX, STATUS, RESULTS, MODELS, CANCEL)):
         raise VoiceRefError(ErrorCode.INVALID_VOICE_KEY, f"voice key {key!r} points at pipeline data")
     return key

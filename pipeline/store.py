@@ -23,6 +23,10 @@ class NotFound(KeyError):
     pass
 
 
+class PreconditionFailed(Exception):
+    """A conditional write lost: the object changed (If-Match) or already exists (If-None-Match)."""
+
+
 class TooLarge(ValueError):
     def __init__(self, key: str, size: int, limit: int) -> None:
         super().__init__(f"{key}: {size} bytes > limit {limit}")
@@ -71,18 +75,54 @@ class Store:
         return json.loads(await self.get_bytes(key))
 
     async def get_model(self, key: str, model: type[M]) -> M | None:
-        try:
-            return model.model_validate_json(await self.get_bytes(key))
-        except NotFound:
-            return None
+        return (await self.get_model_etag(key, model))[0]
 
-    async def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
-        resp = await self._call("put_object", Key=key, Body=data, ContentType=content_type)
+    async def get_model_etag(self, key: str, model: type[M]) -> tuple[M | None, str | None]:
+        """The document and its ETag (for a later conditional write), or (None, None)."""
+        async for attempt in aws.async_retrying():
+            with attempt:
+                try:
+                    resp = await self.s3.get_object(Bucket=self.bucket, Key=key)
+                except ClientError as e:
+                    if _is_not_found(e):
+                        return None, None
+                    raise
+                async with resp["Body"] as body:
+                    return model.model_validate_json(await body.read()), resp["ETag"]
+        raise AssertionError("unreachable")
+
+    async def put_bytes(
+        self,
+        key: str,
+        data: bytes,
+        content_type: str = "application/octet-stream",
+        *,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+    ) -> str:
+        """Write an object; returns its ETag. ``if_match``/``if_none_match`` make it conditional
+        (S3 answers 412, raised as PreconditionFailed)."""
+        extra: dict[str, str] = {}
+        if if_match:
+            extra["IfMatch"] = if_match
+        if if_none_match:
+            extra["IfNoneMatch"] = "*"
+        try:
+            resp = await self._call("put_object", Key=key, Body=data, ContentType=content_type, **extra)
+        except ClientError as e:
+            code = e.response.get("Error", {}).get("Code", "")
+            if code in {"PreconditionFailed", "412", "ConditionalRequestConflict"}:
+                raise PreconditionFailed(key) from None
+            raise
         return resp.get("ETag", "")
 
-    async def put_json(self, key: str, doc: BaseModel | dict[str, Any]) -> str:
+    async def put_json(
+        self, key: str, doc: BaseModel | dict[str, Any], *, if_match: str | None = None, if_none_match: bool = False
+    ) -> str:
         body = doc.model_dump_json(indent=2) if isinstance(doc, BaseModel) else json.dumps(doc, indent=2)
-        return await self.put_bytes(key, body.encode(), "application/json")
+        return await self.put_bytes(
+            key, body.encode(), "application/json", if_match=if_match, if_none_match=if_none_match
+        )
 
     async def head(self, key: str) -> dict[str, Any] | None:
         try:

@@ -1,15 +1,19 @@
 """The worker: consume S3 events from SQS and run each job through its states.
 
-    QUEUED --(dequeued)--> PROCESSING --> COMPLETED
-                                     \\-> FAILED (error.code, error.message)
+    QUEUED --claim--> PROCESSING --> COMPLETED | FAILED | CANCELLED | EXPIRED
+       ^                  |
+       +----release-------+   (transient error: retry with backoff; shutdown: hand back)
 
-Per job: read + validate the manifest, fetch the reference voice, synthesise (F5-TTS, off the
-event loop), align words (ctc-forced-aligner), encode, then publish in this order: audio (and
-subtitles), result, final status. The SQS message is deleted only after that, so a crash at any
-point redelivers the job instead of losing it. Bad input fails *that job* with a specific code;
-the worker keeps going. Errors that a retry may cure (S3/SQS unavailable after our own retries)
-leave the message on the queue for redelivery, and the queue's redrive policy parks it in the DLQ
-if it never succeeds.
+Per job: claim it (conditional status write, ``pipeline.state``), read + validate the manifest,
+fetch the reference voice, synthesise (F5-TTS, off the event loop), align words, encode, then
+publish in this order: audio (and subtitles), result, final status. The SQS message is deleted only
+after that, so a crash at any point redelivers the job instead of losing it, and the claim makes
+the redelivery of a finished job a no-op.
+
+Bad input fails *that job* with a specific code; the worker keeps going. Errors that a retry may
+cure (S3/SQS unavailable after our own retries) put the job back on the queue with a growing
+delay; on the last delivery the queue's redrive policy allows, the job ends FAILED
+(RETRIES_EXHAUSTED) and SQS moves the message to the DLQ.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from enum import Enum
 from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 import numpy as np
@@ -50,11 +55,13 @@ from pipeline.contract import (
 )
 from pipeline.events import ObjectCreated, UnrecognisedMessage, parse_message_body
 from pipeline.logs import job_id_var
-from pipeline.store import NotFound, Store, TooLarge
+from pipeline.state import Claim, ClaimResult, Ledger, LostClaim
+from pipeline.store import NotFound, PreconditionFailed, Store, TooLarge
 from pipeline.tts import audio as audio_utils
 from pipeline.tts import subtitles
 from pipeline.tts.align import AlignmentImpossible
 from pipeline.tts.engine import EngineError, Reference, SynthesisRequest, SynthesisResult
+from pipeline.watch import AbortReason, JobAborted, JobWatch
 
 if TYPE_CHECKING:
     from pipeline.tts.align import Aligner
@@ -75,6 +82,32 @@ class JobFailed(Exception):
 
 def _fail(code: ErrorCode | str, message: str) -> NoReturn:
     raise JobFailed(code, message)
+
+
+class Ack(Enum):
+    """What to do with the SQS message once its records are handled."""
+
+    DELETE = "delete"  # the job reached a final state (or was never ours to run)
+    RETRY = "retry"  # make it visible again after a delay
+    LEAVE = "leave"  # another worker owns the job now; its own message carries it
+
+
+@dataclass(frozen=True)
+class Decision:
+    ack: Ack
+    delay_s: float = 0.0
+
+    @staticmethod
+    def combine(decisions: list[Decision]) -> Decision:
+        retries = [d for d in decisions if d.ack is Ack.RETRY]
+        if retries:
+            return Decision(Ack.RETRY, min(d.delay_s for d in retries))
+        if any(d.ack is Ack.LEAVE for d in decisions):
+            return Decision(Ack.LEAVE)
+        return Decision(Ack.DELETE)
+
+
+DELETE = Decision(Ack.DELETE)
 
 
 @dataclass
@@ -120,6 +153,7 @@ class Worker:
         )
         self.jobs_done = 0
         self._stopping = stopping or asyncio.Event()
+        self.ledger = Ledger(store, settings.worker_id, lease_s=settings.visibility_timeout_s)
 
     # ----------------------------------------------------------------------------------------
     # Loop
@@ -169,27 +203,28 @@ class Worker:
             log.info("s3:TestEvent received (notification configured); deleting it")
             await self.queue.delete(msg)
             return
-        try:
-            async with self.queue.heartbeat(
-                msg, timeout_s=self.settings.visibility_timeout_s, interval_s=self.settings.heartbeat_interval_s
-            ):
-                for record in parsed.created:
-                    await self.process_record(record)
-        except Exception as e:
-            if not is_transient(e):
-                raise
-            log.warning("transient error, job left on the queue for redelivery: %s", e)
-            return
-        await self.queue.delete(msg)
+        decisions = []
+        for record in parsed.created:
+            try:
+                decisions.append(await self.process_record(record, msg))
+            except Exception as e:
+                # Could not even record the outcome (S3 down after retries): the message comes back.
+                log.exception("could not process %s: %s; leaving it for redelivery", record.key, e)
+                decisions.append(Decision(Ack.LEAVE))
+        decision = Decision.combine(decisions)
+        if decision.ack is Ack.DELETE:
+            await self.queue.delete(msg)
+        elif decision.ack is Ack.RETRY:
+            await self.queue.set_visibility(msg, decision.delay_s)
 
     # ----------------------------------------------------------------------------------------
     # One job
     # ----------------------------------------------------------------------------------------
 
-    async def process_record(self, record: ObjectCreated) -> JobState | None:
+    async def process_record(self, record: ObjectCreated, msg: Message) -> Decision:
         if record.bucket != self.settings.bucket or not record.key.startswith(keys.INBOX):
             log.warning("ignoring event for s3://%s/%s (not this pipeline's inbox)", record.bucket, record.key)
-            return None
+            return DELETE
         try:
             job_id = keys.job_id_from_inbox_key(record.key)
         except keys.InvalidJobId as e:
@@ -197,13 +232,13 @@ class Worker:
         token = job_id_var.set(job_id)
         metrics.IN_FLIGHT.inc()
         try:
-            return await self.process_job(job_id, record)
+            return await self.process_job(job_id, record, msg)
         finally:
             metrics.IN_FLIGHT.dec()
             job_id_var.reset(token)
             self.jobs_done += 1
 
-    async def _reject_key(self, e: keys.InvalidJobId, record: ObjectCreated) -> JobState:
+    async def _reject_key(self, e: keys.InvalidJobId, record: ObjectCreated) -> Decision:
         job_id = e.status_key.removeprefix(keys.STATUS).removesuffix(".json")
         status = JobStatus.new(job_id, created_at=record.event_time)
         failed = status.moved_to(
@@ -215,52 +250,121 @@ class Worker:
         metrics.JOBS.labels(JobState.FAILED, ErrorCode.INVALID_JOB_ID).inc()
         log.warning("rejected %s: %s (status at %s)", record.key, e.reason, e.status_key)
         self.jobs_done += 1
-        return JobState.FAILED
+        return DELETE
 
-    async def process_job(self, job_id: str, record: ObjectCreated) -> JobState:
-        skey = keys.status_key(job_id)
-        status = await self.store.get_model(skey, JobStatus)
-        if status is not None and status.state.terminal:
-            log.info("job already %s: duplicate delivery, acknowledged", status.state)
-            return status.state
-        status = status or JobStatus.new(job_id, created_at=record.event_time or utcnow())
-        status = status.moved_to(JobState.PROCESSING, worker=self.settings.worker_id)
-        await self.store.put_json(skey, status)
+    async def process_job(self, job_id: str, record: ObjectCreated, msg: Message) -> Decision:
+        outcome, claimed = await self.ledger.claim(job_id, record.event_time)
+        if outcome is ClaimResult.DONE:
+            log.info("job already %s: duplicate delivery acknowledged", claimed.state)  # type: ignore[union-attr]
+            metrics.DUPLICATES.inc()
+            return DELETE
+        if outcome is ClaimResult.BUSY:
+            # Its holder has a message of its own for this job; if the holder dies, that message
+            # comes back and the job is taken over. This copy is redundant.
+            log.info(
+                "job held by %s until %s: duplicate delivery acknowledged", claimed.worker, claimed.lease_expires_at
+            )  # type: ignore[union-attr]
+            metrics.DUPLICATES.inc()
+            return DELETE
+        assert isinstance(claimed, Claim)
+        status = claimed.status
         queue_wait_ms = max(0.0, (status.started_at - status.created_at).total_seconds() * 1000)  # type: ignore[operator]
         metrics.QUEUE_WAIT_SECONDS.observe(queue_wait_ms / 1000)
-        log.info("processing (attempt %d, waited %.0f ms)", status.attempt, queue_wait_ms)
+        log.info(
+            "processing (attempt %d, delivery %d, waited %.0f ms)", status.attempt, msg.receive_count, queue_wait_ms
+        )
         try:
-            result = await self._run(job_id, queue_wait_ms)
+            return await self._attempt(claimed, msg, queue_wait_ms)
+        except LostClaim as e:
+            log.warning("lost the job to another worker (%s): stopping without publishing", e)
+            return Decision(Ack.LEAVE)
+
+    async def _attempt(self, claim: Claim, msg: Message, queue_wait_ms: float) -> Decision:
+        s = self.settings
+        age_s = (utcnow() - claim.status.created_at).total_seconds()
+        if s.job_ttl_s is not None and age_s > s.job_ttl_s:
+            await self._finish(
+                claim, JobState.EXPIRED, note=f"dequeued {age_s:.0f}s after submission (TTL {s.job_ttl_s:g}s)"
+            )
+            return DELETE
+        if await self.store.exists(keys.cancel_key(claim.job_id)):
+            await self._finish(claim, JobState.CANCELLED, note="cancelled before start")
+            return DELETE
+        watch = JobWatch(s, self.ledger, claim, self.queue, msg, self.store, self._stopping)
+        try:
+            async with watch.running():
+                await self._run(claim, queue_wait_ms, watch)
+        except JobAborted as e:
+            return await self._aborted(claim, e.reason)
         except JobFailed as e:
-            return await self._finish_failed(skey, status, e.code, e.message)
+            await self._finish(claim, JobState.FAILED, error=JobErrorInfo(code=e.code, message=e.message))
+            return DELETE
+        except LostClaim:
+            raise
         except Exception as e:
             if is_transient(e):
-                raise  # infrastructure trouble: leave the message for redelivery
+                return await self._transient(claim, msg, e)
             log.exception("unexpected error")
-            return await self._finish_failed(skey, status, ErrorCode.INTERNAL_ERROR, f"{type(e).__name__}: {e}")
-        done = status.moved_to(JobState.COMPLETED)
-        done.result_key = keys.result_key(job_id)
-        await self.store.put_json(skey, done)
-        metrics.JOBS.labels(JobState.COMPLETED, "").inc()
-        log.info(
-            "completed: %.2fs of audio, timings %s",
-            result.audio.duration_s,
-            {k: round(v) for k, v in result.timings_ms.model_dump().items()},
-        )
-        return JobState.COMPLETED
+            await self._finish(
+                claim,
+                JobState.FAILED,
+                error=JobErrorInfo(code=ErrorCode.INTERNAL_ERROR, message=f"{type(e).__name__}: {e}"),
+            )
+            return DELETE
+        return DELETE
 
-    async def _finish_failed(self, skey: str, status: JobStatus, code: str, message: str) -> JobState:
-        failed = status.moved_to(JobState.FAILED, error=JobErrorInfo(code=code, message=message))
-        await self.store.put_json(skey, failed)
-        metrics.JOBS.labels(JobState.FAILED, code).inc()
-        log.warning("failed: %s: %s", code, message)
-        return JobState.FAILED
+    async def _aborted(self, claim: Claim, reason: AbortReason) -> Decision:
+        if reason is AbortReason.LOST_CLAIM:
+            raise LostClaim(claim.job_id)
+        await self._remove_outputs(claim.job_id)
+        if reason is AbortReason.CANCELLED:
+            await self._finish(claim, JobState.CANCELLED, note="cancelled while running")
+            return DELETE
+        if reason is AbortReason.TIMEOUT:
+            msg = f"job exceeded TTS_JOB_TIMEOUT_S={self.settings.job_timeout_s:g}s"
+            await self._finish(claim, JobState.FAILED, error=JobErrorInfo(code=ErrorCode.TIMEOUT, message=msg))
+            return DELETE
+        await self.ledger.release(claim, note=f"released by {self.settings.worker_id}: worker shutting down")
+        log.info("released for another worker (shutdown)")
+        return Decision(Ack.RETRY, 0)
 
-    async def _run(self, job_id: str, queue_wait_ms: float) -> JobResult:
+    async def _transient(self, claim: Claim, msg: Message, e: Exception) -> Decision:
+        s = self.settings
+        metrics.RETRIES.inc()
+        if self.queue.is_last_delivery(msg, s.max_attempts):
+            message = f"gave up after {msg.receive_count} deliveries; last error: {type(e).__name__}: {e}"
+            await self._finish(
+                claim, JobState.FAILED, error=JobErrorInfo(code=ErrorCode.RETRIES_EXHAUSTED, message=message)
+            )
+            # With a DLQ, SQS moves the message there instead of delivering it again.
+            return Decision(Ack.RETRY, 0) if self.queue.dlq_url else DELETE
+        delay = min(s.retry_base_s * 2 ** (msg.receive_count - 1), s.retry_max_s) * random.uniform(0.8, 1.2)
+        await self.ledger.release(claim, note=f"transient error, retry in {delay:.0f}s: {type(e).__name__}: {e}")
+        log.warning("transient error (delivery %d): retry in %.0fs: %s", msg.receive_count, delay, e)
+        return Decision(Ack.RETRY, delay)
+
+    async def _finish(
+        self, claim: Claim, state: JobState, *, error: JobErrorInfo | None = None, note: str | None = None
+    ) -> None:
+        await self.ledger.finish(claim, state, error=error, note=note)
+        metrics.JOBS.labels(state, error.code if error else "").inc()
+        if error:
+            log.warning("%s: %s: %s", state, error.code, error.message)
+        else:
+            log.info("%s%s", state, f": {note}" if note else "")
+
+    async def _remove_outputs(self, job_id: str) -> None:
+        for key in await self.store.list_keys(f"{keys.OUTPUTS}{job_id}."):
+            await self.store.delete(key)
+
+    async def _run(self, claim: Claim, queue_wait_ms: float, watch: JobWatch) -> None:
+        job_id = claim.job_id
         clock = _Clock()
         manifest, voice, wave, sr = await clock.run("download", lambda: self._inputs(job_id))
         seed = manifest.seed if manifest.seed is not None else random.randrange(2**31)
-        ref, synth = await clock.run("synthesis", lambda: self._synthesize(manifest, wave, sr, seed))
+        watch.check()
+        ref, synth = await clock.run("synthesis", lambda: self._synthesize(manifest, wave, sr, seed, watch))
+        watch.check()
         warnings: list[ResultWarning] = []
         if self.model_info.random_weights:
             warnings.append(
@@ -277,6 +381,13 @@ class Worker:
         encoded, content_type = await clock.run(
             "encode", lambda: self._encode(manifest, synth.audio, synth.sample_rate)
         )
+        watch.check()
+        # Publishing is not interruptible. Re-assert the claim first: a worker that lost its lease
+        # (paused longer than the visibility timeout) must not overwrite a successor's outputs.
+        await self.ledger.renew(claim)
+        if await self.store.exists(keys.result_key(job_id)):
+            await self._adopt_result(claim)
+            return
         audio_key = keys.output_key(job_id, manifest.output_format.value)
         subs = await clock.run(
             "upload", lambda: self._upload(job_id, manifest, audio_key, encoded, content_type, words)
@@ -307,9 +418,31 @@ class Worker:
             warnings=warnings,
             completed_at=utcnow(),
         )
-        # Audio and subtitles are durable before the result names them.
-        await self.store.put_json(keys.result_key(job_id), result)
-        return result
+        # Audio and subtitles are durable before the result names them; If-None-Match makes the
+        # first result the only result.
+        try:
+            await self.store.put_json(keys.result_key(job_id), result, if_none_match=True)
+        except PreconditionFailed:
+            existing = await self.store.get_model(keys.result_key(job_id), JobResult)
+            if existing is None or existing.completed_at != result.completed_at:
+                await self._adopt_result(claim)
+                return
+        await self.ledger.finish(claim, JobState.COMPLETED, result_key=keys.result_key(job_id))
+        metrics.JOBS.labels(JobState.COMPLETED, "").inc()
+        log.info(
+            "completed: %.2fs of audio, timings %s",
+            result.audio.duration_s,
+            {k: round(v) for k, v in result.timings_ms.model_dump().items()},
+        )
+
+    async def _adopt_result(self, claim: Claim) -> None:
+        """A result exists already (an earlier attempt published it, then died before its status):
+        it is the job's result, and this attempt's work is discarded."""
+        await self.ledger.finish(
+            claim, JobState.COMPLETED, result_key=keys.result_key(claim.job_id), note="result already published"
+        )
+        metrics.JOBS.labels(JobState.COMPLETED, "").inc()
+        log.info("completed: adopted the result an earlier attempt published")
 
     async def _upload(
         self,
@@ -362,7 +495,7 @@ class Worker:
         return manifest, vkey, wave, sr
 
     async def _synthesize(
-        self, manifest: Manifest, wave: np.ndarray, sr: int, seed: int
+        self, manifest: Manifest, wave: np.ndarray, sr: int, seed: int, watch: JobWatch
     ) -> tuple[Reference, SynthesisResult]:
         try:
             ref = await asyncio.to_thread(self.engine.prepare_reference, wave, sr, manifest.ref_text)
@@ -375,7 +508,7 @@ class Worker:
                 seed=seed,
                 remove_silence=manifest.remove_silence,
             )
-            [synth] = await asyncio.to_thread(self.engine.synthesize, [request])
+            [synth] = await asyncio.to_thread(self.engine.synthesize, [request], watch.on_chunk)
         except EngineError as e:
             _fail(e.code, str(e))
         except (RuntimeError, ValueError, MemoryError) as e:  # torch OOM and shape errors included

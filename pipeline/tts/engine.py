@@ -141,6 +141,19 @@ def _import_f5() -> Any:
     return utils_infer
 
 
+@contextlib.contextmanager
+def _oom_as_engine_error(device: str) -> Iterator[None]:
+    """An out-of-memory fails the job, frees what the failed step cached, and leaves the worker up."""
+    import torch
+
+    try:
+        yield
+    except torch.OutOfMemoryError as e:
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+        raise EngineError("SYNTHESIS_FAILED", f"out of memory on {device}: {e}") from e
+
+
 class _SoundfileAsr:
     """Stands in for f5-tts's ``asr_pipe``: decodes the file itself (no ffmpeg) and calls the
     bundle's local transformers ASR pipeline."""
@@ -305,9 +318,11 @@ class F5Engine:
             raise EngineError("TEXT_NOT_SPEAKABLE", "text has nothing to synthesise after chunking")
         cond = torch.from_numpy(ref.audio).unsqueeze(0)
         waves = []
+        if progress:
+            progress(0, len(chunks))  # also the caller's chance to stop before any work
         for i, chunk in enumerate(chunks):
             torch.manual_seed(req.seed + i)
-            with _quiet_stdout():
+            with _quiet_stdout(), _oom_as_engine_error(self.device):
                 wave, _sr, _spec = next(
                     ui.infer_batch_process(
                         (cond, ref.sample_rate),

@@ -1,0 +1,91 @@
+"""Operator tools for the dead-letter queue: look at what is there, and replay it.
+
+What lands in the DLQ: jobs whose transient failures outlived the redrive policy (status FAILED,
+``RETRIES_EXHAUSTED``), jobs whose worker died on every delivery (status PROCESSING with a lapsed
+lease), and messages that are not S3 events at all (attribute ``tts-reason``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from pipeline import keys
+from pipeline.consumer import Message, Queue
+from pipeline.contract import JobState, JobStatus
+from pipeline.events import UnrecognisedMessage, parse_message_body
+from pipeline.store import PreconditionFailed, Store
+
+_HOLD_S = 60  # messages stay invisible this long while we look at them
+
+
+def _jobs(msg: Message) -> list[str] | None:
+    try:
+        parsed = parse_message_body(msg.body)
+    except UnrecognisedMessage:
+        return None
+    out = []
+    for rec in parsed.created:
+        with contextlib.suppress(keys.InvalidJobId):
+            out.append(keys.job_id_from_inbox_key(rec.key))
+    return out
+
+
+async def _drain(dlq: Queue, limit: int) -> list[Message]:
+    seen: list[Message] = []
+    while len(seen) < limit:
+        batch = await dlq.receive(max_messages=min(10, limit - len(seen)), wait_s=1, visibility_s=_HOLD_S)
+        if not batch:
+            break
+        seen.extend(batch)
+    return seen
+
+
+async def peek(queue_name: str, limit: int) -> list[dict[str, Any]]:
+    async with Queue.open_dlq(queue_name) as (_, dlq):
+        msgs = await _drain(dlq, limit)
+        for m in msgs:  # put them back
+            await dlq.set_visibility(m, 0)
+    return [
+        {
+            "message_id": m.id,
+            "receive_count": m.receive_count,
+            "sent_at_ms": m.sent_at_ms,
+            "jobs": _jobs(m),
+            "reason": (m.attributes or {}).get("tts-reason"),
+            "body": m.body if _jobs(m) is None else None,
+        }
+        for m in msgs
+    ]
+
+
+async def redrive(queue_name: str, bucket: str, limit: int, *, include_unrecognised: bool = False) -> dict[str, Any]:
+    report: dict[str, Any] = {"moved": 0, "skipped": 0, "jobs_requeued": []}
+    async with Queue.open_dlq(queue_name) as (main, dlq), Store.open(bucket) as store:
+        for m in await _drain(dlq, limit):
+            jobs = _jobs(m)
+            if jobs is None and not include_unrecognised:
+                report["skipped"] += 1
+                await dlq.set_visibility(m, 0)
+                continue
+            for job_id in jobs or []:
+                if await _requeue(store, job_id):
+                    report["jobs_requeued"].append(job_id)
+            await main.send(m.body)
+            await dlq.delete(m)
+            report["moved"] += 1
+    return report
+
+
+async def _requeue(store: Store, job_id: str) -> bool:
+    """A FAILED job would be acknowledged as done on redelivery: put it back to QUEUED."""
+    status, etag = await store.get_model_etag(keys.status_key(job_id), JobStatus)
+    if status is None or status.state is not JobState.FAILED or etag is None:
+        return False
+    try:
+        await store.put_json(
+            keys.status_key(job_id), status.moved_to(JobState.QUEUED, note="redriven from the DLQ"), if_match=etag
+        )
+    except PreconditionFailed:
+        return False
+    return True

@@ -1,0 +1,158 @@
+"""The job ledger: claims, leases and state transitions, recorded in ``status/<job_id>.json``.
+
+At-least-once delivery means the same job can reach two workers. Every transition is therefore a
+*conditional* write of the status object (S3 ``If-Match`` on the ETag we read, or
+``If-None-Match: *`` when there is none), in the spirit of aws-powertools' idempotency records:
+
+- ``claim``: a terminal job is never redone (DONE); a job whose lease is live elsewhere is left to
+  its holder (BUSY); otherwise this worker writes PROCESSING with ``lease_expires_at`` and owns it.
+  A PROCESSING job whose lease expired (its worker died) is taken over, ``attempt`` + 1.
+- ``renew``: the heartbeat pushes the lease forward (and publishes progress).
+- ``finish`` / ``release``: terminal state, or back to QUEUED for a retry or a shutdown.
+
+If any of these finds the status changed under it, the claim is lost (``LostClaim``): another
+worker took the job over, and this one must stop without publishing.
+
+A conditional write whose response was lost can be retried into a 412 although it landed; each
+write is recognised by its ``updated_at`` + ``worker`` pair, so that case counts as success.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import Enum
+
+from pipeline import keys
+from pipeline.contract import JobErrorInfo, JobState, JobStatus, Progress, utcnow
+from pipeline.store import PreconditionFailed, Store
+
+log = logging.getLogger(__name__)
+
+_CLAIM_ROUNDS = 5
+
+
+class LostClaim(RuntimeError):
+    """The status changed under us: another worker owns the job now."""
+
+
+class ClaimResult(Enum):
+    CLAIMED = "claimed"
+    DONE = "done"  # terminal already: a duplicate delivery
+    BUSY = "busy"  # held by a live lease elsewhere
+
+
+@dataclass
+class Claim:
+    job_id: str
+    status: JobStatus
+    etag: str
+
+    @property
+    def key(self) -> str:
+        return keys.status_key(self.job_id)
+
+
+class Ledger:
+    def __init__(self, store: Store, worker_id: str, lease_s: float) -> None:
+        self.store = store
+        self.worker_id = worker_id
+        self.lease_s = lease_s
+
+    async def read(self, job_id: str) -> tuple[JobStatus | None, str | None]:
+        return await self.store.get_model_etag(keys.status_key(job_id), JobStatus)
+
+    async def claim(self, job_id: str, created_at: datetime | None) -> tuple[ClaimResult, Claim | JobStatus | None]:
+        key = keys.status_key(job_id)
+        for _ in range(_CLAIM_ROUNDS):
+            status, etag = await self.read(job_id)
+            now = utcnow()
+            if status is not None and status.state.terminal:
+                return ClaimResult.DONE, status
+            note = None
+            if status is not None and status.state is JobState.PROCESSING:
+                lease = status.lease_expires_at
+                if lease is not None and lease > now and status.worker != self.worker_id:
+                    return ClaimResult.BUSY, status
+                note = f"took over from {status.worker} (lease expired {lease.isoformat() if lease else 'never set'})"
+            base = status or JobStatus.new(job_id, created_at=created_at or now)
+            new = base.moved_to(JobState.PROCESSING, worker=self.worker_id, note=note, lease_s=self.lease_s, at=now)
+            try:
+                new_etag = await self._write(key, new, etag)
+            except PreconditionFailed:
+                continue  # someone moved first: look again
+            return ClaimResult.CLAIMED, Claim(job_id, new, new_etag)
+        raise LostClaim(f"{job_id}: status kept changing while claiming")
+
+    async def renew(self, claim: Claim, progress: Progress | None = None) -> None:
+        now = utcnow()
+        new = claim.status.model_copy(
+            update={
+                "updated_at": now,
+                "lease_expires_at": now + timedelta(seconds=self.lease_s),
+                "progress": progress or claim.status.progress,
+            }
+        )
+        await self._transition(claim, new)
+
+    async def finish(
+        self,
+        claim: Claim,
+        state: JobState,
+        *,
+        error: JobErrorInfo | None = None,
+        note: str | None = None,
+        result_key: str | None = None,
+    ) -> JobStatus:
+        new = claim.status.moved_to(state, error=error, note=note)
+        if result_key:
+            new.result_key = result_key
+        await self._transition(claim, new)
+        return new
+
+    async def release(self, claim: Claim, note: str) -> JobStatus:
+        """Back to QUEUED (shutdown, or a retry after a transient error). ``attempt`` is kept."""
+        return await self.finish(claim, JobState.QUEUED, note=note)
+
+    async def _transition(self, claim: Claim, new: JobStatus) -> None:
+        try:
+            claim.etag = await self._write(claim.key, new, claim.etag)
+        except PreconditionFailed:
+            raise LostClaim(f"{claim.job_id}: status changed by another worker") from None
+        claim.status = new
+
+    async def _write(self, key: str, new: JobStatus, etag: str | None) -> str:
+        try:
+            if etag:
+                return await self.store.put_json(key, new, if_match=etag)
+            return await self.store.put_json(key, new, if_none_match=True)
+        except PreconditionFailed:
+            # A retried write whose first try landed reads back as exactly what we wrote.
+            current, current_etag = await self.store.get_model_etag(key, JobStatus)
+            if current is not None and current_etag and _same_write(current, new):
+                return current_etag
+            raise
+
+
+def _same_write(a: JobStatus, b: JobStatus) -> bool:
+    return a.updated_at == b.updated_at and a.worker == b.worker and a.state == b.state
+
+
+async def request_cancel(store: Store, job_id: str) -> JobStatus | None:
+    """Ask for a job to be cancelled: write ``cancel/<job_id>``; a QUEUED job is cancelled at once.
+
+    A running job is cancelled by its worker at the next check (before start, between text chunks).
+    """
+    await store.put_bytes(keys.cancel_key(job_id), b"", "text/plain")
+    for _ in range(_CLAIM_ROUNDS):
+        status, etag = await store.get_model_etag(keys.status_key(job_id), JobStatus)
+        if status is None or status.state is not JobState.QUEUED or etag is None:
+            return status
+        new = status.moved_to(JobState.CANCELLED, note="cancelled before a worker started it")
+        try:
+            await store.put_json(keys.status_key(job_id), new, if_match=etag)
+        except PreconditionFailed:
+            continue  # a worker claimed it meanwhile: it will see the marker
+        return new
+    return None
