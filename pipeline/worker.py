@@ -607,7 +607,11 @@ async def serve(settings: Settings, *, max_jobs: int | None = None, idle_exit_s:
         log.warning("!!! model bundle %s has RANDOM WEIGHTS: its audio is noise (test bundle) !!!", report.bundle.name)
     if stopping.is_set():
         log.info("stop requested during start-up: exiting before consuming")
+        aligner.close()
         return 0
-    async with Store.open(settings.bucket) as store, Queue.open(settings.queue) as queue:
-        worker = Worker(settings, store, queue, engine, aligner, stopping)
-        return await worker.run(max_jobs=max_jobs, idle_exit_s=idle_exit_s)
+    try:
+        async with Store.open(settings.bucket) as store, Queue.open(settings.queue) as queue:
+            worker = Worker(settings, store, queue, engine, aligner, stopping)
+            return await worker.run(max_jobs=max_jobs, idle_exit_s=idle_exit_s)
+    finally:
+        aligner.close()

@@ -1,22 +1,22 @@
-"""Shared fixtures: the tiny model bundle (built by the project's own CLI) and a loaded engine."""
+"""Shared fixtures: the tiny model bundle (built by the project's own CLI), an engine and an
+aligner on it, a real LocalStack process, and a real worker process. Nothing here is mocked."""
 
 from __future__ import annotations
 
+import os
 import subprocess
-import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pytest
+
+from pipeline import localstack_host
+from tests.helpers import BUCKET, QUEUE, TTS, WorkerProcess, free_port, start_worker, stop_worker, wait_ready
 
 if TYPE_CHECKING:
     from pipeline.tts.align import Aligner
     from pipeline.tts.engine import F5Engine
-
-BIN = Path(sys.executable).parent
-TTS = str(BIN / "tts-pipeline")
-SAMPLE_RATE = 24000
 
 
 @pytest.fixture(scope="session")
@@ -35,25 +35,90 @@ def engine(tiny_bundle: Path) -> F5Engine:
 
 
 @pytest.fixture(scope="session")
-def aligner(tiny_bundle: Path) -> Aligner:
+def aligner(tiny_bundle: Path) -> Iterator[Aligner]:
     from pipeline.models.bundle import Bundle
     from pipeline.tts.align import Aligner
 
-    return Aligner(tiny_bundle / Bundle.load(tiny_bundle).aligner.model)
+    a = Aligner(tiny_bundle / Bundle.load(tiny_bundle).aligner.model)
+    yield a
+    a.close()
 
 
-def reference_voice() -> tuple[np.ndarray, int, str]:
-    """F5-TTS's own example reference (a real recording shipped in the f5-tts wheel) and its text."""
-    from importlib.resources import files
-
-    import soundfile as sf
-
-    path = files("f5_tts").joinpath("infer/examples/basic/basic_ref_en.wav")
-    wave, sr = sf.read(str(path), dtype="float32")
-    return wave, sr, "Some call me nature, others call me mother nature."
+@pytest.fixture(scope="session")
+def localstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[localstack_host.Instance]:
+    """A LocalStack of our own on a free port (a demo instance on 4566 is left alone)."""
+    state = tmp_path_factory.mktemp("localstack")
+    inst = localstack_host.start(port=free_port(), state_dir=state)
+    yield inst
+    localstack_host.stop(state)
 
 
-def reference_voice_path() -> Path:
-    from importlib.resources import files
+@pytest.fixture(scope="session")
+def aws_env(localstack: localstack_host.Instance, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """Environment for every process that talks to LocalStack (also applied to this one)."""
+    env = {
+        "AWS_ENDPOINT_URL": localstack.endpoint,
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_REGION": "us-east-1",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "TTS_BUCKET": BUCKET,
+        "TTS_QUEUE": QUEUE,
+        "TTS_MODEL_NAME": "f5tts-tiny",
+        "TTS_CACHE_DIR": str(tmp_path_factory.mktemp("model-cache")),
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield {**os.environ, **env}
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
-    return Path(str(files("f5_tts").joinpath("infer/examples/basic/basic_ref_en.wav")))
+
+@pytest.fixture(scope="session")
+def s3(aws_env: dict[str, str]) -> Any:
+    from pipeline.aws import sync_client
+
+    return sync_client("s3")
+
+
+@pytest.fixture(scope="session")
+def sqs(aws_env: dict[str, str]) -> Any:
+    from pipeline.aws import sync_client
+
+    return sync_client("sqs")
+
+
+@pytest.fixture(scope="session")
+def pushed_bundle(aws_env: dict[str, str], tiny_bundle: Path) -> Path:
+    subprocess.run([TTS, "model", "push", str(tiny_bundle)], env=aws_env, check=True, capture_output=True)
+    return tiny_bundle
+
+
+@pytest.fixture(scope="session")
+def worker(
+    aws_env: dict[str, str], pushed_bundle: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WorkerProcess]:
+    """One long-running worker shared by the end-to-end tests (the model must load once)."""
+    w = start_worker(aws_env, tmp_path_factory.mktemp("worker") / "worker.log")
+    wait_ready(w)
+    yield w
+    code = stop_worker(w)
+    assert code == 0, f"worker did not shut down cleanly on SIGTERM ({code}):\n{w.log()[-4000:]}"
+
+
+@pytest.fixture(scope="session")
+def make_stack(aws_env: dict[str, str], tiny_bundle: Path) -> Any:
+    """Factory: a bucket + queue + DLQ of its own (so a test controls which workers see its jobs),
+    bootstrapped and holding the tiny bundle. Returns the environment for processes using it."""
+
+    def make(name: str, **settings: str) -> dict[str, str]:
+        env = {**aws_env, "TTS_BUCKET": name, "TTS_QUEUE": name}
+        env.update({f"TTS_{k.upper()}": str(v) for k, v in settings.items()})
+        subprocess.run([TTS, "bootstrap"], env=env, check=True, capture_output=True)
+        subprocess.run([TTS, "model", "push", str(tiny_bundle)], env=env, check=True, capture_output=True)
+        return env
+
+    return make

@@ -3,10 +3,11 @@
 Path: resample to 16 kHz -> ``generate_emissions`` -> ``preprocess_text`` (romanised, per language)
 -> ``get_alignments`` -> ``get_spans`` -> ``postprocess_results``.
 
-Guard: the library's C++ CTC aligner *aborts the whole process* (``std::bad_alloc`` or an uncaught
+Guard, twice: the library's C++ CTC aligner *aborts the whole process* (``std::bad_alloc`` or an uncaught
 ``runtime_error``) when the token sequence needs more frames than the audio has (T < L + R, R being
 adjacent repeated tokens). We compute the same targets the library will and refuse before calling
-it, so such a job gets a warning instead of killing the worker.
+it, so such a job gets a warning instead of killing the worker; and the aligner runs in a child
+process, so any other crash in native code costs one job its word timings, not the worker.
 
 The default MMS aligner model is licensed CC-BY-NC 4.0; the aligner is a swappable bundle file.
 """
@@ -15,7 +16,10 @@ from __future__ import annotations
 
 import itertools
 import logging
+import multiprocessing as mp
 import threading
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,27 +45,70 @@ class WordSpan:
 
 
 class Aligner:
+    """Runs the aligner in a child process: whatever the C++ code does (abort, segfault, OOM), the
+    worker survives, the job gets an ``ALIGNMENT_SKIPPED`` warning, and the next job gets a fresh
+    child. The pre-check above keeps the known crash from happening at all."""
+
     def __init__(self, onnx_path: Path) -> None:
-        import onnxruntime as ort
-
-        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
-        self.session = ort.InferenceSession(str(onnx_path), providers=providers)
+        self.onnx_path = onnx_path
         self._lock = threading.Lock()
+        self._pool = self._start()
 
-    def align(self, wave: np.ndarray, sample_rate: int, text: str, language: str = "eng") -> list[WordSpan]:
-        import ctc_forced_aligner as cfa
+    def _start(self) -> ProcessPoolExecutor:
+        pool = ProcessPoolExecutor(
+            max_workers=1, mp_context=mp.get_context("spawn"), initializer=_child_init, initargs=(str(self.onnx_path),)
+        )
+        pool.submit(_child_ping).result()  # load the model now, not on the first job
+        return pool
 
+    def align(
+        self, wave: np.ndarray, sample_rate: int, text: str, language: str = "eng", *, check: bool = True
+    ) -> list[WordSpan]:
+        """``check=False`` skips the pre-check (tests use it to prove the isolation holds)."""
         duration = len(wave) / sample_rate
-        wave16 = audio_utils.resample(audio_utils.to_mono(wave), sample_rate, ALIGN_SAMPLE_RATE)
-        tokens_starred, text_starred = cfa.preprocess_text(text, romanize=True, language=language)
+        wave16 = audio_utils.resample(audio_utils.to_mono(wave), sample_rate, ALIGN_SAMPLE_RATE).astype(np.float32)
         with self._lock:
-            emissions, stride = cfa.generate_emissions(self.session, wave16.astype(np.float32))
-        tokenizer = cfa.Tokenizer()
-        check_alignable(emissions.shape[0], tokens_starred, tokenizer)
-        segments, scores, blank = cfa.get_alignments(emissions, tokens_starred, tokenizer)
-        spans = cfa.get_spans(tokens_starred, segments, blank)
-        results = cfa.postprocess_results(text_starred, spans, stride, scores)
+            try:
+                results = self._pool.submit(_child_align, wave16, text, language, check).result()
+            except BrokenProcessPool:
+                log.error("aligner process died; starting a new one")
+                self._pool = self._start()
+                raise AlignmentImpossible("the aligner process crashed on this input") from None
         return _clean(results, duration)
+
+    def close(self) -> None:
+        self._pool.shutdown(cancel_futures=True)
+
+
+# -- child process -------------------------------------------------------------------------------
+
+_session = None
+
+
+def _child_init(onnx_path: str) -> None:
+    global _session
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    _session = ort.InferenceSession(onnx_path, providers=providers)
+
+
+def _child_ping() -> bool:
+    return _session is not None
+
+
+def _child_align(wave16: np.ndarray, text: str, language: str, check: bool) -> list[dict]:
+    import ctc_forced_aligner as cfa
+
+    tokens_starred, text_starred = cfa.preprocess_text(text, romanize=True, language=language)
+    emissions, stride = cfa.generate_emissions(_session, wave16)
+    tokenizer = cfa.Tokenizer()
+    if check:
+        check_alignable(emissions.shape[0], tokens_starred, tokenizer)
+    segments, scores, blank = cfa.get_alignments(emissions, tokens_starred, tokenizer)
+    spans = cfa.get_spans(tokens_starred, segments, blank)
+    return cfa.postprocess_results(text_starred, spans, stride, scores)
 
 
 def target_ids(tokens_starred: list[str], tokenizer: object) -> list[int]:

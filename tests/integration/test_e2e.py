@@ -18,12 +18,16 @@ import pytest
 import soundfile as sf
 
 from pipeline.tts.engine import HOP_LENGTH, F5Engine, duration_frames
-from tests.conftest import TTS, reference_voice, reference_voice_path
-from tests.integration.conftest import (
+from tests.helpers import (
     BUCKET,
+    REF_TEXT,
+    TTS,
     WorkerProcess,
     aws,
+    drop_manifest,
     get_json,
+    reference_voice,
+    reference_voice_path,
     start_worker,
     stop_worker,
     wait_for_state,
@@ -32,7 +36,6 @@ from tests.integration.conftest import (
 
 pytestmark = pytest.mark.integration
 
-REF_TEXT = "Some call me nature, others call me mother nature."
 TEXT = "Hello world, this is a test of the pipeline."
 
 
@@ -41,13 +44,6 @@ def voice(aws_env: dict[str, str]) -> str:
     """The reference voice, uploaded the way users do it: `aws s3 cp`."""
     aws(aws_env, "s3", "cp", str(reference_voice_path()), f"s3://{BUCKET}/voices/alice.wav")
     return "voices/alice.wav"
-
-
-def drop_manifest(env: dict[str, str], tmp_path: Path, job_id: str, manifest: dict[str, Any] | bytes) -> None:
-    body = manifest if isinstance(manifest, bytes) else json.dumps(manifest).encode()
-    path = tmp_path / "job.json"
-    path.write_bytes(body)
-    aws(env, "s3", "cp", str(path), f"s3://{BUCKET}/inbox/{job_id}.json")
 
 
 def read_object(s3: Any, key: str) -> bytes:

@@ -44,6 +44,14 @@ def test_too_little_audio_is_refused_instead_of_aborting(aligner: Aligner) -> No
         aligner.align(_noise(0.2), 24000, TEXT * 3)
 
 
+def test_a_crash_in_the_aligner_process_costs_one_alignment_not_the_worker(aligner: Aligner) -> None:
+    """Without the pre-check the C++ code aborts; it does so in the child process only."""
+    with pytest.raises(AlignmentImpossible, match="crashed"):
+        aligner.align(_noise(0.2), 24000, TEXT * 3, check=False)
+    # A fresh child serves the next job.
+    assert [s.word for s in aligner.align(_noise(3.0), 24000, TEXT)] == TEXT.split()
+
+
 def test_the_guard_is_needed_unguarded_library_call_kills_the_process(tiny_bundle) -> None:
     """Proves the danger the guard exists for: the library's C++ aligner aborts the interpreter."""
     code = f"""

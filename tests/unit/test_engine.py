@@ -18,7 +18,7 @@ from pipeline.tts.engine import (
     SynthesisRequest,
     duration_frames,
 )
-from tests.conftest import reference_voice
+from tests.helpers import reference_voice
 
 
 @pytest.fixture(scope="module")

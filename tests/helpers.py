@@ -1,0 +1,145 @@
+"""Helpers shared by the integration and fault tests: processes, the AWS CLI, polling."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline import localstack_host
+
+BIN = Path(sys.executable).parent
+TTS = str(BIN / "tts-pipeline")
+BUCKET = "tts-jobs"
+QUEUE = "tts-jobs"
+REF_TEXT = "Some call me nature, others call me mother nature."
+
+
+def reference_voice() -> tuple[np.ndarray, int, str]:
+    """F5-TTS's own example reference (a real recording shipped in the f5-tts wheel) and its text."""
+    import soundfile as sf
+
+    wave, sr = sf.read(str(reference_voice_path()), dtype="float32")
+    return wave, sr, REF_TEXT
+
+
+def reference_voice_path() -> Path:
+    return Path(str(files("f5_tts").joinpath("infer/examples/basic/basic_ref_en.wav")))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def aws(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """The real AWS CLI (LocalStack's pinned awscli), as a user would run it."""
+    return subprocess.run([localstack_host.aws_cli(), *args], env=env, check=True, capture_output=True, text=True)
+
+
+def drop_manifest(
+    env: dict[str, str], tmp_path: Path, job_id: str, manifest: dict[str, Any] | bytes, bucket: str = BUCKET
+) -> None:
+    """Submit a job the way clients do: `aws s3 cp job.json s3://<bucket>/inbox/<job_id>.json`."""
+    body = manifest if isinstance(manifest, bytes) else json.dumps(manifest).encode()
+    path = tmp_path / f"{abs(hash(job_id))}.json"
+    path.write_bytes(body)
+    aws(env, "s3", "cp", str(path), f"s3://{bucket}/inbox/{job_id}.json")
+
+
+@dataclass
+class WorkerProcess:
+    proc: subprocess.Popen[bytes]
+    metrics_port: int
+    log_path: Path
+
+    def metrics(self) -> dict[str, float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        out = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                out[name] = float(value)
+        return out
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_worker(env: dict[str, str], log_path: Path, *args: str, **settings: str) -> WorkerProcess:
+    """`tts-pipeline worker` as a subprocess; ``settings`` are extra TTS_* variables."""
+    port = free_port()
+    log = log_path.open("wb")
+    extra = {f"TTS_{k.upper()}": str(v) for k, v in settings.items()}
+    proc = subprocess.Popen(
+        [TTS, "worker", *args],
+        env={**env, "TTS_METRICS_PORT": str(port), "TTS_RECEIVE_WAIT_S": "2", **extra},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    return WorkerProcess(proc=proc, metrics_port=port, log_path=log_path)
+
+
+def wait_ready(worker: WorkerProcess, timeout_s: float = 240) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if worker.proc.poll() is not None:
+            raise AssertionError(f"worker exited with {worker.proc.returncode}:\n{worker.log()[-4000:]}")
+        if " ready: model " in worker.log():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"worker not ready after {timeout_s}s:\n{worker.log()[-4000:]}")
+
+
+def stop_worker(worker: WorkerProcess, timeout_s: float = 60) -> int:
+    if worker.proc.poll() is None:
+        worker.proc.send_signal(signal.SIGTERM)
+    try:
+        return worker.proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        worker.proc.kill()
+        return worker.proc.wait()
+
+
+def get_json(s3: Any, key: str, bucket: str = BUCKET) -> dict[str, Any] | None:
+    try:
+        return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    except s3.exceptions.NoSuchKey:
+        return None
+
+
+TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "EXPIRED")
+
+
+def wait_for_state(
+    s3: Any,
+    job_id: str,
+    timeout_s: float = 180,
+    worker: WorkerProcess | None = None,
+    bucket: str = BUCKET,
+    states: tuple[str, ...] = TERMINAL,
+) -> dict:
+    """Poll status/<job_id>.json until the job is in one of ``states`` (default: any final one)."""
+    deadline = time.monotonic() + timeout_s
+    status = None
+    while time.monotonic() < deadline:
+        status = get_json(s3, f"status/{job_id}.json", bucket)
+        if status and status["state"] in states:
+            return status
+        if worker is not None and worker.proc.poll() is not None:
+            raise AssertionError(f"worker died ({worker.proc.returncode}):\n{worker.log()[-4000:]}")
+        time.sleep(0.3)
+    log = worker.log()[-4000:] if worker else ""
+    raise AssertionError(f"{job_id} did not finish in {timeout_s}s; last status {status}\n{log}")
