@@ -5,7 +5,7 @@ VENV := .venv
 LS_VENV := localstack/.venv
 TTS := $(VENV)/bin/tts-pipeline
 
-.PHONY: help setup venv localstack-venv demo test unit integration lint format schemas clean
+.PHONY: help setup venv localstack-venv demo test unit integration faults reliability lint format schemas clean
 
 help:
 	@echo "make demo    set up, start LocalStack, run one voice-cloning job end to end, print the result"
@@ -54,6 +54,15 @@ unit: venv
 
 integration: setup
 	$(VENV)/bin/pytest tests/integration
+
+faults: setup
+	$(VENV)/bin/pytest -m faults
+
+# Re-measure the fault suite and rewrite docs/reliability.md from its figures.
+reliability: setup
+	rm -rf .cache/reliability
+	$(VENV)/bin/pytest -m faults
+	$(VENV)/bin/python scripts/reliability_report.py
 
 clean:
 	-$(TTS) localstack stop

@@ -160,6 +160,8 @@ def parse_manifest(raw: bytes) -> Manifest:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise ManifestError(ErrorCode.INVALID_JSON, f"manifest is not valid JSON: {e}") from None
+    except RecursionError:
+        raise ManifestError(ErrorCode.INVALID_JSON, "manifest JSON is nested too deeply") from None
     if not isinstance(data, dict):
         raise ManifestError(ErrorCode.INVALID_MANIFEST, f"manifest must be a JSON object, got {type(data).__name__}")
     try:

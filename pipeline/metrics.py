@@ -18,7 +18,8 @@ MODEL_LOADS = Counter("tts_model_loads", "Times the TTS engine was loaded in thi
 MODEL_LOAD_SECONDS = Gauge("tts_model_load_seconds", "Duration of the last engine load")
 COLD_START_SECONDS = Gauge("tts_cold_start_seconds", "Worker start-up breakdown", ["phase"])
 IN_FLIGHT = Gauge("tts_jobs_in_flight", "Jobs being processed now")
-DUPLICATES = Counter("tts_duplicate_deliveries", "Deliveries of jobs already finished or held by another worker")
+DUPLICATES = Counter("tts_duplicate_deliveries", "Deliveries of jobs already finished, acknowledged")
+DEFERRED = Counter("tts_deferred_deliveries", "Deliveries of jobs held by a live lease elsewhere, put back")
 RETRIES = Counter("tts_job_retries", "Jobs put back on the queue after a transient error")
 UNRECOGNISED_MESSAGES = Counter("tts_unrecognised_messages", "SQS messages that are not S3 events (left for the DLQ)")
 

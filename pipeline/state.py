@@ -5,7 +5,9 @@ At-least-once delivery means the same job can reach two workers. Every transitio
 ``If-None-Match: *`` when there is none), in the spirit of aws-powertools' idempotency records:
 
 - ``claim``: a terminal job is never redone (DONE); a job whose lease is live elsewhere is left to
-  its holder (BUSY); otherwise this worker writes PROCESSING with ``lease_expires_at`` and owns it.
+  its holder (BUSY: the worker puts the message back until the lease would have lapsed, since it
+  may be the holder's own redelivered message); otherwise this worker writes PROCESSING with
+  ``lease_expires_at`` and owns it.
   A PROCESSING job whose lease expired (its worker died) is taken over, ``attempt`` + 1.
 - ``renew``: the heartbeat pushes the lease forward (and publishes progress).
 - ``finish`` / ``release``: terminal state, or back to QUEUED for a retry or a shutdown.
@@ -19,8 +21,10 @@ write is recognised by its ``updated_at`` + ``worker`` pair, so that case counts
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import Enum
 
@@ -48,6 +52,9 @@ class Claim:
     job_id: str
     status: JobStatus
     etag: str
+    # The heartbeat and the job itself both write through one claim: one write at a time, each
+    # built from the status the previous one left, or the second would fail its If-Match.
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
     @property
     def key(self) -> str:
@@ -86,15 +93,17 @@ class Ledger:
         raise LostClaim(f"{job_id}: status kept changing while claiming")
 
     async def renew(self, claim: Claim, progress: Progress | None = None) -> None:
-        now = utcnow()
-        new = claim.status.model_copy(
-            update={
-                "updated_at": now,
-                "lease_expires_at": now + timedelta(seconds=self.lease_s),
-                "progress": progress or claim.status.progress,
-            }
-        )
-        await self._transition(claim, new)
+        def renewed(status: JobStatus) -> JobStatus:
+            now = utcnow()
+            return status.model_copy(
+                update={
+                    "updated_at": now,
+                    "lease_expires_at": now + timedelta(seconds=self.lease_s),
+                    "progress": progress or status.progress,
+                }
+            )
+
+        await self._transition(claim, renewed)
 
     async def finish(
         self,
@@ -105,22 +114,27 @@ class Ledger:
         note: str | None = None,
         result_key: str | None = None,
     ) -> JobStatus:
-        new = claim.status.moved_to(state, error=error, note=note)
-        if result_key:
-            new.result_key = result_key
-        await self._transition(claim, new)
-        return new
+        def finished(status: JobStatus) -> JobStatus:
+            new = status.moved_to(state, error=error, note=note)
+            if result_key:
+                new.result_key = result_key
+            return new
+
+        return await self._transition(claim, finished)
 
     async def release(self, claim: Claim, note: str) -> JobStatus:
         """Back to QUEUED (shutdown, or a retry after a transient error). ``attempt`` is kept."""
         return await self.finish(claim, JobState.QUEUED, note=note)
 
-    async def _transition(self, claim: Claim, new: JobStatus) -> None:
-        try:
-            claim.etag = await self._write(claim.key, new, claim.etag)
-        except PreconditionFailed:
-            raise LostClaim(f"{claim.job_id}: status changed by another worker") from None
-        claim.status = new
+    async def _transition(self, claim: Claim, change: Callable[[JobStatus], JobStatus]) -> JobStatus:
+        async with claim.lock:
+            new = change(claim.status)
+            try:
+                claim.etag = await self._write(claim.key, new, claim.etag)
+            except PreconditionFailed:
+                raise LostClaim(f"{claim.job_id}: status changed by another worker") from None
+            claim.status = new
+            return new
 
     async def _write(self, key: str, new: JobStatus, etag: str | None) -> str:
         try:

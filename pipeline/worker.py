@@ -259,13 +259,13 @@ class Worker:
             metrics.DUPLICATES.inc()
             return DELETE
         if outcome is ClaimResult.BUSY:
-            # Its holder has a message of its own for this job; if the holder dies, that message
-            # comes back and the job is taken over. This copy is redundant.
-            log.info(
-                "job held by %s until %s: duplicate delivery acknowledged", claimed.worker, claimed.lease_expires_at
-            )  # type: ignore[union-attr]
-            metrics.DUPLICATES.inc()
-            return DELETE
+            # Held by a live lease. This may be a duplicate, or the holder's own message whose
+            # visibility lapsed before its lease (e.g. the holder just died): never delete it;
+            # look again when the lease would have expired.
+            lease_left = (claimed.lease_expires_at - utcnow()).total_seconds()  # type: ignore[union-attr,operator]
+            log.info("job held by %s for %.1fs more: delivery deferred", claimed.worker, lease_left)  # type: ignore[union-attr]
+            metrics.DEFERRED.inc()
+            return Decision(Ack.RETRY, max(1.0, lease_left + 1.0))
         assert isinstance(claimed, Claim)
         status = claimed.status
         queue_wait_ms = max(0.0, (status.started_at - status.created_at).total_seconds() * 1000)  # type: ignore[operator]
@@ -427,13 +427,14 @@ class Worker:
             if existing is None or existing.completed_at != result.completed_at:
                 await self._adopt_result(claim)
                 return
-        await self.ledger.finish(claim, JobState.COMPLETED, result_key=keys.result_key(job_id))
-        metrics.JOBS.labels(JobState.COMPLETED, "").inc()
         log.info(
-            "completed: %.2fs of audio, timings %s",
+            "result published: %.2fs of audio, timings %s",
             result.audio.duration_s,
             {k: round(v) for k, v in result.timings_ms.model_dump().items()},
         )
+        await self.ledger.finish(claim, JobState.COMPLETED, result_key=keys.result_key(job_id))
+        metrics.JOBS.labels(JobState.COMPLETED, "").inc()
+        log.info("completed")
 
     async def _adopt_result(self, claim: Claim) -> None:
         """A result exists already (an earlier attempt published it, then died before its status):

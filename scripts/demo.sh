@@ -98,7 +98,7 @@ if ! $TTS wait "$JOB_ID" --timeout 900 > "out/$JOB_ID.status.json"; then
   exit 1
 fi
 kill -TERM "$worker_pid"; wait "$worker_pid" || true; worker_pid=""
-grep -E "ready:|RANDOM WEIGHTS|completed" "out/$JOB_ID.worker.log" | cut -c1-220
+grep -E "ready:|RANDOM WEIGHTS|result published" "out/$JOB_ID.worker.log" | cut -c1-220
 
 step "Status (an S3 read: tts-pipeline status $JOB_ID)"
 cat "out/$JOB_ID.status.json"

@@ -123,10 +123,7 @@ class ModelCache:
         except BundleNotFound:
             already = False
         if not already:
-            with _transfer_manager(self.s3) as tm:
-                futures = [tm.upload(str(directory / rel), self.bucket, prefix + rel) for rel in bundle.files]
-                for f in futures:
-                    f.result()
+            self._transfer_all("upload", {rel: (directory / rel, prefix + rel) for rel in bundle.files})
             # bundle.json last: its presence means "complete".
             self._put(prefix + BUNDLE_FILE, (directory / BUNDLE_FILE).read_bytes(), "application/json")
             log.info(
@@ -142,6 +139,28 @@ class ModelCache:
         for attempt in aws.retrying():
             with attempt:
                 self.s3.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=content_type)
+
+    def _transfer_all(self, direction: str, files: dict[str, tuple[Path, str]]) -> None:
+        """Upload or download ``{name: (local path, key)}`` in parallel with s3transfer; retry the
+        transfers that failed transiently (our retry policy: SDK retries are off)."""
+        pending = dict(files)
+        for attempt in aws.retrying():
+            with attempt, _transfer_manager(self.s3) as tm:
+                futures = {
+                    rel: tm.upload(str(path), self.bucket, key)
+                    if direction == "upload"
+                    else tm.download(self.bucket, key, str(path))
+                    for rel, (path, key) in pending.items()
+                }
+                errors = {}
+                for rel, fut in futures.items():
+                    try:
+                        fut.result()
+                    except Exception as e:
+                        errors[rel] = e
+                pending = {rel: pending[rel] for rel in errors}
+                if errors:
+                    raise next(iter(errors.values()))
 
     # -- local -------------------------------------------------------------------------------
 
@@ -188,10 +207,7 @@ class ModelCache:
                 os.link(old, dst)
             else:
                 todo.append(rel)
-        with _transfer_manager(self.s3) as tm:
-            futures = [tm.download(self.bucket, prefix + rel, str(tmp / rel)) for rel in todo]
-            for f in futures:
-                f.result()
+        self._transfer_all("download", {rel: (tmp / rel, prefix + rel) for rel in todo})
         t1 = time.perf_counter()
         bad = [rel for rel in todo if sha256_file(tmp / rel) != bundle.files[rel].sha256]
         if bad:

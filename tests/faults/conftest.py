@@ -1,0 +1,140 @@
+"""Fault-suite fixtures: each test gets its own bucket + queue + DLQ (versioned, so writes can be
+counted), workers it starts and kills itself, and a place to record its figures for
+docs/reliability.md (`make reliability`)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import WorkerProcess, aws, free_port, reference_voice_path, start_worker, stop_worker, wait_ready
+
+FIGURES_DIR = Path(__file__).resolve().parents[2] / ".cache" / "reliability"
+
+# Short timings so that redelivery and takeover happen within seconds.
+FAST = {
+    "visibility_timeout_s": 6,
+    "heartbeat_interval_s": 1.5,
+    "receive_wait_s": 1,
+    "retry_base_s": 1,
+    "retry_max_s": 5,
+    "cancel_poll_s": 1,
+    "progress_interval_s": 1,
+}
+
+
+@pytest.fixture
+def stack(request: pytest.FixtureRequest, make_stack: Any, s3: Any) -> dict[str, str]:
+    name = "f-" + re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-")
+    env = make_stack(name)
+    s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+    aws(env, "s3", "cp", str(reference_voice_path()), f"s3://{name}/voices/alice.wav")
+    return env
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """Factory for worker processes; all still running at teardown are stopped (SIGTERM)."""
+    started: list[WorkerProcess] = []
+
+    def start(env: dict[str, str], name: str, *args: str, wait: bool = True, **settings: Any) -> WorkerProcess:
+        w = start_worker(env, tmp_path / f"{name}.log", *args, **{**FAST, **settings})
+        started.append(w)
+        if wait:
+            wait_ready(w)
+        return w
+
+    yield start
+    for w in started:
+        stop_worker(w)
+
+
+@pytest.fixture
+def proxy(localstack: Any, tmp_path: Path) -> Iterator[Callable[[float], tuple[str, Path]]]:
+    """Start the fault-injecting proxy in front of LocalStack; returns (endpoint, stats file)."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(rate: float, seed: int = 7) -> tuple[str, Path]:
+        port = free_port()
+        stats = tmp_path / f"proxy-{port}.json"
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "tests.faults.proxy",
+                    "--upstream",
+                    localstack.endpoint,
+                    "--port",
+                    str(port),
+                    "--rate",
+                    str(rate),
+                    "--seed",
+                    str(seed),
+                    "--stats",
+                    str(stats),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                import urllib.request
+
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/_localstack/health", timeout=1).read()
+                return f"http://127.0.0.1:{port}", stats
+            except OSError:
+                time.sleep(0.2)
+        raise AssertionError("fault proxy did not start")
+
+    yield start
+    for p in procs:
+        p.terminate()
+        p.wait(timeout=10)
+
+
+@pytest.fixture
+def record(request: pytest.FixtureRequest) -> Callable[..., None]:
+    """Write this test's measured figures to .cache/reliability/<test>.json."""
+
+    def write(**figures: Any) -> None:
+        FIGURES_DIR.mkdir(parents=True, exist_ok=True)
+        doc = {"test": request.node.name, "doc": (request.node.function.__doc__ or "").strip(), **figures}
+        (FIGURES_DIR / f"{request.node.name}.json").write_text(json.dumps(doc, indent=2, default=str))
+
+    return write
+
+
+def versions(s3: Any, bucket: str, key: str) -> list[dict[str, Any]]:
+    resp = s3.list_object_versions(Bucket=bucket, Prefix=key)
+    return [v for v in resp.get("Versions", []) if v["Key"] == key]
+
+
+def generations(logs: list[str], job_id: str) -> int:
+    """How many times a job's result was generated and published (a 'result published' line in
+    some worker's log), as opposed to adopted or acknowledged as a duplicate."""
+    pattern = re.compile(rf"\[{re.escape(job_id)}\] result published: ")
+    return sum(len(pattern.findall(log)) for log in logs)
+
+
+def queue_drained(sqs: Any, queue: str, timeout_s: float = 60) -> bool:
+    url = sqs.get_queue_url(QueueName=queue)["QueueUrl"]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        attrs = sqs.get_queue_attributes(
+            QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+        )["Attributes"]
+        if attrs["ApproximateNumberOfMessages"] == "0" and attrs["ApproximateNumberOfMessagesNotVisible"] == "0":
+            return True
+        time.sleep(0.5)
+    return False

@@ -1,0 +1,533 @@
+"""The fault suite: real LocalStack, real worker processes, the tiny model.
+
+Each test measures what it proves and records the figures for docs/reliability.md
+(`make reliability` regenerates the page from them).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import pytest
+import soundfile as sf
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pipeline.contract import ErrorCode, utcnow
+from tests.faults.conftest import generations, queue_drained, versions
+from tests.helpers import REF_TEXT, WorkerProcess, drop_manifest, get_json, wait_for_state
+
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
+
+LONG_TEXT = "This is a sentence of moderate length. " * 20  # five chunks, ~2 s each on the tiny model
+
+
+def _manifest(**fields: Any) -> dict[str, Any]:
+    return {"text": "Short and sweet.", "voice": "voices/alice.wav", "ref_text": REF_TEXT, "nfe_step": 2, **fields}
+
+
+def _put_job(s3: Any, bucket: str, job_id: str, manifest: dict[str, Any] | bytes) -> None:
+    body = manifest if isinstance(manifest, bytes) else json.dumps(manifest).encode()
+    s3.put_object(Bucket=bucket, Key=f"inbox/{job_id}.json", Body=body)
+
+
+def _wait_progress(s3: Any, bucket: str, job_id: str, timeout_s: float = 120) -> dict[str, Any]:
+    """Until the job is mid-synthesis (at least one chunk done, not all)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = get_json(s3, f"status/{job_id}.json", bucket)
+        p = (status or {}).get("progress")
+        if status and status["state"] == "PROCESSING" and p and 0 < p["chunks_done"] < p["chunks_total"]:
+            return status
+        time.sleep(0.1)
+    raise AssertionError(f"{job_id} never reached mid-synthesis; last status {status}")
+
+
+def _pid(worker_id: str) -> int:
+    return int(worker_id.rsplit("-", 1)[1])
+
+
+def _wait_all(s3: Any, bucket: str, job_ids: list[str], timeout_s: float) -> dict[str, dict[str, Any]]:
+    deadline = time.monotonic() + timeout_s
+    done: dict[str, dict[str, Any]] = {}
+    while time.monotonic() < deadline and len(done) < len(job_ids):
+        for job_id in job_ids:
+            if job_id not in done:
+                status = get_json(s3, f"status/{job_id}.json", bucket)
+                if status and status["state"] in ("COMPLETED", "FAILED", "CANCELLED", "EXPIRED"):
+                    done[job_id] = status
+        time.sleep(0.5)
+    return done
+
+
+# 1 -------------------------------------------------------------------------------------------
+
+
+def test_kill_9_mid_synthesis_then_another_worker_completes_the_job_once(
+    stack: dict[str, str], workers: Callable[..., WorkerProcess], s3: Any, record: Any, tmp_path: Path
+) -> None:
+    """kill -9 of the worker holding a job mid-synthesis: the other worker takes the job over when
+    the lease lapses and completes it; the versioned bucket holds exactly one audio object version
+    and one result version."""
+    bucket = stack["TTS_BUCKET"]
+    a, b = workers(stack, "a"), workers(stack, "b")
+    job = "kill9"
+    drop_manifest(stack, tmp_path, job, _manifest(text=LONG_TEXT, nfe_step=16), bucket=bucket)
+    status = _wait_progress(s3, bucket, job)
+    victim, survivor = (a, b) if _pid(status["worker"]) == a.proc.pid else (b, a)
+    victim.proc.send_signal(signal.SIGKILL)
+    victim.proc.wait()
+    killed_at = time.monotonic()
+    final = wait_for_state(s3, job, bucket=bucket, timeout_s=180, worker=survivor)
+    recovery_s = time.monotonic() - killed_at
+
+    assert final["state"] == "COMPLETED", final
+    assert final["attempt"] == 2 and _pid(final["worker"]) == survivor.proc.pid
+    assert any("took over from" in (h["note"] or "") for h in final["history"])
+    audio_versions = versions(s3, bucket, f"outputs/{job}.wav")
+    result_versions = versions(s3, bucket, f"results/{job}.json")
+    assert len(audio_versions) == 1 and len(result_versions) == 1
+    assert generations([a.log(), b.log()], job) == 1
+    record(
+        jobs=1,
+        killed_at_progress=status["progress"],
+        recovery_seconds=round(recovery_s, 1),
+        audio_versions=len(audio_versions),
+        result_versions=len(result_versions),
+        lost=0,
+        duplicated=0,
+    )
+
+
+# 2 -------------------------------------------------------------------------------------------
+
+
+def test_same_manifest_delivered_three_times_to_two_workers_generates_once(
+    stack: dict[str, str], workers: Callable[..., WorkerProcess], s3: Any, sqs: Any, record: Any, tmp_path: Path
+) -> None:
+    """The same manifest uploaded three times (three S3 events) plus a duplicated SQS message, with
+    two workers consuming concurrently: one generation, one result, one audio version."""
+    bucket = stack["TTS_BUCKET"]
+    a, b = workers(stack, "a"), workers(stack, "b")
+    job = "dup3"
+    manifest = _manifest(text=LONG_TEXT[:200], nfe_step=8)
+    for _ in range(3):
+        drop_manifest(stack, tmp_path, job, manifest, bucket=bucket)
+    event = {
+        "Records": [
+            {
+                "eventSource": "aws:s3",
+                "eventName": "ObjectCreated:Put",
+                "eventTime": utcnow().isoformat(),
+                "s3": {"bucket": {"name": bucket}, "object": {"key": f"inbox/{job}.json"}},
+            }
+        ]
+    }
+    sqs.send_message(QueueUrl=sqs.get_queue_url(QueueName=bucket)["QueueUrl"], MessageBody=json.dumps(event))
+    final = wait_for_state(s3, job, bucket=bucket, timeout_s=120)
+    assert final["state"] == "COMPLETED"
+    assert queue_drained(sqs, bucket), "duplicate deliveries were not all acknowledged"
+
+    duplicates = sum(w.metrics().get("tts_duplicate_deliveries_total", 0) for w in (a, b))
+    assert duplicates == 3
+    assert generations([a.log(), b.log()], job) == 1
+    assert len(versions(s3, bucket, f"results/{job}.json")) == 1
+    assert len(versions(s3, bucket, f"outputs/{job}.wav")) == 1
+    assert [h["state"] for h in final["history"]] == ["QUEUED", "PROCESSING", "COMPLETED"]
+    record(deliveries=4, generations=1, duplicates_acknowledged=int(duplicates), lost=0, duplicated=0)
+
+
+# 3 -------------------------------------------------------------------------------------------
+
+
+def test_transient_failures_on_20_percent_of_calls(
+    stack: dict[str, str],
+    workers: Callable[..., WorkerProcess],
+    proxy: Callable[..., tuple[str, Path]],
+    s3: Any,
+    record: Any,
+) -> None:
+    """Two workers whose every S3 and SQS call (model sync included) goes through a proxy that
+    fails 20 % of them (2/3 before reaching LocalStack, 1/3 after it acted): every job completes,
+    none is lost, none is generated twice."""
+    bucket = stack["TTS_BUCKET"]
+    endpoint, stats_file = proxy(0.2)
+    env = {**stack, "AWS_ENDPOINT_URL": endpoint}
+    a, b = workers(env, "a"), workers(env, "b")
+    jobs = [f"flaky-{i:03d}" for i in range(30)]
+    t0 = time.monotonic()
+    for job in jobs:
+        _put_job(s3, bucket, job, _manifest(text=f"Job number {job[-3:]} under fire."))
+    done = _wait_all(s3, bucket, jobs, timeout_s=600)
+    elapsed = time.monotonic() - t0
+    stats = json.loads(stats_file.read_text())
+
+    completed = [j for j, s in done.items() if s["state"] == "COMPLETED"]
+    gens = {j: generations([a.log(), b.log()], j) for j in jobs}
+    assert sorted(completed) == jobs, {j: s["state"] for j, s in done.items() if s["state"] != "COMPLETED"}
+    assert all(n == 1 for n in gens.values()), gens
+    assert all(len(versions(s3, bucket, f"results/{j}.json")) == 1 for j in jobs)
+    assert stats["faults"] >= 0.1 * stats["requests"]  # the faults really happened
+    record(
+        jobs=len(jobs),
+        requests=stats["requests"],
+        faults_injected=stats["faults"],
+        faults_after_upstream_acted=sum(v for k, v in stats.items() if k.startswith("faults.lost.")),
+        completed=len(completed),
+        lost=len(jobs) - len(completed),
+        duplicated=sum(1 for n in gens.values() if n > 1),
+        retries=sum(w.metrics().get("tts_job_retries_total", 0) for w in (a, b)),
+        seconds=round(elapsed, 1),
+    )
+
+
+# 4 -------------------------------------------------------------------------------------------
+
+
+def _wav(wave: np.ndarray, sr: int, subtype: str = "PCM_16", fmt: str = "WAV") -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, wave, sr, subtype=subtype, format=fmt)
+    return buf.getvalue()
+
+
+def _voices(s3: Any, bucket: str) -> None:
+    """Nasty reference files next to the good one."""
+    s3.put_object(Bucket=bucket, Key="voices/notes.wav", Body=b"These are my notes, not audio." * 20)
+    s3.put_object(Bucket=bucket, Key="voices/empty.wav", Body=b"")
+    s3.put_object(Bucket=bucket, Key="voices/no-samples.wav", Body=_wav(np.zeros(0, np.float32), 24000))
+    s3.put_object(Bucket=bucket, Key="voices/hour.flac", Body=_wav(np.zeros(3600 * 8000, np.int16), 8000, fmt="FLAC"))
+    s3.put_object(Bucket=bucket, Key="voices/huge.wav", Body=b"\0" * (26 * 1024 * 1024))
+    nan = np.full(24000, np.nan, np.float32)
+    s3.put_object(Bucket=bucket, Key="voices/nan.wav", Body=_wav(nan, 24000, subtype="FLOAT"))
+    s3.put_object(Bucket=bucket, Key="voices/blip.wav", Body=_wav(np.zeros(2400, np.float32), 24000))
+    good = s3.get_object(Bucket=bucket, Key="voices/alice.wav")["Body"].read()
+    wave, sr = sf.read(io.BytesIO(good), dtype="float32")
+    stereo48 = np.stack([wave, wave], axis=1)
+    s3.put_object(Bucket=bucket, Key="voices/über voice+1.mp3", Body=_wav(stereo48, sr, subtype=None, fmt="MP3"))
+
+
+V = "voices/alice.wav"
+# (job id, manifest bytes, expected state, expected code)
+CORPUS: list[tuple[str, bytes, str, str | None]] = [
+    ("c01-not-json", b"{", "FAILED", "INVALID_JSON"),
+    ("c02-empty-file", b"", "FAILED", "INVALID_JSON"),
+    ("c03-bom-garbage", b"\xef\xbb\xbf{nope", "FAILED", "INVALID_JSON"),
+    ("c04-utf16", json.dumps({"text": "hi", "voice": V}).encode("utf-16"), "FAILED", "INVALID_JSON"),
+    ("c05-latin1", '{"text": "caf\xe9", "voice": "voices/alice.wav"}'.encode("latin-1"), "FAILED", "INVALID_JSON"),
+    ("c06-deep-nesting", b"[" * 50000 + b"]" * 50000, "FAILED", "MANIFEST_TOO_LARGE"),
+    ("c07-nested-20k", b"[" * 20000 + b"]" * 20000, "FAILED", "INVALID_JSON"),
+    ("c08-array", b"[1, 2, 3]", "FAILED", "INVALID_MANIFEST"),
+    ("c09-string", b'"speak this"', "FAILED", "INVALID_MANIFEST"),
+    ("c10-null", b"null", "FAILED", "INVALID_MANIFEST"),
+    ("c11-no-text", json.dumps({"voice": V}).encode(), "FAILED", "INVALID_MANIFEST"),
+    ("c12-text-number", json.dumps({"text": 42, "voice": V}).encode(), "FAILED", "INVALID_MANIFEST"),
+    ("c13-text-empty", json.dumps({"text": "", "voice": V}).encode(), "FAILED", "INVALID_MANIFEST"),
+    ("c14-text-blank", json.dumps({"text": " \n\t ", "voice": V}).encode(), "FAILED", "INVALID_MANIFEST"),
+    ("c15-text-huge", json.dumps({"text": "la " * 3000, "voice": V}).encode(), "FAILED", "TEXT_TOO_LONG"),
+    ("c16-manifest-huge", json.dumps({"text": "a" * 100_000, "voice": V}).encode(), "FAILED", "MANIFEST_TOO_LARGE"),
+    (
+        "c17-control-chars",
+        json.dumps({"text": "bell\x07and\x00nul", "voice": V}).encode(),
+        "FAILED",
+        "INVALID_MANIFEST",
+    ),
+    ("c18-punctuation", json.dumps({"text": "?!... -- ;;", "voice": V}).encode(), "FAILED", "TEXT_NOT_SPEAKABLE"),
+    ("c19-speed-negative", json.dumps({"text": "hi", "voice": V, "speed": -1}).encode(), "FAILED", "INVALID_MANIFEST"),
+    ("c20-speed-string", json.dumps({"text": "hi", "voice": V, "speed": "1.0"}).encode(), "FAILED", "INVALID_MANIFEST"),
+    ("c21-speed-nan", b'{"text": "hi", "voice": "voices/alice.wav", "speed": NaN}', "FAILED", "INVALID_MANIFEST"),
+    ("c22-nfe-huge", json.dumps({"text": "hi", "voice": V, "nfe_step": 10**9}).encode(), "FAILED", "INVALID_MANIFEST"),
+    ("c23-seed-float", json.dumps({"text": "hi", "voice": V, "seed": 1.5}).encode(), "FAILED", "INVALID_MANIFEST"),
+    (
+        "c24-format-exe",
+        json.dumps({"text": "hi", "voice": V, "output_format": "exe"}).encode(),
+        "FAILED",
+        "INVALID_MANIFEST",
+    ),
+    (
+        "c25-unknown-field",
+        json.dumps({"text": "hi", "voice": V, "emotion": "joy"}).encode(),
+        "FAILED",
+        "INVALID_MANIFEST",
+    ),
+    ("c26-voice-object", json.dumps({"text": "hi", "voice": {"key": V}}).encode(), "FAILED", "INVALID_MANIFEST"),
+    (
+        "c27-ref-text-huge",
+        json.dumps({"text": "hi", "voice": V, "ref_text": "x" * 5000}).encode(),
+        "FAILED",
+        "INVALID_MANIFEST",
+    ),
+    ("c28-no-voice", json.dumps({"text": "hi"}).encode(), "FAILED", "VOICE_REQUIRED"),
+    (
+        "c29-voice-missing",
+        json.dumps({"text": "hi", "voice": "voices/ghost.wav"}).encode(),
+        "FAILED",
+        "VOICE_NOT_FOUND",
+    ),
+    (
+        "c30-voice-text-file",
+        json.dumps({"text": "hi", "voice": "voices/notes.wav"}).encode(),
+        "FAILED",
+        "VOICE_UNREADABLE",
+    ),
+    (
+        "c31-voice-zero-bytes",
+        json.dumps({"text": "hi", "voice": "voices/empty.wav"}).encode(),
+        "FAILED",
+        "VOICE_UNREADABLE",
+    ),
+    (
+        "c32-voice-no-samples",
+        json.dumps({"text": "hi", "voice": "voices/no-samples.wav"}).encode(),
+        "FAILED",
+        "VOICE_TOO_SHORT",
+    ),
+    (
+        "c33-voice-one-hour",
+        json.dumps({"text": "hi", "voice": "voices/hour.flac"}).encode(),
+        "FAILED",
+        "VOICE_TOO_LONG",
+    ),
+    ("c34-voice-26mb", json.dumps({"text": "hi", "voice": "voices/huge.wav"}).encode(), "FAILED", "VOICE_TOO_LARGE"),
+    ("c35-voice-nan", json.dumps({"text": "hi", "voice": "voices/nan.wav"}).encode(), "FAILED", "VOICE_UNREADABLE"),
+    ("c36-voice-blip", json.dumps({"text": "hi", "voice": "voices/blip.wav"}).encode(), "FAILED", "VOICE_TOO_SHORT"),
+    ("c37-traversal", json.dumps({"text": "hi", "voice": "../../etc/passwd"}).encode(), "FAILED", "INVALID_VOICE_KEY"),
+    (
+        "c38-traversal-inside",
+        json.dumps({"text": "hi", "voice": "voices/../inbox/c01-not-json.json"}).encode(),
+        "FAILED",
+        "INVALID_VOICE_KEY",
+    ),
+    (
+        "c39-other-bucket",
+        json.dumps({"text": "hi", "voice": "s3://not-ours/voices/a.wav"}).encode(),
+        "FAILED",
+        "VOICE_OUTSIDE_BUCKET",
+    ),
+    (
+        "c40-http-voice",
+        json.dumps({"text": "hi", "voice": "http://169.254.169.254/latest"}).encode(),
+        "FAILED",
+        "INVALID_VOICE_KEY",
+    ),
+    (
+        "c41-voice-is-a-model",
+        json.dumps({"text": "hi", "voice": "models/f5tts-tiny/latest"}).encode(),
+        "FAILED",
+        "INVALID_VOICE_KEY",
+    ),
+    (
+        "c42-bad-language",
+        json.dumps({"text": "hi", "voice": V, "language": "english"}).encode(),
+        "FAILED",
+        "INVALID_MANIFEST",
+    ),
+    (
+        "c43-subtitles-twice",
+        json.dumps({"text": "hi", "voice": V, "subtitles": ["srt", "srt"]}).encode(),
+        "FAILED",
+        "INVALID_MANIFEST",
+    ),
+    # Tolerated on purpose: a BOM, digits only (F5-TTS speaks digits; no letters to align), a unicode
+    # voice key with a space and a plus, a stereo 48 kHz MP3 reference.
+    ("c44-bom-valid", b"\xef\xbb\xbf" + json.dumps(_manifest()).encode(), "COMPLETED", None),
+    ("c45-digits-only", json.dumps(_manifest(text="12345 67890")).encode(), "COMPLETED", None),
+    ("c46-unicode-voice", json.dumps(_manifest(voice="voices/über voice+1.mp3")).encode(), "COMPLETED", None),
+]
+
+
+def test_bad_input_corpus_each_fails_with_a_specific_code_and_the_worker_stays_up(
+    stack: dict[str, str], workers: Callable[..., WorkerProcess], s3: Any, record: Any, tmp_path: Path
+) -> None:
+    """46 hand-written manifests (43 nasty, 3 tolerated on purpose) plus a job with a unicode key
+    containing a space and a plus; then a good job still completes."""
+    bucket = stack["TTS_BUCKET"]
+    _voices(s3, bucket)
+    w = workers(stack, "a")
+    for job_id, body, _, _ in CORPUS:
+        _put_job(s3, bucket, job_id, body)
+    drop_manifest(stack, tmp_path, "über job+1", _manifest(), bucket=bucket)
+    done = _wait_all(s3, bucket, [c[0] for c in CORPUS], timeout_s=300)
+    bad_key = wait_for_state(s3, "über job+1", bucket=bucket, worker=w)
+
+    got = {j: (s["state"], (s.get("error") or {}).get("code")) for j, s in done.items()}
+    expected = {j: (state, code) for j, _, state, code in CORPUS}
+    assert got == expected
+    assert all(s["error"]["message"] for s in done.values() if s["state"] == "FAILED")
+    assert (bad_key["state"], bad_key["error"]["code"]) == ("FAILED", "INVALID_JOB_ID")
+    digits = get_json(s3, "results/c45-digits-only.json", bucket)
+    assert "ALIGNMENT_SKIPPED" in [x["code"] for x in digits["warnings"]]
+
+    _put_job(s3, bucket, "good-after-corpus", _manifest())
+    assert wait_for_state(s3, "good-after-corpus", bucket=bucket, worker=w)["state"] == "COMPLETED"
+    assert w.proc.poll() is None
+    record(
+        manifests=len(CORPUS) + 1,
+        failed_with_specific_code=sum(1 for s, _ in got.values() if s == "FAILED") + 1,
+        tolerated_and_completed=sum(1 for s, _ in got.values() if s == "COMPLETED"),
+        codes=sorted({c for _, c in got.values() if c} | {"INVALID_JOB_ID"}),
+        worker_restarts=0,
+        lost=len(CORPUS) - len(done),
+    )
+
+
+@pytest.fixture(scope="module")
+def fuzz_env(make_stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from tests.faults.conftest import FAST
+    from tests.helpers import aws, reference_voice_path, start_worker, stop_worker, wait_ready
+
+    env = make_stack("f-fuzz")
+    aws(env, "s3", "cp", str(reference_voice_path()), "s3://f-fuzz/voices/alice.wav")
+    w = start_worker(env, tmp_path_factory.mktemp("fuzz") / "worker.log", **FAST)
+    wait_ready(w)
+    yield env, w
+    assert stop_worker(w) == 0
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3),
+    max_leaves=8,
+)
+_fields = {
+    "text": st.text(max_size=60) | _json_values,
+    "voice": st.sampled_from(["voices/alice.wav", "voices/ghost.wav", "s3://f-fuzz/voices/alice.wav", ""])
+    | _json_values,
+    "ref_text": st.sampled_from(["", REF_TEXT]) | st.text(max_size=30),
+    "speed": st.floats(min_value=0.2, max_value=5) | _json_values,
+    "nfe_step": st.integers(min_value=-2, max_value=12) | _json_values,
+    "cfg_strength": st.floats(min_value=-1, max_value=11),
+    "seed": st.integers(min_value=-5, max_value=2**32),
+    "output_format": st.sampled_from(["wav", "flac", "mp3", "ogg", "aiff", ""]),
+    "word_timings": st.booleans() | _json_values,
+    "subtitles": st.lists(st.sampled_from(["srt", "vtt", "ass"]), max_size=3),
+    "remove_silence": st.booleans(),
+    "language": st.sampled_from(["eng", "deu", "xx", "ENG"]),
+    "bogus": _json_values,
+}
+_manifests = st.fixed_dictionaries({}, optional=_fields)
+_fuzz_count = {"n": 0}
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@given(doc=_manifests)
+def test_fuzzed_manifests_end_in_a_final_state_with_a_known_code(fuzz_env: Any, s3: Any, doc: dict[str, Any]) -> None:
+    """Hypothesis-generated manifests (valid fields with wild values, wrong types, unknown keys):
+    each ends COMPLETED or FAILED with a documented error code; the worker stays up."""
+    _, w = fuzz_env
+    _fuzz_count["n"] += 1
+    job = f"fuzz-{_fuzz_count['n']:04d}"
+    _put_job(s3, "f-fuzz", job, doc)
+    status = wait_for_state(s3, job, bucket="f-fuzz", timeout_s=120, worker=w)
+    assert status["state"] in ("COMPLETED", "FAILED"), status
+    if status["state"] == "FAILED":
+        assert status["error"]["code"] in {c.value for c in ErrorCode} - {"INTERNAL_ERROR"}, status["error"]
+        assert status["error"]["message"]
+    assert w.proc.poll() is None
+
+
+# 5 -------------------------------------------------------------------------------------------
+
+
+def _rss_mb(w: WorkerProcess) -> float:
+    proc = psutil.Process(w.proc.pid)
+    return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)]) / 2**20
+
+
+def test_load_200_jobs_two_workers_none_lost_none_duplicated_memory_flat(
+    stack: dict[str, str], workers: Callable[..., WorkerProcess], s3: Any, record: Any
+) -> None:
+    """200 jobs across two workers: all COMPLETED, zero lost, zero generated twice; each worker's
+    RSS (with its aligner process) after the run within 10 % of its RSS after warm-up."""
+    bucket = stack["TTS_BUCKET"]
+    a, b = workers(stack, "a"), workers(stack, "b")
+    warm = [f"warm-{i}" for i in range(8)]
+    for job in warm:
+        _put_job(s3, bucket, job, _manifest(text=f"Warm up {job}, please."))
+    assert all(s["state"] == "COMPLETED" for s in _wait_all(s3, bucket, warm, 300).values())
+    rss_warm = {"a": _rss_mb(a), "b": _rss_mb(b)}
+
+    jobs = [f"load-{i:03d}" for i in range(200)]
+    t0 = time.monotonic()
+    for i, job in enumerate(jobs):
+        _put_job(s3, bucket, job, _manifest(text=f"Load test job {i}, a short sentence.", seed=i))
+    done = _wait_all(s3, bucket, jobs, timeout_s=1500)
+    elapsed = time.monotonic() - t0
+    rss_after = {"a": _rss_mb(a), "b": _rss_mb(b)}
+
+    completed = [j for j, s in done.items() if s["state"] == "COMPLETED"]
+    gens = {j: generations([a.log(), b.log()], j) for j in jobs}
+    per_worker = {"a": 0, "b": 0}
+    for s in done.values():
+        per_worker["a" if _pid(s["worker"]) == a.proc.pid else "b"] += 1
+    record(
+        jobs=len(jobs),
+        completed=len(completed),
+        lost=len(jobs) - len(completed),
+        duplicated=sum(1 for n in gens.values() if n > 1),
+        seconds=round(elapsed, 1),
+        jobs_per_second=round(len(jobs) / elapsed, 2),
+        jobs_per_worker=per_worker,
+        rss_mb_after_warmup={k: round(v) for k, v in rss_warm.items()},
+        rss_mb_after_run={k: round(v) for k, v in rss_after.items()},
+        rss_growth_percent={k: round(100 * (rss_after[k] / rss_warm[k] - 1), 1) for k in rss_warm},
+    )
+    assert len(completed) == len(jobs)
+    assert all(n == 1 for n in gens.values())
+    assert all(len(versions(s3, bucket, f"results/{j}.json")) == 1 for j in jobs[::20])
+    assert min(per_worker.values()) > 0
+    for k in rss_warm:
+        assert rss_after[k] <= rss_warm[k] * 1.10, (k, rss_warm, rss_after)
+
+
+# 6 -------------------------------------------------------------------------------------------
+
+
+def test_sigterm_mid_job_with_short_grace_releases_the_job_to_another_worker(
+    stack: dict[str, str], workers: Callable[..., WorkerProcess], s3: Any, record: Any, tmp_path: Path
+) -> None:
+    """SIGTERM with a 1 s grace period: the worker hands the job back (QUEUED, visible again at
+    once) and exits 0; a second worker completes it."""
+    bucket = stack["TTS_BUCKET"]
+    a = workers(stack, "a", shutdown_grace_s=1)
+    job = "sigterm-release"
+    drop_manifest(stack, tmp_path, job, _manifest(text=LONG_TEXT, nfe_step=16), bucket=bucket)
+    _wait_progress(s3, bucket, job)
+    t0 = time.monotonic()
+    a.proc.send_signal(signal.SIGTERM)
+    assert a.proc.wait(timeout=60) == 0, a.log()[-3000:]
+    exit_s = time.monotonic() - t0
+    released = get_json(s3, f"status/{job}.json", bucket)
+    assert released["state"] == "QUEUED" and "worker shutting down" in released["history"][-1]["note"]
+    assert s3.list_objects_v2(Bucket=bucket, Prefix=f"outputs/{job}.").get("KeyCount") == 0
+    b = workers(stack, "b")
+    final = wait_for_state(s3, job, bucket=bucket, worker=b, timeout_s=180)
+    assert final["state"] == "COMPLETED" and final["attempt"] == 2
+    assert generations([a.log(), b.log()], job) == 1
+    record(outcome="released", worker_exit_seconds=round(exit_s, 1), exit_code=0, lost=0, duplicated=0)
+
+
+def test_sigterm_mid_job_with_enough_grace_finishes_the_job_then_exits(
+    stack: dict[str, str], workers: Callable[..., WorkerProcess], s3: Any, record: Any, tmp_path: Path
+) -> None:
+    """SIGTERM with the default 60 s grace: the worker receives nothing more, finishes the job in
+    hand, and exits 0."""
+    bucket = stack["TTS_BUCKET"]
+    a = workers(stack, "a")
+    job = "sigterm-finish"
+    drop_manifest(stack, tmp_path, job, _manifest(text=LONG_TEXT, nfe_step=16), bucket=bucket)
+    _wait_progress(s3, bucket, job)
+    t0 = time.monotonic()
+    a.proc.send_signal(signal.SIGTERM)
+    assert a.proc.wait(timeout=120) == 0, a.log()[-3000:]
+    exit_s = time.monotonic() - t0
+    final = get_json(s3, f"status/{job}.json", bucket)
+    assert final["state"] == "COMPLETED" and final["attempt"] == 1 and _pid(final["worker"]) == a.proc.pid
+    record(outcome="finished", worker_exit_seconds=round(exit_s, 1), exit_code=0, lost=0, duplicated=0)
