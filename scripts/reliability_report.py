@@ -1,6 +1,6 @@
 """Render docs/reliability.md from the figures the fault suite recorded in .cache/reliability/.
 
-    make reliability      # runs the fault suite, then this script
+make reliability      # runs the fault suite, then this script
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ ORDER = [
     ("test_same_manifest_delivered_three_times_to_two_workers_generates_once", "2. duplicate deliveries"),
     ("test_transient_failures_on_20_percent_of_calls", "3. transient S3/SQS failures at 20 %"),
     ("test_bad_input_corpus_each_fails_with_a_specific_code_and_the_worker_stays_up", "4. bad-input corpus"),
+    ("test_fuzzed_manifests_end_in_a_final_state_with_a_known_code", "4b. fuzzed manifests (hypothesis)"),
     ("test_load_200_jobs_two_workers_none_lost_none_duplicated_memory_flat", "5. load: 200 jobs, 2 workers"),
     ("test_sigterm_mid_job_with_short_grace_releases_the_job_to_another_worker", "6a. SIGTERM, short grace"),
     ("test_sigterm_mid_job_with_enough_grace_finishes_the_job_then_exits", "6b. SIGTERM, enough grace"),

@@ -380,7 +380,7 @@ def test_bad_input_corpus_each_fails_with_a_specific_code_and_the_worker_stays_u
 
 @pytest.fixture(scope="module")
 def fuzz_env(make_stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from tests.faults.conftest import FAST
+    from tests.faults.conftest import FAST, FIGURES_DIR
     from tests.helpers import aws, reference_voice_path, start_worker, stop_worker, wait_ready
 
     env = make_stack("f-fuzz")
@@ -389,6 +389,21 @@ def fuzz_env(make_stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
     wait_ready(w)
     yield env, w
     assert stop_worker(w) == 0
+    FIGURES_DIR.mkdir(parents=True, exist_ok=True)
+    outcomes = _fuzz_count["outcomes"]
+    (FIGURES_DIR / "test_fuzzed_manifests_end_in_a_final_state_with_a_known_code.json").write_text(
+        json.dumps(
+            {
+                "test": "test_fuzzed_manifests_end_in_a_final_state_with_a_known_code",
+                "doc": test_fuzzed_manifests_end_in_a_final_state_with_a_known_code.__doc__,
+                "jobs": sum(outcomes.values()),
+                "lost": 0,
+                "duplicated": 0,
+                "outcomes": dict(sorted(outcomes.items())),
+            },
+            indent=2,
+        )
+    )
 
 
 _json_values = st.recursive(
@@ -413,7 +428,7 @@ _fields = {
     "bogus": _json_values,
 }
 _manifests = st.fixed_dictionaries({}, optional=_fields)
-_fuzz_count = {"n": 0}
+_fuzz_count: dict[str, Any] = {"n": 0, "outcomes": {}}
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
@@ -427,6 +442,8 @@ def test_fuzzed_manifests_end_in_a_final_state_with_a_known_code(fuzz_env: Any, 
     _put_job(s3, "f-fuzz", job, doc)
     status = wait_for_state(s3, job, bucket="f-fuzz", timeout_s=120, worker=w)
     assert status["state"] in ("COMPLETED", "FAILED"), status
+    outcome = status["state"] if status["state"] == "COMPLETED" else status["error"]["code"]
+    _fuzz_count["outcomes"][outcome] = _fuzz_count["outcomes"].get(outcome, 0) + 1
     if status["state"] == "FAILED":
         assert status["error"]["code"] in {c.value for c in ErrorCode} - {"INTERNAL_ERROR"}, status["error"]
         assert status["error"]["message"]
