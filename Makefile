@@ -5,7 +5,7 @@ VENV := .venv
 LS_VENV := localstack/.venv
 TTS := $(VENV)/bin/tts-pipeline
 
-.PHONY: help setup venv localstack-venv demo test unit integration faults reliability lint format schemas clean
+.PHONY: help setup venv localstack-venv demo test unit integration faults reliability bench lint format schemas clean
 
 help:
 	@echo "make demo    set up, start LocalStack, run one voice-cloning job end to end, print the result"
@@ -34,6 +34,13 @@ $(LS_VENV)/.installed: localstack/requirements.txt
 
 demo: setup
 	scripts/demo.sh
+
+# Benchmarks (not part of `make test`: they measure, they do not assert). Needs ~4 GB of disk.
+bench: setup
+	$(VENV)/bin/pip install --quiet -e '.[dev,bench]'
+	$(VENV)/bin/python scripts/bench_cold_start.py
+	$(VENV)/bin/python scripts/bench_voice_cache.py
+	$(VENV)/bin/python scripts/bench_report.py
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -8,6 +8,10 @@ One source of truth for the resources, used three ways:
   ``__name__`` check at the bottom;
 - ``python pipeline/bootstrap.py`` anywhere boto3 is installed.
 
+``infra/cloudformation.yaml`` declares the same resources for production (plus encryption,
+lifecycle, TLS-only policy, SNS topic and the worker's IAM policy); a test deploys it to LocalStack
+and checks that this bootstrap then finds nothing to change.
+
 Returns/prints the list of changes made; an empty list means everything was already in place.
 """
 
@@ -36,12 +40,18 @@ def bootstrap(bucket: str, queue: str, *, s3: Any = None, sqs: Any = None, regio
     sqs = sqs or boto3.client("sqs", region_name=region)
     changes: list[str] = []
     _ensure_bucket(s3, bucket, region, changes)
-    dlq_url = _ensure_queue(sqs, f"{queue}-dlq", {"MessageRetentionPeriod": str(DLQ_RETENTION_S)}, changes)
+    dlq_url = _ensure_queue(
+        sqs, f"{queue}-dlq", {"MessageRetentionPeriod": str(DLQ_RETENTION_S), "SqsManagedSseEnabled": "true"}, changes
+    )
     dlq_arn = _queue_arn(sqs, dlq_url)
     queue_url = _ensure_queue(
         sqs,
         queue,
-        {"VisibilityTimeout": str(VISIBILITY_TIMEOUT_S), "ReceiveMessageWaitTimeSeconds": "20"},
+        {
+            "VisibilityTimeout": str(VISIBILITY_TIMEOUT_S),
+            "ReceiveMessageWaitTimeSeconds": "20",
+            "SqsManagedSseEnabled": "true",
+        },
         changes,
     )
     queue_arn = _queue_arn(sqs, queue_url)
@@ -49,7 +59,7 @@ def bootstrap(bucket: str, queue: str, *, s3: Any = None, sqs: Any = None, regio
         sqs,
         queue_url,
         {
-            "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(MAX_RECEIVE_COUNT)}),
+            "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": MAX_RECEIVE_COUNT}),
             "Policy": json.dumps(_queue_policy(queue_arn, bucket)),
         },
         changes,
@@ -138,10 +148,11 @@ def _ensure_notification(s3: Any, bucket: str, queue_arn: str, changes: list[str
             }
         },
     }
-    others = [q for q in current.get("QueueConfigurations", []) if q.get("Id") != NOTIFICATION_ID]
-    existing = [q for q in current.get("QueueConfigurations", []) if q.get("Id") == NOTIFICATION_ID]
-    if existing and _normalise(existing[0]) == _normalise(ours):
+    configs = current.get("QueueConfigurations", [])
+    # Equivalent is enough, whatever its Id: CloudFormation cannot set one (S3 assigns it).
+    if any(_normalise(q) == _normalise(ours) for q in configs):
         return
+    others = [q for q in configs if q.get("Id") != NOTIFICATION_ID]
     config = {k: v for k, v in current.items() if k != "QueueConfigurations"}
     config["QueueConfigurations"] = [*others, ours]
     s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration=config)

@@ -73,12 +73,38 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("dir", type=Path)
     c.add_argument("--no-latest", action="store_true", help="do not move models/<name>/latest")
     c.set_defaults(handler=_model_push)
+    c = m_sub.add_parser("seed", help="download real weights from the Hugging Face hub into a bundle and push it")
+    c.add_argument("--name", default="F5TTS_v1_Base", help="F5TTS_v1_Base (default), F5TTS_Base, E2TTS_Base")
+    c.add_argument("--config", type=Path, default=None, help="architecture yaml (f5-tts configs/*.yaml format)")
+    c.add_argument("--checkpoint", default=None, metavar="REPO:PATH", help="override the checkpoint on the hub")
+    c.add_argument("--out", type=Path, default=None, help="bundle directory (default: a temp dir, removed)")
+    c.add_argument("--no-asr", action="store_true", help="no Whisper model: jobs must then give ref_text")
+    c.add_argument("--no-push", action="store_true", help="only build the bundle (needs --out)")
+    c.set_defaults(handler=_model_seed)
+    c = m_sub.add_parser("verify", help="check a bundle's files against its bundle.json (sizes and sha256)")
+    c.add_argument("dir", type=Path, nargs="?", help="a local bundle dir; default: pull NAME/VERSION and check it")
+    c.add_argument("--name", default=None)
+    c.add_argument("--version", default=None)
+    c.set_defaults(handler=_model_verify)
     c = m_sub.add_parser("list", help="bundles in the S3 model cache (name and latest version)")
     c.set_defaults(handler=_model_list)
     c = m_sub.add_parser("pull", help="sync a bundle from S3 into the local cache, as the worker does")
     c.add_argument("name", nargs="?", help="default: TTS_MODEL_NAME")
     c.add_argument("version", nargs="?", help="default: TTS_MODEL_VERSION")
     c.set_defaults(handler=_model_pull)
+
+    voices = sub.add_parser("voices", help="the voice library (voices/<name>/)")
+    v_sub = voices.add_subparsers(metavar="ACTION", required=True)
+    c = v_sub.add_parser("add", help="add or replace a named voice")
+    c.add_argument("name")
+    c.add_argument("file", type=Path)
+    c.add_argument("--ref-text", default="", help="its transcript; omit to have the first job transcribe it")
+    c.set_defaults(handler=_voices_add)
+    c = v_sub.add_parser("list", help="list the library")
+    c.set_defaults(handler=_voices_list)
+    c = v_sub.add_parser("rm", help="remove a named voice")
+    c.add_argument("name")
+    c.set_defaults(handler=_voices_rm)
 
     c = sub.add_parser("worker", help="run the GPU/CPU worker")
     c.add_argument("--max-jobs", type=int, default=None, help="exit after N jobs")
@@ -197,10 +223,59 @@ def _model_push(args: argparse.Namespace) -> int:
 
     s = get_settings()
     try:
-        bundle = ModelCache(s.bucket, s.cache_dir).push(args.dir, set_latest=not args.no_latest)
+        bundle = ModelCache.for_settings(s).push(args.dir, set_latest=not args.no_latest)
     except (BundleCorrupt, FileNotFoundError) as e:
         raise _CliError(str(e)) from None
     print(f"pushed {bundle.name}/{bundle.version} to s3://{s.bucket}/models/{bundle.name}/{bundle.version}/")
+    return 0
+
+
+def _model_seed(args: argparse.Namespace) -> int:
+    import shutil
+    import tempfile
+
+    from pipeline.models.cache import ModelCache
+    from pipeline.models.seed import Checkpoint, SeedError, seed
+
+    if args.no_push and args.out is None:
+        raise _CliError("--no-push needs --out")
+    ckpt = None
+    if args.checkpoint:
+        repo, _, path = args.checkpoint.partition(":")
+        ckpt = Checkpoint(repo, path)
+    out = args.out or Path(tempfile.mkdtemp(prefix="tts-seed-"))
+    try:
+        bundle = seed(args.name, out, config=args.config, checkpoint=ckpt, with_asr=not args.no_asr)
+        print(f"seeded {bundle.name}/{bundle.version} ({bundle.total_bytes / 1e6:.1f} MB) in {out}")
+        if not args.no_push:
+            s = get_settings()
+            ModelCache.for_settings(s).push(out)
+            print(f"pushed to s3://{s.bucket}/models/{bundle.name}/{bundle.version}/ (and latest)")
+    except SeedError as e:
+        raise _CliError(str(e)) from None
+    finally:
+        if args.out is None:
+            shutil.rmtree(out, ignore_errors=True)
+    return 0
+
+
+def _model_verify(args: argparse.Namespace) -> int:
+    from pipeline.models.bundle import Bundle, verify
+    from pipeline.models.cache import BundleNotFound, ModelCache
+
+    directory = args.dir
+    if directory is None:
+        s = get_settings()
+        try:
+            report = ModelCache.for_settings(s).sync(args.name or s.model_name, args.version or s.model_version)
+        except BundleNotFound as e:
+            raise _CliError(str(e)) from None
+        directory = report.path
+    bundle = Bundle.load(directory)
+    bad = verify(directory, bundle)
+    if bad:
+        raise _CliError(f"{directory}: {len(bad)} file(s) do not match bundle.json: {', '.join(bad)}")
+    print(f"{bundle.name}/{bundle.version}: {len(bundle.files)} files, {bundle.total_bytes} bytes, all sha256 match")
     return 0
 
 
@@ -208,7 +283,7 @@ def _model_list(args: argparse.Namespace) -> int:
     from pipeline.models.cache import ModelCache
 
     s = get_settings()
-    for name, latest in ModelCache(s.bucket, s.cache_dir).list_remote().items():
+    for name, latest in ModelCache.for_settings(s).list_remote().items():
         print(f"{name}\t{latest}")
     return 0
 
@@ -218,7 +293,7 @@ def _model_pull(args: argparse.Namespace) -> int:
 
     s = get_settings()
     try:
-        report = ModelCache(s.bucket, s.cache_dir).sync(args.name or s.model_name, args.version or s.model_version)
+        report = ModelCache.for_settings(s).sync(args.name or s.model_name, args.version or s.model_version)
     except BundleNotFound as e:
         raise _CliError(str(e)) from None
     print(
@@ -234,6 +309,53 @@ def _model_pull(args: argparse.Namespace) -> int:
             indent=2,
         )
     )
+    return 0
+
+
+def _voices_add(args: argparse.Namespace) -> int:
+    from pipeline.store import open_store
+    from pipeline.tts.voices import VoiceError, VoiceLibrary
+
+    if not args.file.is_file():
+        raise _CliError(f"{args.file}: no such file")
+    data = args.file.read_bytes()
+
+    async def go() -> str:
+        async with open_store(get_settings()) as store:
+            record = await VoiceLibrary(store).add(args.name, data, args.file.suffix or ".wav", args.ref_text)
+            return record.model_dump_json(indent=2)
+
+    try:
+        print(asyncio.run(go()))
+    except VoiceError as e:
+        raise _CliError(str(e)) from None
+    return 0
+
+
+def _voices_list(args: argparse.Namespace) -> int:
+    from pipeline.store import open_store
+    from pipeline.tts.voices import VoiceLibrary
+
+    async def go() -> list[str]:
+        async with open_store(get_settings()) as store:
+            return [r.model_dump_json() for r in await VoiceLibrary(store).list()]
+
+    for line in asyncio.run(go()):
+        print(line)
+    return 0
+
+
+def _voices_rm(args: argparse.Namespace) -> int:
+    from pipeline.store import open_store
+    from pipeline.tts.voices import VoiceLibrary
+
+    async def go() -> bool:
+        async with open_store(get_settings()) as store:
+            return await VoiceLibrary(store).remove(args.name)
+
+    if not asyncio.run(go()):
+        raise _CliError(f"no voice named {args.name}")
+    print(f"removed {args.name}")
     return 0
 
 
@@ -257,10 +379,10 @@ def _worker(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     from pipeline import client
-    from pipeline.store import Store
+    from pipeline.store import open_store
 
     async def go() -> str:
-        async with Store.open(get_settings().bucket) as store:
+        async with open_store(get_settings()) as store:
             return client.dump(await client.get_status(store, args.job_id))
 
     print(_run_job_call(go))
@@ -270,10 +392,10 @@ def _status(args: argparse.Namespace) -> int:
 def _cancel(args: argparse.Namespace) -> int:
     from pipeline import client
     from pipeline.state import request_cancel
-    from pipeline.store import Store
+    from pipeline.store import open_store
 
     async def go() -> str:
-        async with Store.open(get_settings().bucket) as store:
+        async with open_store(get_settings()) as store:
             await client.get_status(store, args.job_id)  # JobNotFound for unknown jobs
             status = await request_cancel(store, args.job_id)
             return client.dump(status) if status else f"cancellation requested for {args.job_id}"
@@ -294,7 +416,7 @@ def _dlq_redrive(args: argparse.Namespace) -> int:
     from pipeline import dlq
 
     s = get_settings()
-    report = asyncio.run(dlq.redrive(s.queue, s.bucket, args.max, include_unrecognised=args.include_unrecognised))
+    report = asyncio.run(dlq.redrive(s, args.max, include_unrecognised=args.include_unrecognised))
     print(json.dumps(report, indent=2))
     return 0
 
@@ -302,10 +424,10 @@ def _dlq_redrive(args: argparse.Namespace) -> int:
 def _wait(args: argparse.Namespace) -> int:
     from pipeline import client
     from pipeline.contract import JobState
-    from pipeline.store import Store
+    from pipeline.store import open_store
 
     async def go() -> tuple[str, JobState]:
-        async with Store.open(get_settings().bucket) as store:
+        async with open_store(get_settings()) as store:
             status = await client.wait(store, args.job_id, timeout_s=args.timeout)
             return client.dump(status), status.state
 
@@ -316,12 +438,12 @@ def _wait(args: argparse.Namespace) -> int:
 
 def _result(args: argparse.Namespace) -> int:
     from pipeline import client
-    from pipeline.store import Store
+    from pipeline.store import open_store
 
     s = get_settings()
 
     async def go() -> str:
-        async with Store.open(s.bucket) as store:
+        async with open_store(s) as store:
             result = await client.get_result(store, args.job_id, presign_s=s.presign_expiry_s)
             if args.out:
                 await client.download(store, result.audio.uri, args.out)
@@ -336,7 +458,7 @@ def _submit(args: argparse.Namespace) -> int:
 
     from pipeline import client
     from pipeline.contract import JobState, Manifest
-    from pipeline.store import Store
+    from pipeline.store import open_store
 
     s = get_settings()
     job_id = args.job_id or client.new_job_id()
@@ -345,7 +467,7 @@ def _submit(args: argparse.Namespace) -> int:
     local_voice = Path(args.voice) if Path(args.voice).is_file() else None
 
     async def go() -> int:
-        async with Store.open(s.bucket) as store:
+        async with open_store(s) as store:
             voice = await client.upload_voice(store, local_voice) if local_voice else args.voice
             fields = {
                 "text": args.text,

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
 
     # Outputs.
     presign_expiry_s: int = Field(default=24 * 3600, ge=1, le=7 * 24 * 3600)
+    sse: Literal["AES256", "aws:kms", "none"] = "AES256"  # server-side encryption of every object written
+    sse_kms_key_id: str | None = None  # with sse=aws:kms; unset = the account's aws/s3 key
+    notify_topic_arn: str | None = None  # SNS topic for job completion/failure notifications
 
     # Queue consumption and reliability. A job's lease lasts as long as its message's invisibility:
     # both are renewed by the heartbeat, and both lapse together when a worker dies.
@@ -64,6 +67,16 @@ class Settings(BaseSettings):
     metrics_port: int | None = None  # Prometheus /metrics; unset = off
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
+
+
+def sse_params(settings: Settings) -> dict[str, str]:
+    """Extra PutObject arguments for server-side encryption."""
+    if settings.sse == "none":
+        return {}
+    params = {"ServerSideEncryption": settings.sse}
+    if settings.sse == "aws:kms" and settings.sse_kms_key_id:
+        params["SSEKMSKeyId"] = settings.sse_kms_key_id
+    return params
 
 
 @lru_cache(maxsize=1)

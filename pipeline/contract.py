@@ -324,7 +324,11 @@ class JobResult(BaseModel):
     subtitles: dict[SubtitleFormat, str] = Field(default_factory=dict, description="format -> s3 URI")
     text: str
     ref_text: str = Field(description="The reference transcript actually used.")
-    ref_text_source: Literal["manifest", "asr"]
+    ref_text_source: Literal["manifest", "voice_library", "asr"] = Field(
+        description="manifest: given in the job; voice_library: stored in voices/<name>/voice.json; "
+        "asr: transcribed for this job (then stored, for a library voice)."
+    )
+    ref_text_from_asr: bool = Field(default=False, description="The text was produced by ASR, now or earlier.")
     voice_key: str
     seed: int = Field(description="The seed used (the manifest's, or the one drawn); rerun with it.")
     chunks: int = Field(description="How many text chunks were synthesised.")

@@ -11,10 +11,11 @@ import contextlib
 from typing import Any
 
 from pipeline import keys
+from pipeline.config import Settings
 from pipeline.consumer import Message, Queue
 from pipeline.contract import JobState, JobStatus
 from pipeline.events import UnrecognisedMessage, parse_message_body
-from pipeline.store import PreconditionFailed, Store
+from pipeline.store import PreconditionFailed, Store, open_store
 
 _HOLD_S = 60  # messages stay invisible this long while we look at them
 
@@ -59,9 +60,9 @@ async def peek(queue_name: str, limit: int) -> list[dict[str, Any]]:
     ]
 
 
-async def redrive(queue_name: str, bucket: str, limit: int, *, include_unrecognised: bool = False) -> dict[str, Any]:
+async def redrive(settings: Settings, limit: int, *, include_unrecognised: bool = False) -> dict[str, Any]:
     report: dict[str, Any] = {"moved": 0, "skipped": 0, "jobs_requeued": []}
-    async with Queue.open_dlq(queue_name) as (main, dlq), Store.open(bucket) as store:
+    async with Queue.open_dlq(settings.queue) as (main, dlq), open_store(settings) as store:
         for m in await _drain(dlq, limit):
             jobs = _jobs(m)
             if jobs is None and not include_unrecognised:

@@ -1,8 +1,17 @@
-"""Prometheus metrics, exported by the worker on ``TTS_METRICS_PORT`` (unset: not served)."""
+"""Prometheus metrics and the worker's probes, served on ``TTS_METRICS_PORT`` (unset: not served).
+
+GET /metrics   Prometheus text format
+GET /healthz   200 while the worker's event loop is alive (liveness), else 503
+GET /readyz    200 once the model is loaded and the worker consumes (readiness), else 503
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
 JOBS = Counter("tts_jobs", "Jobs finished, by final state and error code", ["state", "code"])
 STAGE_SECONDS = Histogram(
@@ -14,6 +23,7 @@ STAGE_SECONDS = Histogram(
 QUEUE_WAIT_SECONDS = Histogram(
     "tts_queue_wait_seconds", "Manifest upload to job start", buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600)
 )
+ASR_RUNS = Counter("tts_asr_runs", "Reference transcriptions run (empty ref_text, nothing cached)")
 MODEL_LOADS = Counter("tts_model_loads", "Times the TTS engine was loaded in this process")
 MODEL_LOAD_SECONDS = Gauge("tts_model_load_seconds", "Duration of the last engine load")
 COLD_START_SECONDS = Gauge("tts_cold_start_seconds", "Worker start-up breakdown", ["phase"])
@@ -24,6 +34,49 @@ RETRIES = Counter("tts_job_retries", "Jobs put back on the queue after a transie
 UNRECOGNISED_MESSAGES = Counter("tts_unrecognised_messages", "SQS messages that are not S3 events (left for the DLQ)")
 
 
-def serve(port: int) -> None:
-    # All interfaces: Prometheus and orchestrator probes scrape from outside the container.
-    start_http_server(port, addr="0.0.0.0")
+# Probe state, set by the worker.
+_ready = threading.Event()
+_last_beat = [time.monotonic()]
+LIVENESS_STALE_S = 60.0
+
+
+def set_ready(ready: bool) -> None:
+    if ready:
+        _ready.set()
+    else:
+        _ready.clear()
+
+
+def beat() -> None:
+    """Called by the worker's event loop; a loop stuck for LIVENESS_STALE_S fails /healthz."""
+    _last_beat[0] = time.monotonic()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        if self.path == "/metrics":
+            self._send(200, generate_latest(), CONTENT_TYPE_LATEST)
+        elif self.path == "/healthz":
+            alive = time.monotonic() - _last_beat[0] < LIVENESS_STALE_S
+            self._send(200 if alive else 503, b"ok\n" if alive else b"event loop stalled\n")
+        elif self.path == "/readyz":
+            self._send(200 if _ready.is_set() else 503, b"ready\n" if _ready.is_set() else b"not ready\n")
+        else:
+            self._send(404, b"not found\n")
+
+    def _send(self, code: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # probes every few seconds would drown the job logs
+
+
+def serve(port: int) -> ThreadingHTTPServer:
+    # All interfaces: Prometheus and orchestrator probes come from outside the container.
+    server = ThreadingHTTPServer(("0.0.0.0", port), _Handler)
+    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
+    return server

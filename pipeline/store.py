@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
 
 from botocore.exceptions import ClientError
 from pydantic import BaseModel
 
 from pipeline import aws
+from pipeline.config import Settings, sse_params
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -39,15 +40,16 @@ def _is_not_found(e: ClientError) -> bool:
 
 
 class Store:
-    def __init__(self, s3: Any, bucket: str) -> None:
+    def __init__(self, s3: Any, bucket: str, put_params: dict[str, str] | None = None) -> None:
         self.s3 = s3
         self.bucket = bucket
+        self.put_params = put_params or {}  # e.g. server-side encryption, applied to every write
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, bucket: str) -> AsyncIterator[Store]:
+    async def open(cls, bucket: str, put_params: dict[str, str] | None = None) -> AsyncIterator[Store]:
         async with aws.session().client("s3", config=aws.client_config()) as s3:
-            yield cls(s3, bucket)
+            yield cls(s3, bucket, put_params)
 
     async def _call(self, op: str, **kwargs: Any) -> Any:
         async for attempt in aws.async_retrying():
@@ -102,7 +104,7 @@ class Store:
     ) -> str:
         """Write an object; returns its ETag. ``if_match``/``if_none_match`` make it conditional
         (S3 answers 412, raised as PreconditionFailed)."""
-        extra: dict[str, str] = {}
+        extra: dict[str, str] = dict(self.put_params)
         if if_match:
             extra["IfMatch"] = if_match
         if if_none_match:
@@ -149,3 +151,8 @@ class Store:
         return await self.s3.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_s
         )
+
+
+def open_store(settings: Settings) -> AbstractAsyncContextManager[Store]:
+    """The job bucket, with the configured server-side encryption on every write."""
+    return Store.open(settings.bucket, sse_params(settings))

@@ -55,12 +55,14 @@ from pipeline.contract import (
 )
 from pipeline.events import ObjectCreated, UnrecognisedMessage, parse_message_body
 from pipeline.logs import job_id_var
+from pipeline.notify import Notifier
 from pipeline.state import Claim, ClaimResult, Ledger, LostClaim
-from pipeline.store import NotFound, PreconditionFailed, Store, TooLarge
+from pipeline.store import NotFound, PreconditionFailed, Store, TooLarge, open_store
 from pipeline.tts import audio as audio_utils
 from pipeline.tts import subtitles
 from pipeline.tts.align import AlignmentImpossible
 from pipeline.tts.engine import EngineError, Reference, SynthesisRequest, SynthesisResult
+from pipeline.tts.voices import VoiceLibrary, VoiceRecord
 from pipeline.watch import AbortReason, JobAborted, JobWatch
 
 if TYPE_CHECKING:
@@ -82,6 +84,18 @@ class JobFailed(Exception):
 
 def _fail(code: ErrorCode | str, message: str) -> NoReturn:
     raise JobFailed(code, message)
+
+
+@dataclass
+class JobInputs:
+    manifest: Manifest
+    voice_key: str
+    wave: np.ndarray
+    sample_rate: int
+    ref_text: str  # what the engine gets: the manifest's, the library's, or "" (transcribe)
+    ref_text_source: str  # "manifest" | "voice_library" | "asr" (decided before synthesis)
+    library: tuple[VoiceRecord, str] | None = None  # (record, etag) for a library voice
+    ref_text_from_asr: bool = False  # the library's stored transcript came from an earlier ASR run
 
 
 class Ack(Enum):
@@ -139,6 +153,7 @@ class Worker:
         engine: F5Engine,
         aligner: Aligner,
         stopping: asyncio.Event | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -154,6 +169,8 @@ class Worker:
         self.jobs_done = 0
         self._stopping = stopping or asyncio.Event()
         self.ledger = Ledger(store, settings.worker_id, lease_s=settings.visibility_timeout_s)
+        self.voices = VoiceLibrary(store)
+        self.notifier = notifier or Notifier(None, None, settings.bucket)
 
     # ----------------------------------------------------------------------------------------
     # Loop
@@ -248,6 +265,7 @@ class Worker:
         )
         await self.store.put_json(e.status_key, failed)
         metrics.JOBS.labels(JobState.FAILED, ErrorCode.INVALID_JOB_ID).inc()
+        await self.notifier.job_finished(failed)
         log.warning("rejected %s: %s (status at %s)", record.key, e.reason, e.status_key)
         self.jobs_done += 1
         return DELETE
@@ -344,14 +362,22 @@ class Worker:
         return Decision(Ack.RETRY, delay)
 
     async def _finish(
-        self, claim: Claim, state: JobState, *, error: JobErrorInfo | None = None, note: str | None = None
+        self,
+        claim: Claim,
+        state: JobState,
+        *,
+        error: JobErrorInfo | None = None,
+        note: str | None = None,
+        result_key: str | None = None,
     ) -> None:
-        await self.ledger.finish(claim, state, error=error, note=note)
+        status = await self.ledger.finish(claim, state, error=error, note=note, result_key=result_key)
         metrics.JOBS.labels(state, error.code if error else "").inc()
         if error:
             log.warning("%s: %s: %s", state, error.code, error.message)
         else:
             log.info("%s%s", state, f": {note}" if note else "")
+        if state.terminal:
+            await self.notifier.job_finished(status)
 
     async def _remove_outputs(self, job_id: str) -> None:
         for key in await self.store.list_keys(f"{keys.OUTPUTS}{job_id}."):
@@ -360,10 +386,11 @@ class Worker:
     async def _run(self, claim: Claim, queue_wait_ms: float, watch: JobWatch) -> None:
         job_id = claim.job_id
         clock = _Clock()
-        manifest, voice, wave, sr = await clock.run("download", lambda: self._inputs(job_id))
+        inputs = await clock.run("download", lambda: self._inputs(job_id))
+        manifest = inputs.manifest
         seed = manifest.seed if manifest.seed is not None else random.randrange(2**31)
         watch.check()
-        ref, synth = await clock.run("synthesis", lambda: self._synthesize(manifest, wave, sr, seed, watch))
+        ref, synth = await clock.run("synthesis", lambda: self._synthesize(inputs, seed, watch))
         watch.check()
         warnings: list[ResultWarning] = []
         if self.model_info.random_weights:
@@ -408,8 +435,9 @@ class Worker:
             subtitles=subs,
             text=manifest.text,
             ref_text=ref.text,
-            ref_text_source=ref.text_source,
-            voice_key=voice,
+            ref_text_source="asr" if ref.text_source == "asr" else inputs.ref_text_source,
+            ref_text_from_asr=ref.text_source == "asr" or inputs.ref_text_from_asr,
+            voice_key=inputs.voice_key,
             seed=seed,
             chunks=len(synth.chunks),
             model=self.model_info,
@@ -432,18 +460,14 @@ class Worker:
             result.audio.duration_s,
             {k: round(v) for k, v in result.timings_ms.model_dump().items()},
         )
-        await self.ledger.finish(claim, JobState.COMPLETED, result_key=keys.result_key(job_id))
-        metrics.JOBS.labels(JobState.COMPLETED, "").inc()
-        log.info("completed")
+        await self._finish(claim, JobState.COMPLETED, result_key=keys.result_key(job_id))
 
     async def _adopt_result(self, claim: Claim) -> None:
         """A result exists already (an earlier attempt published it, then died before its status):
         it is the job's result, and this attempt's work is discarded."""
-        await self.ledger.finish(
+        await self._finish(
             claim, JobState.COMPLETED, result_key=keys.result_key(claim.job_id), note="result already published"
         )
-        metrics.JOBS.labels(JobState.COMPLETED, "").inc()
-        log.info("completed: adopted the result an earlier attempt published")
 
     async def _upload(
         self,
@@ -466,7 +490,7 @@ class Worker:
 
     # -- stages ------------------------------------------------------------------------------
 
-    async def _inputs(self, job_id: str) -> tuple[Manifest, str, np.ndarray, int]:
+    async def _inputs(self, job_id: str) -> JobInputs:
         s = self.settings
         try:
             raw = await self.store.get_bytes(keys.manifest_key(job_id), max_bytes=s.max_manifest_bytes)
@@ -482,24 +506,36 @@ class Worker:
         voice = manifest.voice or s.default_voice
         if not voice:
             _fail(ErrorCode.VOICE_REQUIRED, "manifest names no voice and the worker has no TTS_DEFAULT_VOICE")
-        try:
-            vkey = keys.voice_key(voice, s.bucket)
-        except keys.VoiceRefError as e:
-            _fail(e.code, e.message)
+        library = await self.voices.get(voice)  # a library name ("alice") before a plain key
+        if library is not None:
+            vkey = library[0].audio_key
+        else:
+            try:
+                vkey = keys.voice_key(voice, s.bucket)
+            except keys.VoiceRefError as e:
+                _fail(e.code, e.message)
         try:
             data = await self.store.get_bytes(vkey, max_bytes=s.max_voice_bytes)
         except NotFound:
-            _fail(ErrorCode.VOICE_NOT_FOUND, f"voice s3://{s.bucket}/{vkey} does not exist")
+            _fail(ErrorCode.VOICE_NOT_FOUND, f"voice {voice!r}: no library voice and no object s3://{s.bucket}/{vkey}")
         except TooLarge as e:
             _fail(ErrorCode.VOICE_TOO_LARGE, f"voice is {e.size} bytes; the limit is {e.limit}")
         wave, sr = await asyncio.to_thread(_decode_voice, data, s.min_voice_seconds, s.max_voice_seconds)
-        return manifest, vkey, wave, sr
+        if not manifest.ref_text.strip() and library is not None and library[0].ref_text:
+            record = library[0]
+            return JobInputs(
+                manifest, vkey, wave, sr, record.ref_text, "voice_library", library, record.ref_text_source == "asr"
+            )
+        return JobInputs(manifest, vkey, wave, sr, manifest.ref_text, "manifest", library)
 
-    async def _synthesize(
-        self, manifest: Manifest, wave: np.ndarray, sr: int, seed: int, watch: JobWatch
-    ) -> tuple[Reference, SynthesisResult]:
+    async def _synthesize(self, inputs: JobInputs, seed: int, watch: JobWatch) -> tuple[Reference, SynthesisResult]:
+        manifest = inputs.manifest
         try:
-            ref = await asyncio.to_thread(self.engine.prepare_reference, wave, sr, manifest.ref_text)
+            ref = await asyncio.to_thread(
+                self.engine.prepare_reference, inputs.wave, inputs.sample_rate, inputs.ref_text
+            )
+            if ref.text_source == "asr" and inputs.library is not None:
+                await self._remember_transcript(inputs.library, ref.text)
             request = SynthesisRequest(
                 reference=ref,
                 text=manifest.text,
@@ -515,6 +551,15 @@ class Worker:
         except (RuntimeError, ValueError, MemoryError) as e:  # torch OOM and shape errors included
             _fail(ErrorCode.SYNTHESIS_FAILED, f"synthesis failed: {type(e).__name__}: {e}")
         return ref, synth
+
+    async def _remember_transcript(self, library: tuple[VoiceRecord, str], text: str) -> None:
+        """First transcription of a library voice: store it so no job anywhere runs ASR on it again."""
+        record, etag = library
+        by = f"{self.model_info.name}/{self.model_info.version}"
+        saved = await self.voices.save_transcript(record.name, etag, text, by)
+        log.info(
+            "voice %s: transcript %s", record.name, "stored" if saved and saved.ref_text == text.strip() else "kept"
+        )
 
     async def _align(
         self, manifest: Manifest, wave: np.ndarray, sr: int, warnings: list[ResultWarning]
@@ -585,7 +630,7 @@ async def serve(settings: Settings, *, max_jobs: int | None = None, idle_exit_s:
         loop.add_signal_handler(sig, stopping.set)
     if settings.metrics_port is not None:
         metrics.serve(settings.metrics_port)
-    cache = ModelCache(settings.bucket, settings.cache_dir)
+    cache = ModelCache.for_settings(settings)
     report = await asyncio.to_thread(cache.sync, settings.model_name, settings.model_version)
     t_sync = time.perf_counter()
     engine = await asyncio.to_thread(F5Engine.load, report.path, settings.device)
@@ -610,9 +655,24 @@ async def serve(settings: Settings, *, max_jobs: int | None = None, idle_exit_s:
         log.info("stop requested during start-up: exiting before consuming")
         aligner.close()
         return 0
+    liveness = asyncio.create_task(_liveness())
     try:
-        async with Store.open(settings.bucket) as store, Queue.open(settings.queue) as queue:
-            worker = Worker(settings, store, queue, engine, aligner, stopping)
+        async with (
+            open_store(settings) as store,
+            Queue.open(settings.queue) as queue,
+            Notifier.open(settings.notify_topic_arn, settings.bucket) as notifier,
+        ):
+            worker = Worker(settings, store, queue, engine, aligner, stopping, notifier)
+            metrics.set_ready(True)
             return await worker.run(max_jobs=max_jobs, idle_exit_s=idle_exit_s)
     finally:
+        metrics.set_ready(False)
+        liveness.cancel()
         aligner.close()
+
+
+async def _liveness() -> None:
+    """Proves to /healthz that the event loop runs (inference is off-loop, so it always should)."""
+    while True:
+        metrics.beat()
+        await asyncio.sleep(5)

@@ -25,6 +25,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from pipeline import aws, keys
+from pipeline.config import Settings, sse_params
 from pipeline.models.bundle import BUNDLE_FILE, Bundle, sha256_file, verify
 
 log = logging.getLogger(__name__)
@@ -66,10 +67,17 @@ class SyncReport:
 
 
 class ModelCache:
-    def __init__(self, bucket: str, cache_dir: Path, s3: Any | None = None) -> None:
+    def __init__(
+        self, bucket: str, cache_dir: Path, s3: Any | None = None, put_params: dict[str, str] | None = None
+    ) -> None:
         self.bucket = bucket
         self.root = cache_dir / "models"
         self.s3 = s3 or aws.sync_client("s3")
+        self.put_params = put_params or {}  # server-side encryption for pushed files
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> ModelCache:
+        return cls(settings.bucket, settings.cache_dir, put_params=sse_params(settings))
 
     # -- remote ------------------------------------------------------------------------------
 
@@ -138,7 +146,7 @@ class ModelCache:
     def _put(self, key: str, body: bytes, content_type: str) -> None:
         for attempt in aws.retrying():
             with attempt:
-                self.s3.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=content_type)
+                self.s3.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=content_type, **self.put_params)
 
     def _transfer_all(self, direction: str, files: dict[str, tuple[Path, str]]) -> None:
         """Upload or download ``{name: (local path, key)}`` in parallel with s3transfer; retry the
@@ -147,7 +155,7 @@ class ModelCache:
         for attempt in aws.retrying():
             with attempt, _transfer_manager(self.s3) as tm:
                 futures = {
-                    rel: tm.upload(str(path), self.bucket, key)
+                    rel: tm.upload(str(path), self.bucket, key, extra_args=self.put_params or None)
                     if direction == "upload"
                     else tm.download(self.bucket, key, str(path))
                     for rel, (path, key) in pending.items()

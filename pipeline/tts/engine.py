@@ -259,6 +259,8 @@ class F5Engine:
                     f"ref_text is empty and model bundle {self.bundle.name}/{self.bundle.version} has no ASR model;"
                     " pass ref_text in the manifest",
                 )
+            if not ref_text.strip():
+                metrics.ASR_RUNS.inc()
             ref = self._prepare_reference_locked(audio, ref_text)
             self._refs[key] = ref
             while len(self._refs) > self._refs_max:

@@ -427,7 +427,27 @@ _fields = {
     "language": st.sampled_from(["eng", "deu", "xx", "ENG"]),
     "bogus": _json_values,
 }
-_manifests = st.fixed_dictionaries({}, optional=_fields)
+_wild = st.fixed_dictionaries({}, optional=_fields)
+# Mostly-valid manifests too, so that the fuzz reaches synthesis, voices and alignment, not only
+# the schema: printable text in any script, valid ranges, voices that may or may not exist.
+_plausible = st.fixed_dictionaries(
+    {
+        "text": st.text(st.characters(categories=("L", "N", "P", "Zs", "S")), min_size=1, max_size=60),
+        "voice": st.sampled_from(["voices/alice.wav", "voices/ghost.wav", "s3://f-fuzz/voices/alice.wav"]),
+    },
+    optional={
+        "ref_text": st.sampled_from(["", REF_TEXT]),
+        "speed": st.floats(min_value=0.25, max_value=4),
+        "nfe_step": st.integers(min_value=1, max_value=6),
+        "seed": st.integers(min_value=0, max_value=2**31 - 1),
+        "output_format": st.sampled_from(["wav", "flac", "mp3", "ogg"]),
+        "word_timings": st.booleans(),
+        "subtitles": st.lists(st.sampled_from(["srt", "vtt"]), max_size=2, unique=True),
+        "remove_silence": st.booleans(),
+        "language": st.sampled_from(["eng", "deu", "fra"]),
+    },
+)
+_manifests = st.one_of(_plausible, _plausible, _wild)
 _fuzz_count: dict[str, Any] = {"n": 0, "outcomes": {}}
 
 

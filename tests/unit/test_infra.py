@@ -1,0 +1,108 @@
+"""Deployment files, validated offline with the tools their ecosystems use. Nothing here builds
+or runs a container (no Docker engine in CI); tests/integration/test_deploy.py deploys the
+CloudFormation template to LocalStack."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def _run(*cmd: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN / cmd[0]), *cmd[1:]], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    out = _run("hadolint", "Dockerfile")
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_compose_file_matches_the_compose_spec() -> None:
+    out = _run("check-jsonschema", "--builtin-schema", "vendor.compose-spec", "docker-compose.yml")
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_compose_mounts_the_same_init_hook_as_host_mode() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    mounts = compose["services"]["localstack"]["volumes"]
+    assert "./pipeline/bootstrap.py:/etc/localstack/init/ready.d/10_tts_bootstrap.py:ro" in mounts
+    assert (ROOT / "localstack/init/ready.d/10_tts_bootstrap.py").resolve() == (ROOT / "pipeline/bootstrap.py")
+    gpu = compose["services"]["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]
+    assert gpu["capabilities"] == ["gpu"] and compose["services"]["worker-gpu"]["profiles"] == ["gpu"]
+
+
+def test_cloudformation_template_passes_cfn_lint() -> None:
+    out = _run("cfn-lint", "infra/cloudformation.yaml")
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_worker_policy_is_least_privilege() -> None:
+    class Loader(yaml.SafeLoader):
+        """Reads CloudFormation's short-form tags (!Ref, !Sub...) as plain values."""
+
+    def tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> object:
+        if isinstance(node, yaml.ScalarNode):
+            return f"!{suffix} {node.value}"
+        if isinstance(node, yaml.SequenceNode):
+            return loader.construct_sequence(node, deep=True)
+        return loader.construct_mapping(node, deep=True)
+
+    Loader.add_multi_constructor("!", tag)
+    template = yaml.load((ROOT / "infra/cloudformation.yaml").read_text(), Loader=Loader)
+    statements = template["Resources"]["WorkerPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    for st in statements:
+        if not isinstance(st, dict):
+            continue
+        actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
+        resources = st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]]
+        assert not any(a.endswith(":*") or a == "*" for a in actions), st
+        assert "*" not in resources, st
+
+
+def test_kubernetes_manifests_validate() -> None:
+    out = _run("kubernetes-validate", "infra/k8s/worker.yaml")
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_keda_scaledobject_matches_its_schema_and_scales_to_zero() -> None:
+    import json
+
+    schema = json.loads((ROOT / "infra/k8s/schemas/keda-scaledobject.schema.json").read_text())
+    docs = list(yaml.safe_load_all((ROOT / "infra/k8s/keda-scaledobject.yaml").read_text()))
+    for doc in docs:
+        jsonschema.validate(doc, schema)
+    scaled = next(d for d in docs if d["kind"] == "ScaledObject")
+    assert scaled["spec"]["minReplicaCount"] == 0
+    assert scaled["spec"]["triggers"][0]["type"] == "aws-sqs-queue"
+    deployment = next(
+        d for d in yaml.safe_load_all((ROOT / "infra/k8s/worker.yaml").read_text()) if d["kind"] == "Deployment"
+    )
+    assert scaled["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    # Grace period covers the worker's shutdown grace (docs/operations.md).
+    env = {e["name"]: e["value"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > int(env["TTS_SHUTDOWN_GRACE_S"])
+
+
+def test_a_bad_scaledobject_is_rejected_by_the_schema() -> None:
+    """The schema can fail: a queue length that is not a number string."""
+    import json
+
+    schema = json.loads((ROOT / "infra/k8s/schemas/keda-scaledobject.schema.json").read_text())
+    doc = next(
+        d
+        for d in yaml.safe_load_all((ROOT / "infra/k8s/keda-scaledobject.yaml").read_text())
+        if d["kind"] == "ScaledObject"
+    )
+    doc["spec"]["triggers"][0]["metadata"]["queueLength"] = "four"
+    try:
+        jsonschema.validate(doc, schema)
+    except jsonschema.ValidationError:
+        return
+    raise AssertionError("schema accepted queueLength 'four'")
