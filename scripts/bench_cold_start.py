@@ -134,13 +134,19 @@ def run(work: Path, ckpt_mb: int, rounds: int) -> int:
         ),
     }
     default_config = cache_mod._transfer_config
+    name_of = {id(c): n for n, c in configs.items()}
+    phases: dict[str, list[dict[str, float]]] = {}
 
     def ours(config: TransferConfig) -> float:
         cache_dir = work / "cache-ours"
         shutil.rmtree(cache_dir, ignore_errors=True)
         cache_mod._transfer_config = lambda: config
         try:
-            return timed(lambda: ModelCache(BUCKET, cache_dir).sync(bundle.name, bundle.version))
+            t0 = time.perf_counter()
+            report = ModelCache(BUCKET, cache_dir).sync(bundle.name, bundle.version)
+            elapsed = time.perf_counter() - t0
+            phases.setdefault(name_of[id(config)], []).append(report.seconds)
+            return elapsed
         finally:
             cache_mod._transfer_config = default_config
             shutil.rmtree(cache_dir, ignore_errors=True)
@@ -200,6 +206,11 @@ def run(work: Path, ckpt_mb: int, rounds: int) -> int:
         "push_seconds": round(push_s, 2),
         "cold_seconds": {m: [round(t, 2) for t in ts] for m, ts in times.items()},
         "cold_median_seconds": {m: round(statistics.median(ts), 2) for m, ts in times.items()},
+        "ours_phase_seconds_median": {
+            name: {k: round(statistics.median(p[k] for p in ps), 2) for k in ("resolve", "download", "verify")}
+            for name, ps in phases.items()
+        },
+        "sha256_mb_per_s": _sha256_speed(),
         "warm_sync_seconds_median": round(statistics.median(warm), 3),
         "warm_sync_latest_seconds_median": round(statistics.median(warm_latest), 3),
         "warm_pull_process_seconds_median": round(statistics.median(proc), 2),
@@ -209,6 +220,15 @@ def run(work: Path, ckpt_mb: int, rounds: int) -> int:
     OUT.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
     return 0
+
+
+def _sha256_speed() -> int:
+    import hashlib
+
+    data = os.urandom(256 * MB)
+    t0 = time.perf_counter()
+    hashlib.sha256(data).hexdigest()
+    return round(256 / (time.perf_counter() - t0))
 
 
 if __name__ == "__main__":

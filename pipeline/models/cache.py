@@ -17,7 +17,8 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,16 +149,22 @@ class ModelCache:
             with attempt:
                 self.s3.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=content_type, **self.put_params)
 
-    def _transfer_all(self, direction: str, files: dict[str, tuple[Path, str]]) -> None:
+    def _transfer_all(
+        self,
+        direction: str,
+        files: dict[str, tuple[Path, str]],
+        on_file_done: Callable[[str], None] | None = None,
+    ) -> None:
         """Upload or download ``{name: (local path, key)}`` in parallel with s3transfer; retry the
-        transfers that failed transiently (our retry policy: SDK retries are off)."""
+        transfers that failed transiently (our retry policy: SDK retries are off).
+        ``on_file_done(name)`` runs as soon as each file is complete, while others still transfer."""
         pending = dict(files)
         for attempt in aws.retrying():
             with attempt, _transfer_manager(self.s3) as tm:
                 futures = {
                     rel: tm.upload(str(path), self.bucket, key, extra_args=self.put_params or None)
                     if direction == "upload"
-                    else tm.download(self.bucket, key, str(path))
+                    else tm.download(self.bucket, key, str(path), subscribers=_done_hook(rel, on_file_done))
                     for rel, (path, key) in pending.items()
                 }
                 errors = {}
@@ -215,9 +222,16 @@ class ModelCache:
                 os.link(old, dst)
             else:
                 todo.append(rel)
-        self._transfer_all("download", {rel: (tmp / rel, prefix + rel) for rel in todo})
-        t1 = time.perf_counter()
-        bad = [rel for rel in todo if sha256_file(tmp / rel) != bundle.files[rel].sha256]
+        # Verify each file the moment it lands, while the others still download.
+        with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as hashers:
+            digests: dict[str, Future[str]] = {}
+            self._transfer_all(
+                "download",
+                {rel: (tmp / rel, prefix + rel) for rel in todo},
+                on_file_done=lambda rel: digests.__setitem__(rel, hashers.submit(sha256_file, tmp / rel)),
+            )
+            t1 = time.perf_counter()
+            bad = [rel for rel in todo if digests[rel].result() != bundle.files[rel].sha256]
         if bad:
             shutil.rmtree(tmp, ignore_errors=True)
             raise BundleCorrupt(f"{bundle.name}/{bundle.version}: sha256 mismatch after download: {bad}")
@@ -240,8 +254,25 @@ class ModelCache:
             warm=False,
             files_fetched=todo,
             bytes_fetched=fetched,
+            # verify: the part of hashing that did not overlap the downloads
             seconds={"download": t1 - t0, "verify": t2 - t1},
         )
+
+
+def _done_hook(name: str, fn: Callable[[str], None] | None) -> list[Any] | None:
+    if fn is None:
+        return None
+    from s3transfer.subscribers import BaseSubscriber
+
+    class _OnDone(BaseSubscriber):
+        def on_done(self, future: Any, **kwargs: Any) -> None:
+            try:
+                future.result()
+            except Exception:
+                return  # failed transfers are retried; only complete files are handed on
+            fn(name)
+
+    return [_OnDone()]
 
 
 def _stat_map(directory: Path, bundle: Bundle) -> dict[str, list[int]]:
