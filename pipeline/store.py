@@ -58,6 +58,10 @@ class Store:
         raise AssertionError("unreachable")
 
     async def get_bytes(self, key: str, max_bytes: int | None = None) -> bytes:
+        return (await self._get(key, max_bytes))[0]
+
+    async def _get(self, key: str, max_bytes: int | None = None) -> tuple[bytes, str]:
+        """Body and ETag; NotFound, or TooLarge before reading a body over ``max_bytes``."""
         async for attempt in aws.async_retrying():
             with attempt:
                 try:
@@ -70,7 +74,7 @@ class Store:
                 async with resp["Body"] as body:
                     if max_bytes is not None and size > max_bytes:
                         raise TooLarge(key, size, max_bytes)
-                    return await body.read()
+                    return await body.read(), resp["ETag"]
         raise AssertionError("unreachable")
 
     async def get_json(self, key: str) -> Any:
@@ -81,17 +85,11 @@ class Store:
 
     async def get_model_etag(self, key: str, model: type[M]) -> tuple[M | None, str | None]:
         """The document and its ETag (for a later conditional write), or (None, None)."""
-        async for attempt in aws.async_retrying():
-            with attempt:
-                try:
-                    resp = await self.s3.get_object(Bucket=self.bucket, Key=key)
-                except ClientError as e:
-                    if _is_not_found(e):
-                        return None, None
-                    raise
-                async with resp["Body"] as body:
-                    return model.model_validate_json(await body.read()), resp["ETag"]
-        raise AssertionError("unreachable")
+        try:
+            body, etag = await self._get(key)
+        except NotFound:
+            return None, None
+        return model.model_validate_json(body), etag
 
     async def put_bytes(
         self,

@@ -37,6 +37,19 @@ def reference_voice_path() -> Path:
     return Path(str(files("f5_tts").joinpath("infer/examples/basic/basic_ref_en.wav")))
 
 
+def s3_event(bucket: str, key: str) -> str:
+    """An S3 ObjectCreated notification body, as S3 puts it on the queue (for duplicate deliveries)."""
+    from pipeline.contract import utcnow
+
+    record = {
+        "eventSource": "aws:s3",
+        "eventName": "ObjectCreated:Put",
+        "eventTime": utcnow().isoformat(),
+        "s3": {"bucket": {"name": bucket}, "object": {"key": key}},
+    }
+    return json.dumps({"Records": [record]})
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

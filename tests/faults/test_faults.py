@@ -21,9 +21,9 @@ import soundfile as sf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.contract import ErrorCode, utcnow
+from pipeline.contract import ErrorCode
 from tests.faults.conftest import generations, queue_drained, versions
-from tests.helpers import REF_TEXT, WorkerProcess, drop_manifest, get_json, wait_for_state
+from tests.helpers import REF_TEXT, WorkerProcess, drop_manifest, get_json, s3_event, wait_for_state
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -121,17 +121,9 @@ def test_same_manifest_delivered_three_times_to_two_workers_generates_once(
     manifest = _manifest(text=LONG_TEXT[:200], nfe_step=8)
     for _ in range(3):
         drop_manifest(stack, tmp_path, job, manifest, bucket=bucket)
-    event = {
-        "Records": [
-            {
-                "eventSource": "aws:s3",
-                "eventName": "ObjectCreated:Put",
-                "eventTime": utcnow().isoformat(),
-                "s3": {"bucket": {"name": bucket}, "object": {"key": f"inbox/{job}.json"}},
-            }
-        ]
-    }
-    sqs.send_message(QueueUrl=sqs.get_queue_url(QueueName=bucket)["QueueUrl"], MessageBody=json.dumps(event))
+    sqs.send_message(
+        QueueUrl=sqs.get_queue_url(QueueName=bucket)["QueueUrl"], MessageBody=s3_event(bucket, f"inbox/{job}.json")
+    )
     final = wait_for_state(s3, job, bucket=bucket, timeout_s=120)
     assert final["state"] == "COMPLETED"
     assert queue_drained(sqs, bucket), "duplicate deliveries were not all acknowledged"

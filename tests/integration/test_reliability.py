@@ -22,6 +22,7 @@ from tests.helpers import (
     drop_manifest,
     get_json,
     reference_voice_path,
+    s3_event,
     start_worker,
     stop_worker,
     wait_for_state,
@@ -155,18 +156,8 @@ def test_dlq_list_and_redrive_replay_a_job(
     )
     s3.put_object(Bucket=NAME, Key=f"status/{job}.json", Body=failed.model_dump_json().encode())
     s3.delete_object(Bucket=NAME, Key=f"results/{job}.json")
-    event = {
-        "Records": [
-            {
-                "eventSource": "aws:s3",
-                "eventName": "ObjectCreated:Put",
-                "eventTime": utcnow().isoformat(),
-                "s3": {"bucket": {"name": NAME}, "object": {"key": f"inbox/{job}.json"}},
-            }
-        ]
-    }
     dlq = sqs.get_queue_url(QueueName=f"{NAME}-dlq")["QueueUrl"]
-    sqs.send_message(QueueUrl=dlq, MessageBody=json.dumps(event))
+    sqs.send_message(QueueUrl=dlq, MessageBody=s3_event(NAME, f"inbox/{job}.json"))
     sqs.send_message(QueueUrl=dlq, MessageBody="not an event")
 
     listed = [json.loads(line) for line in _cli(env, "dlq", "list").splitlines()]
