@@ -33,24 +33,41 @@ class Message:
 
 
 class Queue:
-    def __init__(self, sqs: Any, url: str, dlq_url: str | None = None, max_receive_count: int | None = None) -> None:
+    def __init__(
+        self,
+        sqs: Any,
+        url: str | None,
+        dlq_url: str | None = None,
+        max_receive_count: int | None = None,
+        name: str = "",
+    ) -> None:
         self.sqs = sqs
         self.url = url
         self.dlq_url = dlq_url
         self.max_receive_count = max_receive_count  # from the redrive policy: deliveries before the DLQ
+        self.name = name
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def open(cls, name: str) -> AsyncIterator[Queue]:
+    async def open(cls, name: str, *, resolve: bool = True) -> AsyncIterator[Queue]:
+        """An SQS client for queue ``name``; ``resolve=False`` leaves the lookup (``resolve()``,
+        the first network call) to the caller."""
         async with aws.session().client("sqs", config=aws.client_config()) as sqs:
-            async for attempt in aws.async_retrying():
-                with attempt:
-                    url = (await sqs.get_queue_url(QueueName=name))["QueueUrl"]
-                    attrs = await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["RedrivePolicy"])
-                    policy = json.loads(attrs.get("Attributes", {}).get("RedrivePolicy") or "{}")
-                    dlq_url = await _queue_url_from_arn(sqs, policy.get("deadLetterTargetArn"))
-            max_receive = int(policy["maxReceiveCount"]) if dlq_url and "maxReceiveCount" in policy else None
-            yield cls(sqs, url, dlq_url, max_receive)
+            queue = cls(sqs, None, name=name)
+            if resolve:
+                await queue.resolve()
+            yield queue
+
+    async def resolve(self) -> None:
+        """Find the queue URL, its DLQ and the redrive policy's maxReceiveCount."""
+        async for attempt in aws.async_retrying():
+            with attempt:
+                url = (await self.sqs.get_queue_url(QueueName=self.name))["QueueUrl"]
+                attrs = await self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["RedrivePolicy"])
+                policy = json.loads(attrs.get("Attributes", {}).get("RedrivePolicy") or "{}")
+                dlq_url = await _queue_url_from_arn(self.sqs, policy.get("deadLetterTargetArn"))
+        self.url, self.dlq_url = url, dlq_url
+        self.max_receive_count = int(policy["maxReceiveCount"]) if dlq_url and "maxReceiveCount" in policy else None
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -59,7 +76,7 @@ class Queue:
         async with cls.open(name) as main:
             if not main.dlq_url:
                 raise LookupError(f"queue {name} has no redrive policy / DLQ")
-            yield main, cls(main.sqs, main.dlq_url)
+            yield main, cls(main.sqs, main.dlq_url, name=f"{name}-dlq")
 
     async def _call(self, op: str, **kwargs: Any) -> Any:
         async for attempt in aws.async_retrying():

@@ -200,8 +200,24 @@ class Worker:
                 break
             # A stop that arrives while a job runs lets the job finish (its message is deleted only
             # when its outputs are durable), then the loop ends.
-            for msg in receive.result():
-                await self.handle_message(msg)
+            try:
+                messages = receive.result()
+            except Exception as e:
+                if not is_transient(e):
+                    raise
+                # SQS unreachable even after our retries: keep the worker, try again shortly.
+                log.warning("receive failed: %s; retrying in %.0fs", e, _RECEIVE_BACKOFF_S)
+                await asyncio.sleep(_RECEIVE_BACKOFF_S)
+                continue
+            for msg in messages:
+                try:
+                    await self.handle_message(msg)
+                except Exception as e:
+                    if not is_transient(e):
+                        raise
+                    # Could not acknowledge (SQS unreachable): the message comes back; its job's
+                    # status makes the redelivery a no-op if the job had finished.
+                    log.warning("message %s left for redelivery: %s", msg.id, e)
                 idle_since = time.monotonic()
         if self._stopping.is_set():
             log.info("stop requested: no more messages will be received")
@@ -579,6 +595,7 @@ class Worker:
             _fail(ErrorCode.ENCODE_FAILED, f"encoding {manifest.output_format.value} failed: {e}")
 
 
+_RECEIVE_BACKOFF_S = 5.0
 _SUB_TYPES = {"srt": "application/x-subrip", "vtt": "text/vtt"}
 
 
@@ -639,36 +656,49 @@ async def serve(settings: Settings, *, max_jobs: int | None = None, idle_exit_s:
     phases = {**report.seconds, "load": t_load - t_sync, "total": t_load - t0}
     for phase, seconds in phases.items():
         metrics.COLD_START_SECONDS.labels(phase).set(seconds)
-    log.info(
-        "worker %s ready: model %s/%s (%s cache, %d files fetched) on %s; cold start %s",
-        settings.worker_id,
-        report.bundle.name,
-        report.bundle.version,
-        "warm" if report.warm else "cold",
-        len(report.files_fetched),
-        engine.device,
-        " ".join(f"{k}={v:.2f}s" for k, v in phases.items()),
-    )
     if report.bundle.random_weights:
         log.warning("!!! model bundle %s has RANDOM WEIGHTS: its audio is noise (test bundle) !!!", report.bundle.name)
-    if stopping.is_set():
-        log.info("stop requested during start-up: exiting before consuming")
-        aligner.close()
-        return 0
     liveness = asyncio.create_task(_liveness())
     try:
         async with (
             open_store(settings) as store,
-            Queue.open(settings.queue) as queue,
             Notifier.open(settings.notify_topic_arn, settings.bucket) as notifier,
+            Queue.open(settings.queue, resolve=False) as queue,
         ):
+            if not await _resolve_queue(queue, stopping):
+                log.info("stop requested during start-up: exiting before consuming")
+                return 0
             worker = Worker(settings, store, queue, engine, aligner, stopping, notifier)
+            log.info(
+                "worker %s ready: model %s/%s (%s cache, %d files fetched) on %s; cold start %s",
+                settings.worker_id,
+                report.bundle.name,
+                report.bundle.version,
+                "warm" if report.warm else "cold",
+                len(report.files_fetched),
+                engine.device,
+                " ".join(f"{k}={v:.2f}s" for k, v in phases.items()),
+            )
             metrics.set_ready(True)
             return await worker.run(max_jobs=max_jobs, idle_exit_s=idle_exit_s)
     finally:
         metrics.set_ready(False)
         liveness.cancel()
         aligner.close()
+
+
+async def _resolve_queue(queue: Queue, stopping: asyncio.Event) -> bool:
+    """Look the queue up once SQS answers: an outage at start-up waits instead of crashing."""
+    while not stopping.is_set():
+        try:
+            await queue.resolve()
+            return True
+        except Exception as e:
+            if not is_transient(e):
+                raise
+            log.warning("queue %s unreachable (%s); retrying in %.0fs", queue.name, e, _RECEIVE_BACKOFF_S)
+            await asyncio.sleep(_RECEIVE_BACKOFF_S)
+    return False
 
 
 async def _liveness() -> None:

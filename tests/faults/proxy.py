@@ -11,6 +11,7 @@ protocol's own error format:
   case, where a retry repeats an operation that already happened.
 
 Counts per kind and per operation go to ``--stats`` (JSON), rewritten after every fault.
+``PUT /_fault/rate`` with a number as the body changes the rate while running (an outage: 1.0).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ def _error(request: web.Request) -> web.Response:
 def make_app(upstream: str, rate: float, stats_path: Path | None, seed: int) -> web.Application:
     rng = random.Random(seed)
     stats: Counter[str] = Counter()
+    current = {"rate": rate}
 
     def save() -> None:
         if stats_path:
@@ -51,10 +53,13 @@ def make_app(upstream: str, rate: float, stats_path: Path | None, seed: int) -> 
 
     async def handle(request: web.Request) -> web.StreamResponse:
         session: ClientSession = request.app["session"]
+        if request.path == "/_fault/rate" and request.method == "PUT":
+            current["rate"] = float(await request.text())
+            return web.Response(text=f"rate {current['rate']}\n")
         op = _operation(request)
         stats["requests"] += 1
         fault = None
-        if not request.path.startswith("/_localstack") and rng.random() < rate:
+        if not request.path.startswith("/_localstack") and rng.random() < current["rate"]:
             fault = "dropped" if rng.random() < 2 / 3 else "lost"
         if fault == "dropped":
             stats["faults"] += 1
@@ -74,6 +79,10 @@ def make_app(upstream: str, rate: float, stats_path: Path | None, seed: int) -> 
                 save()
                 return _error(request)
             out_headers = {k: v for k, v in resp.headers.items() if k.lower() not in _HOP_HEADERS}
+            if request.method == "HEAD" and "Content-Length" in resp.headers:
+                # A HEAD answer has no body, but its Content-Length is the object's size.
+                out_headers["Content-Length"] = resp.headers["Content-Length"]
+                return web.Response(status=resp.status, headers=out_headers)
             return web.Response(status=resp.status, body=payload, headers=out_headers)
 
     async def start(app: web.Application) -> None:

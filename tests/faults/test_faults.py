@@ -181,6 +181,35 @@ def test_transient_failures_on_20_percent_of_calls(
     )
 
 
+def test_an_s3_and_sqs_outage_does_not_stop_the_worker(
+    stack: dict[str, str],
+    workers: Callable[..., WorkerProcess],
+    proxy: Callable[..., tuple[str, Path]],
+    s3: Any,
+    record: Any,
+) -> None:
+    """Every S3/SQS call fails for 15 s (beyond the client's own retries): the worker keeps
+    polling with a back-off and processes the next job once the endpoint is back."""
+    import urllib.request
+
+    bucket = stack["TTS_BUCKET"]
+    endpoint, _ = proxy(0.0)
+    w = workers({**stack, "AWS_ENDPOINT_URL": endpoint}, "a")
+
+    def set_rate(rate: float) -> None:
+        req = urllib.request.Request(f"{endpoint}/_fault/rate", data=str(rate).encode(), method="PUT")
+        urllib.request.urlopen(req, timeout=5).read()
+
+    set_rate(1.0)
+    time.sleep(15)
+    set_rate(0.0)
+    assert w.proc.poll() is None, w.log()[-3000:]
+    _put_job(s3, bucket, "after-outage", _manifest())
+    assert wait_for_state(s3, "after-outage", bucket=bucket, worker=w)["state"] == "COMPLETED"
+    assert "receive failed" in w.log()
+    record(jobs=1, outage_seconds=15, worker_exits=0, lost=0, duplicated=0)
+
+
 # 4 -------------------------------------------------------------------------------------------
 
 
