@@ -11,7 +11,8 @@ import secrets
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+
+from pydantic import BaseModel
 
 from pipeline import keys
 from pipeline.contract import JobResult, JobStatus, Manifest, utcnow
@@ -97,5 +98,5 @@ def _write(dest: Path, data: bytes) -> None:
     dest.write_bytes(data)
 
 
-def dump(doc: Any) -> str:
-    return doc.model_dump_json(indent=2) if hasattr(doc, "model_dump_json") else str(doc)
+def dump(doc: BaseModel) -> str:
+    return doc.model_dump_json(indent=2)

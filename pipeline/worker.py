@@ -289,15 +289,17 @@ class Worker:
     async def process_job(self, job_id: str, record: ObjectCreated, msg: Message) -> Decision:
         outcome, claimed = await self.ledger.claim(job_id, record.event_time)
         if outcome is ClaimResult.DONE:
-            log.info("job already %s: duplicate delivery acknowledged", claimed.state)  # type: ignore[union-attr]
+            assert isinstance(claimed, JobStatus)
+            log.info("job already %s: duplicate delivery acknowledged", claimed.state)
             metrics.DUPLICATES.inc()
             return DELETE
         if outcome is ClaimResult.BUSY:
             # Held by a live lease. This may be a duplicate, or the holder's own message whose
             # visibility lapsed before its lease (e.g. the holder just died): never delete it;
             # look again when the lease would have expired.
-            lease_left = (claimed.lease_expires_at - utcnow()).total_seconds()  # type: ignore[union-attr,operator]
-            log.info("job held by %s for %.1fs more: delivery deferred", claimed.worker, lease_left)  # type: ignore[union-attr]
+            assert isinstance(claimed, JobStatus) and claimed.lease_expires_at is not None
+            lease_left = (claimed.lease_expires_at - utcnow()).total_seconds()
+            log.info("job held by %s for %.1fs more: delivery deferred", claimed.worker, lease_left)
             metrics.DEFERRED.inc()
             return Decision(Ack.RETRY, max(1.0, lease_left + 1.0))
         assert isinstance(claimed, Claim)

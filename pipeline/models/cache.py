@@ -103,13 +103,6 @@ class ModelCache:
         raw = self._get(keys.model_prefix(name, version) + BUNDLE_FILE)
         return Bundle.model_validate_json(raw), raw
 
-    def exists(self, name: str, version: str = "latest") -> bool:
-        try:
-            self.remote_bundle(name, version)
-        except BundleNotFound:
-            return False
-        return True
-
     def list_remote(self) -> dict[str, str]:
         """name -> latest version, for every bundle name with a ``latest`` pointer."""
         out: dict[str, str] = {}

@@ -22,7 +22,7 @@ class AudioDecodeError(ValueError):
 
 
 @dataclass(frozen=True)
-class AudioInfo:
+class AudioHeader:
     frames: int
     sample_rate: int
     channels: int
@@ -32,13 +32,13 @@ class AudioInfo:
         return self.frames / self.sample_rate if self.sample_rate else 0.0
 
 
-def probe(data: bytes) -> AudioInfo:
+def probe(data: bytes) -> AudioHeader:
     """Read only the header: duration limits are checked before decoding the whole file."""
     try:
         info = sf.info(io.BytesIO(data))
     except Exception as e:  # soundfile raises LibsndfileError/RuntimeError/TypeError variously
         raise AudioDecodeError(f"not a readable audio file ({e})") from None
-    return AudioInfo(frames=int(info.frames), sample_rate=int(info.samplerate), channels=int(info.channels))
+    return AudioHeader(frames=int(info.frames), sample_rate=int(info.samplerate), channels=int(info.channels))
 
 
 def decode(data: bytes) -> tuple[np.ndarray, int]:
