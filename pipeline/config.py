@@ -62,6 +62,11 @@ class Settings(BaseSettings):
     cancel_poll_s: float = Field(default=2.0, gt=0)
     shutdown_grace_s: float = Field(default=60.0, ge=0)
 
+    # Test and fault-injection hooks (pipeline/faults.py). Off by default; only the worker's own
+    # environment can turn them on, never a manifest.
+    fault_dir: Path | None = None
+    fault_chunk_delay_s: float = Field(default=0.0, ge=0)
+
     # Identity and observability.
     worker_id: str = Field(default_factory=_default_worker_id)
     metrics_port: int | None = None  # Prometheus /metrics; unset = off

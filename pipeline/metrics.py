@@ -28,6 +28,7 @@ MODEL_LOADS = Counter("tts_model_loads", "Times the TTS engine was loaded in thi
 MODEL_LOAD_SECONDS = Gauge("tts_model_load_seconds", "Duration of the last engine load")
 COLD_START_SECONDS = Gauge("tts_cold_start_seconds", "Worker start-up breakdown", ["phase"])
 IN_FLIGHT = Gauge("tts_jobs_in_flight", "Jobs being processed now")
+RECEIVES = Counter("tts_sqs_receives", "SQS ReceiveMessage calls (long polls) started")
 DUPLICATES = Counter("tts_duplicate_deliveries", "Deliveries of jobs already finished, acknowledged")
 DEFERRED = Counter("tts_deferred_deliveries", "Deliveries of jobs held by a live lease elsewhere, put back")
 RETRIES = Counter("tts_job_retries", "Jobs put back on the queue after a transient error")

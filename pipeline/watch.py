@@ -26,6 +26,7 @@ from pipeline import keys
 from pipeline.config import Settings
 from pipeline.consumer import Message, Queue
 from pipeline.contract import Progress
+from pipeline.faults import NO_FAULTS, FaultHooks
 from pipeline.state import Claim, Ledger, LostClaim
 from pipeline.store import Store
 
@@ -57,6 +58,7 @@ class JobWatch:
         msg: Message,
         store: Store,
         stopping: asyncio.Event,
+        faults: FaultHooks = NO_FAULTS,
     ) -> None:
         self.settings = settings
         self.ledger = ledger
@@ -65,6 +67,7 @@ class JobWatch:
         self.msg = msg
         self.store = store
         self.stopping = stopping
+        self.faults = faults
         self.deadline = time.monotonic() + settings.job_timeout_s
         self.abort: AbortReason | None = None
         self._progress: tuple[int, int] | None = None
@@ -81,6 +84,8 @@ class JobWatch:
     def on_chunk(self, done: int, total: int) -> None:
         self._progress = (done, total)
         self.check()
+        if self.faults.enabled:
+            self.faults.hold_at_chunk(self.claim.job_id, self.claim.status.attempt, done, total, self.check)
 
     # -- the background task ------------------------------------------------------------------
 

@@ -54,6 +54,7 @@ from pipeline.contract import (
     utcnow,
 )
 from pipeline.events import ObjectCreated, UnrecognisedMessage, parse_message_body
+from pipeline.faults import FaultHooks
 from pipeline.logs import job_id_var
 from pipeline.notify import Notifier
 from pipeline.state import Claim, ClaimResult, Ledger, LostClaim
@@ -171,6 +172,7 @@ class Worker:
         self.ledger = Ledger(store, settings.worker_id, lease_s=settings.visibility_timeout_s)
         self.voices = VoiceLibrary(store)
         self.notifier = notifier or Notifier(None, None, settings.bucket)
+        self.faults = FaultHooks(settings.fault_dir, settings.fault_chunk_delay_s, settings.worker_id)
 
     # ----------------------------------------------------------------------------------------
     # Loop
@@ -189,6 +191,7 @@ class Worker:
                     log.info("idle for %.0fs: exiting", idle_exit_s)
                     break
                 wait_s = max(0, min(wait_s, int(remaining + 0.999)))
+            metrics.RECEIVES.inc()
             receive = asyncio.create_task(
                 self.queue.receive(max_messages=1, wait_s=wait_s, visibility_s=self.settings.visibility_timeout_s)
             )
@@ -326,7 +329,7 @@ class Worker:
         if await self.store.exists(keys.cancel_key(claim.job_id)):
             await self._finish(claim, JobState.CANCELLED, note="cancelled before start")
             return DELETE
-        watch = JobWatch(s, self.ledger, claim, self.queue, msg, self.store, self._stopping)
+        watch = JobWatch(s, self.ledger, claim, self.queue, msg, self.store, self._stopping, self.faults)
         try:
             async with watch.running():
                 await self._run(claim, queue_wait_ms, watch)
@@ -649,9 +652,15 @@ async def serve(settings: Settings, *, max_jobs: int | None = None, idle_exit_s:
         loop.add_signal_handler(sig, stopping.set)
     if settings.metrics_port is not None:
         metrics.serve(settings.metrics_port)
+    announce = asyncio.create_task(_announce_stop(stopping, settings.shutdown_grace_s))
     cache = ModelCache.for_settings(settings)
     report = await asyncio.to_thread(cache.sync, settings.model_name, settings.model_version)
     t_sync = time.perf_counter()
+    await FaultHooks(settings.fault_dir).hold_at_startup(stopping)
+    if stopping.is_set():
+        log.info("stop requested during start-up: exiting before loading the model")
+        announce.cancel()
+        return 0
     engine = await asyncio.to_thread(F5Engine.load, report.path, settings.device)
     aligner = await asyncio.to_thread(Aligner, report.path / report.bundle.aligner.model)
     t_load = time.perf_counter()
@@ -686,7 +695,13 @@ async def serve(settings: Settings, *, max_jobs: int | None = None, idle_exit_s:
     finally:
         metrics.set_ready(False)
         liveness.cancel()
+        announce.cancel()
         aligner.close()
+
+
+async def _announce_stop(stopping: asyncio.Event, grace_s: float) -> None:
+    await stopping.wait()
+    log.info("stop requested: receiving no more messages; the job in hand has %gs to finish", grace_s)
 
 
 async def _resolve_queue(queue: Queue, stopping: asyncio.Event) -> bool:

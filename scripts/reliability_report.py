@@ -19,7 +19,7 @@ ORDER = [
     ("test_kill_9_mid_synthesis_then_another_worker_completes_the_job_once", "1. kill -9 mid-synthesis"),
     ("test_same_manifest_delivered_three_times_to_two_workers_generates_once", "2. duplicate deliveries"),
     ("test_transient_failures_on_20_percent_of_calls", "3. transient S3/SQS failures at 20 %"),
-    ("test_an_s3_and_sqs_outage_does_not_stop_the_worker", "3b. S3/SQS outage of 15 s"),
+    ("test_an_s3_and_sqs_outage_does_not_stop_the_worker", "3b. S3/SQS outage"),
     ("test_bad_input_corpus_each_fails_with_a_specific_code_and_the_worker_stays_up", "4. bad-input corpus"),
     ("test_fuzzed_manifests_end_in_a_final_state_with_a_known_code", "4b. fuzzed manifests (hypothesis)"),
     ("test_load_200_jobs_two_workers_none_lost_none_duplicated_memory_flat", "5. load: 200 jobs, 2 workers"),

@@ -12,7 +12,18 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pipeline import localstack_host
-from tests.helpers import BUCKET, QUEUE, TTS, WorkerProcess, free_port, start_worker, stop_worker, wait_ready
+from tests.helpers import (
+    BUCKET,
+    QUEUE,
+    TEST_DEVICE,
+    TTS,
+    Holds,
+    WorkerProcess,
+    free_port,
+    start_worker,
+    stop_worker,
+    wait_ready,
+)
 
 if TYPE_CHECKING:
     from pipeline.tts.align import Aligner
@@ -31,7 +42,7 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def engine(tiny_bundle: Path) -> F5Engine:
     from pipeline.tts.engine import F5Engine
 
-    return F5Engine.load(tiny_bundle, device="cpu")
+    return F5Engine.load(tiny_bundle, device=TEST_DEVICE)
 
 
 @pytest.fixture(scope="session")
@@ -66,6 +77,8 @@ def aws_env(localstack: localstack_host.Instance, tmp_path_factory: pytest.TempP
         "TTS_QUEUE": QUEUE,
         "TTS_MODEL_NAME": "f5tts-tiny",
         "TTS_CACHE_DIR": str(tmp_path_factory.mktemp("model-cache")),
+        # Explicit, so that a GPU box runs the same suite as CI unless asked otherwise.
+        "TTS_DEVICE": TEST_DEVICE,
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
@@ -107,6 +120,12 @@ def worker(
     yield w
     code = stop_worker(w)
     assert code == 0, f"worker did not shut down cleanly on SIGTERM ({code}):\n{w.log()[-4000:]}"
+
+
+@pytest.fixture
+def holds(tmp_path: Path) -> Holds:
+    """Job holds for this test's workers (pass ``**holds.settings`` when starting them)."""
+    return Holds(tmp_path / "faults")
 
 
 @pytest.fixture(scope="session")

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -23,6 +25,10 @@ TTS = str(BIN / "tts-pipeline")
 BUCKET = "tts-jobs"
 QUEUE = "tts-jobs"
 REF_TEXT = "Some call me nature, others call me mother nature."
+# Where the suite's models run: the engine fixture and every worker it starts. CPU unless asked
+# (`TTS_TEST_DEVICE=cuda make test`), so a GPU box runs what CI runs.
+TEST_DEVICE = os.environ.get("TTS_TEST_DEVICE", "cpu")
+T = TypeVar("T")
 
 
 def reference_voice() -> tuple[np.ndarray, int, str]:
@@ -48,6 +54,54 @@ def s3_event(bucket: str, key: str) -> str:
         "s3": {"bucket": {"name": bucket}, "object": {"key": key}},
     }
     return json.dumps({"Records": [record]})
+
+
+class Holds:
+    """The test side of pipeline/faults.py: hold a job at a chunk boundary until released, so a
+    test acts on a running job without depending on how fast this machine synthesises."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        (root / "hold").mkdir(parents=True, exist_ok=True)
+
+    @property
+    def settings(self) -> dict[str, str]:
+        """Worker settings (``start_worker(**settings)``) that point a worker at these holds."""
+        return {"fault_dir": str(self.root)}
+
+    def hold(self, job_id: str, *, after_chunks: int = 0, attempts: list[int] | None = None) -> None:
+        spec: dict[str, Any] = {"after_chunks": after_chunks}
+        if attempts is not None:
+            spec["attempts"] = attempts
+        (self.root / "hold" / job_id).write_text(json.dumps(spec))
+
+    def release(self, job_id: str) -> None:
+        (self.root / "hold" / job_id).unlink(missing_ok=True)
+
+    def held(self, job_id: str) -> dict[str, Any] | None:
+        path = self.root / "held" / job_id
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def wait_held(self, job_id: str, worker: WorkerProcess | None = None, timeout_s: float = 300) -> dict[str, Any]:
+        """Until a worker reports the job held (the marker it writes); returns the marker."""
+        return wait_until(lambda: self.held(job_id), f"{job_id} held", timeout_s, worker)
+
+
+def wait_until(
+    probe: Callable[[], T | None], what: str, timeout_s: float = 300, worker: WorkerProcess | None = None
+) -> T:
+    """Poll ``probe`` until it returns something truthy. ``timeout_s`` only stops a broken run from
+    hanging: no test relies on anything happening within it."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        if worker is not None and worker.proc.poll() is not None:
+            raise AssertionError(f"worker died ({worker.proc.returncode}) waiting for {what}:\n{worker.log()[-4000:]}")
+        time.sleep(0.1)
+    log = worker.log()[-4000:] if worker else ""
+    raise AssertionError(f"gave up waiting for {what} after {timeout_s}s\n{log}")
 
 
 def free_port() -> int:

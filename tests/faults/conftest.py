@@ -15,7 +15,16 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import WorkerProcess, aws, free_port, reference_voice_path, start_worker, stop_worker, wait_ready
+from tests.helpers import (
+    Holds,
+    WorkerProcess,
+    aws,
+    free_port,
+    reference_voice_path,
+    start_worker,
+    stop_worker,
+    wait_ready,
+)
 
 FIGURES_DIR = Path(__file__).resolve().parents[2] / ".cache" / "reliability"
 
@@ -41,12 +50,13 @@ def stack(request: pytest.FixtureRequest, make_stack: Any, s3: Any) -> dict[str,
 
 
 @pytest.fixture
-def workers(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
-    """Factory for worker processes; all still running at teardown are stopped (SIGTERM)."""
+def workers(tmp_path: Path, holds: Holds) -> Iterator[Callable[..., WorkerProcess]]:
+    """Factory for worker processes, all obeying this test's ``holds``; all still running at
+    teardown are stopped (SIGTERM)."""
     started: list[WorkerProcess] = []
 
     def start(env: dict[str, str], name: str, *args: str, wait: bool = True, **settings: Any) -> WorkerProcess:
-        w = start_worker(env, tmp_path / f"{name}.log", *args, **{**FAST, **settings})
+        w = start_worker(env, tmp_path / f"{name}.log", *args, **{**FAST, **holds.settings, **settings})
         started.append(w)
         if wait:
             wait_ready(w)

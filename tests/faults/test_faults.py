@@ -23,11 +23,20 @@ from hypothesis import strategies as st
 
 from pipeline.contract import ErrorCode
 from tests.faults.conftest import generations, queue_drained, versions
-from tests.helpers import REF_TEXT, WorkerProcess, drop_manifest, get_json, s3_event, wait_for_state
+from tests.helpers import (
+    REF_TEXT,
+    Holds,
+    WorkerProcess,
+    drop_manifest,
+    get_json,
+    s3_event,
+    wait_for_state,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
-LONG_TEXT = "This is a sentence of moderate length. " * 20  # five chunks, ~2 s each on the tiny model
+LONG_TEXT = "This is a sentence of moderate length. " * 20  # five chunks with the test voice
 
 
 def _manifest(**fields: Any) -> dict[str, Any]:
@@ -37,18 +46,6 @@ def _manifest(**fields: Any) -> dict[str, Any]:
 def _put_job(s3: Any, bucket: str, job_id: str, manifest: dict[str, Any] | bytes) -> None:
     body = manifest if isinstance(manifest, bytes) else json.dumps(manifest).encode()
     s3.put_object(Bucket=bucket, Key=f"inbox/{job_id}.json", Body=body)
-
-
-def _wait_progress(s3: Any, bucket: str, job_id: str, timeout_s: float = 120) -> dict[str, Any]:
-    """Until the job is mid-synthesis (at least one chunk done, not all)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        status = get_json(s3, f"status/{job_id}.json", bucket)
-        p = (status or {}).get("progress")
-        if status and status["state"] == "PROCESSING" and p and 0 < p["chunks_done"] < p["chunks_total"]:
-            return status
-        time.sleep(0.1)
-    raise AssertionError(f"{job_id} never reached mid-synthesis; last status {status}")
 
 
 def _pid(worker_id: str) -> int:
@@ -72,21 +69,22 @@ def _wait_all(s3: Any, bucket: str, job_ids: list[str], timeout_s: float) -> dic
 
 
 def test_kill_9_mid_synthesis_then_another_worker_completes_the_job_once(
-    stack: dict[str, str], workers: Callable[..., WorkerProcess], s3: Any, record: Any, tmp_path: Path
+    stack: dict[str, str], workers: Callable[..., WorkerProcess], holds: Holds, s3: Any, record: Any, tmp_path: Path
 ) -> None:
-    """kill -9 of the worker holding a job mid-synthesis: the other worker takes the job over when
-    the lease lapses and completes it; the versioned bucket holds exactly one audio object version
-    and one result version."""
+    """kill -9 of the worker holding a job mid-synthesis (held after chunk 1 of 5): the other worker
+    takes the job over when the lease lapses and completes it; the versioned bucket holds exactly
+    one audio object version and one result version."""
     bucket = stack["TTS_BUCKET"]
     a, b = workers(stack, "a"), workers(stack, "b")
     job = "kill9"
+    holds.hold(job, after_chunks=1, attempts=[1])  # the successor's attempt runs freely
     drop_manifest(stack, tmp_path, job, _manifest(text=LONG_TEXT, nfe_step=16), bucket=bucket)
-    status = _wait_progress(s3, bucket, job)
-    victim, survivor = (a, b) if _pid(status["worker"]) == a.proc.pid else (b, a)
+    held = holds.wait_held(job)
+    victim, survivor = (a, b) if _pid(held["worker"]) == a.proc.pid else (b, a)
     victim.proc.send_signal(signal.SIGKILL)
     victim.proc.wait()
     killed_at = time.monotonic()
-    final = wait_for_state(s3, job, bucket=bucket, timeout_s=180, worker=survivor)
+    final = wait_for_state(s3, job, bucket=bucket, timeout_s=300, worker=survivor)
     recovery_s = time.monotonic() - killed_at
 
     assert final["state"] == "COMPLETED", final
@@ -98,7 +96,7 @@ def test_kill_9_mid_synthesis_then_another_worker_completes_the_job_once(
     assert generations([a.log(), b.log()], job) == 1
     record(
         jobs=1,
-        killed_at_progress=status["progress"],
+        killed_at_progress={"chunks_done": held["chunks_done"], "chunks_total": held["chunks_total"]},
         recovery_seconds=round(recovery_s, 1),
         audio_versions=len(audio_versions),
         result_versions=len(result_versions),
@@ -111,22 +109,36 @@ def test_kill_9_mid_synthesis_then_another_worker_completes_the_job_once(
 
 
 def test_same_manifest_delivered_three_times_to_two_workers_generates_once(
-    stack: dict[str, str], workers: Callable[..., WorkerProcess], s3: Any, sqs: Any, record: Any, tmp_path: Path
+    stack: dict[str, str],
+    workers: Callable[..., WorkerProcess],
+    holds: Holds,
+    s3: Any,
+    sqs: Any,
+    record: Any,
+    tmp_path: Path,
 ) -> None:
     """The same manifest uploaded three times (three S3 events) plus a duplicated SQS message, with
-    two workers consuming concurrently: one generation, one result, one audio version."""
+    two workers consuming concurrently; the job is held until a duplicate has met its live lease:
+    one generation, one result, one audio version, every duplicate acknowledged."""
     bucket = stack["TTS_BUCKET"]
     a, b = workers(stack, "a"), workers(stack, "b")
     job = "dup3"
     manifest = _manifest(text=LONG_TEXT[:200], nfe_step=8)
+    holds.hold(job)
     for _ in range(3):
         drop_manifest(stack, tmp_path, job, manifest, bucket=bucket)
     sqs.send_message(
         QueueUrl=sqs.get_queue_url(QueueName=bucket)["QueueUrl"], MessageBody=s3_event(bucket, f"inbox/{job}.json")
     )
-    final = wait_for_state(s3, job, bucket=bucket, timeout_s=120)
+    holds.wait_held(job)
+    deferred = wait_until(
+        lambda: sum(w.metrics().get("tts_deferred_deliveries_total", 0) for w in (a, b)),
+        "a duplicate delivery deferred by the live lease",
+    )
+    holds.release(job)
+    final = wait_for_state(s3, job, bucket=bucket, timeout_s=300)
     assert final["state"] == "COMPLETED"
-    assert queue_drained(sqs, bucket), "duplicate deliveries were not all acknowledged"
+    assert queue_drained(sqs, bucket, timeout_s=300), "duplicate deliveries were not all acknowledged"
 
     duplicates = sum(w.metrics().get("tts_duplicate_deliveries_total", 0) for w in (a, b))
     assert duplicates == 3
@@ -134,7 +146,14 @@ def test_same_manifest_delivered_three_times_to_two_workers_generates_once(
     assert len(versions(s3, bucket, f"results/{job}.json")) == 1
     assert len(versions(s3, bucket, f"outputs/{job}.wav")) == 1
     assert [h["state"] for h in final["history"]] == ["QUEUED", "PROCESSING", "COMPLETED"]
-    record(deliveries=4, generations=1, duplicates_acknowledged=int(duplicates), lost=0, duplicated=0)
+    record(
+        deliveries=4,
+        generations=1,
+        deferred_while_running=int(deferred),
+        duplicates_acknowledged=int(duplicates),
+        lost=0,
+        duplicated=0,
+    )
 
 
 # 3 -------------------------------------------------------------------------------------------
@@ -188,8 +207,9 @@ def test_an_s3_and_sqs_outage_does_not_stop_the_worker(
     s3: Any,
     record: Any,
 ) -> None:
-    """Every S3/SQS call fails for 15 s (beyond the client's own retries): the worker keeps
-    polling with a back-off and processes the next job once the endpoint is back."""
+    """Every S3/SQS call fails until the worker has seen its receive loop fail twice (beyond the
+    client's own retries): the worker keeps polling with a back-off and processes the next job once
+    the endpoint is back."""
     import urllib.request
 
     bucket = stack["TTS_BUCKET"]
@@ -201,13 +221,14 @@ def test_an_s3_and_sqs_outage_does_not_stop_the_worker(
         urllib.request.urlopen(req, timeout=5).read()
 
     set_rate(1.0)
-    time.sleep(15)
+    t0 = time.monotonic()
+    wait_until(lambda: w.log().count("receive failed") >= 2, "two failed receive rounds", worker=w)
     set_rate(0.0)
+    outage_s = time.monotonic() - t0
     assert w.proc.poll() is None, w.log()[-3000:]
     _put_job(s3, bucket, "after-outage", _manifest())
     assert wait_for_state(s3, "after-outage", bucket=bucket, worker=w)["state"] == "COMPLETED"
-    assert "receive failed" in w.log()
-    record(jobs=1, outage_seconds=15, worker_exits=0, lost=0, duplicated=0)
+    record(jobs=1, outage_seconds=round(outage_s, 1), worker_exits=0, lost=0, duplicated=0)
 
 
 # 4 -------------------------------------------------------------------------------------------
@@ -499,6 +520,7 @@ def _rss_mb(w: WorkerProcess) -> float:
     return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)]) / 2**20
 
 
+@pytest.mark.timeout(3600)  # 200 jobs: a hang guard sized for a machine several times slower than CI's
 def test_load_200_jobs_two_workers_none_lost_none_duplicated_memory_flat(
     stack: dict[str, str], workers: Callable[..., WorkerProcess], s3: Any, record: Any
 ) -> None:
@@ -549,43 +571,53 @@ def test_load_200_jobs_two_workers_none_lost_none_duplicated_memory_flat(
 
 
 def test_sigterm_mid_job_with_short_grace_releases_the_job_to_another_worker(
-    stack: dict[str, str], workers: Callable[..., WorkerProcess], s3: Any, record: Any, tmp_path: Path
+    stack: dict[str, str], workers: Callable[..., WorkerProcess], holds: Holds, s3: Any, record: Any, tmp_path: Path
 ) -> None:
-    """SIGTERM with a 1 s grace period: the worker hands the job back (QUEUED, visible again at
-    once) and exits 0; a second worker completes it."""
+    """SIGTERM with a 1 s grace period while the job is held mid-synthesis: the worker hands the
+    job back (QUEUED, visible again at once) and exits 0; a second worker completes it."""
     bucket = stack["TTS_BUCKET"]
     a = workers(stack, "a", shutdown_grace_s=1)
     job = "sigterm-release"
+    holds.hold(job, after_chunks=1, attempts=[1])
     drop_manifest(stack, tmp_path, job, _manifest(text=LONG_TEXT, nfe_step=16), bucket=bucket)
-    _wait_progress(s3, bucket, job)
+    holds.wait_held(job, a)
     t0 = time.monotonic()
     a.proc.send_signal(signal.SIGTERM)
-    assert a.proc.wait(timeout=60) == 0, a.log()[-3000:]
+    assert a.proc.wait(timeout=120) == 0, a.log()[-3000:]
     exit_s = time.monotonic() - t0
     released = get_json(s3, f"status/{job}.json", bucket)
     assert released["state"] == "QUEUED" and "worker shutting down" in released["history"][-1]["note"]
     assert s3.list_objects_v2(Bucket=bucket, Prefix=f"outputs/{job}.").get("KeyCount") == 0
     b = workers(stack, "b")
-    final = wait_for_state(s3, job, bucket=bucket, worker=b, timeout_s=180)
+    final = wait_for_state(s3, job, bucket=bucket, worker=b, timeout_s=300)
     assert final["state"] == "COMPLETED" and final["attempt"] == 2
     assert generations([a.log(), b.log()], job) == 1
     record(outcome="released", worker_exit_seconds=round(exit_s, 1), exit_code=0, lost=0, duplicated=0)
 
 
 def test_sigterm_mid_job_with_enough_grace_finishes_the_job_then_exits(
-    stack: dict[str, str], workers: Callable[..., WorkerProcess], s3: Any, record: Any, tmp_path: Path
+    stack: dict[str, str], workers: Callable[..., WorkerProcess], holds: Holds, s3: Any, record: Any, tmp_path: Path
 ) -> None:
-    """SIGTERM with the default 60 s grace: the worker receives nothing more, finishes the job in
-    hand, and exits 0."""
+    """SIGTERM while a job is held mid-synthesis, with a grace period it cannot outlast (600 s):
+    the worker receives nothing more (a job submitted after the signal stays queued), finishes the
+    job in hand once released, and exits 0; the queued job is completed by the next worker."""
     bucket = stack["TTS_BUCKET"]
-    a = workers(stack, "a")
+    a = workers(stack, "a", shutdown_grace_s=600)
     job = "sigterm-finish"
-    drop_manifest(stack, tmp_path, job, _manifest(text=LONG_TEXT, nfe_step=16), bucket=bucket)
-    _wait_progress(s3, bucket, job)
+    holds.hold(job, after_chunks=1)
+    drop_manifest(stack, tmp_path, job, _manifest(text=LONG_TEXT, nfe_step=4), bucket=bucket)
+    holds.wait_held(job, a)
     t0 = time.monotonic()
     a.proc.send_signal(signal.SIGTERM)
-    assert a.proc.wait(timeout=120) == 0, a.log()[-3000:]
+    wait_until(lambda: "stop requested: receiving no more messages" in a.log(), "the stop request logged", worker=a)
+    _put_job(s3, bucket, "after-sigterm", _manifest())
+    holds.release(job)
+    assert a.proc.wait(timeout=300) == 0, a.log()[-3000:]
     exit_s = time.monotonic() - t0
     final = get_json(s3, f"status/{job}.json", bucket)
     assert final["state"] == "COMPLETED" and final["attempt"] == 1 and _pid(final["worker"]) == a.proc.pid
+    assert (get_json(s3, "status/after-sigterm.json", bucket) or {}).get("state", "QUEUED") == "QUEUED"
+    b = workers(stack, "b")
+    after = wait_for_state(s3, "after-sigterm", bucket=bucket, worker=b)
+    assert after["state"] == "COMPLETED" and _pid(after["worker"]) == b.proc.pid
     record(outcome="finished", worker_exit_seconds=round(exit_s, 1), exit_code=0, lost=0, duplicated=0)

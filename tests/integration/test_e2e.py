@@ -22,6 +22,7 @@ from tests.helpers import (
     BUCKET,
     REF_TEXT,
     TTS,
+    Holds,
     WorkerProcess,
     aws,
     drop_manifest,
@@ -32,6 +33,7 @@ from tests.helpers import (
     stop_worker,
     wait_for_state,
     wait_ready,
+    wait_until,
 )
 
 pytestmark = pytest.mark.integration
@@ -346,16 +348,23 @@ def test_corrupted_cache_file_is_detected_and_refetched(aws_env: dict[str, str],
     assert pull()["warm"]
 
 
-def test_sigterm_stops_the_worker_cleanly(aws_env: dict[str, str], worker: WorkerProcess, tmp_path: Path) -> None:
+def test_sigterm_in_the_receive_loop_stops_the_worker_cleanly(
+    aws_env: dict[str, str], worker: WorkerProcess, tmp_path: Path
+) -> None:
     w = start_worker(aws_env, tmp_path / "w3.log")
     wait_ready(w)
-    time.sleep(1)  # into the receive loop
+    wait_until(lambda: w.metrics().get("tts_sqs_receives_total", 0) >= 1, "a long poll started", worker=w)
     assert stop_worker(w) == 0, w.log()
     assert "exiting after 0 job(s)" in w.log()
 
 
-def test_sigterm_during_start_up_exits_cleanly(aws_env: dict[str, str], pushed_bundle: Path, tmp_path: Path) -> None:
-    w = start_worker(aws_env, tmp_path / "w4.log")
-    time.sleep(2)  # importing torch / loading the model
-    assert w.proc.poll() is None
+def test_sigterm_during_start_up_exits_cleanly(
+    aws_env: dict[str, str], pushed_bundle: Path, holds: Holds, tmp_path: Path
+) -> None:
+    """Start-up held (fault hook) after the signal handlers are in place and before the model
+    loads: SIGTERM then ends the worker with exit 0, without loading the model or consuming."""
+    holds.hold("_startup")
+    w = start_worker(aws_env, tmp_path / "w4.log", **holds.settings)
+    holds.wait_held("_startup", w)
     assert stop_worker(w) == 0, w.log()
+    assert "exiting before loading the model" in w.log() and " ready: model " not in w.log()

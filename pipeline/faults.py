@@ -1,0 +1,112 @@
+"""Test and fault-injection hooks. Off unless the worker's own environment sets ``TTS_FAULT_DIR``.
+
+Tests must make a job last *deterministically* (not "long enough" on this machine's CPU) to act
+on it while it runs: cancel it, kill its worker, send SIGTERM, let its lease outlive the
+visibility timeout. They do it by driving the worker through files in ``TTS_FAULT_DIR``, a local
+directory of the worker process: no manifest field and no S3 object can turn any of this on.
+
+``hold/<job_id>``
+    Hold that job at a text-chunk boundary until the file is removed. Its content is JSON (empty
+    means ``{}``): ``after_chunks`` (default 0: before the first chunk; a job with fewer chunks is
+    held after its last one) and ``attempts`` (default: every attempt; ``[1]`` lets a successor
+    that takes the job over run freely). On arrival the worker writes ``held/<job_id>`` (JSON:
+    ``job_id``, ``attempt``, ``worker``, ``chunks_done``, ``chunks_total``). A held job is still a
+    running job: its heartbeat beats, its progress is published, and cancellation, the job timeout,
+    shutdown and a lost lease end it exactly as they would between two chunks.
+``hold/_startup``
+    Hold the worker's start-up after its signal handlers are installed and the model cache is
+    synced, before the engine loads; marker ``held/_startup``. A stop request ends the hold.
+
+``TTS_FAULT_CHUNK_DELAY_S`` (needs no directory) adds a fixed sleep after every chunk: a
+slower model, for running the suite as if on a slower machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.05
+STARTUP = "_startup"
+
+
+class FaultHooks:
+    def __init__(self, root: Path | None, chunk_delay_s: float = 0.0, worker_id: str = "") -> None:
+        self.root = root
+        self.chunk_delay_s = chunk_delay_s
+        self.worker_id = worker_id
+        if root is not None:
+            log.warning("fault injection is ON (TTS_FAULT_DIR=%s): for tests only", root)
+        if chunk_delay_s:
+            log.warning("fault injection: every chunk is delayed by %.2fs (TTS_FAULT_CHUNK_DELAY_S)", chunk_delay_s)
+
+    @property
+    def enabled(self) -> bool:
+        return self.root is not None or self.chunk_delay_s > 0
+
+    # -- holds ----------------------------------------------------------------------------------
+
+    def _hold_spec(self, name: str) -> dict[str, Any] | None:
+        if self.root is None:
+            return None
+        try:
+            text = (self.root / "hold" / name).read_text()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        try:
+            spec = json.loads(text) if text.strip() else {}
+        except json.JSONDecodeError:
+            spec = {}
+        return spec if isinstance(spec, dict) else {}
+
+    def _held(self, name: str, **info: Any) -> None:
+        assert self.root is not None
+        held = self.root / "held"
+        held.mkdir(parents=True, exist_ok=True)
+        tmp = held / f".{name}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps({"worker": self.worker_id, **info}))
+        tmp.replace(held / name)  # atomic: a test never reads a half-written marker
+
+    def should_hold(self, job_id: str, attempt: int, done: int, total: int) -> bool:
+        spec = self._hold_spec(job_id)
+        if spec is None:
+            return False
+        attempts = spec.get("attempts")
+        if attempts is not None and attempt not in attempts:
+            return False
+        return done >= min(int(spec.get("after_chunks", 0)), total)
+
+    def hold_at_chunk(self, job_id: str, attempt: int, done: int, total: int, check: Callable[[], None]) -> None:
+        """Called from the synthesis thread at each chunk boundary; ``check`` raises to abort."""
+        if self.should_hold(job_id, attempt, done, total):
+            log.info("fault hook: holding at chunk %d/%d", done, total)
+            self._held(job_id, job_id=job_id, attempt=attempt, chunks_done=done, chunks_total=total)
+            while self._hold_spec(job_id) is not None:
+                check()
+                time.sleep(POLL_S)
+            log.info("fault hook: released")
+        if self.chunk_delay_s and done > 0:
+            time.sleep(self.chunk_delay_s)
+
+    async def hold_at_startup(self, stopping: asyncio.Event) -> None:
+        if self._hold_spec(STARTUP) is None:
+            return
+        log.info("fault hook: holding start-up")
+        self._held(STARTUP, pid=os.getpid())
+        while self._hold_spec(STARTUP) is not None:
+            try:
+                await asyncio.wait_for(stopping.wait(), POLL_S)  # a stop request ends the hold
+                return
+            except TimeoutError:
+                continue
+
+
+NO_FAULTS = FaultHooks(None)
