@@ -107,7 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     c.set_defaults(handler=_voices_rm)
 
     c = sub.add_parser("worker", help="run the GPU/CPU worker")
-    c.add_argument("--max-jobs", type=int, default=None, help="exit after N jobs")
+    c.add_argument("--max-jobs", type=int, default=None, help="exit after N jobs (duplicate deliveries do not count)")
     c.add_argument("--idle-exit", type=float, default=None, metavar="SECONDS", help="exit after an idle period")
     c.set_defaults(handler=_worker)
 

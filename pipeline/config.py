@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -48,6 +48,14 @@ class Settings(BaseSettings):
     sse_kms_key_id: str | None = None  # with sse=aws:kms; unset = the account's aws/s3 key
     notify_topic_arn: str | None = None  # SNS topic for job completion/failure notifications
 
+    # Throughput. A worker holds up to max_jobs_in_flight jobs; their text chunks share model calls
+    # of up to max_batch items, closed when full or when the oldest item has waited batch_wait_ms
+    # (pipeline/batcher.py). Items in one call stay within batch_max_length_ratio of each other.
+    max_jobs_in_flight: int = Field(default=4, ge=1, le=256)
+    max_batch: int = Field(default=8, ge=1, le=256)
+    batch_wait_ms: float = Field(default=20.0, ge=0, le=3_600_000)
+    batch_max_length_ratio: float = Field(default=2.0, ge=1.0)
+
     # Queue consumption and reliability. A job's lease lasts as long as its message's invisibility:
     # both are renewed by the heartbeat, and both lapse together when a worker dies.
     visibility_timeout_s: int = Field(default=300, ge=5, le=43200)
@@ -72,6 +80,18 @@ class Settings(BaseSettings):
     metrics_port: int | None = None  # Prometheus /metrics; unset = off
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        """Settings that only make sense together, refused at start-up rather than in production."""
+        if self.heartbeat_interval_s * 2 > self.visibility_timeout_s:
+            raise ValueError(
+                f"TTS_HEARTBEAT_INTERVAL_S ({self.heartbeat_interval_s:g}) must be at most half of "
+                f"TTS_VISIBILITY_TIMEOUT_S ({self.visibility_timeout_s}): one failed beat must not lapse a lease"
+            )
+        if self.min_voice_seconds > self.max_voice_seconds:
+            raise ValueError("TTS_MIN_VOICE_SECONDS is larger than TTS_MAX_VOICE_SECONDS")
+        return self
 
 
 def sse_params(settings: Settings) -> dict[str, str]:

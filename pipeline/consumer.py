@@ -20,6 +20,7 @@ from pipeline import aws
 log = logging.getLogger(__name__)
 
 MAX_VISIBILITY_S = 43200  # SQS limit (12 h)
+_BATCH = 10  # SQS limit on entries per batch request
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,22 @@ class Queue:
     async def set_visibility(self, msg: Message, seconds: float) -> None:
         seconds = int(min(max(seconds, 0), MAX_VISIBILITY_S))
         await self._call("change_message_visibility", ReceiptHandle=msg.receipt_handle, VisibilityTimeout=seconds)
+
+    async def extend_visibility(self, msgs: list[Message], seconds: float) -> dict[str, str]:
+        """``ChangeMessageVisibilityBatch`` for all ``msgs`` (10 per request); returns the ids that
+        SQS refused, with its reason (e.g. a message deleted meanwhile)."""
+        seconds = int(min(max(seconds, 0), MAX_VISIBILITY_S))
+        failed: dict[str, str] = {}
+        for i in range(0, len(msgs), _BATCH):
+            batch = msgs[i : i + _BATCH]
+            entries = [
+                {"Id": str(n), "ReceiptHandle": m.receipt_handle, "VisibilityTimeout": seconds}
+                for n, m in enumerate(batch)
+            ]
+            resp = await self._call("change_message_visibility_batch", Entries=entries)
+            for f in resp.get("Failed", []):
+                failed[batch[int(f["Id"])].id] = f"{f.get('Code', '?')}: {f.get('Message', '')}"
+        return failed
 
     async def send(self, body: str, attributes: dict[str, str] | None = None) -> None:
         attrs = {k: {"DataType": "String", "StringValue": v[:1000]} for k, v in (attributes or {}).items()}

@@ -6,18 +6,22 @@ visibility timeout. They do it by driving the worker through files in ``TTS_FAUL
 directory of the worker process: no manifest field and no S3 object can turn any of this on.
 
 ``hold/<job_id>``
-    Hold that job at a text-chunk boundary until the file is removed. Its content is JSON (empty
+    Hold that job at a text-chunk boundary (no more of its chunks go to the model) until the file
+    is removed. Its content is JSON (empty
     means ``{}``): ``after_chunks`` (default 0: before the first chunk; a job with fewer chunks is
     held after its last one) and ``attempts`` (default: every attempt; ``[1]`` lets a successor
     that takes the job over run freely). On arrival the worker writes ``held/<job_id>`` (JSON:
     ``job_id``, ``attempt``, ``worker``, ``chunks_done``, ``chunks_total``). A held job is still a
     running job: its heartbeat beats, its progress is published, and cancellation, the job timeout,
     shutdown and a lost lease end it exactly as they would between two chunks.
+``oom/<job_id>``
+    Every model call that carries one of this job's items raises an out-of-memory error, as a
+    CUDA OOM would: the batcher splits the call and retries, so only this job fails.
 ``hold/_startup``
     Hold the worker's start-up after its signal handlers are installed and the model cache is
     synced, before the engine loads; marker ``held/_startup``. A stop request ends the hold.
 
-``TTS_FAULT_CHUNK_DELAY_S`` (needs no directory) adds a fixed sleep after every chunk: a
+``TTS_FAULT_CHUNK_DELAY_S`` (needs no directory) adds a fixed sleep to every model call: a
 slower model, for running the suite as if on a slower machine.
 """
 
@@ -38,6 +42,10 @@ POLL_S = 0.05
 STARTUP = "_startup"
 
 
+class InjectedOutOfMemory(MemoryError):
+    """Stands in for ``torch.OutOfMemoryError`` (``oom/<job_id>``)."""
+
+
 class FaultHooks:
     def __init__(self, root: Path | None, chunk_delay_s: float = 0.0, worker_id: str = "") -> None:
         self.root = root
@@ -47,10 +55,6 @@ class FaultHooks:
             log.warning("fault injection is ON (TTS_FAULT_DIR=%s): for tests only", root)
         if chunk_delay_s:
             log.warning("fault injection: every chunk is delayed by %.2fs (TTS_FAULT_CHUNK_DELAY_S)", chunk_delay_s)
-
-    @property
-    def enabled(self) -> bool:
-        return self.root is not None or self.chunk_delay_s > 0
 
     # -- holds ----------------------------------------------------------------------------------
 
@@ -75,26 +79,24 @@ class FaultHooks:
         tmp.write_text(json.dumps({"worker": self.worker_id, **info}))
         tmp.replace(held / name)  # atomic: a test never reads a half-written marker
 
-    def should_hold(self, job_id: str, attempt: int, done: int, total: int) -> bool:
+    def hold_point(self, job_id: str, attempt: int, total: int) -> int | None:
+        """Chunks done at which this attempt of the job must hold (None: no hold pending)."""
         spec = self._hold_spec(job_id)
         if spec is None:
-            return False
+            return None
         attempts = spec.get("attempts")
         if attempts is not None and attempt not in attempts:
-            return False
-        return done >= min(int(spec.get("after_chunks", 0)), total)
+            return None
+        return min(int(spec.get("after_chunks", 0)), total)
 
-    def hold_at_chunk(self, job_id: str, attempt: int, done: int, total: int, check: Callable[[], None]) -> None:
-        """Called from the synthesis thread at each chunk boundary; ``check`` raises to abort."""
-        if self.should_hold(job_id, attempt, done, total):
-            log.info("fault hook: holding at chunk %d/%d", done, total)
-            self._held(job_id, job_id=job_id, attempt=attempt, chunks_done=done, chunks_total=total)
-            while self._hold_spec(job_id) is not None:
-                check()
-                time.sleep(POLL_S)
-            log.info("fault hook: released")
-        if self.chunk_delay_s and done > 0:
-            time.sleep(self.chunk_delay_s)
+    async def hold(self, job_id: str, attempt: int, done: int, total: int, check: Callable[[], None]) -> None:
+        """Until ``hold/<job_id>`` is removed; ``check`` raises to abort the held job."""
+        log.info("fault hook: holding at chunk %d/%d", done, total)
+        self._held(job_id, job_id=job_id, attempt=attempt, chunks_done=done, chunks_total=total)
+        while self._hold_spec(job_id) is not None:
+            check()
+            await asyncio.sleep(POLL_S)
+        log.info("fault hook: released")
 
     async def hold_at_startup(self, stopping: asyncio.Event) -> None:
         if self._hold_spec(STARTUP) is None:
@@ -107,6 +109,14 @@ class FaultHooks:
                 return
             except TimeoutError:
                 continue
+
+    # -- on the model thread -------------------------------------------------------------------
+
+    def before_model_call(self, owners: set[str]) -> None:
+        if self.chunk_delay_s:
+            time.sleep(self.chunk_delay_s)
+        if self.root is not None and any((self.root / "oom" / o).exists() for o in owners):
+            raise InjectedOutOfMemory("CUDA out of memory (injected by TTS_FAULT_DIR/oom)")
 
 
 NO_FAULTS = FaultHooks(None)

@@ -32,6 +32,23 @@ RECEIVES = Counter("tts_sqs_receives", "SQS ReceiveMessage calls (long polls) st
 DUPLICATES = Counter("tts_duplicate_deliveries", "Deliveries of jobs already finished, acknowledged")
 DEFERRED = Counter("tts_deferred_deliveries", "Deliveries of jobs held by a live lease elsewhere, put back")
 RETRIES = Counter("tts_job_retries", "Jobs put back on the queue after a transient error")
+BATCH_SIZE = Histogram(
+    "tts_batch_size", "Items per model call", ["kind"], buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+)
+BATCH_JOBS = Histogram(
+    "tts_batch_jobs", "Distinct jobs per model call", ["kind"], buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32)
+)
+BATCH_WAIT_SECONDS = Histogram(
+    "tts_batch_wait_seconds",
+    "Time a work item waited for its model call to start",
+    ["kind"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+BATCH_SPLITS = Counter("tts_batch_splits", "Model calls that failed and were retried in halves", ["kind"])
+MODEL_BUSY_SECONDS = Counter("tts_model_busy_seconds", "Time the model thread (GPU or CPU) spent in calls")
+MODEL_BUSY_FRACTION = Gauge(
+    "tts_gpu_busy_fraction", "Fraction of the last 60 s the model thread (the GPU on GPU workers) was in a call"
+)
 UNRECOGNISED_MESSAGES = Counter("tts_unrecognised_messages", "SQS messages that are not S3 events (left for the DLQ)")
 
 

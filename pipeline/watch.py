@@ -1,38 +1,35 @@
-"""A running job's heartbeat and its reasons to stop early.
+"""One running job's lease, progress and reasons to stop early.
 
-While a job runs, one background task (``JobWatch.run``) on the event loop:
+A ``JobWatch`` holds what a running job needs to know and publish; it has no task of its own.
+The worker's single ``Heartbeat`` (``pipeline.heartbeat``) drives every watch in flight:
 
-- renews the job's lease in its status and the SQS message's visibility every heartbeat interval
-  (inference runs in a thread, so the loop stays free to beat);
-- publishes progress (text chunks done/total) at most every ``progress_interval_s``;
-- polls ``cancel/<job_id>`` for a cancellation request;
-- after a shutdown request, gives the job ``shutdown_grace_s`` to finish, then asks it to release.
+- ``renew()`` every heartbeat interval: pushes the job's lease forward in its status and publishes
+  progress (text chunks done/total); the message's SQS visibility is extended by the heartbeat
+  for all jobs at once;
+- ``tick()`` every quarter second: publishes changed progress at most every
+  ``progress_interval_s``, polls ``cancel/<job_id>``, ends the job at its timeout, and after a
+  shutdown request gives it ``shutdown_grace_s`` to finish, then asks it to release.
 
-The synthesis thread learns about an abort through ``check()``, which the engine's per-chunk
-callback and the worker between stages call: aborts are cooperative, at chunk boundaries, so the
-GPU is never left in an undefined state and the worker process never has to be killed.
+The job learns about an abort through ``check()`` (between stages and at chunk boundaries) or by
+awaiting ``aborted``: aborts are cooperative, so the GPU is never left in an undefined state and
+the worker process never has to be killed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
 from enum import Enum
 
 from pipeline import keys
 from pipeline.config import Settings
-from pipeline.consumer import Message, Queue
+from pipeline.consumer import Message
 from pipeline.contract import Progress
-from pipeline.faults import NO_FAULTS, FaultHooks
-from pipeline.state import Claim, Ledger, LostClaim
+from pipeline.state import Claim, Ledger
 from pipeline.store import Store
 
 log = logging.getLogger(__name__)
-
-_TICK_S = 0.25
 
 
 class AbortReason(Enum):
@@ -54,91 +51,79 @@ class JobWatch:
         settings: Settings,
         ledger: Ledger,
         claim: Claim,
-        queue: Queue,
         msg: Message,
         store: Store,
         stopping: asyncio.Event,
-        faults: FaultHooks = NO_FAULTS,
     ) -> None:
         self.settings = settings
         self.ledger = ledger
         self.claim = claim
-        self.queue = queue
         self.msg = msg
         self.store = store
         self.stopping = stopping
-        self.faults = faults
-        self.deadline = time.monotonic() + settings.job_timeout_s
+        now = time.monotonic()
+        self.deadline = now + settings.job_timeout_s
         self.abort: AbortReason | None = None
+        self.aborted = asyncio.Event()
         self._progress: tuple[int, int] | None = None
         self._published: tuple[int, int] | None = None
+        self._next_progress = now
+        self._next_cancel_poll = now + settings.cancel_poll_s
+        self._shutdown_at: float | None = None
 
-    # -- called from the synthesis thread and between stages --------------------------------
+    @property
+    def job_id(self) -> str:
+        return self.claim.job_id
+
+    @property
+    def attempt(self) -> int:
+        return self.claim.status.attempt
+
+    # -- the job's side -------------------------------------------------------------------------
 
     def check(self) -> None:
+        """Raise ``JobAborted`` if the job must stop. On the event loop, like everything here."""
         if self.abort is None and time.monotonic() > self.deadline:
-            self.abort = AbortReason.TIMEOUT
+            self.stop(AbortReason.TIMEOUT)
         if self.abort is not None:
             raise JobAborted(self.abort)
 
-    def on_chunk(self, done: int, total: int) -> None:
+    def set_progress(self, done: int, total: int) -> None:
         self._progress = (done, total)
-        self.check()
-        if self.faults.enabled:
-            self.faults.hold_at_chunk(self.claim.job_id, self.claim.status.attempt, done, total, self.check)
 
-    # -- the background task ------------------------------------------------------------------
+    def stop(self, reason: AbortReason) -> None:
+        if self.abort is None:
+            self.abort = reason
+        self.aborted.set()
 
-    async def run(self) -> None:
-        s = self.settings
-        now = time.monotonic()
-        next_beat = now + s.heartbeat_interval_s
-        next_progress = now
-        next_cancel_poll = now + s.cancel_poll_s
-        shutdown_at: float | None = None
-        while self.abort is None:
-            await asyncio.sleep(_TICK_S)
-            now = time.monotonic()
-            try:
-                if now >= next_beat:
-                    await self._beat()
-                    next_beat = now + s.heartbeat_interval_s
-                elif self._progress != self._published and now >= next_progress:
-                    await self._publish_progress()
-                    next_progress = now + s.progress_interval_s
-                if now >= next_cancel_poll:
-                    next_cancel_poll = now + s.cancel_poll_s
-                    if await self.store.exists(keys.cancel_key(self.claim.job_id)):
-                        log.info("cancellation requested")
-                        self.abort = AbortReason.CANCELLED
-            except LostClaim as e:
-                log.warning("lost the job to another worker: %s", e)
-                self.abort = AbortReason.LOST_CLAIM
-            except Exception as e:  # a failed beat is retried next interval; the lease has slack
-                log.warning("heartbeat failed: %s", e)
-            if self.stopping.is_set() and self.abort is None:
-                shutdown_at = shutdown_at or now + s.shutdown_grace_s
-                if now >= shutdown_at:
-                    log.info("shutdown grace of %.0fs over: releasing the job", s.shutdown_grace_s)
-                    self.abort = AbortReason.SHUTDOWN
+    # -- the heartbeat's side -------------------------------------------------------------------
 
-    async def _beat(self) -> None:
-        await self.queue.set_visibility(self.msg, self.settings.visibility_timeout_s)
-        await self._publish_progress()
-
-    async def _publish_progress(self) -> None:
+    async def renew(self) -> None:
+        """Lease + progress, one conditional status write (raises LostClaim)."""
         progress = self._progress
         await self.ledger.renew(
             self.claim, Progress(chunks_done=progress[0], chunks_total=progress[1]) if progress else None
         )
         self._published = progress
 
-    @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[JobWatch]:
-        task = asyncio.create_task(self.run(), name=f"watch-{self.claim.job_id}")
-        try:
-            yield self
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    async def tick(self, now: float) -> None:
+        s = self.settings
+        if self.abort is not None:
+            return
+        if now > self.deadline:
+            self.stop(AbortReason.TIMEOUT)
+            return
+        if self._progress != self._published and now >= self._next_progress:
+            self._next_progress = now + s.progress_interval_s
+            await self.renew()
+        if now >= self._next_cancel_poll:
+            self._next_cancel_poll = now + s.cancel_poll_s
+            if await self.store.exists(keys.cancel_key(self.job_id)):
+                log.info("cancellation requested")
+                self.stop(AbortReason.CANCELLED)
+                return
+        if self.stopping.is_set():
+            self._shutdown_at = self._shutdown_at or now + s.shutdown_grace_s
+            if now >= self._shutdown_at:
+                log.info("shutdown grace of %.0fs over: releasing the job", s.shutdown_grace_s)
+                self.stop(AbortReason.SHUTDOWN)

@@ -85,6 +85,7 @@ def build_tiny(out: Path, *, name: str = TINY_NAME) -> Bundle:
 
 
 def _build_f5(d: Path, mel: MelSpec) -> None:
+    import torch
     from f5_tts.model import CFM, DiT
     from f5_tts.model.utils import get_tokenizer
     from safetensors.torch import save_file
@@ -98,6 +99,14 @@ def _build_f5(d: Path, mel: MelSpec) -> None:
         mel_spec_kwargs=mel.model_dump(),
         vocab_char_map=vocab_char_map,
     )
+    # DiT zero-initialises its AdaLN modulations and output projection (a fresh model predicts a
+    # flow of exactly 0 whatever its input), which would make attention, padding and batch-mates
+    # invisible in the output. Give those weights small random values too, as training would, so
+    # that tests can see what a real model would do (e.g. attend to padding without a mask).
+    with torch.no_grad():
+        for param in model.transformer.parameters():
+            if not param.any():
+                param.normal_(0.0, 0.05)
     # Non-persistent buffers (mel filterbank, window) are rebuilt at load; save parameters only,
     # under the "ema_model." prefix that f5-tts's load_checkpoint expects for safetensors.
     state = {f"ema_model.{k}": v.contiguous() for k, v in model.state_dict().items()}

@@ -1,17 +1,17 @@
 """The TTS engine: F5-TTS loaded once from a model bundle, behind a small batch-shaped interface.
 
 Like f5-tts's own ``api.F5TTS`` this is a thin facade over the library's inference utilities
-(``load_model``, ``load_vocoder``, ``preprocess_ref_audio_text``, ``chunk_text``,
-``infer_batch_process``), with three differences that a queue worker needs:
+(``load_model``, ``load_vocoder``, ``preprocess_ref_audio_text``, ``chunk_text``), with the
+differences a queue worker needs:
 
 - the architecture comes from the bundle's ``bundle.json``, not a packaged config name, so one
   code path runs the tiny test bundle and the real F5TTS_v1_Base;
 - nothing touches a model hub: checkpoint, vocoder and ASR model are local bundle files;
-- text chunks are synthesised one after another with a per-chunk seed (deterministic, and a
-  progress callback between chunks) and cross-faded exactly as F5-TTS does.
-
-The interface takes a *list* of requests so cross-job GPU batching can be added without changing
-callers; today requests run one after another.
+- synthesis is split in three so that chunks of *different jobs* can share one model call:
+  ``plan`` (a job's text chunks, chunk ``i`` seeded ``seed + i``), ``run_batch`` (any chunks with
+  the same nfe/cfg, one CFM call with per-item noise and masked padding: ``pipeline.tts.sampler``)
+  and ``assemble`` (a job's chunks cross-faded exactly as F5-TTS joins them). The worker drives
+  them through ``pipeline.batcher``; ``synthesize`` runs one request on its own.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import hashlib
 import io
 import logging
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -36,14 +37,14 @@ import soundfile as sf
 from pipeline import metrics
 from pipeline.models.bundle import Bundle
 from pipeline.tts import audio as audio_utils
+from pipeline.tts import sampler
 
 log = logging.getLogger(__name__)
 
 # f5-tts inference constants (utils_infer): the bundle's mel settings must equal these.
 SAMPLE_RATE = 24000
-HOP_LENGTH = 256
+HOP_LENGTH = sampler.HOP_LENGTH
 CROSS_FADE_S = 0.15
-SWAY_SAMPLING_COEF = -1.0
 # F5-TTS clips references to ~12 s and budgets chunks against a 22 s window (infer_process).
 CHUNK_WINDOW_S = 22.0
 
@@ -97,11 +98,7 @@ def duration_frames(ref_samples: int, ref_text: str, chunk: str, speed: float) -
 
     ``ref_text`` is the normalised reference text (as returned by preprocess_ref_audio_text).
     """
-    if len(ref_text[-1].encode("utf-8")) == 1:
-        ref_text += " "
-    local_speed = 0.3 if len(chunk.encode("utf-8")) < 10 else speed
-    ref_frames = ref_samples // HOP_LENGTH
-    return int(ref_frames / len(ref_text.encode("utf-8")) * len(chunk.encode("utf-8")) / local_speed)
+    return sampler.generated_frames(ref_samples, ref_text, chunk, speed)
 
 
 def chunk_budget(ref_samples: int, ref_text: str, speed: float) -> int:
@@ -120,11 +117,28 @@ class _LogWriter(io.TextIOBase):
         return len(text)
 
 
+_quiet_lock = threading.Lock()
+_quiet_depth = [0]
+_real_stdout: list[Any] = [None]
+
+
 @contextlib.contextmanager
 def _quiet_stdout() -> Iterator[None]:
-    # Keeps stdout clean for the CLI's JSON output, and the worker's log readable.
-    with contextlib.redirect_stdout(_LogWriter()):
+    """Keeps stdout clean for the CLI's JSON output, and the worker's log readable. sys.stdout is
+    process-wide and reference preparation and synthesis run in different threads: the first to
+    enter swaps it, the last to leave puts it back (nested redirect_stdout would not)."""
+    with _quiet_lock:
+        if _quiet_depth[0] == 0:
+            _real_stdout[0] = sys.stdout
+            sys.stdout = _LogWriter()
+        _quiet_depth[0] += 1
+    try:
         yield
+    finally:
+        with _quiet_lock:
+            _quiet_depth[0] -= 1
+            if _quiet_depth[0] == 0:
+                sys.stdout = _real_stdout[0]
 
 
 def _import_f5() -> Any:
@@ -173,11 +187,15 @@ class F5Engine:
         self.bundle_dir = bundle_dir
         self.bundle = bundle
         self.device = device
-        self._lock = threading.Lock()  # torch's RNG and f5-tts's module caches are global
+        self._ref_lock = threading.Lock()  # f5-tts's reference caches are module-level
+        self._lock = threading.Lock()  # direct synthesize() callers; the worker's batcher owns its own thread
         self._refs: OrderedDict[tuple[str, str], Reference] = OrderedDict()
         self._refs_max = 32
         self.model: Any = None
         self.vocoder: Any = None
+        # The DiT as the sampler calls it: the module itself, or a torch.compile'd wrapper of it.
+        self.transformer: Any = None
+        self.text_cache = True  # off under CUDA graphs (pipeline.tts.compile)
         self.load_seconds = 0.0
 
     @classmethod
@@ -249,7 +267,7 @@ class F5Engine:
             audio = audio_utils.resample(audio, sample_rate, SAMPLE_RATE)
         digest = hashlib.sha256(audio.tobytes()).hexdigest()
         key = (digest, ref_text.strip())
-        with self._lock:
+        with self._ref_lock:
             if key in self._refs:
                 self._refs.move_to_end(key)
                 return self._refs[key]
@@ -297,61 +315,83 @@ class F5Engine:
         )
 
     # ----------------------------------------------------------------------------------------
-    # Synthesis
+    # Synthesis: plan a request into chunks, run chunks (of any jobs) in batches, assemble a job
     # ----------------------------------------------------------------------------------------
 
     def chunks(self, ref: Reference, text: str, speed: float) -> list[str]:
         budget = chunk_budget(len(ref.audio), ref.text, speed)
         return self._ui.chunk_text(text, max_chars=max(budget, 1))
 
-    def synthesize(
-        self, requests: Sequence[SynthesisRequest], progress: ProgressFn | None = None
-    ) -> list[SynthesisResult]:
-        with self._lock:
-            return [self._synthesize_one(r, progress) for r in requests]
-
-    def _synthesize_one(self, req: SynthesisRequest, progress: ProgressFn | None) -> SynthesisResult:
-        import torch
-
-        ui = self._ui
-        ref = req.reference
-        chunks = self.chunks(ref, req.text, req.speed)
+    def plan(self, req: SynthesisRequest) -> list[sampler.Item]:
+        """The request's text chunks as model items; chunk ``i`` is seeded ``seed + i``."""
+        chunks = self.chunks(req.reference, req.text, req.speed)
         if not chunks:
             raise EngineError("TEXT_NOT_SPEAKABLE", "text has nothing to synthesise after chunking")
-        cond = torch.from_numpy(ref.audio).unsqueeze(0)
-        waves = []
-        if progress:
-            progress(0, len(chunks))  # also the caller's chance to stop before any work
-        for i, chunk in enumerate(chunks):
-            torch.manual_seed(req.seed + i)
-            with _quiet_stdout(), _oom_as_engine_error(self.device):
-                wave, _sr, _spec = next(
-                    ui.infer_batch_process(
-                        (cond, ref.sample_rate),
-                        ref.text,
-                        [chunk],
-                        self.model,
-                        self.vocoder,
-                        mel_spec_type=self.bundle.tts.mel_spec.mel_spec_type,
-                        progress=None,
-                        nfe_step=req.nfe_step,
-                        cfg_strength=req.cfg_strength,
-                        sway_sampling_coef=SWAY_SAMPLING_COEF,
-                        speed=req.speed,
-                        device=self.device,
-                    )
-                )
-            if wave is None:
-                raise EngineError("SYNTHESIS_FAILED", f"chunk {i + 1}/{len(chunks)} produced no audio")
-            waves.append(np.asarray(wave, dtype=np.float32))
-            if progress:
-                progress(i + 1, len(chunks))
-        out = audio_utils.cross_fade(waves, int(CROSS_FADE_S * SAMPLE_RATE))
+        ref = req.reference
+        return [
+            sampler.Item(ref_audio=ref.audio, ref_text=ref.text, text=c, speed=req.speed, seed=req.seed + i)
+            for i, c in enumerate(chunks)
+        ]
+
+    def run_batch(
+        self, items: Sequence[sampler.Item], nfe_step: int, cfg_strength: float, *, attn_mask: bool | None = None
+    ) -> list[np.ndarray]:
+        """One model call over ``items`` (any jobs; same nfe/cfg). Raises torch.OutOfMemoryError as
+        is: the caller (the batcher) splits the batch and retries, so one item cannot sink the rest."""
+        with _quiet_stdout():
+            return sampler.sample(
+                self.model,
+                self.vocoder,
+                items,
+                nfe_step=nfe_step,
+                cfg_strength=cfg_strength,
+                transformer=self.transformer,
+                attn_mask=attn_mask,
+                text_cache=self.text_cache,
+            )
+
+    def batch_runner(self) -> Callable[[Any, Sequence[sampler.Item]], list[np.ndarray]]:
+        """``run_batch`` in the batcher's runner shape: group = (nfe_step, cfg_strength)."""
+
+        def run(group: Any, items: Sequence[sampler.Item]) -> list[np.ndarray]:
+            nfe_step, cfg_strength = group
+            return self.run_batch(items, nfe_step, cfg_strength)
+
+        return run
+
+    def assemble(
+        self, req: SynthesisRequest, items: Sequence[sampler.Item], waves: Sequence[np.ndarray]
+    ) -> SynthesisResult:
+        """A job's chunk waveforms, cross-faded exactly as F5-TTS joins them."""
+        for i, wave in enumerate(waves):
+            if wave.size == 0:
+                raise EngineError("SYNTHESIS_FAILED", f"chunk {i + 1}/{len(waves)} produced no audio")
+        out = audio_utils.cross_fade([np.asarray(w, dtype=np.float32) for w in waves], int(CROSS_FADE_S * SAMPLE_RATE))
         if req.remove_silence:
             out = self._remove_silence(out)
         if not np.all(np.isfinite(out)):
             raise EngineError("SYNTHESIS_FAILED", "model produced non-finite samples")
-        return SynthesisResult(audio=out, sample_rate=SAMPLE_RATE, chunks=chunks)
+        return SynthesisResult(audio=out, sample_rate=SAMPLE_RATE, chunks=[it.text for it in items])
+
+    def synthesize(
+        self, requests: Sequence[SynthesisRequest], progress: ProgressFn | None = None, *, max_batch: int = 1
+    ) -> list[SynthesisResult]:
+        """Each request on its own, its chunks ``max_batch`` at a time (1: chunk by chunk, progress
+        after each). The worker goes through ``pipeline.batcher`` instead, which batches across jobs."""
+        out = []
+        with self._lock:
+            for req in requests:
+                items = self.plan(req)
+                waves: list[np.ndarray] = []
+                if progress:
+                    progress(0, len(items))  # also the caller's chance to stop before any work
+                for i in range(0, len(items), max_batch):
+                    with _oom_as_engine_error(self.device):
+                        waves += self.run_batch(items[i : i + max_batch], req.nfe_step, req.cfg_strength)
+                    if progress:
+                        progress(len(waves), len(items))
+                out.append(self.assemble(req, items, waves))
+        return out
 
     def _remove_silence(self, wave: np.ndarray) -> np.ndarray:
         with tempfile.TemporaryDirectory(prefix="tts-out-") as tmp:

@@ -71,35 +71,38 @@ def _wait_all(s3: Any, bucket: str, job_ids: list[str], timeout_s: float) -> dic
 def test_kill_9_mid_synthesis_then_another_worker_completes_the_job_once(
     stack: dict[str, str], workers: Callable[..., WorkerProcess], holds: Holds, s3: Any, record: Any, tmp_path: Path
 ) -> None:
-    """kill -9 of the worker holding a job mid-synthesis (held after chunk 1 of 5): the other worker
-    takes the job over when the lease lapses and completes it; the versioned bucket holds exactly
-    one audio object version and one result version."""
+    """kill -9 of a worker holding three jobs mid-synthesis (each held after chunk 1 of 5): a second
+    worker takes each job over when its lease lapses and completes it; the versioned bucket holds
+    exactly one audio object version and one result version per job."""
     bucket = stack["TTS_BUCKET"]
-    a, b = workers(stack, "a"), workers(stack, "b")
-    job = "kill9"
-    holds.hold(job, after_chunks=1, attempts=[1])  # the successor's attempt runs freely
-    drop_manifest(stack, tmp_path, job, _manifest(text=LONG_TEXT, nfe_step=16), bucket=bucket)
-    held = holds.wait_held(job)
-    victim, survivor = (a, b) if _pid(held["worker"]) == a.proc.pid else (b, a)
-    victim.proc.send_signal(signal.SIGKILL)
-    victim.proc.wait()
+    a = workers(stack, "a")
+    jobs = ["kill9-a", "kill9-b", "kill9-c"]
+    for job in jobs:
+        holds.hold(job, after_chunks=1, attempts=[1])  # the successor's attempts run freely
+        drop_manifest(stack, tmp_path, job, _manifest(text=LONG_TEXT, nfe_step=16), bucket=bucket)
+    held = [holds.wait_held(job, a) for job in jobs]
+    assert all(_pid(h["worker"]) == a.proc.pid for h in held)  # all three in flight in one worker
+    b = workers(stack, "b")
+    a.proc.send_signal(signal.SIGKILL)
+    a.proc.wait()
     killed_at = time.monotonic()
-    final = wait_for_state(s3, job, bucket=bucket, timeout_s=300, worker=survivor)
+    final = {job: wait_for_state(s3, job, bucket=bucket, timeout_s=300, worker=b) for job in jobs}
     recovery_s = time.monotonic() - killed_at
 
-    assert final["state"] == "COMPLETED", final
-    assert final["attempt"] == 2 and _pid(final["worker"]) == survivor.proc.pid
-    assert any("took over from" in (h["note"] or "") for h in final["history"])
-    audio_versions = versions(s3, bucket, f"outputs/{job}.wav")
-    result_versions = versions(s3, bucket, f"results/{job}.json")
-    assert len(audio_versions) == 1 and len(result_versions) == 1
-    assert generations([a.log(), b.log()], job) == 1
+    assert all(f["state"] == "COMPLETED" for f in final.values()), final
+    assert all(f["attempt"] == 2 and _pid(f["worker"]) == b.proc.pid for f in final.values())
+    assert all(any("took over from" in (h["note"] or "") for h in f["history"]) for f in final.values())
+    audio_versions = {job: len(versions(s3, bucket, f"outputs/{job}.wav")) for job in jobs}
+    result_versions = {job: len(versions(s3, bucket, f"results/{job}.json")) for job in jobs}
+    assert set(audio_versions.values()) == {1} and set(result_versions.values()) == {1}
+    assert all(generations([a.log(), b.log()], job) == 1 for job in jobs)
     record(
-        jobs=1,
-        killed_at_progress={"chunks_done": held["chunks_done"], "chunks_total": held["chunks_total"]},
+        jobs=len(jobs),
+        jobs_in_flight_on_the_killed_worker=len(held),
+        killed_at_progress={"chunks_done": held[0]["chunks_done"], "chunks_total": held[0]["chunks_total"]},
         recovery_seconds=round(recovery_s, 1),
-        audio_versions=len(audio_versions),
-        result_versions=len(result_versions),
+        audio_versions=sum(audio_versions.values()),
+        result_versions=sum(result_versions.values()),
         lost=0,
         duplicated=0,
     )
@@ -573,26 +576,37 @@ def test_load_200_jobs_two_workers_none_lost_none_duplicated_memory_flat(
 def test_sigterm_mid_job_with_short_grace_releases_the_job_to_another_worker(
     stack: dict[str, str], workers: Callable[..., WorkerProcess], holds: Holds, s3: Any, record: Any, tmp_path: Path
 ) -> None:
-    """SIGTERM with a 1 s grace period while the job is held mid-synthesis: the worker hands the
-    job back (QUEUED, visible again at once) and exits 0; a second worker completes it."""
+    """SIGTERM with a 1 s grace period while three jobs are held mid-synthesis in one worker: it
+    hands every job back (QUEUED, visible again at once) and exits 0; a second worker completes
+    them."""
     bucket = stack["TTS_BUCKET"]
     a = workers(stack, "a", shutdown_grace_s=1)
-    job = "sigterm-release"
-    holds.hold(job, after_chunks=1, attempts=[1])
-    drop_manifest(stack, tmp_path, job, _manifest(text=LONG_TEXT, nfe_step=16), bucket=bucket)
-    holds.wait_held(job, a)
+    jobs = ["sigterm-release-a", "sigterm-release-b", "sigterm-release-c"]
+    for job in jobs:
+        holds.hold(job, after_chunks=1, attempts=[1])
+        drop_manifest(stack, tmp_path, job, _manifest(text=LONG_TEXT, nfe_step=16), bucket=bucket)
+    for job in jobs:
+        holds.wait_held(job, a)
     t0 = time.monotonic()
     a.proc.send_signal(signal.SIGTERM)
     assert a.proc.wait(timeout=120) == 0, a.log()[-3000:]
     exit_s = time.monotonic() - t0
-    released = get_json(s3, f"status/{job}.json", bucket)
-    assert released["state"] == "QUEUED" and "worker shutting down" in released["history"][-1]["note"]
-    assert s3.list_objects_v2(Bucket=bucket, Prefix=f"outputs/{job}.").get("KeyCount") == 0
+    for job in jobs:
+        released = get_json(s3, f"status/{job}.json", bucket)
+        assert released["state"] == "QUEUED" and "worker shutting down" in released["history"][-1]["note"]
+        assert s3.list_objects_v2(Bucket=bucket, Prefix=f"outputs/{job}.").get("KeyCount") == 0
     b = workers(stack, "b")
-    final = wait_for_state(s3, job, bucket=bucket, worker=b, timeout_s=300)
-    assert final["state"] == "COMPLETED" and final["attempt"] == 2
-    assert generations([a.log(), b.log()], job) == 1
-    record(outcome="released", worker_exit_seconds=round(exit_s, 1), exit_code=0, lost=0, duplicated=0)
+    final = {job: wait_for_state(s3, job, bucket=bucket, worker=b, timeout_s=300) for job in jobs}
+    assert all(f["state"] == "COMPLETED" and f["attempt"] == 2 for f in final.values()), final
+    assert all(generations([a.log(), b.log()], job) == 1 for job in jobs)
+    record(
+        outcome="released",
+        jobs=len(jobs),
+        worker_exit_seconds=round(exit_s, 1),
+        exit_code=0,
+        lost=0,
+        duplicated=0,
+    )
 
 
 def test_sigterm_mid_job_with_enough_grace_finishes_the_job_then_exits(

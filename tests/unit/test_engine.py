@@ -18,6 +18,7 @@ from pipeline.tts.engine import (
     SynthesisRequest,
     duration_frames,
 )
+from pipeline.tts.sampler import Item
 from tests.helpers import reference_voice
 
 
@@ -119,3 +120,85 @@ def test_no_asr_in_bundle_means_clear_error(engine: F5Engine, monkeypatch: pytes
     with pytest.raises(EngineError) as info:
         engine.prepare_reference(wave[: sr * 2], sr, "")
     assert info.value.code == "TRANSCRIPTION_FAILED"
+
+
+# -- batching across jobs ------------------------------------------------------------------------
+
+MIXED = [
+    "Hello world, this is a test.",
+    "A much longer sentence that takes quite a bit more time to say out loud, surely.",
+    "Short one here.",
+]
+# fp32 on CPU: batched and alone agree to ~1e-6 (different matmul shapes). Attending to padding
+# instead moves short items by ~1e-3 on the tiny bundle: the tolerance separates the two.
+BATCH_TOL = 2e-5
+
+
+def _items(ref: Reference, texts: list[str], seed: int = 100) -> list[Item]:
+    return [Item(ref.audio, ref.text, t, 1.0, seed + i) for i, t in enumerate(texts)]
+
+
+def test_one_item_matches_upstream_infer_batch_process(engine: F5Engine, ref: Reference) -> None:
+    """Our sampler at batch 1 is f5-tts's own inference, sample for sample, for the same seed."""
+    import torch
+
+    [item] = _items(ref, MIXED[:1], seed=42)
+    torch.manual_seed(42)
+    upstream, _, _ = next(
+        engine._ui.infer_batch_process(
+            (torch.from_numpy(ref.audio).unsqueeze(0), SAMPLE_RATE),
+            ref.text,
+            [item.text],
+            engine.model,
+            engine.vocoder,
+            progress=None,
+            nfe_step=6,
+            cfg_strength=2.0,
+            sway_sampling_coef=-1.0,
+            speed=1.0,
+            device="cpu",
+        )
+    )
+    [ours] = engine.run_batch([item], 6, 2.0)
+    np.testing.assert_array_equal(ours, upstream)
+
+
+def test_a_job_audio_does_not_depend_on_its_batch_mates(engine: F5Engine, ref: Reference) -> None:
+    items = _items(ref, MIXED)
+    alone = [engine.run_batch([it], 6, 2.0)[0] for it in items]
+    batched = engine.run_batch(items, 6, 2.0)
+    reordered = engine.run_batch(items[::-1], 6, 2.0)[::-1]
+    for a, b, c in zip(alone, batched, reordered, strict=True):
+        assert len(a) == len(b) == len(c)
+        assert np.abs(a - b).max() < BATCH_TOL and np.abs(a - c).max() < BATCH_TOL
+
+
+def test_without_the_padding_mask_batch_mates_would_leak_into_short_items(engine: F5Engine, ref: Reference) -> None:
+    """The control for the test above: it can fail. Attention over padding (what the shipped
+    F5TTS_v1_Base config does in a mixed-length batch) changes every item shorter than the longest."""
+    items = _items(ref, MIXED)
+    alone = [engine.run_batch([it], 6, 2.0)[0] for it in items]
+    unmasked = engine.run_batch(items, 6, 2.0, attn_mask=False)
+    longest = max(range(len(items)), key=lambda i: items[i].frames)
+    for i, (a, b) in enumerate(zip(alone, unmasked, strict=True)):
+        if i == longest:
+            assert np.abs(a - b).max() < BATCH_TOL  # no padding, nothing to leak
+        else:
+            assert np.abs(a - b).max() > 20 * BATCH_TOL
+
+
+def test_each_item_has_its_own_noise(engine: F5Engine, ref: Reference) -> None:
+    """Same text, two seeds, one call: different audio; the same seed twice: identical audio
+    (f5-tts's CFM.sample would give every item of a call the same seed)."""
+    a, b, c = engine.run_batch([Item(ref.audio, ref.text, MIXED[0], 1.0, s) for s in (7, 8, 7)], 6, 2.0)
+    assert np.abs(a - b).max() > 1e-3
+    assert np.abs(a - c).max() < BATCH_TOL
+
+
+def test_synthesize_in_batches_equals_chunk_by_chunk(engine: F5Engine, ref: Reference) -> None:
+    text = "This sentence is one of many that make a long paragraph for chunking. " * 6
+    req = SynthesisRequest(reference=ref, text=text, nfe_step=4, seed=9)
+    [one_by_one] = engine.synthesize([req])
+    [batched] = engine.synthesize([req], max_batch=8)
+    assert len(one_by_one.chunks) > 1 and len(one_by_one.audio) == len(batched.audio)
+    assert np.abs(one_by_one.audio - batched.audio).max() < BATCH_TOL

@@ -1,0 +1,217 @@
+"""The batcher: the one owner of the model's device, shared by every job in flight.
+
+Jobs hand it work items (a text chunk to synthesise, audio windows to score for alignment) and
+await their results. One dispatcher task on the event loop forms batches and runs them, one at a
+time, on a single thread ("model thread"): the GPU sees one call at a time, and a call can carry
+chunks of many jobs. The shape is NVIDIA Triton's dynamic batcher:
+
+- a batch closes when it holds ``max_batch`` items, or when its oldest item has waited
+  ``max_wait_s`` (``TTS_BATCH_WAIT_MS``) for batch-mates; while one batch runs the next one fills,
+  so under load batches close full without waiting;
+- the oldest item anchors the next batch (first come, first served across jobs); only items that
+  may share its model call join it (same ``kind`` and ``group``: nfe steps and CFG strength are
+  one value per call), nearest in length first, within ``max_length_ratio`` of each other (padding
+  is wasted work and needs the attention mask);
+- a call that fails is split in halves and each half retried, down to single items, so one bad
+  item or an out-of-memory caused by one long item fails only its own job (the CUDA cache is
+  emptied before the retry);
+- ``cancel(owner)`` drops a job's queued items; items already in a running call finish and are
+  discarded by the job.
+
+Per-job results never depend on batch-mates: the synthesis runner builds per-item noise and masks
+padding (``pipeline.tts.sampler``); alignment windows have one fixed length.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline import metrics
+from pipeline.faults import NO_FAULTS, FaultHooks
+
+log = logging.getLogger(__name__)
+
+# runner(group, payloads) -> one result per payload, in order. Runs on the model thread.
+Runner = Callable[[Hashable, Sequence[Any]], Sequence[Any]]
+
+BUSY_WINDOW_S = 60.0
+
+
+@dataclass(frozen=True)
+class Work:
+    kind: str  # which runner: "synthesis" | "emissions"
+    group: Hashable  # items of one call must share it
+    size: int  # length for grouping (frames, samples)
+    owner: str  # the job: for cancellation and fault injection
+    payload: Any
+
+
+@dataclass(eq=False)
+class _Pending:
+    work: Work
+    future: asyncio.Future[Any]
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+class Batcher:
+    def __init__(
+        self,
+        runners: Mapping[str, Runner],
+        *,
+        max_batch: int,
+        max_wait_s: float,
+        max_length_ratio: float = 2.0,
+        executor: ThreadPoolExecutor | None = None,
+        faults: FaultHooks = NO_FAULTS,
+    ) -> None:
+        if max_batch < 1 or max_wait_s < 0 or max_length_ratio < 1:
+            raise ValueError("max_batch >= 1, max_wait_s >= 0 and max_length_ratio >= 1 are required")
+        self.runners = dict(runners)
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self.max_length_ratio = max_length_ratio
+        self.executor = executor or model_thread()
+        self.faults = faults
+        self._queue: list[_Pending] = []
+        self._arrived = asyncio.Event()
+        self._busy: collections.deque[tuple[float, float]] = collections.deque()  # (start, end)
+        self._busy_lock = threading.Lock()  # read by the metrics server's thread
+        self.calls = 0
+        metrics.MODEL_BUSY_FRACTION.set_function(self.busy_fraction)
+
+    # -- the jobs' side -------------------------------------------------------------------------
+
+    def submit(self, work: Work) -> asyncio.Future[Any]:
+        if work.kind not in self.runners:
+            raise ValueError(f"no runner for {work.kind!r}")
+        pending = _Pending(work, asyncio.get_running_loop().create_future())
+        self._queue.append(pending)
+        self._arrived.set()
+        return pending.future
+
+    def cancel(self, owner: str) -> int:
+        """Drop ``owner``'s queued items (their futures are cancelled). Returns how many."""
+        dropped = [p for p in self._queue if p.work.owner == owner]
+        for p in dropped:
+            self._queue.remove(p)
+            p.future.cancel()
+        return len(dropped)
+
+    def queued(self) -> int:
+        return len(self._queue)
+
+    # -- the dispatcher -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Form and run batches until cancelled."""
+        while True:
+            self._queue = [p for p in self._queue if not p.future.done()]  # cancelled by their jobs
+            if not self._queue:
+                self._arrived.clear()
+                await self._arrived.wait()
+                continue
+            anchor = self._queue[0]
+            batch = self._select(anchor)
+            wait_s = anchor.enqueued + self.max_wait_s - time.monotonic()
+            if len(batch) < self.max_batch and wait_s > 0:
+                self._arrived.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._arrived.wait(), wait_s)
+                continue  # choose again with whatever arrived
+            for p in batch:
+                self._queue.remove(p)
+            await self._execute(batch)
+
+    def _select(self, anchor: _Pending) -> list[_Pending]:
+        kind, group, size = anchor.work.kind, anchor.work.group, max(anchor.work.size, 1)
+        mates = [p for p in self._queue if p is not anchor and p.work.kind == kind and p.work.group == group]
+        mates.sort(key=lambda p: abs(p.work.size - size))
+        batch, lo, hi = [anchor], size, size
+        for p in mates:
+            if len(batch) >= self.max_batch:
+                break
+            s = max(p.work.size, 1)
+            if max(hi, s) <= self.max_length_ratio * min(lo, s):
+                batch.append(p)
+                lo, hi = min(lo, s), max(hi, s)
+        return batch
+
+    async def _execute(self, batch: list[_Pending]) -> None:
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        for p in batch:
+            metrics.BATCH_WAIT_SECONDS.labels(p.work.kind).observe(started - p.enqueued)
+        kind, group = batch[0].work.kind, batch[0].work.group
+        works = [p.work for p in batch]
+        try:
+            results = await loop.run_in_executor(self.executor, self._run_split, kind, group, works)
+        except Exception as e:  # the executor itself failed: every item gets the error
+            results = [e] * len(batch)
+        finally:
+            ended = time.monotonic()
+            with self._busy_lock:
+                self._busy.append((started, ended))
+            metrics.MODEL_BUSY_SECONDS.inc(ended - started)
+        for p, result in zip(batch, results, strict=True):
+            if p.future.done():  # cancelled while running: the job has moved on
+                continue
+            if isinstance(result, BaseException):
+                p.future.set_exception(result)
+            else:
+                p.future.set_result(result)
+
+    def _run_split(self, kind: str, group: Hashable, works: list[Work]) -> list[Any]:
+        """On the model thread: one call; on failure, halves, down to single items."""
+        try:
+            owners = {w.owner for w in works}
+            self.calls += 1
+            metrics.BATCH_SIZE.labels(kind).observe(len(works))
+            metrics.BATCH_JOBS.labels(kind).observe(len(owners))
+            self.faults.before_model_call(owners)
+            results = list(self.runners[kind](group, [w.payload for w in works]))
+            if len(results) != len(works):
+                raise RuntimeError(f"{kind} runner returned {len(results)} results for {len(works)} items")
+            return results
+        except Exception as e:
+            _free_device_memory(e)
+            if len(works) == 1:
+                return [e]
+            metrics.BATCH_SPLITS.labels(kind).inc()
+            log.warning(
+                "%s call of %d items failed (%s: %s): retrying in halves", kind, len(works), type(e).__name__, e
+            )
+            mid = len(works) // 2
+            return self._run_split(kind, group, works[:mid]) + self._run_split(kind, group, works[mid:])
+
+    def busy_fraction(self) -> float:
+        """Fraction of the last minute the model thread spent in calls."""
+        horizon = time.monotonic() - BUSY_WINDOW_S
+        with self._busy_lock:
+            while self._busy and self._busy[0][1] < horizon:
+                self._busy.popleft()
+            busy = sum(end - max(start, horizon) for start, end in self._busy)
+        return min(1.0, busy / BUSY_WINDOW_S)
+
+
+def model_thread() -> ThreadPoolExecutor:
+    """The single thread that runs model calls (compilation and warm-up included)."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+
+
+def _free_device_memory(exc: BaseException) -> None:
+    if "out of memory" not in str(exc).lower() and not isinstance(exc, MemoryError):
+        return
+    with contextlib.suppress(Exception):
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

@@ -1,0 +1,145 @@
+"""Publishing a finished job: audio and subtitles, then the result, in that order.
+
+The order is the exactly-once guarantee's last half (the claim in ``pipeline.state`` is the
+first): outputs are durable before the result names them, the result is written with
+``If-None-Match: *`` so the first result is the only result, and only then does the job state
+machine write COMPLETED and the worker delete the message. Before uploading, the claim is
+re-asserted (a worker paused past its lease must not overwrite a successor's outputs), and a
+result that exists already is adopted instead of replaced.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+import numpy as np
+
+from pipeline import keys
+from pipeline.config import Settings
+from pipeline.contract import (
+    AudioInfo,
+    JobResult,
+    Manifest,
+    ModelInfo,
+    ResultWarning,
+    StageTimings,
+    SubtitleFormat,
+    WordTiming,
+    utcnow,
+)
+from pipeline.state import Claim, Ledger
+from pipeline.store import PreconditionFailed, Store
+from pipeline.tts import subtitles
+
+log = logging.getLogger(__name__)
+
+_SUB_TYPES = {"srt": "application/x-subrip", "vtt": "text/vtt"}
+
+
+@dataclass
+class Outputs:
+    """Everything a finished job publishes, as the stages produced it."""
+
+    manifest: Manifest
+    audio: np.ndarray
+    sample_rate: int
+    encoded: bytes
+    content_type: str
+    words: list[WordTiming]
+    text_chunks: int
+    ref_text: str
+    ref_text_source: str
+    ref_text_from_asr: bool
+    voice_key: str
+    seed: int
+    warnings: list[ResultWarning]
+
+
+class Publisher:
+    def __init__(self, settings: Settings, store: Store, ledger: Ledger, model: ModelInfo) -> None:
+        self.settings = settings
+        self.store = store
+        self.ledger = ledger
+        self.model = model
+
+    async def publish(self, claim: Claim, out: Outputs, timings: StageTimings) -> bool:
+        """Upload and write the result. False: a result existed already (adopt it, discard ours)."""
+        job_id = claim.job_id
+        # Publishing is not interruptible. Re-assert the claim first: a worker that lost its lease
+        # (paused longer than the visibility timeout) must not overwrite a successor's outputs.
+        await self.ledger.renew(claim)
+        if await self.store.exists(keys.result_key(job_id)):
+            return False
+        audio_key = keys.output_key(job_id, out.manifest.output_format.value)
+        subs = await self.upload(job_id, out, audio_key)
+        url = await self.store.presign_get(audio_key, self.settings.presign_expiry_s)
+        result = self._result(job_id, out, audio_key, url, subs, timings)
+        # Audio and subtitles are durable before the result names them; If-None-Match makes the
+        # first result the only result.
+        try:
+            await self.store.put_json(keys.result_key(job_id), result, if_none_match=True)
+        except PreconditionFailed:
+            existing = await self.store.get_model(keys.result_key(job_id), JobResult)
+            if existing is None or existing.completed_at != result.completed_at:
+                return False
+        log.info(
+            "result published: %.2fs of audio, timings %s",
+            result.audio.duration_s,
+            {k: round(v) for k, v in result.timings_ms.model_dump().items()},
+        )
+        return True
+
+    async def upload(self, job_id: str, out: Outputs, audio_key: str) -> dict[SubtitleFormat, str]:
+        await self.store.put_bytes(audio_key, out.encoded, out.content_type)
+        subs: dict[SubtitleFormat, str] = {}
+        if not out.words:  # alignment skipped (warning recorded): no subtitles to write
+            return subs
+        for fmt in out.manifest.subtitles:
+            key = keys.output_key(job_id, fmt.value)
+            await self.store.put_bytes(key, subtitles.render(fmt.value, out.words).encode(), _SUB_TYPES[fmt.value])
+            subs[fmt] = keys.s3_uri(self.settings.bucket, key)
+        return subs
+
+    async def remove_outputs(self, job_id: str) -> None:
+        for key in await self.store.list_keys(f"{keys.OUTPUTS}{job_id}."):
+            await self.store.delete(key)
+
+    def _result(
+        self,
+        job_id: str,
+        out: Outputs,
+        audio_key: str,
+        url: str,
+        subs: dict[SubtitleFormat, str],
+        timings: StageTimings,
+    ) -> JobResult:
+        expires = self.settings.presign_expiry_s
+        manifest = out.manifest
+        return JobResult(
+            job_id=job_id,
+            audio=AudioInfo(
+                uri=keys.s3_uri(self.settings.bucket, audio_key),
+                url=url,
+                url_expires_at=utcnow() + timedelta(seconds=expires),
+                format=manifest.output_format,
+                sample_rate=out.sample_rate,
+                duration_s=round(len(out.audio) / out.sample_rate, 4),
+                bytes=len(out.encoded),
+            ),
+            word_timings=out.words if manifest.word_timings else None,
+            subtitles=subs,
+            text=manifest.text,
+            ref_text=out.ref_text,
+            ref_text_source=out.ref_text_source,
+            ref_text_from_asr=out.ref_text_from_asr,
+            voice_key=out.voice_key,
+            seed=out.seed,
+            chunks=out.text_chunks,
+            model=self.model,
+            worker=self.settings.worker_id,
+            timings_ms=timings,
+            warnings=out.warnings,
+            completed_at=utcnow(),
+        )

@@ -1,0 +1,139 @@
+"""The batcher on the real tiny engine: what shares a model call, what a failure costs, cancellation.
+
+The runner is the engine's own (``F5Engine.batch_runner``), wrapped to record each call's group
+and owners; assertions are on those calls, never on time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Hashable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from pipeline.batcher import Batcher, Work
+from pipeline.faults import FaultHooks, InjectedOutOfMemory
+from pipeline.tts.engine import F5Engine, Reference
+from pipeline.tts.sampler import Item
+from tests.helpers import reference_voice
+
+
+@pytest.fixture(scope="module")
+def ref(engine: F5Engine) -> Reference:
+    wave, sr, text = reference_voice()
+    return engine.prepare_reference(wave, sr, text)
+
+
+class Recording:
+    """The engine's runner, recording (group, [item texts]) per call."""
+
+    def __init__(self, engine: F5Engine, fail_text: str | None = None) -> None:
+        self.run = engine.batch_runner()
+        self.calls: list[tuple[Hashable, list[str]]] = []
+        self.fail_text = fail_text
+
+    def __call__(self, group: Hashable, items: Sequence[Item]) -> list[np.ndarray]:
+        self.calls.append((group, [it.text for it in items]))
+        if self.fail_text is not None and any(it.text == self.fail_text for it in items):
+            raise RuntimeError(f"cannot synthesise {self.fail_text!r}")
+        return self.run(group, items)
+
+
+def _work(ref: Reference, text: str, owner: str, nfe: int = 2, cfg: float = 2.0, seed: int = 1) -> Work:
+    item = Item(ref.audio, ref.text, text, 1.0, seed)
+    return Work("synthesis", (nfe, cfg), item.frames, owner, item)
+
+
+async def _run(batcher: Batcher, works: list[Work]) -> list[Any]:
+    task = asyncio.create_task(batcher.run())
+    try:
+        futures = [batcher.submit(w) for w in works]  # all queued before the dispatcher runs
+        return await asyncio.gather(*futures, return_exceptions=True)
+    finally:
+        task.cancel()
+
+
+async def test_items_of_different_jobs_share_a_call_and_mixed_settings_never_do(
+    engine: F5Engine, ref: Reference
+) -> None:
+    rec = Recording(engine)
+    batcher = Batcher({"synthesis": rec}, max_batch=8, max_wait_s=0)
+    works = [
+        _work(ref, "First job speaks here.", "a", nfe=2),
+        _work(ref, "Second job speaks too.", "b", nfe=2),
+        _work(ref, "Third job, other steps.", "c", nfe=3),
+        _work(ref, "Fourth job, no guidance.", "d", nfe=2, cfg=0.0),
+        _work(ref, "Fifth job speaks again.", "e", nfe=2),
+    ]
+    results = await _run(batcher, works)
+    assert all(isinstance(r, np.ndarray) and r.size for r in results)
+    groups = {g: texts for g, texts in rec.calls}
+    assert len(rec.calls) == 3  # (2, 2.0) x3 in one call; (3, 2.0) and (2, 0.0) alone
+    assert sorted(groups[(2, 2.0)]) == sorted(w.payload.text for w in works if w.owner in "abe")
+    assert groups[(3, 2.0)] == ["Third job, other steps."] and groups[(2, 0.0)] == ["Fourth job, no guidance."]
+
+
+async def test_max_batch_and_length_ratio_bound_a_call(engine: F5Engine, ref: Reference) -> None:
+    rec = Recording(engine)
+    batcher = Batcher({"synthesis": rec}, max_batch=2, max_wait_s=0, max_length_ratio=1.5)
+    short = ["One two three four.", "Five six seven eight.", "Nine ten eleven twelve."]
+    long_text = "This one is very much longer than all of the short ones put together, by far. " * 2
+    await _run(batcher, [_work(ref, t, f"j{i}") for i, t in enumerate([*short, long_text])])
+    assert all(len(texts) <= 2 for _, texts in rec.calls)
+    assert [long_text] in [texts for _, texts in rec.calls]  # too long to pad the short ones to
+
+
+async def test_a_failing_item_fails_alone_and_its_batch_mates_complete(engine: F5Engine, ref: Reference) -> None:
+    bad = "This chunk makes the model call fail."
+    rec = Recording(engine, fail_text=bad)
+    batcher = Batcher({"synthesis": rec}, max_batch=8, max_wait_s=0)
+    works = [_work(ref, t, f"j{i}") for i, t in enumerate(["Good one.", bad, "Another good one.", "Third good."])]
+    results = await _run(batcher, works)
+    assert isinstance(results[1], RuntimeError)
+    assert all(isinstance(r, np.ndarray) for i, r in enumerate(results) if i != 1)
+    assert len(rec.calls[0][1]) == 4 and [bad] in [texts for _, texts in rec.calls]  # split down to it
+
+
+async def test_injected_out_of_memory_hits_only_its_job(engine: F5Engine, ref: Reference, tmp_path: Path) -> None:
+    (tmp_path / "oom").mkdir()
+    (tmp_path / "oom" / "victim").touch()
+    rec = Recording(engine)
+    batcher = Batcher({"synthesis": rec}, max_batch=8, max_wait_s=0, faults=FaultHooks(tmp_path))
+    works = [_work(ref, f"Sentence number {i}.", "victim" if i == 2 else f"j{i}") for i in range(4)]
+    results = await _run(batcher, works)
+    assert isinstance(results[2], InjectedOutOfMemory)
+    assert all(isinstance(r, np.ndarray) for i, r in enumerate(results) if i != 2)
+    # The items that reached the model are exactly the survivors, each in some call.
+    reached = {t for _, texts in rec.calls for t in texts}
+    assert reached == {f"Sentence number {i}." for i in (0, 1, 3)}
+
+
+async def test_cancel_drops_a_jobs_queued_items(engine: F5Engine, ref: Reference) -> None:
+    rec = Recording(engine)
+    batcher = Batcher({"synthesis": rec}, max_batch=8, max_wait_s=0)
+    keep = batcher.submit(_work(ref, "Kept sentence.", "keep"))
+    dropped = [batcher.submit(_work(ref, f"Dropped {i}.", "gone")) for i in range(3)]
+    assert batcher.cancel("gone") == 3 and batcher.queued() == 1
+    task = asyncio.create_task(batcher.run())
+    try:
+        assert isinstance(await keep, np.ndarray)
+    finally:
+        task.cancel()
+    assert all(f.cancelled() for f in dropped)
+    assert [texts for _, texts in rec.calls] == [["Kept sentence."]]
+
+
+async def test_a_lone_item_is_not_held_back_waiting_for_mates(engine: F5Engine, ref: Reference) -> None:
+    """max_wait_s bounds the wait for batch-mates; a lone item then runs in a call of one."""
+    rec = Recording(engine)
+    batcher = Batcher({"synthesis": rec}, max_batch=8, max_wait_s=0.05)
+    [result] = await _run(batcher, [_work(ref, "Alone.", "solo")])
+    assert isinstance(result, np.ndarray) and rec.calls == [((2, 2.0), ["Alone."])]
+
+
+def test_invalid_batcher_settings_are_refused(engine: F5Engine) -> None:
+    with pytest.raises(ValueError):
+        Batcher({"synthesis": engine.batch_runner()}, max_batch=0, max_wait_s=0)
