@@ -5,7 +5,7 @@ VENV := .venv
 LS_VENV := localstack/.venv
 TTS := $(VENV)/bin/tts-pipeline
 
-.PHONY: help setup venv localstack-venv demo test unit integration faults reliability bench lint format schemas clean
+.PHONY: help setup venv localstack-venv demo test unit integration faults reliability bench bench-gpu lint format schemas clean image-check
 
 help:
 	@echo "make demo    set up, start LocalStack, run one voice-cloning job end to end, print the result"
@@ -41,6 +41,11 @@ bench: setup
 	$(VENV)/bin/python scripts/bench_cold_start.py
 	$(VENV)/bin/python scripts/bench_voice_cache.py
 	$(VENV)/bin/python scripts/bench_report.py
+
+# Throughput (jobs in flight, batching, compile, alignment): full-size random bundle on a GPU,
+# the tiny bundle on CPU. Writes docs/bench/throughput-<label>.json and docs/benchmarks.md.
+bench-gpu: venv
+	$(VENV)/bin/python scripts/bench_gpu.py $(BENCH_GPU_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .

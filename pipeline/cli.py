@@ -79,6 +79,11 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--checkpoint", default=None, metavar="REPO:PATH", help="override the checkpoint on the hub")
     c.add_argument("--out", type=Path, default=None, help="bundle directory (default: a temp dir, removed)")
     c.add_argument("--no-asr", action="store_true", help="no Whisper model: jobs must then give ref_text")
+    c.add_argument(
+        "--no-aligner-torch",
+        action="store_true",
+        help="no transformers weights of the aligner: GPU workers align on CPU",
+    )
     c.add_argument("--no-push", action="store_true", help="only build the bundle (needs --out)")
     c.set_defaults(handler=_model_seed)
     c = m_sub.add_parser("verify", help="check a bundle's files against its bundle.json (sizes and sha256)")
@@ -245,7 +250,14 @@ def _model_seed(args: argparse.Namespace) -> int:
         ckpt = Checkpoint(repo, path)
     out = args.out or Path(tempfile.mkdtemp(prefix="tts-seed-"))
     try:
-        bundle = seed(args.name, out, config=args.config, checkpoint=ckpt, with_asr=not args.no_asr)
+        bundle = seed(
+            args.name,
+            out,
+            config=args.config,
+            checkpoint=ckpt,
+            with_asr=not args.no_asr,
+            with_aligner_torch=not args.no_aligner_torch,
+        )
         print(f"seeded {bundle.name}/{bundle.version} ({bundle.total_bytes / 1e6:.1f} MB) in {out}")
         if not args.no_push:
             s = get_settings()

@@ -51,10 +51,19 @@ class Settings(BaseSettings):
     # Throughput. A worker holds up to max_jobs_in_flight jobs; their text chunks share model calls
     # of up to max_batch items, closed when full or when the oldest item has waited batch_wait_ms
     # (pipeline/batcher.py). Items in one call stay within batch_max_length_ratio of each other.
+    # max_batch unset: 8 on a GPU (batching amortises kernel launches: 2-4x measured), 1 on a CPU
+    # (compute-bound: a batch only adds padding; see docs/benchmarks.md).
     max_jobs_in_flight: int = Field(default=4, ge=1, le=256)
-    max_batch: int = Field(default=8, ge=1, le=256)
+    max_batch: int | None = Field(default=None, ge=1, le=256)
     batch_wait_ms: float = Field(default=20.0, ge=0, le=3_600_000)
     batch_max_length_ratio: float = Field(default=2.0, ge=1.0)
+
+    # torch.compile of the DiT (pipeline/tts/compiler.py): auto = default on CUDA, off on CPU.
+    compile: Literal["auto", "off", "default", "max-autotune", "reduce-overhead"] = "auto"
+    warmup: bool = True  # run every batch shape once before reporting ready
+    # Word-timing scoring (pipeline/tts/align.py): auto = torch on the model's GPU when the bundle
+    # has the aligner's transformers weights, else onnx (onnxruntime on the CPU, aligner process).
+    aligner: Literal["auto", "onnx", "torch"] = "auto"
 
     # Queue consumption and reliability. A job's lease lasts as long as its message's invisibility:
     # both are renewed by the heartbeat, and both lapse together when a worker dies.
@@ -80,6 +89,12 @@ class Settings(BaseSettings):
     metrics_port: int | None = None  # Prometheus /metrics; unset = off
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
+
+    def max_batch_on(self, device: str) -> int:
+        """TTS_MAX_BATCH, or its default for ``device``."""
+        if self.max_batch is not None:
+            return self.max_batch
+        return 8 if device.startswith("cuda") else 1
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

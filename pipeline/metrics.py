@@ -26,6 +26,9 @@ QUEUE_WAIT_SECONDS = Histogram(
 ASR_RUNS = Counter("tts_asr_runs", "Reference transcriptions run (empty ref_text, nothing cached)")
 MODEL_LOADS = Counter("tts_model_loads", "Times the TTS engine was loaded in this process")
 MODEL_LOAD_SECONDS = Gauge("tts_model_load_seconds", "Duration of the last engine load")
+COMPILE_CACHE_EVENTS = Counter(
+    "tts_compile_cache_events", "torch.compile FX-graph cache hits and misses during warm-up", ["event"]
+)
 COLD_START_SECONDS = Gauge("tts_cold_start_seconds", "Worker start-up breakdown", ["phase"])
 IN_FLIGHT = Gauge("tts_jobs_in_flight", "Jobs being processed now")
 RECEIVES = Counter("tts_sqs_receives", "SQS ReceiveMessage calls (long polls) started")

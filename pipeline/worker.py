@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from pipeline import metrics
 from pipeline.aws import is_transient
-from pipeline.batcher import Batcher, model_thread
+from pipeline.batcher import Batcher, Runner, model_thread
 from pipeline.config import Settings
 from pipeline.consumer import Message, Queue
 from pipeline.contract import ModelInfo
@@ -38,6 +38,10 @@ from pipeline.stages import Stages
 from pipeline.store import Store, open_store
 
 if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.models.bundle import Bundle
+    from pipeline.models.cache import SyncReport
     from pipeline.tts.align import Aligner
     from pipeline.tts.engine import F5Engine
 
@@ -202,10 +206,11 @@ class Worker:
 async def serve(settings: Settings, *, max_jobs: int | None = None, idle_exit_s: float | None = None) -> int:
     """Start-up (sync the bundle, load the engine once, warm it) then consume. Returns jobs done."""
     from pipeline.models.cache import ModelCache
-    from pipeline.tts.align import Aligner
-    from pipeline.tts.engine import F5Engine
+    from pipeline.tts import compiler
+    from pipeline.tts.align import Aligner, BatchedEmitter
 
     t0 = time.perf_counter()
+    compiler.use_cache_dir(settings.cache_dir)  # before torch is imported
     # Signals first: a SIGTERM during start-up (scale-in, deploy) must end the process cleanly too.
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -222,25 +227,28 @@ async def serve(settings: Settings, *, max_jobs: int | None = None, idle_exit_s:
         log.info("stop requested during start-up: exiting before loading the model")
         announce.cancel()
         return 0
-    gpu = model_thread()
-    engine = await loop.run_in_executor(gpu, F5Engine.load, report.path, settings.device)
-    aligner = await asyncio.to_thread(Aligner, report.path / report.bundle.aligner.model)
-    t_load = time.perf_counter()
-    phases = {**report.seconds, "load": t_load - t_sync, "total": t_load - t0}
+    gpu = model_thread()  # loads, compiles, warms and later runs the models: one thread owns the device
+    engine, runners, mode, load_s = await _load_models(settings, report, gpu)
+    t_warm = time.perf_counter()
+    phases = {**report.seconds, "load": load_s, "warmup": t_warm - t_sync - load_s, "total": t_warm - t0}
     for phase, seconds in phases.items():
         metrics.COLD_START_SECONDS.labels(phase).set(seconds)
     if report.bundle.random_weights:
         log.warning("!!! model bundle %s has RANDOM WEIGHTS: its audio is noise (test bundle) !!!", report.bundle.name)
     liveness = asyncio.create_task(_liveness())
+    max_batch = settings.max_batch_on(engine.device)
     batcher = Batcher(
-        {"synthesis": engine.batch_runner()},
-        max_batch=settings.max_batch,
+        runners,
+        max_batch=max_batch,
         max_wait_s=settings.batch_wait_ms / 1000,
         max_length_ratio=settings.batch_max_length_ratio,
         executor=gpu,
         faults=FaultHooks(settings.fault_dir, settings.fault_chunk_delay_s),
     )
     dispatcher = asyncio.create_task(batcher.run(), name="batcher")
+    onnx = report.path / report.bundle.aligner.model
+    emitter = BatchedEmitter(batcher, loop) if "emissions" in runners else None
+    aligner = await asyncio.to_thread(Aligner, onnx, emitter)
     try:
         async with (
             open_store(settings) as store,
@@ -252,16 +260,18 @@ async def serve(settings: Settings, *, max_jobs: int | None = None, idle_exit_s:
                 return 0
             worker = Worker(settings, store, queue, engine, aligner, batcher, stopping, notifier)
             log.info(
-                "worker %s ready: model %s/%s (%s cache, %d files fetched) on %s, up to %d jobs in flight, "
-                "batches of up to %d; cold start %s",
+                "worker %s ready: model %s/%s (%s cache, %d files fetched) on %s (compile %s, aligner %s), "
+                "up to %d jobs in flight, batches of up to %d; cold start %s",
                 settings.worker_id,
                 report.bundle.name,
                 report.bundle.version,
                 "warm" if report.warm else "cold",
                 len(report.files_fetched),
                 engine.device,
+                mode,
+                aligner.backend,
                 settings.max_jobs_in_flight,
-                settings.max_batch,
+                max_batch,
                 " ".join(f"{k}={v:.2f}s" for k, v in phases.items()),
             )
             metrics.set_ready(True)
@@ -272,6 +282,44 @@ async def serve(settings: Settings, *, max_jobs: int | None = None, idle_exit_s:
             task.cancel()
         aligner.close()
         gpu.shutdown(wait=False, cancel_futures=True)
+
+
+async def _load_models(
+    settings: Settings, report: SyncReport, gpu: ThreadPoolExecutor
+) -> tuple[F5Engine, dict[str, Runner], str, float]:
+    """On the model thread: the engine (+ the torch aligner), compiled and warmed as configured.
+    Returns (engine, batcher runners, compile mode, seconds spent loading before compile/warm-up)."""
+    from pipeline.tts import compiler
+    from pipeline.tts.align import ctc_runner, load_ctc_model
+    from pipeline.tts.engine import F5Engine
+
+    loop = asyncio.get_running_loop()
+    t0 = time.perf_counter()
+    engine = await loop.run_in_executor(gpu, F5Engine.load, report.path, settings.device)
+    runners: dict[str, Runner] = {"synthesis": engine.batch_runner()}
+    torch_dir = _aligner_torch_dir(settings, report.bundle, engine.device)
+    if torch_dir is not None:
+        ctc = await loop.run_in_executor(gpu, load_ctc_model, report.path / torch_dir, engine.device)
+        runners["emissions"] = ctc_runner(ctc)
+    loaded = time.perf_counter() - t0
+    mode = compiler.resolve_mode(settings.compile, engine.device)
+    await loop.run_in_executor(gpu, compiler.compile_engine, engine, mode)
+    if settings.warmup:
+        max_batch = settings.max_batch_on(engine.device)
+        await loop.run_in_executor(gpu, compiler.warm_up, engine, max_batch, runners.get("emissions"))
+    return engine, runners, mode, loaded
+
+
+def _aligner_torch_dir(settings: Settings, bundle: Bundle, device: str) -> str | None:
+    """Where the torch aligner's weights are, if this worker scores alignments with torch."""
+    torch_dir = bundle.aligner.torch_dir
+    if settings.aligner == "onnx" or (settings.aligner == "auto" and not device.startswith("cuda")):
+        return None
+    if torch_dir is None:
+        if settings.aligner == "torch":
+            raise ValueError(f"TTS_ALIGNER=torch but bundle {bundle.name}/{bundle.version} has no aligner.torch_dir")
+        log.warning("bundle has no transformers weights for the aligner: aligning on the CPU (onnxruntime)")
+    return torch_dir
 
 
 async def _resolve_queue(queue: Queue, stopping: asyncio.Event) -> bool:

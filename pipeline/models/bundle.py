@@ -50,6 +50,11 @@ class VocoderSpec(BaseModel):
 class AlignerSpec(BaseModel):
     type: Literal["ctc-forced-aligner-onnx"] = "ctc-forced-aligner-onnx"
     model: str = Field(description="ONNX model: input_values -> logits (T x 31), 20 ms frames")
+    torch_dir: str | None = Field(
+        default=None,
+        description="The same CTC model as a transformers Wav2Vec2ForCTC save_pretrained() directory; "
+        "GPU workers score audio with it on the GPU (absent: ONNX on the CPU)",
+    )
     license: str = ""
 
 

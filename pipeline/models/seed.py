@@ -12,7 +12,9 @@ Sources (each overridable):
   ``infer/examples/vocab.txt``, which is what ``F5TTS()`` uses for these checkpoints.
 - Vocoder ``charactr/vocos-mel-24khz`` (``config.yaml`` + ``pytorch_model.bin``).
 - Aligner: the ONNX model ctc-forced-aligner downloads by default (``deskpai/ctc_forced_aligner``,
-  MMS-300m: licensed CC-BY-NC 4.0; swap it for commercial use).
+  MMS-300m: licensed CC-BY-NC 4.0; swap it for commercial use), and the transformers weights of the
+  model it is exported from (``MahmoudAshraf/mms-300m-1130-forced-aligner``) for GPU workers;
+  without those (``--no-aligner-torch``, or not on the hub) GPU workers align on the CPU.
 - ASR ``openai/whisper-large-v3-turbo`` (the model f5-tts uses for empty ``ref_text``).
 """
 
@@ -41,6 +43,8 @@ VOCODER_REPO = "charactr/vocos-mel-24khz"
 ALIGNER_REPO = "deskpai/ctc_forced_aligner"
 ALIGNER_FILE = "04ac86b67129634da93aea76e0147ef3.onnx"
 ALIGNER_LICENSE = "MMS-300m forced aligner, CC-BY-NC 4.0 (non-commercial)"
+ALIGNER_TORCH_REPO = "MahmoudAshraf/mms-300m-1130-forced-aligner"
+ALIGNER_TORCH_PATTERNS = ["config.json", "*.safetensors"]
 ASR_REPO = "openai/whisper-large-v3-turbo"
 ASR_PATTERNS = ["*.json", "*.safetensors", "*.txt"]
 
@@ -80,6 +84,7 @@ def seed(
     config: Path | None = None,
     checkpoint: Checkpoint | None = None,
     with_asr: bool = True,
+    with_aligner_torch: bool = True,
     cache_dir: Path | None = None,
 ) -> Bundle:
     from huggingface_hub import hf_hub_download, snapshot_download
@@ -101,6 +106,13 @@ def seed(
     for f in ("config.yaml", "pytorch_model.bin"):
         fetch(VOCODER_REPO, f, out / "vocoder" / f)
     fetch(ALIGNER_REPO, ALIGNER_FILE, out / "aligner" / "model.onnx")
+    if with_aligner_torch:
+        snap = Path(
+            snapshot_download(repo_id=ALIGNER_TORCH_REPO, allow_patterns=ALIGNER_TORCH_PATTERNS, cache_dir=cache_dir)
+        )
+        if not (snap / "config.json").is_file() or not list(snap.glob("*.safetensors")):
+            raise SeedError(f"{ALIGNER_TORCH_REPO} has no config.json + safetensors; pass --no-aligner-torch")
+        shutil.copytree(snap, out / "aligner" / "hf", dirs_exist_ok=True)
     if with_asr:
         snap = Path(snapshot_download(repo_id=ASR_REPO, allow_patterns=ASR_PATTERNS, cache_dir=cache_dir))
         shutil.copytree(snap, out / "asr", dirs_exist_ok=True)
@@ -111,10 +123,15 @@ def seed(
         version=content_version(files),
         random_weights=False,
         description=f"{name} seeded from the Hugging Face hub ({ckpt.repo}:{ckpt.path}, {VOCODER_REPO}, "
-        f"{ALIGNER_REPO}{', ' + ASR_REPO if with_asr else ''})",
+        f"{ALIGNER_REPO}{', ' + ALIGNER_TORCH_REPO if with_aligner_torch else ''}"
+        f"{', ' + ASR_REPO if with_asr else ''})",
         tts=TtsSpec(backbone=backbone, arch=arch, checkpoint=f"f5/{ckpt_name}", vocab="f5/vocab.txt", mel_spec=mel),
         vocoder=VocoderSpec(dir="vocoder"),
-        aligner=AlignerSpec(model="aligner/model.onnx", license=ALIGNER_LICENSE),
+        aligner=AlignerSpec(
+            model="aligner/model.onnx",
+            torch_dir="aligner/hf" if with_aligner_torch else None,
+            license=ALIGNER_LICENSE,
+        ),
         asr=AsrSpec(dir="asr") if with_asr else None,
         files=files,
     )

@@ -7,7 +7,8 @@ real F5TTS_v1_Base bundle:
 - F5-TTS: ``CFM(DiT(...))`` state dict saved as ``ema_model.*`` safetensors + the packaged vocab.
 - Vocoder: ``Vocos.from_hparams(config.yaml)`` saved as ``pytorch_model.bin``.
 - Aligner: transformers ``Wav2Vec2ForCTC`` (vocab = ctc-forced-aligner's 31 tokens) exported to
-  ONNX with ``input_values`` -> ``logits``, what ctc-forced-aligner's ONNX path runs.
+  ONNX with ``input_values`` -> ``logits``, what ctc-forced-aligner's ONNX path runs, and the same
+  weights saved with ``save_pretrained`` for the torch (GPU) path.
 - ASR: transformers ``WhisperForConditionalGeneration`` + processor via ``save_pretrained``.
 
 Random weights make noise; output *structure* (sample rate, duration rule, alignment shapes) is
@@ -56,35 +57,82 @@ TINY_ARCH: dict[str, Any] = {
 }
 
 
+# Vocos backbone (dim, intermediate_dim, num_layers) and the aligner's Wav2Vec2Config sizes.
+TINY_VOCOS = (64, 128, 2)
+TINY_ALIGNER: dict[str, Any] = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "conv_dim": (32,) * 7,
+    "num_conv_pos_embeddings": 16,
+    "num_conv_pos_embedding_groups": 2,
+}
+# Full size, for benchmarks: charactr/vocos-mel-24khz's backbone and MMS-300m's encoder (the model
+# ctc-forced-aligner uses), with random weights. F5TTS_v1_Base's arch comes from f5-tts's config.
+FULL_VOCOS = (512, 1536, 8)
+FULL_ALIGNER: dict[str, Any] = {
+    "hidden_size": 1024,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "intermediate_size": 4096,
+    "conv_dim": (512,) * 7,
+    "num_conv_pos_embeddings": 128,
+    "num_conv_pos_embedding_groups": 16,
+}
+
+
 def build_tiny(out: Path, *, name: str = TINY_NAME) -> Bundle:
+    return _build(out, name, TINY_ARCH, TINY_VOCOS, TINY_ALIGNER, with_asr=True, what="Tiny")
+
+
+def build_full_size(out: Path, *, name: str = "F5TTS_v1_Base-random") -> Bundle:
+    """F5TTS_v1_Base + Vocos + an MMS-300m-sized aligner, random weights (GPU benchmarks; no ASR)."""
+    from pipeline.models.seed import architecture
+
+    _, arch, _ = architecture("F5TTS_v1_Base")
+    return _build(out, name, arch, FULL_VOCOS, FULL_ALIGNER, with_asr=False, what="Full-size")
+
+
+def _build(
+    out: Path,
+    name: str,
+    arch: dict[str, Any],
+    vocos: tuple[int, int, int],
+    aligner: dict[str, Any],
+    *,
+    with_asr: bool,
+    what: str,
+) -> Bundle:
     import torch
 
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(SEED)
     mel = MelSpec()
-    _build_f5(out / "f5", mel)
-    _build_vocos(out / "vocoder", mel)
-    _build_aligner(out / "aligner")
-    _build_whisper(out / "asr")
+    _build_f5(out / "f5", mel, arch)
+    _build_vocos(out / "vocoder", mel, vocos)
+    _build_aligner(out / "aligner", aligner)
+    if with_asr:
+        _build_whisper(out / "asr")
 
     files = inventory(out)
     bundle = Bundle(
         name=name,
         version=content_version(files),
         random_weights=True,
-        description="Tiny randomly initialised F5-TTS + Vocos + aligner + Whisper for offline tests. "
-        "Its audio is noise.",
-        tts=TtsSpec(arch=TINY_ARCH, checkpoint="f5/model.safetensors", vocab="f5/vocab.txt", mel_spec=mel),
+        description=f"{what} randomly initialised F5-TTS + Vocos + aligner{' + Whisper' if with_asr else ''}"
+        " for offline tests and benchmarks. Its audio is noise.",
+        tts=TtsSpec(arch=arch, checkpoint="f5/model.safetensors", vocab="f5/vocab.txt", mel_spec=mel),
         vocoder=VocoderSpec(dir="vocoder"),
-        aligner=AlignerSpec(model="aligner/model.onnx", license="random weights (test only)"),
-        asr=AsrSpec(dir="asr"),
+        aligner=AlignerSpec(model="aligner/model.onnx", torch_dir="aligner/hf", license="random weights (test only)"),
+        asr=AsrSpec(dir="asr") if with_asr else None,
         files=files,
     )
     bundle.save(out)
     return bundle
 
 
-def _build_f5(d: Path, mel: MelSpec) -> None:
+def _build_f5(d: Path, mel: MelSpec, arch: dict[str, Any]) -> None:
     import torch
     from f5_tts.model import CFM, DiT
     from f5_tts.model.utils import get_tokenizer
@@ -95,7 +143,7 @@ def _build_f5(d: Path, mel: MelSpec) -> None:
     shutil.copyfile(str(package_files("f5_tts").joinpath("infer/examples/vocab.txt")), vocab)
     vocab_char_map, vocab_size = get_tokenizer(str(vocab), "custom")
     model = CFM(
-        transformer=DiT(**TINY_ARCH, text_num_embeds=vocab_size, mel_dim=mel.n_mel_channels),
+        transformer=DiT(**arch, text_num_embeds=vocab_size, mel_dim=mel.n_mel_channels),
         mel_spec_kwargs=mel.model_dump(),
         vocab_char_map=vocab_char_map,
     )
@@ -113,7 +161,7 @@ def _build_f5(d: Path, mel: MelSpec) -> None:
     save_file(state, str(d / "model.safetensors"))
 
 
-def _build_vocos(d: Path, mel: MelSpec) -> None:
+def _build_vocos(d: Path, mel: MelSpec, sizes: tuple[int, int, int]) -> None:
     import torch
     from vocos import Vocos
 
@@ -131,11 +179,16 @@ def _build_vocos(d: Path, mel: MelSpec) -> None:
         },
         "backbone": {
             "class_path": "vocos.models.VocosBackbone",
-            "init_args": {"input_channels": mel.n_mel_channels, "dim": 64, "intermediate_dim": 128, "num_layers": 2},
+            "init_args": {
+                "input_channels": mel.n_mel_channels,
+                "dim": sizes[0],
+                "intermediate_dim": sizes[1],
+                "num_layers": sizes[2],
+            },
         },
         "head": {
             "class_path": "vocos.heads.ISTFTHead",
-            "init_args": {"dim": 64, "n_fft": mel.n_fft, "hop_length": mel.hop_length, "padding": "same"},
+            "init_args": {"dim": sizes[0], "n_fft": mel.n_fft, "hop_length": mel.hop_length, "padding": "same"},
         },
     }
     (d / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
@@ -143,22 +196,16 @@ def _build_vocos(d: Path, mel: MelSpec) -> None:
     torch.save(vocos.state_dict(), d / "pytorch_model.bin")
 
 
-def _build_aligner(d: Path) -> None:
+def _build_aligner(d: Path, sizes: dict[str, Any]) -> None:
     import torch
     from ctc_forced_aligner import VOCAB_DICT
     from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
 
     d.mkdir(parents=True, exist_ok=True)
-    # Same conv strides as MMS/wav2vec2 (320 samples = 20 ms per frame at 16 kHz), tiny widths.
+    # Same conv strides as MMS/wav2vec2 (320 samples = 20 ms per frame at 16 kHz).
     config = Wav2Vec2Config(
         vocab_size=len(VOCAB_DICT),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        conv_dim=(32,) * 7,
-        num_conv_pos_embeddings=16,
-        num_conv_pos_embedding_groups=2,
+        **sizes,
         pad_token_id=VOCAB_DICT["<pad>"],
         do_stable_layer_norm=True,
         feat_extract_norm="layer",
@@ -183,6 +230,7 @@ def _build_aligner(d: Path) -> None:
         opset_version=17,
         dynamo=False,
     )
+    model.save_pretrained(str(d / "hf"))
 
 
 def _build_whisper(d: Path) -> None:

@@ -195,7 +195,7 @@ class F5Engine:
         self.vocoder: Any = None
         # The DiT as the sampler calls it: the module itself, or a torch.compile'd wrapper of it.
         self.transformer: Any = None
-        self.text_cache = True  # off under CUDA graphs (pipeline.tts.compile)
+        self.text_cache = True  # off under CUDA graphs (pipeline.tts.compiler)
         self.load_seconds = 0.0
 
     @classmethod
@@ -226,6 +226,8 @@ class F5Engine:
                 use_ema=self.bundle.tts.use_ema,
                 device=self.device,
             )
+            # Padding masks at full attention speed, so batching jobs of different lengths pays.
+            sampler.install_padding_mask_attention(self.model.transformer)
             self.vocoder = ui.load_vocoder(
                 "vocos", is_local=True, local_path=str(self.bundle_dir / self.bundle.vocoder.dir), device=self.device
             )

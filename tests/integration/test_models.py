@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from pipeline.models.bundle import Bundle
-from pipeline.models.seed import ALIGNER_FILE, ALIGNER_REPO, ASR_REPO, CHECKPOINTS, VOCODER_REPO
+from pipeline.models.seed import ALIGNER_FILE, ALIGNER_REPO, ALIGNER_TORCH_REPO, ASR_REPO, CHECKPOINTS, VOCODER_REPO
 from pipeline.models.tiny import TINY_ARCH
 from tests.helpers import (
     REF_TEXT,
@@ -52,6 +52,7 @@ def hub_cache(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     _hub_put(hub, ckpt.repo, {ckpt.path: tiny_bundle / "f5" / "model.safetensors"})
     _hub_put(hub, VOCODER_REPO, {f: tiny_bundle / "vocoder" / f for f in ("config.yaml", "pytorch_model.bin")})
     _hub_put(hub, ALIGNER_REPO, {ALIGNER_FILE: tiny_bundle / "aligner" / "model.onnx"})
+    _hub_put(hub, ALIGNER_TORCH_REPO, {p.name: p for p in (tiny_bundle / "aligner" / "hf").iterdir()})
     _hub_put(hub, ASR_REPO, {p.name: p for p in (tiny_bundle / "asr").iterdir()})
     return hub
 
@@ -76,6 +77,7 @@ def test_seed_through_the_offline_hub_then_a_job_runs_on_the_seeded_bundle(
     bundle = Bundle.load(out)
     assert bundle.name == "F5TTS_v1_Base" and not bundle.random_weights
     assert bundle.tts.checkpoint == "f5/model_1250000.safetensors" and bundle.asr is not None
+    assert bundle.aligner.torch_dir == "aligner/hf" and (out / "aligner" / "hf" / "config.json").is_file()
     assert "pushed to s3://models-seed/models/F5TTS_v1_Base/" in run.stdout
     listed = subprocess.run([TTS, "model", "list"], env=env, capture_output=True, text=True, check=True).stdout
     assert f"F5TTS_v1_Base\t{bundle.version}" in listed

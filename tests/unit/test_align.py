@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from pipeline.tts.align import Aligner, AlignmentImpossible
+from pipeline.batcher import Batcher
+from pipeline.tts.align import Aligner, AlignmentImpossible, BatchedEmitter, ctc_runner, load_ctc_model
 
 TEXT = "Hello world, this is a test of the pipeline."
 
@@ -64,3 +71,73 @@ print("survived")
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "survived" not in proc.stdout
+
+
+# -- the torch path (GPU workers): the same model as transformers weights, windows via the batcher --
+
+
+@pytest.fixture
+def torch_aligners(tiny_bundle: Path) -> Iterator[Any]:
+    """make(max_batch, max_wait_s) -> (aligner, batcher): emissions from the bundle's transformers
+    weights through a real batcher on its own event loop (as in the worker: loop + model thread)."""
+    from pipeline.models.bundle import Bundle
+
+    bundle = Bundle.load(tiny_bundle)
+    assert bundle.aligner.torch_dir is not None
+    model = load_ctc_model(tiny_bundle / bundle.aligner.torch_dir, "cpu")
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    made: list[tuple[Aligner, Any]] = []
+
+    def make(max_batch: int = 8, max_wait_s: float = 0) -> tuple[Aligner, Batcher]:
+        async def start() -> tuple[Batcher, asyncio.Task[None]]:
+            batcher = Batcher({"emissions": ctc_runner(model)}, max_batch=max_batch, max_wait_s=max_wait_s)
+            return batcher, asyncio.create_task(batcher.run())
+
+        batcher, task = asyncio.run_coroutine_threadsafe(start(), loop).result()
+        aligner = Aligner(None, BatchedEmitter(batcher, loop))
+        made.append((aligner, task))
+        return aligner, batcher
+
+    yield make
+    for aligner, task in made:
+        aligner.close()
+        loop.call_soon_threadsafe(task.cancel)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(timeout=10)
+
+
+def test_torch_emissions_equal_the_onnx_model_and_give_the_same_timings(
+    aligner: Aligner, torch_aligners: Any, tiny_bundle: Path
+) -> None:
+    import ctc_forced_aligner as cfa
+    import onnxruntime as ort
+
+    torch_side, batcher = torch_aligners()
+    wave16 = np.random.default_rng(1).normal(0, 0.1, 16000 * 65).astype(np.float32)  # three windows
+    session = ort.InferenceSession(str(tiny_bundle / "aligner" / "model.onnx"), providers=["CPUExecutionProvider"])
+    onnx_em, onnx_stride = cfa.generate_emissions(session, wave16)
+    torch_em, torch_stride = torch_side.emitter(wave16)  # type: ignore[misc]
+    assert torch_em.shape == onnx_em.shape and torch_stride == onnx_stride
+    assert np.abs(torch_em - onnx_em).max() < 1e-4
+    assert batcher.calls >= 1
+    wave = _noise(3.0)
+    ours, theirs = torch_side.align(wave, 24000, TEXT), aligner.align(wave, 24000, TEXT)
+    assert [(w.word, w.start, w.end) for w in ours] == [(w.word, w.start, w.end) for w in theirs]
+    assert np.allclose([w.score for w in ours], [w.score for w in theirs], atol=1e-4)
+
+
+def test_alignment_windows_of_several_jobs_share_a_model_call(torch_aligners: Any) -> None:
+    """Every window has the same length, so windows of different jobs batch without padding and
+    each job's emissions are the ones it gets alone. The batcher closes a call only when it holds
+    all three jobs' windows (max_batch 3, no time limit), so they must meet in one call."""
+    alone_side, _ = torch_aligners()
+    waves = [np.random.default_rng(i).normal(0, 0.1, 16000 * (3 + 4 * i)).astype(np.float32) for i in range(3)]
+    alone = [alone_side.emitter(w)[0] for w in waves]  # type: ignore[misc]
+    together_side, batcher = torch_aligners(max_batch=3, max_wait_s=3600)
+    with ThreadPoolExecutor(3) as pool:  # three jobs' alignment threads at once
+        together = list(pool.map(lambda w: together_side.emitter(w)[0], waves))  # type: ignore[misc]
+    assert batcher.calls == 1
+    for a, b in zip(alone, together, strict=True):
+        assert a.shape == b.shape and np.abs(a - b).max() < 1e-5

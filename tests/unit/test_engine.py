@@ -202,3 +202,30 @@ def test_synthesize_in_batches_equals_chunk_by_chunk(engine: F5Engine, ref: Refe
     [batched] = engine.synthesize([req], max_batch=8)
     assert len(one_by_one.chunks) > 1 and len(one_by_one.audio) == len(batched.audio)
     assert np.abs(one_by_one.audio - batched.audio).max() < BATCH_TOL
+
+
+def test_padding_mask_attention_equals_f5_tts_masked_attention(engine: F5Engine) -> None:
+    """The installed processor passes a broadcast key mask (fast kernel) where f5-tts expands it
+    (slow path); the attention it computes is the same."""
+    import warnings
+
+    import torch
+    from f5_tts.model.modules import AttnProcessor
+
+    dit = engine.model.transformer
+    block = dit.transformer_blocks[0]
+    ours = block.attn.processor
+    assert type(ours) is not AttnProcessor and isinstance(ours, AttnProcessor)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = AttnProcessor(attn_mask_enabled=True)
+    x = torch.randn(3, 40, dit.dim)
+    mask = torch.arange(40)[None] < torch.tensor([40, 31, 17])[:, None]
+    rope = dit.rotary_embed.forward_from_seq_len(40)
+    ours.attn_mask_enabled = True
+    try:
+        with torch.no_grad():
+            a, b = ours(block.attn, x, mask=mask, rope=rope), theirs(block.attn, x, mask=mask, rope=rope)
+    finally:
+        ours.attn_mask_enabled = False
+    assert torch.allclose(a, b, atol=1e-6)
