@@ -47,6 +47,10 @@ bench: setup
 bench-gpu: venv
 	$(VENV)/bin/python scripts/bench_gpu.py $(BENCH_GPU_ARGS)
 
+# The GPU image's install set resolves to wheels only for its platform (also run by make test).
+image-check: venv
+	$(VENV)/bin/python scripts/image_lock.py check
+
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

@@ -21,6 +21,8 @@ import contextlib
 import logging
 import signal
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pipeline import metrics
@@ -204,10 +206,9 @@ class Worker:
 
 
 async def serve(settings: Settings, *, max_jobs: int | None = None, idle_exit_s: float | None = None) -> int:
-    """Start-up (sync the bundle, load the engine once, warm it) then consume. Returns jobs done."""
-    from pipeline.models.cache import ModelCache
+    """Start-up (sync the bundle, load the models once, compile and warm them) then consume.
+    Returns the jobs done. A stop request at any point of start-up ends it cleanly (exit 0)."""
     from pipeline.tts import compiler
-    from pipeline.tts.align import Aligner, BatchedEmitter
 
     t0 = time.perf_counter()
     compiler.use_cache_dir(settings.cache_dir)  # before torch is imported
@@ -218,77 +219,124 @@ async def serve(settings: Settings, *, max_jobs: int | None = None, idle_exit_s:
         loop.add_signal_handler(sig, stopping.set)
     if settings.metrics_port is not None:
         metrics.serve(settings.metrics_port)
-    announce = asyncio.create_task(_announce_stop(stopping, settings.shutdown_grace_s))
-    cache = ModelCache.for_settings(settings)
-    report = await asyncio.to_thread(cache.sync, settings.model_name, settings.model_version)
-    t_sync = time.perf_counter()
-    await FaultHooks(settings.fault_dir).hold_at_startup(stopping)
-    if stopping.is_set():
-        log.info("stop requested during start-up: exiting before loading the model")
-        announce.cancel()
-        return 0
+    # From the start: model loading and compilation run off the loop, so /healthz stays true while
+    # a first start compiles for minutes (the orchestrator's startup probe must not kill it).
+    background = [
+        asyncio.create_task(_liveness()),
+        asyncio.create_task(_announce_stop(stopping, settings.shutdown_grace_s)),
+    ]
     gpu = model_thread()  # loads, compiles, warms and later runs the models: one thread owns the device
-    engine, runners, mode, load_s = await _load_models(settings, report, gpu)
-    t_warm = time.perf_counter()
-    phases = {**report.seconds, "load": load_s, "warmup": t_warm - t_sync - load_s, "total": t_warm - t0}
-    for phase, seconds in phases.items():
-        metrics.COLD_START_SECONDS.labels(phase).set(seconds)
-    if report.bundle.random_weights:
-        log.warning("!!! model bundle %s has RANDOM WEIGHTS: its audio is noise (test bundle) !!!", report.bundle.name)
-    liveness = asyncio.create_task(_liveness())
-    max_batch = settings.max_batch_on(engine.device)
-    batcher = Batcher(
-        runners,
-        max_batch=max_batch,
-        max_wait_s=settings.batch_wait_ms / 1000,
-        max_length_ratio=settings.batch_max_length_ratio,
-        executor=gpu,
-        faults=FaultHooks(settings.fault_dir, settings.fault_chunk_delay_s),
-    )
-    dispatcher = asyncio.create_task(batcher.run(), name="batcher")
-    onnx = report.path / report.bundle.aligner.model
-    emitter = BatchedEmitter(batcher, loop) if "emissions" in runners else None
-    aligner = await asyncio.to_thread(Aligner, onnx, emitter)
+    aligner: Aligner | None = None
     try:
+        started = await _start_up(settings, gpu, stopping, t0)
+        batcher = Batcher(
+            started.runners,
+            max_batch=started.max_batch,
+            max_wait_s=settings.batch_wait_ms / 1000,
+            max_length_ratio=settings.batch_max_length_ratio,
+            executor=gpu,
+            faults=FaultHooks(settings.fault_dir, settings.fault_chunk_delay_s),
+        )
+        background.append(asyncio.create_task(batcher.run(), name="batcher"))
+        aligner = await asyncio.to_thread(started.aligner, batcher, loop)
         async with (
             open_store(settings) as store,
             Notifier.open(settings.notify_topic_arn, settings.bucket) as notifier,
             Queue.open(settings.queue, resolve=False) as queue,
         ):
             if not await _resolve_queue(queue, stopping):
-                log.info("stop requested during start-up: exiting before consuming")
-                return 0
-            worker = Worker(settings, store, queue, engine, aligner, batcher, stopping, notifier)
+                raise _StoppedDuringStartup
+            worker = Worker(settings, store, queue, started.engine, aligner, batcher, stopping, notifier)
             log.info(
-                "worker %s ready: model %s/%s (%s cache, %d files fetched) on %s (compile %s, aligner %s), "
-                "up to %d jobs in flight, batches of up to %d; cold start %s",
+                "worker %s ready: model %s (%s) on %s (compile %s, aligner %s), up to %d jobs in flight, "
+                "batches of up to %d; cold start %s",
                 settings.worker_id,
-                report.bundle.name,
-                report.bundle.version,
-                "warm" if report.warm else "cold",
-                len(report.files_fetched),
-                engine.device,
-                mode,
+                started.model,
+                started.cache_state,
+                started.engine.device,
+                started.compile_mode,
                 aligner.backend,
                 settings.max_jobs_in_flight,
-                max_batch,
-                " ".join(f"{k}={v:.2f}s" for k, v in phases.items()),
+                started.max_batch,
+                " ".join(f"{k}={v:.2f}s" for k, v in started.phases.items()),
             )
             metrics.set_ready(True)
             return await worker.run(max_jobs=max_jobs, idle_exit_s=idle_exit_s)
+    except _StoppedDuringStartup:
+        log.info("stop requested during start-up: exiting before consuming")
+        return 0
     finally:
         metrics.set_ready(False)
-        for task in (liveness, announce, dispatcher):
+        for task in background:
             task.cancel()
-        aligner.close()
+        if aligner is not None:
+            aligner.close()
         gpu.shutdown(wait=False, cancel_futures=True)
 
 
+@dataclass
+class _Started:
+    engine: F5Engine
+    runners: dict[str, Runner]
+    aligner: Callable[[Batcher, asyncio.AbstractEventLoop], Aligner]  # built once the batcher exists
+    compile_mode: str
+    max_batch: int
+    model: str
+    cache_state: str
+    phases: dict[str, float]
+
+
+async def _start_up(settings: Settings, gpu: ThreadPoolExecutor, stopping: asyncio.Event, t0: float) -> _Started:
+    from pipeline.models.cache import ModelCache
+    from pipeline.tts.align import Aligner, BatchedEmitter
+
+    report = await asyncio.to_thread(
+        ModelCache.for_settings(settings).sync, settings.model_name, settings.model_version
+    )
+    t_sync = time.perf_counter()
+    await FaultHooks(settings.fault_dir).hold_at_startup(stopping)
+    if stopping.is_set():
+        raise _StoppedDuringStartup
+    engine, runners, mode, load_s = await _load_models(settings, report, gpu, stopping)
+    t_warm = time.perf_counter()
+    phases = {**report.seconds, "load": load_s, "warmup": t_warm - t_sync - load_s, "total": t_warm - t0}
+    for phase, seconds in phases.items():
+        metrics.COLD_START_SECONDS.labels(phase).set(seconds)
+    bundle = report.bundle
+    if bundle.random_weights:
+        log.warning("!!! model bundle %s has RANDOM WEIGHTS: its audio is noise (test bundle) !!!", bundle.name)
+    onnx = report.path / bundle.aligner.model
+
+    def aligner(batcher: Batcher, loop: asyncio.AbstractEventLoop) -> Aligner:
+        return Aligner(onnx, BatchedEmitter(batcher, loop) if "emissions" in runners else None)
+
+    return _Started(
+        engine=engine,
+        runners=runners,
+        aligner=aligner,
+        compile_mode=mode,
+        max_batch=settings.max_batch_on(engine.device),
+        model=f"{bundle.name}/{bundle.version}",
+        cache_state=f"{'warm' if report.warm else 'cold'} cache, {len(report.files_fetched)} files fetched",
+        phases=phases,
+    )
+
+
+class _StoppedDuringStartup(Exception):
+    pass
+
+
 async def _load_models(
-    settings: Settings, report: SyncReport, gpu: ThreadPoolExecutor
+    settings: Settings, report: SyncReport, gpu: ThreadPoolExecutor, stopping: asyncio.Event
 ) -> tuple[F5Engine, dict[str, Runner], str, float]:
     """On the model thread: the engine (+ the torch aligner), compiled and warmed as configured.
-    Returns (engine, batcher runners, compile mode, seconds spent loading before compile/warm-up)."""
+    Returns (engine, batcher runners, compile mode, seconds spent loading before compile/warm-up).
+    A stop request between steps ends start-up there (a step itself cannot be interrupted)."""
+
+    def check_stop() -> None:
+        if stopping.is_set():
+            raise _StoppedDuringStartup
+
     from pipeline.tts import compiler
     from pipeline.tts.align import ctc_runner, load_ctc_model
     from pipeline.tts.engine import F5Engine
@@ -296,17 +344,21 @@ async def _load_models(
     loop = asyncio.get_running_loop()
     t0 = time.perf_counter()
     engine = await loop.run_in_executor(gpu, F5Engine.load, report.path, settings.device)
+    check_stop()
     runners: dict[str, Runner] = {"synthesis": engine.batch_runner()}
     torch_dir = _aligner_torch_dir(settings, report.bundle, engine.device)
     if torch_dir is not None:
         ctc = await loop.run_in_executor(gpu, load_ctc_model, report.path / torch_dir, engine.device)
         runners["emissions"] = ctc_runner(ctc)
     loaded = time.perf_counter() - t0
+    check_stop()
     mode = compiler.resolve_mode(settings.compile, engine.device)
     await loop.run_in_executor(gpu, compiler.compile_engine, engine, mode)
     if settings.warmup:
+        check_stop()
         max_batch = settings.max_batch_on(engine.device)
         await loop.run_in_executor(gpu, compiler.warm_up, engine, max_batch, runners.get("emissions"))
+    check_stop()
     return engine, runners, mode, loaded
 
 

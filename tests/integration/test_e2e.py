@@ -367,4 +367,5 @@ def test_sigterm_during_start_up_exits_cleanly(
     w = start_worker(aws_env, tmp_path / "w4.log", **holds.settings)
     holds.wait_held("_startup", w)
     assert stop_worker(w) == 0, w.log()
-    assert "exiting before loading the model" in w.log() and " ready: model " not in w.log()
+    assert "stop requested during start-up" in w.log()
+    assert "engine loaded" not in w.log() and " ready: model " not in w.log()
