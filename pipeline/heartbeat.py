@@ -47,7 +47,6 @@ class Heartbeat:
         self.interval_s = interval_s
         self._watches: dict[int, JobWatch] = {}
         self._beating = asyncio.Lock()
-        self.beats = 0
 
     def __len__(self) -> int:
         return len(self._watches)
@@ -76,7 +75,6 @@ class Heartbeat:
             await asyncio.gather(*(_as(w, functools.partial(w.tick, now), "tick") for w in watches))
 
     async def _beat(self, watches: list[JobWatch]) -> None:
-        self.beats += 1
         async with self._beating:
             try:
                 failed = await self.queue.extend_visibility([w.msg for w in watches], self.visibility_timeout_s)

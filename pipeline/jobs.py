@@ -295,7 +295,7 @@ class JobRunner:
             seed=seed,
             warnings=warnings,
         )
-        published = await clock.run("upload", lambda: self.publisher.publish(claim, out, clock.timings(queue_wait_ms)))
+        published = await self.publisher.publish(claim, out, clock.run, lambda: clock.timings(queue_wait_ms))
         note = None if published else "result already published"
         await self._finish(claim, JobState.COMPLETED, result_key=keys.result_key(job_id), note=note)
 

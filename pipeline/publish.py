@@ -11,8 +11,10 @@ result that exists already is adopted instead of replaced.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TypeVar
 
 import numpy as np
 
@@ -34,6 +36,7 @@ from pipeline.store import PreconditionFailed, Store
 from pipeline.tts import subtitles
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _SUB_TYPES = {"srt": "application/x-subrip", "vtt": "text/vtt"}
 
@@ -64,8 +67,15 @@ class Publisher:
         self.ledger = ledger
         self.model = model
 
-    async def publish(self, claim: Claim, out: Outputs, timings: StageTimings) -> bool:
-        """Upload and write the result. False: a result existed already (adopt it, discard ours)."""
+    async def publish(
+        self,
+        claim: Claim,
+        out: Outputs,
+        timed: Callable[[str, Callable[[], Awaitable[T]]], Awaitable[T]],
+        timings: Callable[[], StageTimings],
+    ) -> bool:
+        """Upload (as stage "upload" of ``timed``) and write the result, whose ``timings_ms`` are read
+        once the upload is done. False: a result existed already (adopt it, discard ours)."""
         job_id = claim.job_id
         # Publishing is not interruptible. Re-assert the claim first: a worker that lost its lease
         # (paused longer than the visibility timeout) must not overwrite a successor's outputs.
@@ -73,9 +83,9 @@ class Publisher:
         if await self.store.exists(keys.result_key(job_id)):
             return False
         audio_key = keys.output_key(job_id, out.manifest.output_format.value)
-        subs = await self.upload(job_id, out, audio_key)
+        subs = await timed("upload", lambda: self.upload(job_id, out, audio_key))
         url = await self.store.presign_get(audio_key, self.settings.presign_expiry_s)
-        result = self._result(job_id, out, audio_key, url, subs, timings)
+        result = self._result(job_id, out, audio_key, url, subs, timings())
         # Audio and subtitles are durable before the result names them; If-None-Match makes the
         # first result the only result.
         try:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, NoReturn
 import numpy as np
 
 from pipeline import keys
+from pipeline.batcher import Batcher, Work
 from pipeline.config import Settings
 from pipeline.contract import (
     ErrorCode,
@@ -40,7 +41,6 @@ from pipeline.tts.voices import VoiceLibrary, VoiceRecord
 from pipeline.watch import JobWatch
 
 if TYPE_CHECKING:
-    from pipeline.batcher import Batcher
     from pipeline.tts.align import Aligner
     from pipeline.tts.engine import F5Engine
     from pipeline.tts.sampler import Item
@@ -188,8 +188,6 @@ class Stages:
             fail(e.code, str(e))
 
     def _submit(self, request: SynthesisRequest, item: Item, owner: str) -> asyncio.Future[np.ndarray]:
-        from pipeline.batcher import Work
-
         group = (request.nfe_step, request.cfg_strength)
         return self.batcher.submit(Work("synthesis", group, item.frames, owner, item))
 

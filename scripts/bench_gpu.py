@@ -408,6 +408,19 @@ def _render() -> None:
     ]
     for r in reports:
         lines += render_report(r)
+    if not any(r["device"].startswith("cuda") for r in reports):
+        lines += [
+            "### On a GPU: not measured yet",
+            "",
+            "No GPU was available where these figures were taken. The script is ready to run unattended:",
+            "`make bench-gpu` on a CUDA machine (full-size random F5TTS_v1_Base + Vocos + MMS-300m-sized",
+            "aligner), or on a lent machine without network, with the wheels listed in ../shared/GPU.md on",
+            "`PYTHONPATH` together with this repo and `scripts/bench_stubs`:",
+            "`python3 scripts/bench_gpu.py --json $OUT/throughput.json` (`--skip`/`--merge` split a run",
+            "over several time-limited commands). The H100 figures that motivated this work",
+            "(../shared/GPU.md) were taken with standalone scripts, not with this one.",
+            "",
+        ]
     lines.append(END)
     block = "\n".join(lines)
     text = BENCH_MD.read_text() if BENCH_MD.exists() else "# Benchmarks\n"

@@ -100,6 +100,11 @@ def test_full_job_dropped_with_the_aws_cli(
         "total",
     }
     assert all(v >= 0 for v in result["timings_ms"].values())
+    # The result is written after the upload it reports: the upload (HTTP round trips to S3) was
+    # measured, and the total covers every stage.
+    stages = ("download", "synthesis", "alignment", "encode", "upload")
+    assert result["timings_ms"]["upload"] > 0, result["timings_ms"]
+    assert result["timings_ms"]["total"] >= sum(result["timings_ms"][s] for s in stages)
 
     # The audio object decodes as 24 kHz mono whose length follows F5-TTS's duration rule.
     audio_meta = result["audio"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import subprocess
 import sys
@@ -101,9 +102,15 @@ def torch_aligners(tiny_bundle: Path) -> Iterator[Any]:
         return aligner, batcher
 
     yield make
+
+    async def stop(task: asyncio.Task[None]) -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
     for aligner, task in made:
         aligner.close()
-        loop.call_soon_threadsafe(task.cancel)
+        asyncio.run_coroutine_threadsafe(stop(task), loop).result()
     loop.call_soon_threadsafe(loop.stop)
     thread.join(timeout=10)
 
