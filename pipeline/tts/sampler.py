@@ -210,9 +210,9 @@ def padding_mask_processor_class() -> type:
     class _Processor(AttnProcessor):
         """f5-tts's ``AttnProcessor`` (torch backend), computing the same attention, with the padding
         mask passed to scaled_dot_product_attention as a broadcastable ``b 1 1 n`` key mask instead
-        of an expanded ``b h n n`` one. The expanded mask drops SDPA onto its slow path (measured
-        2.6x slower on CPU; f5-tts warns of its GPU memory); the broadcast one keeps the fast kernel
-        with identical results, so masking padding costs next to nothing."""
+        of an expanded ``b h n n`` one. The expanded mask drops SDPA onto its slow path (a mixed
+        8-job call ran 2.1x slower on a 2-core CPU, docs/benchmarks.md; f5-tts warns of its GPU
+        memory); the broadcast one keeps the fast kernel with identical results."""
 
         def __init__(self, pe_attn_head: int | None = None, attn_mask_enabled: bool = False) -> None:
             # Not super().__init__(): it warns that masking is slow, which is what this class fixes.

@@ -103,8 +103,8 @@ def test_kill_9_mid_synthesis_then_another_worker_completes_the_job_once(
         recovery_seconds=round(recovery_s, 1),
         audio_versions=sum(audio_versions.values()),
         result_versions=sum(result_versions.values()),
-        lost=0,
-        duplicated=0,
+        lost=sum(1 for f in final.values() if f["state"] != "COMPLETED"),
+        duplicated=sum(1 for j in jobs if audio_versions[j] > 1 or result_versions[j] > 1),
     )
 
 
@@ -149,13 +149,14 @@ def test_same_manifest_delivered_three_times_to_two_workers_generates_once(
     assert len(versions(s3, bucket, f"results/{job}.json")) == 1
     assert len(versions(s3, bucket, f"outputs/{job}.wav")) == 1
     assert [h["state"] for h in final["history"]] == ["QUEUED", "PROCESSING", "COMPLETED"]
+    result_versions = len(versions(s3, bucket, f"results/{job}.json"))
     record(
         deliveries=4,
-        generations=1,
+        generations=generations([a.log(), b.log()], job),
         deferred_while_running=int(deferred),
         duplicates_acknowledged=int(duplicates),
-        lost=0,
-        duplicated=0,
+        lost=int(final["state"] != "COMPLETED"),
+        duplicated=int(result_versions > 1),
     )
 
 
@@ -230,8 +231,16 @@ def test_an_s3_and_sqs_outage_does_not_stop_the_worker(
     outage_s = time.monotonic() - t0
     assert w.proc.poll() is None, w.log()[-3000:]
     _put_job(s3, bucket, "after-outage", _manifest())
-    assert wait_for_state(s3, "after-outage", bucket=bucket, worker=w)["state"] == "COMPLETED"
-    record(jobs=1, outage_seconds=round(outage_s, 1), worker_exits=0, lost=0, duplicated=0)
+    after = wait_for_state(s3, "after-outage", bucket=bucket, worker=w)
+    assert after["state"] == "COMPLETED"
+    record(
+        jobs=1,
+        outage_seconds=round(outage_s, 1),
+        failed_receive_rounds=w.log().count("receive failed"),
+        worker_exits=int(w.proc.poll() is not None),
+        lost=int(after["state"] != "COMPLETED"),
+        duplicated=int(len(versions(s3, bucket, "results/after-outage.json")) > 1),
+    )
 
 
 # 4 -------------------------------------------------------------------------------------------
@@ -603,9 +612,9 @@ def test_sigterm_mid_job_with_short_grace_releases_the_job_to_another_worker(
         outcome="released",
         jobs=len(jobs),
         worker_exit_seconds=round(exit_s, 1),
-        exit_code=0,
-        lost=0,
-        duplicated=0,
+        exit_code=a.proc.returncode,
+        lost=sum(1 for f in final.values() if f["state"] != "COMPLETED"),
+        duplicated=sum(1 for j in jobs if len(versions(s3, bucket, f"results/{j}.json")) > 1),
     )
 
 
@@ -634,4 +643,11 @@ def test_sigterm_mid_job_with_enough_grace_finishes_the_job_then_exits(
     b = workers(stack, "b")
     after = wait_for_state(s3, "after-sigterm", bucket=bucket, worker=b)
     assert after["state"] == "COMPLETED" and _pid(after["worker"]) == b.proc.pid
-    record(outcome="finished", worker_exit_seconds=round(exit_s, 1), exit_code=0, lost=0, duplicated=0)
+    record(
+        outcome="finished",
+        jobs=2,
+        worker_exit_seconds=round(exit_s, 1),
+        exit_code=a.proc.returncode,
+        lost=sum(1 for st in (final, after) if st["state"] != "COMPLETED"),
+        duplicated=sum(1 for j in (job, "after-sigterm") if len(versions(s3, bucket, f"results/{j}.json")) > 1),
+    )
