@@ -94,6 +94,8 @@ class Ledger:
 
     async def renew(self, claim: Claim, progress: Progress | None = None) -> None:
         def renewed(status: JobStatus) -> JobStatus:
+            if status.state is not JobState.PROCESSING:
+                return status  # finished or released meanwhile: a late heartbeat writes nothing
             now = utcnow()
             return status.model_copy(
                 update={
@@ -129,6 +131,8 @@ class Ledger:
     async def _transition(self, claim: Claim, change: Callable[[JobStatus], JobStatus]) -> JobStatus:
         async with claim.lock:
             new = change(claim.status)
+            if new is claim.status:
+                return new
             try:
                 claim.etag = await self._write(claim.key, new, claim.etag)
             except PreconditionFailed:

@@ -67,7 +67,6 @@ class Worker:
         self.settings = settings
         self.queue = queue
         self._stopping = stopping or asyncio.Event()
-        self.faults = FaultHooks(settings.fault_dir, settings.fault_chunk_delay_s, settings.worker_id)
         self.heartbeat = Heartbeat(queue, settings.visibility_timeout_s, settings.heartbeat_interval_s)
         model = ModelInfo(
             name=engine.bundle.name,
@@ -75,7 +74,7 @@ class Worker:
             random_weights=engine.bundle.random_weights,
             device=engine.device,
         )
-        stages = Stages(settings, store, engine, aligner, batcher, self.faults)
+        stages = Stages(settings, store, engine, aligner, batcher, batcher.faults)
         self.jobs = JobRunner(
             settings,
             store,
@@ -226,16 +225,17 @@ async def serve(settings: Settings, *, max_jobs: int | None = None, idle_exit_s:
         asyncio.create_task(_announce_stop(stopping, settings.shutdown_grace_s)),
     ]
     gpu = model_thread()  # loads, compiles, warms and later runs the models: one thread owns the device
+    faults = FaultHooks(settings.fault_dir, settings.fault_chunk_delay_s, settings.worker_id)
     aligner: Aligner | None = None
     try:
-        started = await _start_up(settings, gpu, stopping, t0)
+        started = await _start_up(settings, gpu, stopping, t0, faults)
         batcher = Batcher(
             started.runners,
             max_batch=started.max_batch,
             max_wait_s=settings.batch_wait_ms / 1000,
             max_length_ratio=settings.batch_max_length_ratio,
             executor=gpu,
-            faults=FaultHooks(settings.fault_dir, settings.fault_chunk_delay_s),
+            faults=faults,
         )
         background.append(asyncio.create_task(batcher.run(), name="batcher"))
         aligner = await asyncio.to_thread(started.aligner, batcher, loop)
@@ -286,7 +286,9 @@ class _Started:
     phases: dict[str, float]
 
 
-async def _start_up(settings: Settings, gpu: ThreadPoolExecutor, stopping: asyncio.Event, t0: float) -> _Started:
+async def _start_up(
+    settings: Settings, gpu: ThreadPoolExecutor, stopping: asyncio.Event, t0: float, faults: FaultHooks
+) -> _Started:
     from pipeline.models.cache import ModelCache
     from pipeline.tts.align import Aligner, BatchedEmitter
 
@@ -294,7 +296,7 @@ async def _start_up(settings: Settings, gpu: ThreadPoolExecutor, stopping: async
         ModelCache.for_settings(settings).sync, settings.model_name, settings.model_version
     )
     t_sync = time.perf_counter()
-    await FaultHooks(settings.fault_dir).hold_at_startup(stopping)
+    await faults.hold_at_startup(stopping)
     if stopping.is_set():
         raise _StoppedDuringStartup
     engine, runners, mode, load_s = await _load_models(settings, report, gpu, stopping)

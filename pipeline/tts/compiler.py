@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 MODES = ("auto", "off", "default", "max-autotune", "reduce-overhead")
 WARMUP_NFE = 2  # the graph is the same for any number of steps
+RECOMPILE_LIMIT = 64
 ALIGN_WINDOW_SAMPLES = (30 + 2 * 2) * 16000  # ctc-forced-aligner's window + context, 16 kHz
 
 
@@ -69,6 +70,11 @@ def compile_engine(engine: F5Engine, mode: str) -> None:
         return
     import torch
 
+    # Graph variants per DiT frame: batch of one (torch specialises size 1), several of equal length,
+    # several with the padding mask on, with/without CFG, and CUDA-graph recordings. Past dynamo's
+    # default limit of 8 it would silently run the rest eagerly.
+    dynamo = torch._dynamo.config
+    dynamo.recompile_limit = max(dynamo.recompile_limit, RECOMPILE_LIMIT)
     options = {} if mode == "default" else {"mode": mode}
     engine.transformer = torch.compile(engine.model.transformer, dynamic=True, **options)
     engine.text_cache = mode != "reduce-overhead"

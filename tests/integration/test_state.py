@@ -108,3 +108,19 @@ async def test_created_at_comes_from_the_first_record(store: Store) -> None:
     old = utcnow() - timedelta(days=3)
     _, claim = await Ledger(store, "w", 60).claim(job, old)
     assert claim.status.created_at == old
+
+
+async def test_a_late_heartbeat_after_the_final_status_writes_nothing(store: Store) -> None:
+    """The heartbeat may tick once more after the job wrote its final status (they share the
+    claim): that renewal must not touch the finished status."""
+    job = _job("late-beat")
+    ledger = Ledger(store, "worker-a", lease_s=60)
+    _, claim = await ledger.claim(job, None)
+    assert isinstance(claim, Claim)
+    await ledger.renew(claim, Progress(chunks_done=1, chunks_total=2))
+    await ledger.finish(claim, JobState.COMPLETED)
+    final, etag_final = await ledger.read(job)
+    await ledger.renew(claim, Progress(chunks_done=2, chunks_total=2))
+    status, etag = await ledger.read(job)
+    assert etag == etag_final and status == final and status is not None
+    assert status.state is JobState.COMPLETED
