@@ -13,13 +13,16 @@ import os
 from typing import Any
 
 import aioboto3
+import aiohttp
 from aiobotocore.config import AioConfig
 from botocore.exceptions import (
     ClientError,
     ConnectionClosedError,
     ConnectTimeoutError,
     EndpointConnectionError,
+    IncompleteReadError,
     ReadTimeoutError,
+    ResponseStreamingError,
 )
 from tenacity import (
     AsyncRetrying,
@@ -54,8 +57,22 @@ _TRANSIENT_CODES = {
 MAX_ATTEMPTS = 6
 
 
+# Network failures: no answer, a reset connection, or a body cut short after the headers (aiohttp
+# raises ClientPayloadError while a streamed body is read; botocore's own classes for the same).
+_NETWORK_ERRORS = (
+    EndpointConnectionError,
+    ConnectionClosedError,
+    ReadTimeoutError,
+    ConnectTimeoutError,
+    IncompleteReadError,
+    ResponseStreamingError,
+    aiohttp.ClientPayloadError,
+    aiohttp.ClientConnectionError,
+)
+
+
 def is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, EndpointConnectionError | ConnectionClosedError | ReadTimeoutError | ConnectTimeoutError):
+    if isinstance(exc, _NETWORK_ERRORS):
         return True
     if isinstance(exc, ClientError):
         err = exc.response.get("Error", {})

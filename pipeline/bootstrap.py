@@ -28,9 +28,12 @@ from botocore.exceptions import ClientError
 NOTIFICATION_ID = "tts-inbox"
 INBOX_PREFIX = "inbox/"
 MANIFEST_SUFFIX = ".json"
-VISIBILITY_TIMEOUT_S = 300
+VISIBILITY_TIMEOUT_S = 45  # = the workers' default TTS_VISIBILITY_TIMEOUT_S (they pass theirs on receive)
 MAX_RECEIVE_COUNT = 5
-DLQ_RETENTION_S = 14 * 24 * 3600
+# SQS keeps messages 4 days unless told otherwise, less than the 7-day job TTL: a job waiting
+# longer would vanish while its status said QUEUED. Both queues keep messages for SQS's maximum.
+RETENTION_S = 14 * 24 * 3600
+DLQ_RETENTION_S = RETENTION_S
 
 
 def bootstrap(bucket: str, queue: str, *, s3: Any = None, sqs: Any = None, region: str | None = None) -> list[str]:
@@ -49,6 +52,7 @@ def bootstrap(bucket: str, queue: str, *, s3: Any = None, sqs: Any = None, regio
         queue,
         {
             "VisibilityTimeout": str(VISIBILITY_TIMEOUT_S),
+            "MessageRetentionPeriod": str(RETENTION_S),
             "ReceiveMessageWaitTimeSeconds": "20",
             "SqsManagedSseEnabled": "true",
         },

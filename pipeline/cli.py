@@ -19,6 +19,15 @@ log = logging.getLogger("tts-pipeline")
 T = TypeVar("T")
 
 
+def _job_id(value: str) -> str:
+    """Job ids are checked with the worker's own rule before any S3 call is made with them."""
+    from pipeline import keys
+
+    if not keys.is_valid_job_id(value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a job id (letters, digits, '.', '_', '-'; 1-128)")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -117,11 +126,11 @@ def _parser() -> argparse.ArgumentParser:
     c.set_defaults(handler=_worker)
 
     c = sub.add_parser("status", help="print a job's status JSON")
-    c.add_argument("job_id")
+    c.add_argument("job_id", type=_job_id)
     c.set_defaults(handler=_status)
 
     c = sub.add_parser("cancel", help="cancel a job (writes cancel/<job_id>; a QUEUED job is cancelled at once)")
-    c.add_argument("job_id")
+    c.add_argument("job_id", type=_job_id)
     c.set_defaults(handler=_cancel)
 
     dlq = sub.add_parser("dlq", help="inspect and replay dead letters")
@@ -134,13 +143,32 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--include-unrecognised", action="store_true", help="also replay non-S3-event messages")
     c.set_defaults(handler=_dlq_redrive)
 
+    c = sub.add_parser("reconcile", help="find orphaned and stuck jobs; re-enqueue, expire or fail them")
+    c.add_argument(
+        "--older-than",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="only act on manifests/statuses unchanged this long (default 3600)",
+    )
+    c.add_argument(
+        "--lookback",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="skip objects older than this (default: TTS_JOB_TTL_S + 1 day)",
+    )
+    c.add_argument("--all", action="store_true", help="no look-back window: scan every job")
+    c.add_argument("--every", type=float, default=None, metavar="SECONDS", help="run forever, once per period")
+    c.set_defaults(handler=_reconcile)
+
     c = sub.add_parser("wait", help="wait until a job ends; print its status (exit 0 only if COMPLETED)")
-    c.add_argument("job_id")
+    c.add_argument("job_id", type=_job_id)
     c.add_argument("--timeout", type=float, default=600.0)
     c.set_defaults(handler=_wait)
 
     c = sub.add_parser("result", help="print a job's result JSON (with a fresh presigned URL)")
-    c.add_argument("job_id")
+    c.add_argument("job_id", type=_job_id)
     c.add_argument("--out", type=Path, default=None, help="also download the audio here")
     c.set_defaults(handler=_result)
 
@@ -148,7 +176,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--text", required=True)
     c.add_argument("--voice", required=True, help="local audio file, bucket key, or s3:// URI")
     c.add_argument("--ref-text", default="", help="transcript of the voice; empty = transcribe")
-    c.add_argument("--job-id", default=None)
+    c.add_argument("--job-id", type=_job_id, default=None)
     c.add_argument("--speed", type=float, default=None)
     c.add_argument("--seed", type=int, default=None)
     c.add_argument("--nfe-step", type=int, default=None)
@@ -273,14 +301,14 @@ def _model_seed(args: argparse.Namespace) -> int:
 
 def _model_verify(args: argparse.Namespace) -> int:
     from pipeline.models.bundle import Bundle, verify
-    from pipeline.models.cache import BundleNotFound, ModelCache
+    from pipeline.models.cache import BundleNotFound, CacheDiskFull, ModelCache
 
     directory = args.dir
     if directory is None:
         s = get_settings()
         try:
             report = ModelCache.for_settings(s).sync(args.name or s.model_name, args.version or s.model_version)
-        except BundleNotFound as e:
+        except (BundleNotFound, CacheDiskFull) as e:
             raise _CliError(str(e)) from None
         directory = report.path
     bundle = Bundle.load(directory)
@@ -301,12 +329,12 @@ def _model_list(args: argparse.Namespace) -> int:
 
 
 def _model_pull(args: argparse.Namespace) -> int:
-    from pipeline.models.cache import BundleNotFound, ModelCache
+    from pipeline.models.cache import BundleNotFound, CacheDiskFull, ModelCache
 
     s = get_settings()
     try:
         report = ModelCache.for_settings(s).sync(args.name or s.model_name, args.version or s.model_version)
-    except BundleNotFound as e:
+    except (BundleNotFound, CacheDiskFull) as e:
         raise _CliError(str(e)) from None
     print(
         json.dumps(
@@ -372,12 +400,14 @@ def _voices_rm(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from pipeline.models.cache import BundleNotFound
-    from pipeline.worker import serve
+    from pipeline.models.cache import BundleNotFound, CacheDiskFull
+    from pipeline.worker import ConfigError, serve
 
     s = get_settings()
     try:
         done = asyncio.run(serve(s, max_jobs=args.max_jobs, idle_exit_s=args.idle_exit))
+    except (CacheDiskFull, ConfigError) as e:
+        raise _CliError(str(e)) from None
     except BundleNotFound as e:
         raise _CliError(
             f"{e}. Push a bundle first (`tts-pipeline model push DIR`) or set TTS_MODEL_NAME/TTS_MODEL_VERSION."
@@ -430,6 +460,26 @@ def _dlq_redrive(args: argparse.Namespace) -> int:
     s = get_settings()
     report = asyncio.run(dlq.redrive(s, args.max, include_unrecognised=args.include_unrecognised))
     print(json.dumps(report, indent=2))
+    return 0
+
+
+def _reconcile(args: argparse.Namespace) -> int:
+    from pipeline import metrics
+    from pipeline.reconcile import reconcile_once
+
+    s = get_settings()
+    if args.every is not None and s.metrics_port is not None:
+        metrics.serve(s.metrics_port)
+
+    async def go() -> None:
+        while True:
+            report = await reconcile_once(s, older_than_s=args.older_than, lookback_s=args.lookback, scan_all=args.all)
+            print(json.dumps(report.as_dict(), indent=None if args.every else 2), flush=True)
+            if args.every is None:
+                return
+            await asyncio.sleep(args.every)
+
+    asyncio.run(go())
     return 0
 
 

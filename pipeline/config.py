@@ -11,10 +11,10 @@ import os
 import socket
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 def _default_worker_id() -> str:
@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     max_voice_seconds: float = 60.0
     min_voice_seconds: float = 0.5
     default_voice: str | None = None  # used when a manifest names no voice
+    # Where a manifest's voice key may point (comma-separated prefixes in the env). The pipeline's
+    # own prefixes (inbox/, status/, results/, outputs/, models/, cancel/) are refused regardless.
+    voice_prefixes: Annotated[tuple[str, ...], NoDecode] = ("voices/",)
 
     # Outputs.
     presign_expiry_s: int = Field(default=24 * 3600, ge=1, le=7 * 24 * 3600)
@@ -66,9 +69,13 @@ class Settings(BaseSettings):
     aligner: Literal["auto", "onnx", "torch"] = "auto"
 
     # Queue consumption and reliability. A job's lease lasts as long as its message's invisibility:
-    # both are renewed by the heartbeat, and both lapse together when a worker dies.
-    visibility_timeout_s: int = Field(default=300, ge=5, le=43200)
-    heartbeat_interval_s: float = Field(default=60.0, gt=0)
+    # both are renewed by the heartbeat, and both lapse together when a worker dies, so another
+    # worker takes a dead worker's job over within visibility_timeout_s (45 s by default; a beat
+    # every 15 s costs one conditional S3 PUT per job and one SQS batch call per 10 jobs: 240 of
+    # each per job-hour, see docs/reliability.md). Long jobs stay safe: the lease moves with
+    # every beat, and one failed beat still leaves 30 s.
+    visibility_timeout_s: int = Field(default=45, ge=5, le=43200)
+    heartbeat_interval_s: float = Field(default=15.0, gt=0)
     receive_wait_s: int = Field(default=20, ge=0, le=20)
     max_attempts: int = Field(default=5, ge=1, description="when the queue has no redrive policy")
     retry_base_s: float = Field(default=10.0, ge=0)
@@ -89,6 +96,27 @@ class Settings(BaseSettings):
     metrics_port: int | None = None  # Prometheus /metrics; unset = off
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
+
+    @field_validator("voice_prefixes", mode="before")
+    @classmethod
+    def _split_prefixes(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [p.strip() for p in value.split(",") if p.strip()]
+        return value
+
+    @field_validator("voice_prefixes")
+    @classmethod
+    def _check_prefixes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from pipeline.keys import PIPELINE_PREFIXES
+
+        if not value:
+            raise ValueError("TTS_VOICE_PREFIXES is empty: no voice key could be used")
+        for prefix in value:
+            if not prefix.endswith("/") or prefix.startswith("/") or ".." in prefix.split("/"):
+                raise ValueError(f"TTS_VOICE_PREFIXES: {prefix!r} must be a folder like 'voices/' or 'team-a/voices/'")
+            if prefix.startswith(PIPELINE_PREFIXES) or any(p.startswith(prefix) for p in PIPELINE_PREFIXES):
+                raise ValueError(f"TTS_VOICE_PREFIXES: {prefix!r} overlaps the pipeline's own data")
+        return value
 
     def max_batch_on(self, device: str) -> int:
         """TTS_MAX_BATCH, or its default for ``device``."""

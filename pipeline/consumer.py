@@ -47,6 +47,7 @@ class Queue:
         self.dlq_url = dlq_url
         self.max_receive_count = max_receive_count  # from the redrive policy: deliveries before the DLQ
         self.name = name
+        self.retention_s: int | None = None  # MessageRetentionPeriod: a message older than this vanishes
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -60,14 +61,19 @@ class Queue:
             yield queue
 
     async def resolve(self) -> None:
-        """Find the queue URL, its DLQ and the redrive policy's maxReceiveCount."""
+        """Find the queue URL, its DLQ, the redrive policy's maxReceiveCount and the retention."""
         async for attempt in aws.async_retrying():
             with attempt:
                 url = (await self.sqs.get_queue_url(QueueName=self.name))["QueueUrl"]
-                attrs = await self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["RedrivePolicy"])
-                policy = json.loads(attrs.get("Attributes", {}).get("RedrivePolicy") or "{}")
+                attrs = await self.sqs.get_queue_attributes(
+                    QueueUrl=url, AttributeNames=["RedrivePolicy", "MessageRetentionPeriod"]
+                )
+                attributes = attrs.get("Attributes", {})
+                policy = json.loads(attributes.get("RedrivePolicy") or "{}")
                 dlq_url = await _queue_url_from_arn(self.sqs, policy.get("deadLetterTargetArn"))
         self.url, self.dlq_url = url, dlq_url
+        retention = attributes.get("MessageRetentionPeriod")
+        self.retention_s = int(retention) if retention else None
         self.max_receive_count = int(policy["maxReceiveCount"]) if dlq_url and "maxReceiveCount" in policy else None
 
     @classmethod

@@ -73,6 +73,7 @@ class ErrorCode(StrEnum):
     ENCODE_FAILED = "ENCODE_FAILED"
     TIMEOUT = "TIMEOUT"
     RETRIES_EXHAUSTED = "RETRIES_EXHAUSTED"
+    WORKER_CRASHED = "WORKER_CRASHED"
     INTERNAL_ERROR = "INTERNAL_ERROR"
 
 
@@ -274,7 +275,7 @@ class JobStatus(BaseModel):
 
 
 class AudioInfo(BaseModel):
-    uri: str = Field(description="s3://bucket/outputs/<job_id>.<ext>")
+    uri: str = Field(description="s3://bucket/outputs/<job_id>/attempt-<n>.<ext> (the attempt that won)")
     url: str = Field(description="Presigned GET URL (expires; `tts-pipeline result` re-signs it).")
     url_expires_at: datetime
     format: OutputFormat

@@ -20,7 +20,7 @@ from pipeline.store import PreconditionFailed, Store, open_store
 _HOLD_S = 60  # messages stay invisible this long while we look at them
 
 
-def _jobs(msg: Message) -> list[str] | None:
+def jobs_of(msg: Message) -> list[str] | None:
     try:
         parsed = parse_message_body(msg.body)
     except UnrecognisedMessage:
@@ -32,10 +32,11 @@ def _jobs(msg: Message) -> list[str] | None:
     return out
 
 
-async def _drain(dlq: Queue, limit: int) -> list[Message]:
+async def drain(dlq: Queue, limit: int, hold_s: int = _HOLD_S) -> list[Message]:
+    """Up to ``limit`` messages, each invisible for ``hold_s`` while the caller looks at them."""
     seen: list[Message] = []
     while len(seen) < limit:
-        batch = await dlq.receive(max_messages=min(10, limit - len(seen)), wait_s=1, visibility_s=_HOLD_S)
+        batch = await dlq.receive(max_messages=min(10, limit - len(seen)), wait_s=1, visibility_s=hold_s)
         if not batch:
             break
         seen.extend(batch)
@@ -44,7 +45,7 @@ async def _drain(dlq: Queue, limit: int) -> list[Message]:
 
 async def peek(queue_name: str, limit: int) -> list[dict[str, Any]]:
     async with Queue.open_dlq(queue_name) as (_, dlq):
-        msgs = await _drain(dlq, limit)
+        msgs = await drain(dlq, limit)
         for m in msgs:  # put them back
             await dlq.set_visibility(m, 0)
     return [
@@ -52,9 +53,9 @@ async def peek(queue_name: str, limit: int) -> list[dict[str, Any]]:
             "message_id": m.id,
             "receive_count": m.receive_count,
             "sent_at_ms": m.sent_at_ms,
-            "jobs": _jobs(m),
+            "jobs": jobs_of(m),
             "reason": (m.attributes or {}).get("tts-reason"),
-            "body": m.body if _jobs(m) is None else None,
+            "body": m.body if jobs_of(m) is None else None,
         }
         for m in msgs
     ]
@@ -63,8 +64,8 @@ async def peek(queue_name: str, limit: int) -> list[dict[str, Any]]:
 async def redrive(settings: Settings, limit: int, *, include_unrecognised: bool = False) -> dict[str, Any]:
     report: dict[str, Any] = {"moved": 0, "skipped": 0, "jobs_requeued": []}
     async with Queue.open_dlq(settings.queue) as (main, dlq), open_store(settings) as store:
-        for m in await _drain(dlq, limit):
-            jobs = _jobs(m)
+        for m in await drain(dlq, limit):
+            jobs = jobs_of(m)
             if jobs is None and not include_unrecognised:
                 report["skipped"] += 1
                 await dlq.set_visibility(m, 0)

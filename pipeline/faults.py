@@ -14,6 +14,10 @@ directory of the worker process: no manifest field and no S3 object can turn any
     ``job_id``, ``attempt``, ``worker``, ``chunks_done``, ``chunks_total``). A held job is still a
     running job: its heartbeat beats, its progress is published, and cancellation, the job timeout,
     shutdown and a lost lease end it exactly as they would between two chunks.
+    With ``"at": "publish"`` the job is held instead in its publish step, after the claim was
+    re-asserted and before anything is uploaded (marker with ``"at": "publish"``): the point
+    where a test stops the worker (SIGSTOP) to let its lease lapse while it believes it owns the
+    job. Publishing is not interruptible, so this hold ends only when the file is removed.
 ``oom/<job_id>``
     Every model call that carries one of this job's items raises an out-of-memory error, as a
     CUDA OOM would: the batcher splits the call and retries, so only this job fails.
@@ -84,8 +88,7 @@ class FaultHooks:
         spec = self._hold_spec(job_id)
         if spec is None:
             return None
-        attempts = spec.get("attempts")
-        if attempts is not None and attempt not in attempts:
+        if spec.get("at", "chunk") != "chunk" or not _for_attempt(spec, attempt):
             return None
         return min(int(spec.get("after_chunks", 0)), total)
 
@@ -95,6 +98,18 @@ class FaultHooks:
         self._held(job_id, job_id=job_id, attempt=attempt, chunks_done=done, chunks_total=total)
         while self._hold_spec(job_id) is not None:
             check()
+            await asyncio.sleep(POLL_S)
+        log.info("fault hook: released")
+
+    async def hold_before_publish(self, job_id: str, attempt: int) -> None:
+        spec = self._hold_spec(job_id)
+        if spec is None or spec.get("at") != "publish" or not _for_attempt(spec, attempt):
+            return
+        log.info("fault hook: holding before publishing")
+        self._held(job_id, job_id=job_id, attempt=attempt, at="publish")
+        while True:  # polls a file, not an event: the releasing test is another process
+            if self._hold_spec(job_id) is None:
+                break
             await asyncio.sleep(POLL_S)
         log.info("fault hook: released")
 
@@ -117,6 +132,11 @@ class FaultHooks:
             time.sleep(self.chunk_delay_s)
         if self.root is not None and any((self.root / "oom" / o).exists() for o in owners):
             raise InjectedOutOfMemory("CUDA out of memory (injected by TTS_FAULT_DIR/oom)")
+
+
+def _for_attempt(spec: dict[str, Any], attempt: int) -> bool:
+    attempts = spec.get("attempts")
+    return attempts is None or attempt in attempts
 
 
 NO_FAULTS = FaultHooks(None)

@@ -134,7 +134,7 @@ class JobRunner:
         self.stopping = stopping
         self.notifier = notifier
         self.ledger = Ledger(store, settings.worker_id, lease_s=settings.visibility_timeout_s)
-        self.publisher = Publisher(settings, store, self.ledger, model)
+        self.publisher = Publisher(settings, store, self.ledger, model, stages.faults)
         self.running: set[str] = set()  # job ids in flight in this worker
 
     async def process_record(self, record: ObjectCreated, msg: Message) -> Decision:
@@ -304,7 +304,7 @@ class JobRunner:
     async def _aborted(self, claim: Claim, reason: AbortReason) -> Decision:
         if reason is AbortReason.LOST_CLAIM:
             raise LostClaim(claim.job_id)
-        await self.publisher.remove_outputs(claim.job_id)
+        await self.publisher.remove_outputs(claim.job_id, claim.status.attempt)
         if reason is AbortReason.CANCELLED:
             await self._finish(claim, JobState.CANCELLED, note="cancelled while running")
             return DELETE
@@ -319,6 +319,10 @@ class JobRunner:
     async def _transient(self, claim: Claim, msg: Message, e: Exception) -> Decision:
         s = self.settings
         metrics.RETRIES.inc()
+        try:  # outputs this attempt uploaded before failing are named by no result
+            await self.publisher.remove_outputs(claim.job_id, claim.status.attempt)
+        except Exception as cleanup:  # S3 may still be down: the reconciler removes them later
+            log.warning("could not remove this attempt's outputs: %s", cleanup)
         if self.queue.is_last_delivery(msg, s.max_attempts):
             message = f"gave up after {msg.receive_count} deliveries; last error: {type(e).__name__}: {e}"
             await self._finish(

@@ -3,8 +3,12 @@
 inbox/<job_id>.json            manifest, uploaded by clients (this upload creates the job)
 status/<job_id>.json           status, written by `submit` (QUEUED) and the worker
 results/<job_id>.json          result, written once the outputs are durable
-outputs/<job_id>.<ext>         audio (+ outputs/<job_id>.srt / .vtt when asked)
-voices/...                     reference voices
+outputs/<job_id>/attempt-<n>.<ext>
+                               audio (+ .srt / .vtt when asked) of processing attempt n; the
+                               result names the attempt that won, so a worker paused past its
+                               lease can never overwrite the outputs a successor's result names
+voices/...                     reference voices (the only prefix a manifest's ``voice`` may name
+                               by default; TTS_VOICE_PREFIXES widens it, never to pipeline data)
 models/<name>/<version>/...    model bundles; models/<name>/latest names the newest version
 """
 
@@ -65,8 +69,32 @@ def result_key(job_id: str) -> str:
     return f"{RESULTS}{job_id}.json"
 
 
-def output_key(job_id: str, ext: str) -> str:
-    return f"{OUTPUTS}{job_id}.{ext}"
+def outputs_prefix(job_id: str) -> str:
+    """Every output of every attempt of the job."""
+    return f"{OUTPUTS}{job_id}/"
+
+
+def attempt_outputs_prefix(job_id: str, attempt: int) -> str:
+    """The outputs of one processing attempt (``attempt`` from the job's status)."""
+    return f"{OUTPUTS}{job_id}/attempt-{attempt}."
+
+
+def output_key(job_id: str, attempt: int, ext: str) -> str:
+    return f"{attempt_outputs_prefix(job_id, attempt)}{ext}"
+
+
+def job_id_from_output_key(key: str) -> str | None:
+    """``outputs/<job_id>/...`` -> job id; None for keys of another layout."""
+    job_id, sep, _ = key.removeprefix(OUTPUTS).partition("/")
+    return job_id if key.startswith(OUTPUTS) and sep and is_valid_job_id(job_id) else None
+
+
+def job_id_from_key(key: str, prefix: str, suffix: str = ".json") -> str | None:
+    """The job id in ``<prefix><job_id><suffix>`` (inbox, status, results); None if not one."""
+    if not key.startswith(prefix) or not key.endswith(suffix):
+        return None
+    job_id = key[len(prefix) : len(key) - len(suffix)]
+    return job_id if is_valid_job_id(job_id) else None
 
 
 def cancel_key(job_id: str) -> str:
@@ -85,7 +113,7 @@ def s3_uri(bucket: str, key: str) -> str:
     return f"s3://{bucket}/{key}"
 
 
-@dataclass(frozen=True)
+@dataclass  # not frozen: raising sets __traceback__ on the instance
 class VoiceRefError(ValueError):
     code: str  # ErrorCode value
     message: str
@@ -94,13 +122,20 @@ class VoiceRefError(ValueError):
         return self.message
 
 
-def voice_key(voice: str, bucket: str) -> str:
+# Prefixes a voice may never come from, whatever TTS_VOICE_PREFIXES says: job documents, model
+# files, and other jobs' outputs (whoever can write a manifest must not clone a produced voice).
+PIPELINE_PREFIXES = (INBOX, STATUS, RESULTS, OUTPUTS, MODELS, CANCEL)
+DEFAULT_VOICE_PREFIXES = (VOICES,)
+
+
+def voice_key(voice: str, bucket: str, allowed: tuple[str, ...] = DEFAULT_VOICE_PREFIXES) -> str:
     """Resolve a manifest's ``voice`` to a key in ``bucket``.
 
     Accepts ``voices/alice.wav`` or ``s3://<bucket>/voices/alice.wav``. Refuses other buckets
     (the worker's IAM role is scoped to its own bucket, and reading elsewhere on a client's say-so
-    would be a confused-deputy hole) and keys that escape or abuse the layout (``..``, ``//``,
-    leading ``/``, control characters), and the pipeline's own job documents and model files.
+    would be a confused-deputy hole), keys that escape or abuse the layout (``..``, ``//``,
+    leading ``/``, control characters), keys outside the ``allowed`` prefixes (``voices/`` by
+    default) and, always, the pipeline's own prefixes.
     """
     if voice.startswith("s3://"):
         rest = voice[len("s3://") :]
@@ -118,6 +153,11 @@ def voice_key(voice: str, bucket: str) -> str:
         raise VoiceRefError(ErrorCode.INVALID_VOICE_KEY, f"voice key {key!r} is empty or malformed")
     if key != posixpath.normpath(key) or key.split("/")[0] in {"..", "."}:
         raise VoiceRefError(ErrorCode.INVALID_VOICE_KEY, f"voice key {key!r} is not a normalised path")
-    if key.startswith((INBOX, STATUS, RESULTS, MODELS, CANCEL)):
+    if key.startswith(PIPELINE_PREFIXES):
         raise VoiceRefError(ErrorCode.INVALID_VOICE_KEY, f"voice key {key!r} points at pipeline data")
+    if not key.startswith(allowed):
+        raise VoiceRefError(
+            ErrorCode.INVALID_VOICE_KEY,
+            f"voice key {key!r} is outside the voice prefixes {', '.join(allowed)} (TTS_VOICE_PREFIXES)",
+        )
     return key

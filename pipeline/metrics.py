@@ -52,6 +52,11 @@ MODEL_BUSY_SECONDS = Counter("tts_model_busy_seconds", "Time the model thread (G
 MODEL_BUSY_FRACTION = Gauge(
     "tts_gpu_busy_fraction", "Fraction of the last 60 s the model thread (the GPU on GPU workers) was in a call"
 )
+RECONCILE_ACTIONS = Counter(
+    "tts_reconcile_actions",
+    "Jobs the reconciler re-enqueued, expired or failed; orphan outputs it removed",
+    ["action"],
+)
 UNRECOGNISED_MESSAGES = Counter("tts_unrecognised_messages", "SQS messages that are not S3 events (left for the DLQ)")
 
 

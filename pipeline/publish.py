@@ -31,6 +31,7 @@ from pipeline.contract import (
     WordTiming,
     utcnow,
 )
+from pipeline.faults import NO_FAULTS, FaultHooks
 from pipeline.state import Claim, Ledger
 from pipeline.store import PreconditionFailed, Store
 from pipeline.tts import subtitles
@@ -61,11 +62,14 @@ class Outputs:
 
 
 class Publisher:
-    def __init__(self, settings: Settings, store: Store, ledger: Ledger, model: ModelInfo) -> None:
+    def __init__(
+        self, settings: Settings, store: Store, ledger: Ledger, model: ModelInfo, faults: FaultHooks = NO_FAULTS
+    ) -> None:
         self.settings = settings
         self.store = store
         self.ledger = ledger
         self.model = model
+        self.faults = faults
 
     async def publish(
         self,
@@ -76,14 +80,15 @@ class Publisher:
     ) -> bool:
         """Upload (as stage "upload" of ``timed``) and write the result, whose ``timings_ms`` are read
         once the upload is done. False: a result existed already (adopt it, discard ours)."""
-        job_id = claim.job_id
+        job_id, attempt = claim.job_id, claim.status.attempt
         # Publishing is not interruptible. Re-assert the claim first: a worker that lost its lease
-        # (paused longer than the visibility timeout) must not overwrite a successor's outputs.
+        # does not even start uploading (one paused after this point is handled by the keys).
         await self.ledger.renew(claim)
         if await self.store.exists(keys.result_key(job_id)):
             return False
-        audio_key = keys.output_key(job_id, out.manifest.output_format.value)
-        subs = await timed("upload", lambda: self.upload(job_id, out, audio_key))
+        await self.faults.hold_before_publish(job_id, attempt)
+        audio_key = keys.output_key(job_id, attempt, out.manifest.output_format.value)
+        subs = await timed("upload", lambda: self.upload(job_id, attempt, out, audio_key))
         url = await self.store.presign_get(audio_key, self.settings.presign_expiry_s)
         result = self._result(job_id, out, audio_key, url, subs, timings())
         # Audio and subtitles are durable before the result names them; If-None-Match makes the
@@ -93,6 +98,9 @@ class Publisher:
         except PreconditionFailed:
             existing = await self.store.get_model(keys.result_key(job_id), JobResult)
             if existing is None or existing.completed_at != result.completed_at:
+                # Another attempt's result won: what we uploaded is named by nothing.
+                log.warning("another attempt published first: removing this attempt's outputs")
+                await self.remove_outputs(job_id, attempt)
                 return False
         log.info(
             "result published: %.2fs of audio, timings %s",
@@ -101,19 +109,20 @@ class Publisher:
         )
         return True
 
-    async def upload(self, job_id: str, out: Outputs, audio_key: str) -> dict[SubtitleFormat, str]:
+    async def upload(self, job_id: str, attempt: int, out: Outputs, audio_key: str) -> dict[SubtitleFormat, str]:
         await self.store.put_bytes(audio_key, out.encoded, out.content_type)
         subs: dict[SubtitleFormat, str] = {}
         if not out.words:  # alignment skipped (warning recorded): no subtitles to write
             return subs
         for fmt in out.manifest.subtitles:
-            key = keys.output_key(job_id, fmt.value)
+            key = keys.output_key(job_id, attempt, fmt.value)
             await self.store.put_bytes(key, subtitles.render(fmt.value, out.words).encode(), _SUB_TYPES[fmt.value])
             subs[fmt] = keys.s3_uri(self.settings.bucket, key)
         return subs
 
-    async def remove_outputs(self, job_id: str) -> None:
-        for key in await self.store.list_keys(f"{keys.OUTPUTS}{job_id}."):
+    async def remove_outputs(self, job_id: str, attempt: int) -> None:
+        """This attempt's outputs only: another attempt's may be what the result names."""
+        for key in await self.store.list_keys(keys.attempt_outputs_prefix(job_id, attempt)):
             await self.store.delete(key)
 
     def _result(

@@ -114,7 +114,7 @@ class Stages:
             vkey = library[0].audio_key
         else:
             try:
-                vkey = keys.voice_key(voice, s.bucket)
+                vkey = keys.voice_key(voice, s.bucket, s.voice_prefixes)
             except keys.VoiceRefError as e:
                 fail(e.code, e.message)
         try:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeVar
 
 from botocore.exceptions import ClientError
@@ -18,6 +20,13 @@ from pipeline import aws
 from pipeline.config import Settings, sse_params
 
 M = TypeVar("M", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    last_modified: datetime
+    size: int
 
 
 class NotFound(KeyError):
@@ -139,11 +148,15 @@ class Store:
         await self._call("delete_object", Key=key)
 
     async def list_keys(self, prefix: str) -> list[str]:
-        keys: list[str] = []
+        return [o.key for o in await self.list_objects(prefix)]
+
+    async def list_objects(self, prefix: str) -> list[ObjectInfo]:
+        """Every object under ``prefix``: one LIST request per 1,000 keys."""
+        out: list[ObjectInfo] = []
         paginator = self.s3.get_paginator("list_objects_v2")
         async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
-            keys.extend(obj["Key"] for obj in page.get("Contents", []))
-        return keys
+            out.extend(ObjectInfo(o["Key"], o["LastModified"], o.get("Size", 0)) for o in page.get("Contents", []))
+        return out
 
     async def presign_get(self, key: str, expires_s: int) -> str:
         return await self.s3.generate_presigned_url(

@@ -246,6 +246,7 @@ async def serve(settings: Settings, *, max_jobs: int | None = None, idle_exit_s:
         ):
             if not await _resolve_queue(queue, stopping):
                 raise _StoppedDuringStartup
+            check_retention(settings, queue)
             worker = Worker(settings, store, queue, started.engine, aligner, batcher, stopping, notifier)
             log.info(
                 "worker %s ready: model %s (%s) on %s (compile %s, aligner %s), up to %d jobs in flight, "
@@ -374,6 +375,22 @@ def _aligner_torch_dir(settings: Settings, bundle: Bundle, device: str) -> str |
             raise ValueError(f"TTS_ALIGNER=torch but bundle {bundle.name}/{bundle.version} has no aligner.torch_dir")
         log.warning("bundle has no transformers weights for the aligner: aligning on the CPU (onnxruntime)")
     return torch_dir
+
+
+class ConfigError(RuntimeError):
+    """The worker's settings contradict the deployment it runs in: refuse to start."""
+
+
+def check_retention(settings: Settings, queue: Queue) -> None:
+    """A job waiting longer than the queue keeps messages would vanish from SQS while its status
+    says QUEUED: its TTL must end it first (EXPIRED), so the TTL may not exceed the retention."""
+    ttl, retention = settings.job_ttl_s, queue.retention_s
+    if ttl is not None and retention is not None and ttl > retention:
+        raise ConfigError(
+            f"TTS_JOB_TTL_S={ttl:g}s is longer than queue {queue.name}'s MessageRetentionPeriod "
+            f"({retention}s): jobs would vanish from SQS before they expire. Raise the retention "
+            f"(`tts-pipeline bootstrap` sets the SQS maximum, 14 days) or lower TTS_JOB_TTL_S."
+        )
 
 
 async def _resolve_queue(queue: Queue, stopping: asyncio.Event) -> bool:

@@ -130,11 +130,25 @@ def versions(s3: Any, bucket: str, key: str) -> list[dict[str, Any]]:
     return [v for v in resp.get("Versions", []) if v["Key"] == key]
 
 
-def generations(logs: list[str], job_id: str) -> int:
-    """How many times a job's result was generated and published (a 'result published' line in
-    some worker's log), as opposed to adopted or acknowledged as a duplicate."""
-    pattern = re.compile(rf"\[{re.escape(job_id)}\] result published: ")
-    return sum(len(pattern.findall(log)) for log in logs)
+def audio_key(s3: Any, job_id: str, bucket: str) -> str:
+    """The audio key the job's result names (results/<job_id>.json must exist)."""
+    result = json.loads(s3.get_object(Bucket=bucket, Key=f"results/{job_id}.json")["Body"].read())
+    return result["audio"]["uri"].removeprefix(f"s3://{bucket}/")
+
+
+def generations(s3: Any, bucket: str, job_id: str) -> int:
+    """How many attempts generated and uploaded the job's audio, as S3 saw it: the distinct audio
+    keys ever written under outputs/<job_id>/ (one per attempt; removed ones count too, versioned
+    buckets keep them; an SDK retry of one PUT is one key). An attempt that died before uploading
+    generated nothing."""
+    resp = s3.list_object_versions(Bucket=bucket, Prefix=f"outputs/{job_id}/")
+    return len({v["Key"] for v in resp.get("Versions", []) if not v["Key"].endswith((".srt", ".vtt"))})
+
+
+def visible_outputs(s3: Any, bucket: str, job_id: str) -> list[str]:
+    """The output keys a client can see now (what the result names, if nothing leaked)."""
+    resp = s3.list_objects_v2(Bucket=bucket, Prefix=f"outputs/{job_id}/")
+    return sorted(o["Key"] for o in resp.get("Contents", []))
 
 
 def queue_drained(sqs: Any, queue: str, timeout_s: float = 60) -> bool:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import signal
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.contract import ErrorCode
-from tests.faults.conftest import generations, queue_drained, versions
+from tests.faults.conftest import audio_key, generations, queue_drained, versions, visible_outputs
 from tests.helpers import (
     REF_TEXT,
     Holds,
@@ -92,10 +94,10 @@ def test_kill_9_mid_synthesis_then_another_worker_completes_the_job_once(
     assert all(f["state"] == "COMPLETED" for f in final.values()), final
     assert all(f["attempt"] == 2 and _pid(f["worker"]) == b.proc.pid for f in final.values())
     assert all(any("took over from" in (h["note"] or "") for h in f["history"]) for f in final.values())
-    audio_versions = {job: len(versions(s3, bucket, f"outputs/{job}.wav")) for job in jobs}
+    audio_versions = {job: len(versions(s3, bucket, audio_key(s3, job, bucket))) for job in jobs}
     result_versions = {job: len(versions(s3, bucket, f"results/{job}.json")) for job in jobs}
     assert set(audio_versions.values()) == {1} and set(result_versions.values()) == {1}
-    assert all(generations([a.log(), b.log()], job) == 1 for job in jobs)
+    assert all(generations(s3, bucket, job) == 1 for job in jobs)
     record(
         jobs=len(jobs),
         jobs_in_flight_on_the_killed_worker=len(held),
@@ -145,14 +147,14 @@ def test_same_manifest_delivered_three_times_to_two_workers_generates_once(
 
     duplicates = sum(w.metrics().get("tts_duplicate_deliveries_total", 0) for w in (a, b))
     assert duplicates == 3
-    assert generations([a.log(), b.log()], job) == 1
+    assert generations(s3, bucket, job) == 1
     assert len(versions(s3, bucket, f"results/{job}.json")) == 1
-    assert len(versions(s3, bucket, f"outputs/{job}.wav")) == 1
+    assert len(versions(s3, bucket, audio_key(s3, job, bucket))) == 1
     assert [h["state"] for h in final["history"]] == ["QUEUED", "PROCESSING", "COMPLETED"]
     result_versions = len(versions(s3, bucket, f"results/{job}.json"))
     record(
         deliveries=4,
-        generations=generations([a.log(), b.log()], job),
+        generations=generations(s3, bucket, job),
         deferred_while_running=int(deferred),
         duplicates_acknowledged=int(duplicates),
         lost=int(final["state"] != "COMPLETED"),
@@ -172,7 +174,8 @@ def test_transient_failures_on_20_percent_of_calls(
 ) -> None:
     """Two workers whose every S3 and SQS call (model sync included) goes through a proxy that
     fails 20 % of them (2/3 before reaching LocalStack, 1/3 after it acted): every job completes,
-    none is lost, none is generated twice."""
+    none is lost, none is published twice (one result version; the only outputs left are the ones
+    its result names). Attempts that uploaded and then failed and were retried are counted."""
     bucket = stack["TTS_BUCKET"]
     endpoint, stats_file = proxy(0.2)
     env = {**stack, "AWS_ENDPOINT_URL": endpoint}
@@ -186,10 +189,11 @@ def test_transient_failures_on_20_percent_of_calls(
     stats = json.loads(stats_file.read_text())
 
     completed = [j for j, s in done.items() if s["state"] == "COMPLETED"]
-    gens = {j: generations([a.log(), b.log()], j) for j in jobs}
+    gens = {j: generations(s3, bucket, j) for j in jobs}
     assert sorted(completed) == jobs, {j: s["state"] for j, s in done.items() if s["state"] != "COMPLETED"}
-    assert all(n == 1 for n in gens.values()), gens
     assert all(len(versions(s3, bucket, f"results/{j}.json")) == 1 for j in jobs)
+    leaked = {j: v for j in jobs if (v := visible_outputs(s3, bucket, j)) != [audio_key(s3, j, bucket)]}
+    assert not leaked, leaked
     assert stats["faults"] >= 0.1 * stats["requests"]  # the faults really happened
     record(
         jobs=len(jobs),
@@ -201,6 +205,53 @@ def test_transient_failures_on_20_percent_of_calls(
         duplicated=sum(1 for n in gens.values() if n > 1),
         retries=sum(w.metrics().get("tts_job_retries_total", 0) for w in (a, b)),
         seconds=round(elapsed, 1),
+    )
+
+
+def _rules(endpoint: str, rules: list[dict[str, Any]]) -> None:
+    req = urllib.request.Request(f"{endpoint}/_fault/rules", data=json.dumps(rules).encode(), method="PUT")
+    urllib.request.urlopen(req, timeout=10).read()
+
+
+async def test_connection_resets_and_truncated_bodies_are_retried(
+    stack: dict[str, str], proxy: Callable[..., tuple[str, Path]], record: Any
+) -> None:
+    """The project's S3 and SQS clients, through the proxy with targeted faults: an upload whose
+    connection is reset twice, a download whose body is cut in half twice (after LocalStack
+    served it), an SQS send reset once and answered-then-lost once. Each call succeeds on its
+    own retries with the right bytes, and the proxy saw every fault."""
+    from pipeline.consumer import Queue
+    from pipeline.store import Store
+
+    bucket = stack["TTS_BUCKET"]
+    endpoint, stats_file = proxy(0.0)
+    _rules(
+        endpoint,
+        [
+            {"match": rf"^PUT /{bucket}/probe/reset\.bin", "kind": "reset", "times": 2},
+            {"match": rf"^GET /{bucket}/probe/reset\.bin", "kind": "truncated", "times": 2},
+            {"match": r"^POST /", "kind": "reset", "times": 1},
+            {"match": r"^POST /", "kind": "lost", "times": 1},
+        ],
+    )
+    payload = bytes(range(256)) * 4096  # 1 MiB
+    saved = os.environ.get("AWS_ENDPOINT_URL")
+    os.environ["AWS_ENDPOINT_URL"] = endpoint
+    try:
+        async with Store.open(bucket) as store:
+            await store.put_bytes("probe/reset.bin", payload)
+            assert await store.get_bytes("probe/reset.bin") == payload
+        async with Queue.open(stack["TTS_QUEUE"]) as queue:  # resolve: the 2 POST faults hit it
+            await queue.send("probe")
+    finally:
+        os.environ["AWS_ENDPOINT_URL"] = saved or ""
+    stats = json.loads(stats_file.read_text())
+    assert stats.get("faults.reset", 0) == 3 and stats.get("faults.truncated", 0) == 2, stats
+    assert stats.get("faults.lost", 0) == 1, stats
+    record(
+        resets=stats["faults.reset"],
+        truncated_bodies=stats["faults.truncated"],
+        lost_answers=stats["faults.lost"],
     )
 
 
@@ -555,7 +606,7 @@ def test_load_200_jobs_two_workers_none_lost_none_duplicated_memory_flat(
     rss_after = {"a": _rss_mb(a), "b": _rss_mb(b)}
 
     completed = [j for j, s in done.items() if s["state"] == "COMPLETED"]
-    gens = {j: generations([a.log(), b.log()], j) for j in jobs}
+    gens = {j: generations(s3, bucket, j) for j in jobs}
     per_worker = {"a": 0, "b": 0}
     for s in done.values():
         per_worker["a" if _pid(s["worker"]) == a.proc.pid else "b"] += 1
@@ -603,11 +654,11 @@ def test_sigterm_mid_job_with_short_grace_releases_the_job_to_another_worker(
     for job in jobs:
         released = get_json(s3, f"status/{job}.json", bucket)
         assert released["state"] == "QUEUED" and "worker shutting down" in released["history"][-1]["note"]
-        assert s3.list_objects_v2(Bucket=bucket, Prefix=f"outputs/{job}.").get("KeyCount") == 0
+        assert s3.list_objects_v2(Bucket=bucket, Prefix=f"outputs/{job}/").get("KeyCount") == 0
     b = workers(stack, "b")
     final = {job: wait_for_state(s3, job, bucket=bucket, worker=b, timeout_s=300) for job in jobs}
     assert all(f["state"] == "COMPLETED" and f["attempt"] == 2 for f in final.values()), final
-    assert all(generations([a.log(), b.log()], job) == 1 for job in jobs)
+    assert all(generations(s3, bucket, job) == 1 for job in jobs)
     record(
         outcome="released",
         jobs=len(jobs),

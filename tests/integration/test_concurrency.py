@@ -107,7 +107,7 @@ def test_jobs_run_at_once_share_a_model_call_and_one_can_be_cancelled(
         holds.release(j)
     done = {j: wait_for_state(s3, j, bucket=NAME, worker=w) for j in ("cc-a", "cc-c")}
     assert all(s["state"] == "COMPLETED" for s in done.values()), done
-    assert s3.list_objects_v2(Bucket=NAME, Prefix="outputs/cc-b.").get("KeyCount") == 0
+    assert s3.list_objects_v2(Bucket=NAME, Prefix="outputs/cc-b/").get("KeyCount") == 0
 
     jobs_per_call = _histogram(w.metrics(), "tts_batch_jobs")
     assert jobs_per_call["+Inf"] - jobs_per_call["1.0"] >= 1, jobs_per_call  # a call carried both jobs
@@ -116,7 +116,7 @@ def test_jobs_run_at_once_share_a_model_call_and_one_can_be_cancelled(
     wave, sr, text = reference_voice()
     ref = engine.prepare_reference(wave, sr, text)
     [alone] = engine.synthesize([SynthesisRequest(reference=ref, text=TEXT, nfe_step=4, seed=11)])
-    batched, _ = sf.read(io.BytesIO(s3.get_object(Bucket=NAME, Key="outputs/cc-a.wav")["Body"].read()))
+    batched, _ = sf.read(io.BytesIO(s3.get_object(Bucket=NAME, Key="outputs/cc-a/attempt-1.wav")["Body"].read()))
     assert len(batched) == len(alone.audio)
     assert np.abs(batched - np.clip(alone.audio, -1, 1)).max() <= 2 / 32768
 

@@ -116,7 +116,7 @@ def test_a_job_through_the_deployed_stack_notifies_and_encrypts(
     assert by_job["cfn-good"]["result_uri"] == f"s3://{NAME}/results/cfn-good.json"
     assert by_job["cfn-bad"]["state"] == "FAILED" and by_job["cfn-bad"]["error"]["code"] == "INVALID_JSON"
 
-    for key in ("outputs/cfn-good.wav", "results/cfn-good.json", "status/cfn-good.json"):
+    for key in ("outputs/cfn-good/attempt-1.wav", "results/cfn-good.json", "status/cfn-good.json"):
         assert s3.head_object(Bucket=NAME, Key=key).get("ServerSideEncryption") == "AES256", key
 
 

@@ -108,8 +108,8 @@ def test_full_job_dropped_with_the_aws_cli(
 
     # The audio object decodes as 24 kHz mono whose length follows F5-TTS's duration rule.
     audio_meta = result["audio"]
-    assert audio_meta["uri"] == f"s3://{BUCKET}/outputs/{job_id}.wav"
-    wave, sr = sf.read(io.BytesIO(read_object(s3, f"outputs/{job_id}.wav")), dtype="float32")
+    assert audio_meta["uri"] == f"s3://{BUCKET}/outputs/{job_id}/attempt-1.wav"
+    wave, sr = sf.read(io.BytesIO(read_object(s3, f"outputs/{job_id}/attempt-1.wav")), dtype="float32")
     assert sr == 24000 == audio_meta["sample_rate"] and wave.ndim == 1
     wav_ref, wav_sr, _ = reference_voice()
     ref = engine.prepare_reference(wav_ref, wav_sr, REF_TEXT)  # same code, same input as the worker
@@ -126,18 +126,18 @@ def test_full_job_dropped_with_the_aws_cli(
 
     # Subtitles, when asked.
     assert result["subtitles"] == {
-        "srt": f"s3://{BUCKET}/outputs/{job_id}.srt",
-        "vtt": f"s3://{BUCKET}/outputs/{job_id}.vtt",
+        "srt": f"s3://{BUCKET}/outputs/{job_id}/attempt-1.srt",
+        "vtt": f"s3://{BUCKET}/outputs/{job_id}/attempt-1.vtt",
     }
-    srt = read_object(s3, f"outputs/{job_id}.srt").decode()
-    vtt = read_object(s3, f"outputs/{job_id}.vtt").decode()
+    srt = read_object(s3, f"outputs/{job_id}/attempt-1.srt").decode()
+    vtt = read_object(s3, f"outputs/{job_id}/attempt-1.vtt").decode()
     assert srt.startswith("1\n") and "-->" in srt
     assert vtt.startswith("WEBVTT\n\n")
     assert " ".join(re.findall(r"^[^\d\n].*$", srt, flags=re.M)) == TEXT
 
     # The presigned URL really serves the audio.
     with urllib.request.urlopen(audio_meta["url"], timeout=10) as resp:
-        assert resp.read() == read_object(s3, f"outputs/{job_id}.wav")
+        assert resp.read() == read_object(s3, f"outputs/{job_id}/attempt-1.wav")
 
 
 def test_second_job_reuses_the_loaded_model(
@@ -290,7 +290,7 @@ def test_output_formats(
     assert wait_for_state(s3, job_id, worker=worker)["state"] == "COMPLETED"
     result = get_json(s3, f"results/{job_id}.json")
     assert result["word_timings"] is None and result["audio"]["format"] == fmt
-    info = sf.info(io.BytesIO(read_object(s3, f"outputs/{job_id}.{fmt}")))
+    info = sf.info(io.BytesIO(read_object(s3, f"outputs/{job_id}/attempt-1.{fmt}")))
     assert info.samplerate == 24000
 
 

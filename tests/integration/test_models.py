@@ -1,9 +1,13 @@
 """The S3 model cache: seeding through the real huggingface_hub code (offline, against a hub cache
-this test lays out), push/verify, and one copy per host shared by concurrent workers."""
+this test lays out), push/verify, one copy per host shared by concurrent workers, corruption on
+disk, a full disk and the temp dirs of dead syncs."""
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
+import os
 import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
@@ -13,10 +17,13 @@ from typing import Any
 import pytest
 import yaml
 
-from pipeline.models.bundle import Bundle
+from pipeline.models import cache as cache_module
+from pipeline.models.bundle import BUNDLE_FILE, Bundle, sha256_file, verify
+from pipeline.models.cache import CacheDiskFull, ModelCache
 from pipeline.models.seed import ALIGNER_FILE, ALIGNER_REPO, ALIGNER_TORCH_REPO, ASR_REPO, CHECKPOINTS, VOCODER_REPO
 from pipeline.models.tiny import TINY_ARCH
 from tests.helpers import (
+    BUCKET,
     REF_TEXT,
     TTS,
     aws,
@@ -194,3 +201,149 @@ def test_voice_library_transcribes_each_voice_once_across_jobs_and_workers(
     assert get_json(s3, "voices/narrator/voice.json", "voices-once")["ref_text_source"] == "user"
     rm = subprocess.run([TTS, "voices", "rm", "narrator"], env=env, capture_output=True, text=True)
     assert rm.returncode == 0 and get_json(s3, "voices/narrator/voice.json", "voices-once") is None
+
+
+# -- the local cache: integrity, disk full, stale temp dirs ------------------------------------
+
+
+def _leftovers(cache: ModelCache, name: str) -> list[str]:
+    """Everything in the bundle name's cache dir but the lock files."""
+    return sorted(p.name for p in (cache.root / name).iterdir() if not p.name.endswith(".lock"))
+
+
+def test_a_same_size_same_mtime_corruption_is_detected_and_downloaded_again(
+    aws_env: dict[str, str], pushed_bundle: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Bit rot or tampering that keeps size and mtime: a stat check calls the copy good; the
+    sha256 check on every start finds the file, downloads it again, and loads nothing corrupt."""
+    bundle = Bundle.load(pushed_bundle)
+    cache = ModelCache(BUCKET, tmp_path)
+    cold = cache.sync(bundle.name, bundle.version)
+    assert not cold.warm and sorted(cold.files_fetched) == sorted(bundle.files)
+    assert cache.sync(bundle.name, bundle.version).warm
+
+    rel = bundle.tts.checkpoint
+    target = cold.path / rel
+    before = target.stat()
+    with target.open("r+b") as f:  # flip bytes in place: same inode, same size
+        f.seek(before.st_size // 2)
+        chunk = f.read(16)
+        f.seek(before.st_size // 2)
+        f.write(bytes(b ^ 0xFF for b in chunk))
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = target.stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    assert sha256_file(target) != bundle.files[rel].sha256
+
+    with caplog.at_level(logging.WARNING, logger=cache_module.__name__):
+        repaired = cache.sync(bundle.name, bundle.version)
+    assert not repaired.warm and repaired.files_fetched == [rel]  # the good files were kept
+    assert verify(repaired.path, bundle) == []
+    assert rel in caplog.text and "sha256" in caplog.text
+    assert cache.sync(bundle.name, bundle.version).warm
+    assert _leftovers(cache, bundle.name) == [bundle.version]
+
+
+def test_too_little_free_space_fails_before_downloading_with_the_numbers(
+    aws_env: dict[str, str], pushed_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bundle = Bundle.load(pushed_bundle)
+    cache = ModelCache(BUCKET, tmp_path)
+    real_usage = shutil.disk_usage
+    # The volume reports 4096 bytes free (the file system is real; only its free figure is not).
+    monkeypatch.setattr(cache_module.shutil, "disk_usage", lambda path: real_usage(path)._replace(free=4096))
+    with pytest.raises(CacheDiskFull) as failed:
+        cache.sync(bundle.name, bundle.version)
+    message = str(failed.value)
+    assert str(cache.local_path(bundle.name, bundle.version)) in message
+    assert f"needs {failed.value.needed} bytes" in message and "4096 bytes" in message and "are free" in message
+    assert _fits(bundle, pushed_bundle, failed.value.needed) and failed.value.free == 4096
+    assert _leftovers(cache, bundle.name) == []
+
+
+def _fits(bundle: Bundle, directory: Path, needed: int) -> bool:
+    """``needed`` is the bundle's bytes, each file rounded up to whole blocks (4 KiB to 64 KiB)."""
+    exact = bundle.total_bytes + len((directory / BUNDLE_FILE).read_bytes())
+    return exact <= needed <= exact + (len(bundle.files) + 1) * 64 * 1024
+
+
+class _DiskFillsUp:
+    """A file on a disk with ``room`` bytes left: writes land for real up to that, then ENOSPC."""
+
+    def __init__(self, f: Any, room: int) -> None:
+        self._f, self._room = f, room
+
+    def write(self, data: bytes) -> int:
+        if len(data) > self._room:
+            self._f.write(data[: self._room])
+            self._f.flush()
+            self._room = 0
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self._f.name)
+        self._room -= len(data)
+        return self._f.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
+
+
+def test_enospc_while_writing_is_a_clear_error_and_leaves_no_partial_files(
+    aws_env: dict[str, str], pushed_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The free-space check passes, then the disk fills up half-way through the checkpoint."""
+    from s3transfer.utils import OSUtils
+
+    bundle = Bundle.load(pushed_bundle)
+    real_open = OSUtils.open
+    partial: list[str] = []
+
+    def open_on_a_filling_disk(self: OSUtils, filename: str, mode: str) -> Any:
+        f = real_open(self, filename, mode)  # s3transfer opens every file it downloads here
+        # its temp name for f5/model.safetensors is f5/model.safetensors.<random>
+        if "w" in mode and f"{Path(filename).parent.name}/{Path(filename).name}".startswith(bundle.tts.checkpoint):
+            partial.append(filename)
+            return _DiskFillsUp(f, room=bundle.files[bundle.tts.checkpoint].size // 2)
+        return f
+
+    monkeypatch.setattr(OSUtils, "open", open_on_a_filling_disk)
+    cache = ModelCache(BUCKET, tmp_path)
+    with pytest.raises(CacheDiskFull) as failed:
+        cache.sync(bundle.name, bundle.version)
+    message = str(failed.value)
+    assert str(cache.local_path(bundle.name, bundle.version)) in message and "filled up while downloading" in message
+    assert f"needs {failed.value.needed} bytes" in message and _fits(bundle, pushed_bundle, failed.value.needed)
+    assert f"{failed.value.free} bytes" in message and failed.value.free > 0
+    assert isinstance(failed.value.__cause__, OSError) and failed.value.__cause__.errno == errno.ENOSPC
+    assert partial and not any(Path(p).exists() for p in partial)
+    assert _leftovers(cache, bundle.name) == []
+
+    monkeypatch.undo()  # space freed: the next start syncs normally
+    assert verify(cache.sync(bundle.name, bundle.version).path, bundle) == []
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited and been reaped."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_sync_removes_the_temp_dirs_of_dead_processes_only(
+    aws_env: dict[str, str], pushed_bundle: Path, tmp_path: Path
+) -> None:
+    bundle = Bundle.load(pushed_bundle)
+    cache = ModelCache(BUCKET, tmp_path)
+    name_dir = cache.root / bundle.name
+    dead, alive = _dead_pid(), os.getpid()
+    entries = {
+        "dead download": name_dir / f".{bundle.version}.tmp-{dead}",
+        "dead delete": name_dir / f".1.0.old-{dead}",
+        "live download": name_dir / f".2.0.tmp-{alive}",
+    }
+    for entry in entries.values():
+        (entry / "f5").mkdir(parents=True)
+        (entry / "f5" / "model.safetensors.a1b2c3d4").write_bytes(b"partial")
+    report = cache.sync(bundle.name, bundle.version)
+    assert not entries["dead download"].exists() and not entries["dead delete"].exists()
+    assert (entries["live download"] / "f5" / "model.safetensors.a1b2c3d4").read_bytes() == b"partial"
+    assert verify(report.path, bundle) == []
+    assert _leftovers(cache, bundle.name) == sorted([bundle.version, entries["live download"].name])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline import keys
+from pipeline.config import Settings
 from pipeline.contract import ErrorCode
 
 
@@ -12,8 +13,13 @@ def test_layout() -> None:
     assert keys.manifest_key("job-1") == "inbox/job-1.json"
     assert keys.status_key("job-1") == "status/job-1.json"
     assert keys.result_key("job-1") == "results/job-1.json"
-    assert keys.output_key("job-1", "wav") == "outputs/job-1.wav"
-    assert keys.output_key("job-1", "srt") == "outputs/job-1.srt"
+    assert keys.output_key("job-1", 1, "wav") == "outputs/job-1/attempt-1.wav"
+    assert keys.output_key("job-1", 12, "srt") == "outputs/job-1/attempt-12.srt"
+    assert keys.attempt_outputs_prefix("job-1", 1) == "outputs/job-1/attempt-1."
+    assert keys.job_id_from_output_key("outputs/job.1/attempt-2.wav") == "job.1"
+    assert keys.job_id_from_output_key("outputs/job-1.wav") is None  # the layout before attempts
+    assert keys.job_id_from_key("status/a.b.json", keys.STATUS) == "a.b"
+    assert keys.job_id_from_key("status/../x.json", keys.STATUS) is None
     assert keys.model_prefix("F5TTS_v1_Base", "abc") == "models/F5TTS_v1_Base/abc/"
     assert keys.model_latest_key("F5TTS_v1_Base") == "models/F5TTS_v1_Base/latest"
 
@@ -51,11 +57,27 @@ def test_invalid_job_ids_still_say_where_the_verdict_goes(key: str) -> None:
         ("voices/alice.wav", "voices/alice.wav"),
         ("s3://tts-jobs/voices/alice.wav", "voices/alice.wav"),
         ("voices/with space+plus.wav", "voices/with space+plus.wav"),
-        ("custom/prefix/bob.flac", "custom/prefix/bob.flac"),
+        ("voices/uploads/abc/bob.flac", "voices/uploads/abc/bob.flac"),
     ],
 )
 def test_voice_references(voice: str, key: str) -> None:
     assert keys.voice_key(voice, "tts-jobs") == key
+
+
+def test_voice_prefixes_are_an_allow_list_that_never_reaches_pipeline_data() -> None:
+    """Only voices/ by default; TTS_VOICE_PREFIXES widens it; outputs/ (another job's audio) and
+    every other pipeline prefix stay refused whatever the list says."""
+    with pytest.raises(keys.VoiceRefError, match="outside the voice prefixes"):
+        keys.voice_key("custom/prefix/bob.flac", "tts-jobs")
+    assert keys.voice_key("custom/prefix/bob.flac", "tts-jobs", ("voices/", "custom/")) == "custom/prefix/bob.flac"
+    for key in ("outputs/chk-mp3/attempt-1.mp3", "outputs/chk-mp3.mp3", "results/a.json", "cancel/a", "inbox/a.json"):
+        with pytest.raises(keys.VoiceRefError, match="pipeline data") as info:
+            keys.voice_key(key, "tts-jobs", ("voices/", "outputs/", "results/", "cancel/", "inbox/"))
+        assert info.value.code == ErrorCode.INVALID_VOICE_KEY
+    assert Settings(voice_prefixes="voices/, team-a/voices/").voice_prefixes == ("voices/", "team-a/voices/")
+    for bad in ("outputs/", "outputs/voices/", "voices", "", "/abs/", "a/../b/"):
+        with pytest.raises(ValueError, match="TTS_VOICE_PREFIXES"):
+            Settings(voice_prefixes=bad)
 
 
 @pytest.mark.parametrize(
@@ -72,6 +94,9 @@ def test_voice_references(voice: str, key: str) -> None:
         ("s3://tts-jobs/", ErrorCode.INVALID_VOICE_KEY),
         ("status/job-1.json", ErrorCode.INVALID_VOICE_KEY),
         ("models/F5TTS_v1_Base/latest", ErrorCode.INVALID_VOICE_KEY),
+        ("outputs/chk-mp3/attempt-1.mp3", ErrorCode.INVALID_VOICE_KEY),
+        ("s3://tts-jobs/outputs/chk-mp3.mp3", ErrorCode.INVALID_VOICE_KEY),
+        ("elsewhere/a.wav", ErrorCode.INVALID_VOICE_KEY),
     ],
 )
 def test_bad_voice_references(voice: str, code: ErrorCode) -> None:

@@ -1,0 +1,332 @@
+"""The reconciler: jobs that fall between the pieces are found and ended or re-enqueued.
+
+Claims, leases and the DLQ cover a job while its SQS message exists. These are the jobs they miss,
+and what ``tts-pipeline reconcile`` does with each (every write is conditional on the status it
+read, so it is safe next to workers and next to another reconciler: the claims decide):
+
+==========================================================  =========================================
+Found                                                       Done
+==========================================================  =========================================
+manifest in ``inbox/`` with no status, older than the       status QUEUED (``If-None-Match``), then an
+threshold (its S3 event never reached the queue)            S3-event message for it is sent
+status QUEUED, unchanged for longer than the threshold      QUEUED again (new ``updated_at``), message
+(its message vanished: retention, deletion, a lost send)    sent; a duplicate is harmless (claims)
+status PROCESSING whose lease lapsed more than the          ``attempt`` < max attempts: re-enqueued as
+threshold ago with no worker taking it over                 above; else FAILED ``WORKER_CRASHED``
+message in the DLQ, status QUEUED (released or deferred     FAILED ``RETRIES_EXHAUSTED``
+on every delivery: rolling deploys, BUSY, outages)
+message in the DLQ, status PROCESSING (its worker died on   FAILED ``WORKER_CRASHED``
+every delivery: native crash, OOM kill, GPU hang)
+any of the above, or a manifest without status, whose       EXPIRED
+job is older than ``TTS_JOB_TTL_S``
+outputs of an attempt that no result names (a worker        deleted
+died between upload and result; a loser's cleanup failed)
+==========================================================  =========================================
+
+A job FAILED from the DLQ keeps its DLQ message: ``tts-pipeline dlq redrive`` puts both back.
+
+Cost per run, with bounded S3 LIST use: one LIST per 1,000 keys of ``inbox/``, ``status/``,
+``results/`` and ``outputs/``; GETs only for jobs without a result whose status has not changed
+for the threshold (a running job's status changes with every heartbeat) and for outputs of jobs
+with more than one attempt or no result; objects older than the look-back window (TTL + 1 day
+by default: an earlier run has dealt with them) are skipped. The DLQ is read up to ``dlq_limit``
+messages, which stay in the DLQ.
+
+Why a command of its own (a CronJob in ``infra/k8s/reconcile.yaml``, every 5 minutes) rather than
+a task in every worker: it needs no GPU and no model; N workers would LIST the bucket N times per
+period for the same answer; and it must keep running when no worker is (scaled to zero by KEDA,
+crash-looping), which is exactly when jobs get stuck.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from pipeline import keys, metrics
+from pipeline.config import Settings
+from pipeline.consumer import Queue
+from pipeline.contract import ErrorCode, JobErrorInfo, JobResult, JobState, JobStatus, utcnow
+from pipeline.dlq import drain, jobs_of
+from pipeline.store import ObjectInfo, PreconditionFailed, Store
+
+log = logging.getLogger(__name__)
+
+WORKER = "reconciler"
+DEFAULT_OLDER_THAN_S = 3600.0
+_DLQ_HOLD_S = 30
+
+
+class Action(StrEnum):
+    REENQUEUED = "reenqueued"
+    EXPIRED = "expired"
+    RETRIES_EXHAUSTED = "failed_retries_exhausted"
+    WORKER_CRASHED = "failed_worker_crashed"
+    OUTPUTS_REMOVED = "outputs_removed"
+
+
+@dataclass
+class Report:
+    scanned: dict[str, int] = field(default_factory=dict)
+    actions: list[dict[str, str]] = field(default_factory=list)
+
+    def add(self, action: Action, job_id: str, why: str) -> None:
+        self.actions.append({"action": action.value, "job_id": job_id, "why": why})
+        metrics.RECONCILE_ACTIONS.labels(action.value).inc()
+        log.info("%s %s: %s", action.value, job_id, why)
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for a in self.actions:
+            out[a["action"]] = out.get(a["action"], 0) + 1
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"scanned": self.scanned, "counts": self.counts(), "actions": self.actions}
+
+
+class Reconciler:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        queue: Queue,
+        *,
+        older_than_s: float = DEFAULT_OLDER_THAN_S,
+        lookback_s: float | None = None,
+        scan_all: bool = False,
+        dlq_limit: int = 1000,
+    ) -> None:
+        if older_than_s < 0:
+            raise ValueError("older_than_s must be >= 0")
+        self.settings = settings
+        self.store = store
+        self.queue = queue
+        self.older_than = timedelta(seconds=older_than_s)
+        ttl = settings.job_ttl_s
+        if lookback_s is None and ttl is not None:
+            lookback_s = ttl + 86400  # a job older than this was expired by an earlier run
+        self.lookback = None if scan_all or lookback_s is None else timedelta(seconds=lookback_s)
+        self.dlq_limit = dlq_limit
+        self.max_attempts = queue.max_receive_count or settings.max_attempts
+
+    async def run(self, *, now: datetime | None = None) -> Report:
+        """One pass. ``now`` is the reconciler's clock (a test may move it forward)."""
+        now = now or utcnow()
+        report = Report()
+        inbox, status, results, outputs = await asyncio.gather(
+            self._listing(keys.INBOX, now),
+            self._listing(keys.STATUS, now),
+            self._listing(keys.RESULTS, now),
+            self.store.list_objects(keys.OUTPUTS),
+        )
+        report.scanned = {"inbox": len(inbox), "status": len(status), "results": len(results), "outputs": len(outputs)}
+        report.scanned["dlq"] = await self._dead_letters(report, now)
+        for job_id in sorted(inbox.keys() | status.keys()):
+            if job_id in results:
+                continue  # done: a result is only written once its outputs are durable
+            if job_id not in status:
+                if self._stale(inbox[job_id], now):
+                    await self._orphan(job_id, inbox[job_id], report, now)
+            elif self._stale(status[job_id], now):
+                await self._stuck(job_id, report, now)
+        await self._orphan_outputs(outputs, results.keys(), report, now)
+        return report
+
+    # -- what is stale -----------------------------------------------------------------------
+
+    async def _listing(self, prefix: str, now: datetime) -> dict[str, ObjectInfo]:
+        out = {}
+        for obj in await self.store.list_objects(prefix):
+            job_id = keys.job_id_from_key(obj.key, prefix)
+            if job_id is not None and self._in_window(obj, now):
+                out[job_id] = obj
+        return out
+
+    def _in_window(self, obj: ObjectInfo, now: datetime) -> bool:
+        return self.lookback is None or obj.last_modified >= now - self.lookback
+
+    def _stale(self, obj: ObjectInfo, now: datetime) -> bool:
+        return obj.last_modified <= now - self.older_than
+
+    def _expired(self, created_at: datetime, now: datetime) -> bool:
+        ttl = self.settings.job_ttl_s
+        return ttl is not None and (now - created_at).total_seconds() > ttl
+
+    # -- jobs ----------------------------------------------------------------------------------
+
+    async def _orphan(self, job_id: str, manifest: ObjectInfo, report: Report, now: datetime) -> None:
+        """A manifest no worker ever saw: its S3 event never reached the queue."""
+        age = (now - manifest.last_modified).total_seconds()
+        created = manifest.last_modified
+        if self._expired(created, now):
+            action, why = Action.EXPIRED, f"never started: no status {age:.0f}s after upload, past the TTL"
+            new = JobStatus.new(job_id, created_at=created).moved_to(JobState.EXPIRED, worker=WORKER, note=why, at=now)
+        else:
+            action, why = Action.REENQUEUED, f"re-enqueued by the reconciler: no status {age:.0f}s after upload"
+            new = JobStatus.new(job_id, created_at=created, note=why).model_copy(update={"updated_at": now})
+        try:
+            await self.store.put_json(keys.status_key(job_id), new, if_none_match=True)
+        except PreconditionFailed:
+            return  # a worker (or another reconciler) wrote one meanwhile: theirs decides
+        if action is Action.REENQUEUED:
+            await self._send(job_id, manifest)
+        report.add(action, job_id, why)
+
+    async def _stuck(self, job_id: str, report: Report, now: datetime) -> None:
+        current, etag = await self.store.get_model_etag(keys.status_key(job_id), JobStatus)
+        if current is None or etag is None or current.state.terminal:
+            return
+        lease = current.lease_expires_at
+        if current.state is JobState.PROCESSING and lease is not None and lease > now - self.older_than:
+            return  # alive, or lapsed so recently that the queue is about to redeliver it
+        if current.state is JobState.QUEUED and current.updated_at > now - self.older_than:
+            return  # queued (or re-enqueued by another reconciler) recently: its message is fresh
+        if self._expired(current.created_at, now):
+            await self._end(job_id, current, etag, JobState.EXPIRED, None, "past the TTL while stuck", report)
+            return
+        if current.state is JobState.PROCESSING and current.attempt >= self.max_attempts:
+            why = f"{current.attempt} attempts started, none finished: its workers died (last: {current.worker})"
+            error = JobErrorInfo(code=ErrorCode.WORKER_CRASHED, message=why)
+            await self._end(job_id, current, etag, JobState.FAILED, error, why, report)
+            return
+        idle = (now - current.updated_at).total_seconds()
+        why = f"re-enqueued by the reconciler: {current.state} for {idle:.0f}s with no delivery"
+        try:
+            await self.store.put_json(
+                keys.status_key(job_id), current.moved_to(JobState.QUEUED, note=why, at=now), if_match=etag
+            )
+        except PreconditionFailed:
+            return
+        await self._send(job_id, None)
+        report.add(Action.REENQUEUED, job_id, why)
+
+    async def _dead_letters(self, report: Report, now: datetime) -> int:
+        """Jobs whose message is in the DLQ but whose status never ended."""
+        if not self.queue.dlq_url:
+            return 0
+        dlq = Queue(self.queue.sqs, self.queue.dlq_url, name=f"{self.queue.name}-dlq")
+        messages = await drain(dlq, self.dlq_limit, _DLQ_HOLD_S)
+        try:
+            for msg in messages:
+                for job_id in jobs_of(msg) or []:
+                    await self._dead_letter(job_id, msg.receive_count, report, now)
+        finally:
+            for msg in messages:  # they stay in the DLQ for the operator
+                await dlq.set_visibility(msg, 0)
+        return len(messages)
+
+    async def _dead_letter(self, job_id: str, deliveries: int, report: Report, now: datetime) -> None:
+        current, etag = await self.store.get_model_etag(keys.status_key(job_id), JobStatus)
+        if current is None or etag is None or current.state.terminal:
+            return
+        lease = current.lease_expires_at
+        if current.state is JobState.PROCESSING and lease is not None and lease > now:
+            return  # a live worker holds it (through another message): let it finish
+        if current.state is JobState.PROCESSING:
+            code = ErrorCode.WORKER_CRASHED
+            why = f"its worker died on every delivery ({current.attempt} attempts); the message is in the DLQ"
+        else:
+            code = ErrorCode.RETRIES_EXHAUSTED
+            why = f"put back on every delivery ({deliveries} deliveries) until the message reached the DLQ"
+        why += " (`tts-pipeline dlq redrive` runs it again)"
+        error = JobErrorInfo(code=code, message=why)
+        await self._end(job_id, current, etag, JobState.FAILED, error, why, report)
+
+    async def _end(
+        self,
+        job_id: str,
+        current: JobStatus,
+        etag: str,
+        state: JobState,
+        error: JobErrorInfo | None,
+        why: str,
+        report: Report,
+    ) -> None:
+        new = current.moved_to(state, worker=WORKER, error=error, note=f"reconciler: {why}")
+        try:
+            await self.store.put_json(keys.status_key(job_id), new, if_match=etag)
+        except PreconditionFailed:
+            return  # changed meanwhile (a worker claimed it): nothing stuck after all
+        metrics.JOBS.labels(state, error.code if error else "").inc()
+        if state is JobState.EXPIRED:
+            report.add(Action.EXPIRED, job_id, why)
+        else:
+            assert error is not None
+            action = Action.WORKER_CRASHED if error.code == ErrorCode.WORKER_CRASHED else Action.RETRIES_EXHAUSTED
+            report.add(action, job_id, why)
+
+    async def _send(self, job_id: str, manifest: ObjectInfo | None) -> None:
+        await self.queue.send(
+            s3_event(self.settings.bucket, keys.manifest_key(job_id), manifest), {"tts-sent-by": WORKER}
+        )
+
+    # -- outputs ---------------------------------------------------------------------------------
+
+    async def _orphan_outputs(
+        self, outputs: list[ObjectInfo], with_result: set[str], report: Report, now: datetime
+    ) -> None:
+        by_job: dict[str, list[ObjectInfo]] = {}
+        for obj in outputs:
+            job_id = keys.job_id_from_output_key(obj.key)
+            if job_id is not None and self._in_window(obj, now):
+                by_job.setdefault(job_id, []).append(obj)
+        for job_id, objs in sorted(by_job.items()):
+            attempts = {o.key.rsplit("/", 1)[-1].split(".", 1)[0] for o in objs}
+            if job_id in with_result and len(attempts) == 1:
+                continue  # one attempt's outputs and a result: the result names them
+            named = await self._named_outputs(job_id, job_id in with_result)
+            if named is None:
+                continue  # still running
+            stale = [o for o in objs if o.key not in named and self._stale(o, now)]
+            for obj in stale:
+                await self.store.delete(obj.key)
+            if stale:
+                report.add(Action.OUTPUTS_REMOVED, job_id, ", ".join(o.key for o in stale))
+
+    async def _named_outputs(self, job_id: str, has_result: bool) -> set[str] | None:
+        """Output keys the job's result names; empty when it ended without one; None while it runs."""
+        if has_result:
+            result = await self.store.get_model(keys.result_key(job_id), JobResult)
+            if result is None:
+                return None
+            uris = [result.audio.uri, *result.subtitles.values()]
+            prefix = keys.s3_uri(self.settings.bucket, "")
+            return {u.removeprefix(prefix) for u in uris}
+        current = await self.store.get_model(keys.status_key(job_id), JobStatus)
+        return set() if current is None or current.state.terminal else None
+
+
+def s3_event(bucket: str, key: str, obj: ObjectInfo | None = None) -> str:
+    """An SQS body in the shape S3 sends for ObjectCreated, so a worker needs no second path."""
+    record: dict[str, Any] = {
+        "eventVersion": "2.1",
+        "eventSource": "aws:s3",
+        "eventName": "ObjectCreated:Put",
+        "eventTime": (obj.last_modified if obj else utcnow()).isoformat().replace("+00:00", "Z"),
+        "userIdentity": {"principalId": WORKER},
+        "s3": {"bucket": {"name": bucket}, "object": {"key": key, **({"size": obj.size} if obj else {})}},
+    }
+    return json.dumps({"Records": [record]})
+
+
+async def reconcile_once(
+    settings: Settings,
+    *,
+    older_than_s: float = DEFAULT_OLDER_THAN_S,
+    lookback_s: float | None = None,
+    scan_all: bool = False,
+    now: datetime | None = None,
+) -> Report:
+    from pipeline.store import open_store
+
+    async with open_store(settings) as store, Queue.open(settings.queue) as queue:
+        reconciler = Reconciler(
+            settings, store, queue, older_than_s=older_than_s, lookback_s=lookback_s, scan_all=scan_all
+        )
+        return await reconciler.run(now=now)

@@ -1,0 +1,230 @@
+"""The reconciler on real S3 and SQS (LocalStack): orphaned manifests, stuck and dead-lettered
+jobs, expiry, orphan outputs; safe next to another reconciler (the conditional writes decide).
+
+Each test has a bucket + queue + DLQ of its own whose S3 notification has been *removed* (as if
+someone replaced the bucket's notification configuration): nothing reaches the queue unless the
+reconciler sends it. Thresholds are 0 (everything unchanged "for long enough") or the clock is
+moved forward: no test waits for time to pass."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.config import Settings
+from pipeline.contract import JobState, JobStatus, utcnow
+from pipeline.reconcile import reconcile_once
+from tests.helpers import (
+    REF_TEXT,
+    TTS,
+    aws,
+    drop_manifest,
+    get_json,
+    reference_voice_path,
+    start_worker,
+    stop_worker,
+    wait_for_state,
+    wait_ready,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def stack(request: pytest.FixtureRequest, make_stack: Any, s3: Any, sqs: Any) -> dict[str, str]:
+    name = "rc-" + request.node.name.removeprefix("test_").replace("_", "-")[:40].strip("-")
+    env = make_stack(name)
+    s3.put_bucket_notification_configuration(Bucket=name, NotificationConfiguration={})
+    sqs.purge_queue(QueueUrl=sqs.get_queue_url(QueueName=name)["QueueUrl"])  # the s3:TestEvent
+    return env
+
+
+def _settings(env: dict[str, str], **kw: Any) -> Settings:
+    return Settings(bucket=env["TTS_BUCKET"], queue=env["TTS_QUEUE"], **kw)
+
+
+def _depths(sqs: Any, name: str) -> tuple[int, int]:
+    """(main queue, DLQ): visible + in flight."""
+
+    def depth(q: str) -> int:
+        url = sqs.get_queue_url(QueueName=q)["QueueUrl"]
+        a = sqs.get_queue_attributes(
+            QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+        )["Attributes"]
+        return int(a["ApproximateNumberOfMessages"]) + int(a["ApproximateNumberOfMessagesNotVisible"])
+
+    return depth(name), depth(f"{name}-dlq")
+
+
+def _put_status(s3: Any, bucket: str, status: JobStatus) -> None:
+    s3.put_object(Bucket=bucket, Key=f"status/{status.job_id}.json", Body=status.model_dump_json().encode())
+
+
+def _processing(job_id: str, *, attempt: int, lease_from_now: timedelta, created_ago: timedelta) -> JobStatus:
+    now = utcnow()
+    status = JobStatus.new(job_id, created_at=now - created_ago)
+    for i in range(attempt):
+        status = status.moved_to(JobState.PROCESSING, worker=f"w-{i}", lease_s=60)
+    return status.model_copy(update={"lease_expires_at": now + lease_from_now})
+
+
+def _dead_letter(sqs: Any, name: str, job_id: str) -> None:
+    from pipeline.reconcile import s3_event
+
+    url = sqs.get_queue_url(QueueName=f"{name}-dlq")["QueueUrl"]
+    sqs.send_message(QueueUrl=url, MessageBody=s3_event(name, f"inbox/{job_id}.json"))
+
+
+def _by_job(*reports: Any) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for report in reports:
+        for a in report.actions:
+            out.setdefault(a["job_id"], []).append(a["action"])
+    return out
+
+
+def test_a_manifest_whose_event_was_lost_is_reenqueued_once_and_completes(
+    stack: dict[str, str], s3: Any, sqs: Any, tmp_path: Path
+) -> None:
+    """The notification is gone: the manifest sits in inbox/ with no status and no message. Two
+    reconcilers at once re-enqueue it exactly once (one QUEUED status, one message); a worker then
+    completes it; a later pass finds nothing to do."""
+    name = stack["TTS_BUCKET"]
+    aws(stack, "s3", "cp", str(reference_voice_path()), f"s3://{name}/voices/alice.wav")
+    manifest = {"text": "Found again.", "voice": "voices/alice.wav", "ref_text": REF_TEXT, "nfe_step": 2}
+    drop_manifest(stack, tmp_path, "lost-event", manifest, bucket=name)
+    assert _depths(sqs, name) == (0, 0) and get_json(s3, "status/lost-event.json", name) is None
+
+    async def twice() -> list[Any]:
+        # One clock for both, a minute on: the manifest is stale, whatever either one writes is not.
+        s, now = _settings(stack), utcnow() + timedelta(seconds=60)
+        return list(await asyncio.gather(*(reconcile_once(s, older_than_s=30, now=now) for _ in range(2))))
+
+    reports = asyncio.run(twice())
+    assert _by_job(*reports) == {"lost-event": ["reenqueued"]}
+    assert _depths(sqs, name) == (1, 0)
+    queued = get_json(s3, "status/lost-event.json", name)
+    assert queued["state"] == "QUEUED" and "re-enqueued by the reconciler" in queued["history"][-1]["note"]
+
+    w = start_worker(stack, tmp_path / "worker.log")
+    try:
+        wait_ready(w)
+        final = wait_for_state(s3, "lost-event", bucket=name, worker=w)
+    finally:
+        assert stop_worker(w) == 0
+    assert final["state"] == "COMPLETED", final
+    assert [h["state"] for h in final["history"]] == ["QUEUED", "PROCESSING", "COMPLETED"]
+    again = asyncio.run(reconcile_once(_settings(stack), older_than_s=0))
+    assert _by_job(again) == {} and _depths(sqs, name) == (0, 0)
+
+
+def test_stuck_and_dead_lettered_jobs_end_with_specific_codes(stack: dict[str, str], s3: Any, sqs: Any) -> None:
+    """Each stuck shape ends the documented way: DLQ + PROCESSING -> WORKER_CRASHED, DLQ + QUEUED
+    -> RETRIES_EXHAUSTED, DLQ + a live lease -> untouched, a lease lapsed long ago -> re-enqueued
+    (attempts left) or WORKER_CRASHED (none left), a QUEUED job past the TTL -> EXPIRED. DLQ
+    messages stay for `dlq redrive`; a second pass (the command) finds nothing more to do."""
+    name = stack["TTS_BUCKET"]
+    long_ago, day = timedelta(hours=2), timedelta(days=1)
+    shapes = {
+        "dlq-crashed": _processing("dlq-crashed", attempt=5, lease_from_now=-long_ago, created_ago=day),
+        "dlq-queued": JobStatus.new("dlq-queued", created_at=utcnow() - day),
+        "dlq-live": _processing("dlq-live", attempt=1, lease_from_now=timedelta(minutes=10), created_ago=day),
+        "lapsed-retry": _processing("lapsed-retry", attempt=1, lease_from_now=-long_ago, created_ago=day),
+        "lapsed-crashed": _processing("lapsed-crashed", attempt=5, lease_from_now=-long_ago, created_ago=day),
+        "queued-too-old": JobStatus.new("queued-too-old", created_at=utcnow() - timedelta(days=8)),
+    }
+    for status in shapes.values():
+        _put_status(s3, name, status)
+    for job in ("dlq-crashed", "dlq-queued", "dlq-live"):
+        _dead_letter(sqs, name, job)
+    assert _depths(sqs, name) == (0, 3)
+
+    assert _by_job(asyncio.run(reconcile_once(_settings(stack), older_than_s=0))) == {
+        "dlq-crashed": ["failed_worker_crashed"],
+        "dlq-queued": ["failed_retries_exhausted"],
+        "lapsed-retry": ["reenqueued"],
+        "lapsed-crashed": ["failed_worker_crashed"],
+        "queued-too-old": ["expired"],
+    }
+    after = {job: get_json(s3, f"status/{job}.json", name) for job in shapes}
+    codes = {job: (s["state"], (s["error"] or {}).get("code")) for job, s in after.items()}
+    assert codes == {
+        "dlq-crashed": ("FAILED", "WORKER_CRASHED"),
+        "dlq-queued": ("FAILED", "RETRIES_EXHAUSTED"),
+        "dlq-live": ("PROCESSING", None),
+        "lapsed-retry": ("QUEUED", None),
+        "lapsed-crashed": ("FAILED", "WORKER_CRASHED"),
+        "queued-too-old": ("EXPIRED", None),
+    }
+    assert "dlq redrive" in after["dlq-queued"]["error"]["message"]
+    assert _depths(sqs, name) == (1, 3)  # lapsed-retry's new message; the DLQ keeps its three
+
+    # The command prints the same report as JSON; a second pass has nothing left to do.
+    out = subprocess.run([TTS, "reconcile", "--older-than", "600"], env=stack, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["scanned"]["dlq"] == 3 and report["scanned"]["status"] == len(shapes)
+    assert report["counts"] == {}
+
+
+def test_a_manifest_never_seen_past_the_ttl_is_expired(stack: dict[str, str], s3: Any, sqs: Any) -> None:
+    """The clock moved 8 days on: a manifest that never got a status ends EXPIRED, nothing sent."""
+    name = stack["TTS_BUCKET"]
+    s3.put_object(Bucket=name, Key="inbox/too-late.json", Body=b'{"text": "x", "voice": "voices/a.wav"}')
+    later = utcnow() + timedelta(days=8)
+    report = asyncio.run(reconcile_once(_settings(stack), older_than_s=0, scan_all=True, now=later))
+    assert _by_job(report) == {"too-late": ["expired"]}
+    status = JobStatus.model_validate(get_json(s3, "status/too-late.json", name))
+    assert status.state is JobState.EXPIRED and "past the TTL" in (status.history[-1].note or "")
+    assert _depths(sqs, name) == (0, 0)
+
+
+def test_outputs_no_result_names_are_removed(stack: dict[str, str], s3: Any) -> None:
+    """Attempt 1 died between upload and result; attempt 2 won: attempt 1's outputs go, attempt
+    2's stay. A cancelled job's leftovers go; a running job's outputs stay."""
+    name = stack["TTS_BUCKET"]
+    for key in (
+        "won/attempt-1.wav",
+        "won/attempt-1.srt",
+        "won/attempt-2.wav",
+        "gone/attempt-1.wav",
+        "busy/attempt-1.wav",
+    ):
+        s3.put_object(Bucket=name, Key=f"outputs/{key}", Body=b"audio")
+    result = {"audio": {"uri": f"s3://{name}/outputs/won/attempt-2.wav"}, "subtitles": {}}
+    s3.put_object(Bucket=name, Key="results/won.json", Body=json.dumps(_result(result)).encode())
+    _put_status(s3, name, JobStatus.new("gone").moved_to(JobState.CANCELLED))
+    _put_status(s3, name, _processing("busy", attempt=1, lease_from_now=timedelta(minutes=5), created_ago=timedelta()))
+
+    report = asyncio.run(reconcile_once(_settings(stack), older_than_s=0))
+    left = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=name, Prefix="outputs/").get("Contents", []))
+    assert left == ["outputs/busy/attempt-1.wav", "outputs/won/attempt-2.wav"]
+    assert _by_job(report) == {"gone": ["outputs_removed"], "won": ["outputs_removed"]}
+
+
+def _result(fields: dict[str, Any]) -> dict[str, Any]:
+    """A result document with the fields the reconciler reads (the rest filled in validly)."""
+    now = utcnow().isoformat()
+    audio = {"url": "http://x", "url_expires_at": now, "format": "wav", "sample_rate": 24000, "duration_s": 1.0}
+    return {
+        "job_id": "won",
+        "audio": {**audio, "bytes": 5, **fields["audio"]},
+        "word_timings": None,
+        "subtitles": fields["subtitles"],
+        "text": "x",
+        "ref_text": "x",
+        "ref_text_source": "manifest",
+        "voice_key": "voices/a.wav",
+        "seed": 1,
+        "chunks": 1,
+        "model": {"name": "m", "version": "v", "random_weights": True, "device": "cpu"},
+        "worker": "w",
+        "timings_ms": {k: 0 for k in ("queue_wait", "download", "synthesis", "alignment", "encode", "upload", "total")},
+        "completed_at": now,
+    }
