@@ -71,6 +71,15 @@ _NETWORK_ERRORS = (
 )
 
 
+# The bucket or queue itself is gone: deleted, or a LocalStack restarted without its state. Not
+# transient for one call, but a worker waits for it to come back rather than exit (see worker.py).
+_MISSING_RESOURCE_CODES = {"NoSuchBucket", "AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}
+
+
+def is_missing_resource(exc: BaseException) -> bool:
+    return isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") in _MISSING_RESOURCE_CODES
+
+
 def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, _NETWORK_ERRORS):
         return True

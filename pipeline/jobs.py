@@ -30,7 +30,7 @@ from enum import Enum
 from typing import TypeVar
 
 from pipeline import keys, metrics
-from pipeline.aws import is_transient
+from pipeline.aws import is_missing_resource, is_transient
 from pipeline.config import Settings
 from pipeline.consumer import Message, Queue
 from pipeline.contract import (
@@ -231,6 +231,8 @@ class JobRunner:
         except LostClaim:
             raise
         except Exception as e:
+            if is_missing_resource(e):  # bucket or queue deleted, LocalStack restarted empty
+                raise LostClaim(f"{claim.job_id}: the job's bucket or queue is gone ({e})") from e
             if is_transient(e):
                 return await self._transient(claim, msg, e)
             log.exception("unexpected error")

@@ -136,9 +136,28 @@ class Ledger:
             try:
                 claim.etag = await self._write(claim.key, new, claim.etag)
             except PreconditionFailed:
-                raise LostClaim(f"{claim.job_id}: status changed by another worker") from None
+                claim.etag = await self._rewrite_over_own(claim, new)
             claim.status = new
             return new
+
+    async def _rewrite_over_own(self, claim: Claim, new: JobStatus) -> str:
+        """Our ETag is stale. If the status is still this worker's own PROCESSING attempt, the
+        change was one of our earlier writes whose answer was lost (a renewal during an outage):
+        write again over it. Anything else means another worker owns the job now."""
+        current, etag = await self.store.get_model_etag(claim.key, JobStatus)
+        own = (
+            current is not None
+            and etag is not None
+            and current.state is JobState.PROCESSING
+            and current.worker == self.worker_id
+            and current.attempt == claim.status.attempt
+        )
+        if not own:
+            raise LostClaim(f"{claim.job_id}: status changed by another worker")
+        try:
+            return await self._write(claim.key, new, etag)
+        except PreconditionFailed:
+            raise LostClaim(f"{claim.job_id}: status changed by another worker") from None
 
     async def _write(self, key: str, new: JobStatus, etag: str | None) -> str:
         try:

@@ -122,6 +122,8 @@ class Store:
             code = e.response.get("Error", {}).get("Code", "")
             if code in {"PreconditionFailed", "412", "ConditionalRequestConflict"}:
                 raise PreconditionFailed(key) from None
+            if if_match and code in {"NoSuchKey", "404"}:
+                raise PreconditionFailed(key) from None  # the version we read is gone altogether
             raise
         return resp.get("ETag", "")
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pipeline import metrics
-from pipeline.aws import is_transient
+from pipeline.aws import is_missing_resource, is_transient
 from pipeline.batcher import Batcher, Runner, model_thread
 from pipeline.config import Settings
 from pipeline.consumer import Message, Queue
@@ -137,6 +137,9 @@ class Worker:
             try:
                 messages = receive.result()
             except Exception as e:
+                if is_missing_resource(e):
+                    await self._queue_gone(e)
+                    continue
                 if not is_transient(e):
                     raise
                 # SQS unreachable even after our retries: keep the worker, try again shortly.
@@ -149,6 +152,23 @@ class Worker:
                 task.add_done_callback(self._task_done)
             if messages or self._tasks:
                 idle_since = time.monotonic()
+
+    async def _queue_gone(self, e: Exception) -> None:
+        """The queue no longer exists (deleted; a LocalStack restarted without its state). Exiting
+        would only restart the worker into the same situation, minus its loaded model: wait,
+        unready, until it exists again (re-created by bootstrap), then consume as before. Jobs in
+        hand find their status gone and stop without publishing (a lost claim)."""
+        log.error("queue %s is gone (%s): waiting for it to be created again", self.queue.name, e)
+        metrics.set_ready(False)
+        await asyncio.sleep(_RECEIVE_BACKOFF_S)
+        try:
+            await self.queue.resolve()
+        except Exception as again:
+            if not (is_missing_resource(again) or is_transient(again)):
+                raise
+            return
+        log.info("queue %s exists again: consuming", self.queue.name)
+        metrics.set_ready(True)
 
     async def _wait_for(self, tasks: set[asyncio.Task]) -> None:
         """Until one of ``tasks`` ends or a stop is requested."""

@@ -105,7 +105,9 @@ cat "out/$JOB_ID.status.json"
 
 step "Result (tts-pipeline result $JOB_ID --out out/$JOB_ID.wav)"
 $TTS result "$JOB_ID" --out "out/$JOB_ID.wav" | tee "out/$JOB_ID.result.json"
-$AWS s3 cp --only-show-errors "s3://$BUCKET/outputs/$JOB_ID.srt" "out/$JOB_ID.srt"
+# The result names its outputs (outputs/<job_id>/attempt-<n>.*): read the subtitles' URI from it.
+SRT_URI=$(.venv/bin/python -c 'import json,sys; print(json.load(open(sys.argv[1]))["subtitles"]["srt"])' "out/$JOB_ID.result.json")
+$AWS s3 cp --only-show-errors "$SRT_URI" "out/$JOB_ID.srt"
 
 .venv/bin/python - "out/$JOB_ID.result.json" <<'PY'
 import json, sys

@@ -69,8 +69,8 @@ class Holds:
         """Worker settings (``start_worker(**settings)``) that point a worker at these holds."""
         return {"fault_dir": str(self.root)}
 
-    def hold(self, job_id: str, *, after_chunks: int = 0, attempts: list[int] | None = None) -> None:
-        spec: dict[str, Any] = {"after_chunks": after_chunks}
+    def hold(self, job_id: str, *, after_chunks: int = 0, attempts: list[int] | None = None, at: str = "chunk") -> None:
+        spec: dict[str, Any] = {"after_chunks": after_chunks, "at": at}
         if attempts is not None:
             spec["attempts"] = attempts
         (self.root / "hold" / job_id).write_text(json.dumps(spec))

@@ -207,7 +207,10 @@ def test_malformed_manifest_fails_clearly_and_the_next_good_job_completes(
         ("bad-no-voice-file", {"text": "hi", "voice": "voices/nobody.wav"}, "VOICE_NOT_FOUND"),
         ("bad-other-bucket", {"text": "hi", "voice": "s3://someone-else/voices/a.wav"}, "VOICE_OUTSIDE_BUCKET"),
         ("bad-traversal", {"text": "hi", "voice": "voices/../status/x.json"}, "INVALID_VOICE_KEY"),
-        ("bad-not-audio", {"text": "hi", "voice": "inbox-not/notaudio.wav"}, "VOICE_UNREADABLE"),
+        ("bad-not-audio", {"text": "hi", "voice": "voices/notaudio.wav"}, "VOICE_UNREADABLE"),
+        # Real audio in the bucket, but not a voice: another job's output, or outside voices/.
+        ("bad-output-as-voice", {"text": "hi", "voice": "outputs/someone/attempt-1.wav"}, "INVALID_VOICE_KEY"),
+        ("bad-outside-voices", {"text": "hi", "voice": "s3://tts-jobs/elsewhere/alice.wav"}, "INVALID_VOICE_KEY"),
         ("bad-punctuation", {"text": "?!... --", "voice": "voices/alice.wav"}, "TEXT_NOT_SPEAKABLE"),
         ("bad-control-chars", {"text": "hi\x07there", "voice": "voices/alice.wav"}, "INVALID_MANIFEST"),
         ("bad-too-long", {"text": "word " * 1001, "voice": "voices/alice.wav"}, "TEXT_TOO_LONG"),
@@ -224,7 +227,9 @@ def test_bad_input_ends_failed_with_a_specific_code(
     manifest: dict[str, Any],
     code: str,
 ) -> None:
-    s3.put_object(Bucket=BUCKET, Key="inbox-not/notaudio.wav", Body=b"this is not audio" * 10)
+    s3.put_object(Bucket=BUCKET, Key="voices/notaudio.wav", Body=b"this is not audio" * 10)
+    for key in ("outputs/someone/attempt-1.wav", "elsewhere/alice.wav"):
+        s3.put_object(Bucket=BUCKET, Key=key, Body=reference_voice_path().read_bytes())
     drop_manifest(aws_env, tmp_path, job_id, manifest)
     status = wait_for_state(s3, job_id, worker=worker)
     assert status["state"] == "FAILED"

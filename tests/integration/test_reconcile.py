@@ -228,3 +228,25 @@ def _result(fields: dict[str, Any]) -> dict[str, Any]:
         "timings_ms": {k: 0 for k in ("queue_wait", "download", "synthesis", "alignment", "encode", "upload", "total")},
         "completed_at": now,
     }
+
+
+def test_the_queue_keeps_messages_longer_than_the_ttl(stack: dict[str, str], sqs: Any) -> None:
+    """Bootstrap sets SQS's maximum retention (its default, 4 days, is shorter than the 7-day TTL);
+    the worker reads it at start-up and refuses a TTL longer than it."""
+    from pipeline.consumer import Queue
+    from pipeline.worker import ConfigError, check_retention
+
+    name = stack["TTS_QUEUE"]
+    url = sqs.get_queue_url(QueueName=name)["QueueUrl"]
+
+    async def resolved() -> Queue:
+        async with Queue.open(name) as queue:
+            return queue
+
+    queue = asyncio.run(resolved())
+    assert queue.retention_s == 14 * 86400
+    check_retention(Settings(), queue)  # the default 7-day TTL fits
+    sqs.set_queue_attributes(QueueUrl=url, Attributes={"MessageRetentionPeriod": str(4 * 86400)})
+    queue = asyncio.run(resolved())
+    with pytest.raises(ConfigError, match="MessageRetentionPeriod"):
+        check_retention(Settings(), queue)

@@ -73,6 +73,28 @@ async def test_expired_lease_is_taken_over_and_the_old_holder_loses(store: Store
     await b.finish(claim_b, JobState.FAILED, error=JobErrorInfo(code="X", message="y"))
 
 
+async def test_a_renewal_whose_answer_was_lost_does_not_lose_the_claim(store: Store) -> None:
+    """During an outage a renewal can land in S3 while its answer is lost (the fault proxy does
+    this): the worker's ETag is stale, but the status is still its own attempt, so the next
+    renewal writes over it. A status written by anyone else still means the claim is lost."""
+    job = _job("lostanswer")
+    a = Ledger(store, "worker-a", lease_s=60)
+    _, claim = await a.claim(job, None)
+    now = utcnow()
+    landed = claim.status.model_copy(update={"updated_at": now, "lease_expires_at": now + timedelta(seconds=60)})
+    await store.put_json(keys.status_key(job), landed, if_match=claim.etag)  # claim.etag is now stale
+    await a.renew(claim, Progress(chunks_done=1, chunks_total=2))
+    status = await store.get_model(keys.status_key(job), JobStatus)
+    assert status.progress == Progress(chunks_done=1, chunks_total=2) and status.worker == "worker-a"
+
+    taken = status.moved_to(JobState.PROCESSING, worker="worker-b", lease_s=60)  # attempt 2, elsewhere
+    await store.put_json(keys.status_key(job), taken)
+    with pytest.raises(LostClaim):
+        await a.renew(claim)
+    with pytest.raises(LostClaim):
+        await a.finish(claim, JobState.COMPLETED)
+
+
 async def test_concurrent_claims_have_exactly_one_winner(store: Store) -> None:
     for round_ in range(5):
         job = _job(f"race{round_}")

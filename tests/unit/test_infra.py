@@ -67,8 +67,9 @@ def test_worker_policy_is_least_privilege() -> None:
 
 
 def test_kubernetes_manifests_validate() -> None:
-    out = _run("kubernetes-validate", "infra/k8s/worker.yaml")
-    assert out.returncode == 0, out.stdout + out.stderr
+    for manifest in ("infra/k8s/worker.yaml", "infra/k8s/reconcile.yaml"):
+        out = _run("kubernetes-validate", manifest)
+        assert out.returncode == 0, manifest + ": " + out.stdout + out.stderr
 
 
 def test_keda_scaledobject_matches_its_schema_and_scales_to_zero() -> None:
