@@ -199,12 +199,15 @@ def test_a_worker_paused_past_its_lease_cannot_overwrite_the_successors_outputs(
     after = get_json(s3, f"status/{job}.json", bucket)
     assert after == final  # a wrote nothing once it lost: the status is b's COMPLETED
     assert a.proc.poll() is None  # and a keeps running
+    result_versions = len(versions(s3, bucket, f"results/{job}.json"))
     record(
         attempts=final["attempt"],
         audio_uploads=generations(s3, bucket, job),
         outputs_left=len(visible_outputs(s3, bucket, job)),
         versions_of_the_named_audio=len(versions(s3, bucket, named)),
-        result_versions=len(versions(s3, bucket, f"results/{job}.json")),
+        result_versions=result_versions,
+        lost=int(final["state"] != "COMPLETED"),
+        duplicated=int(result_versions > 1 or visible_outputs(s3, bucket, job) != [named]),
     )
 
 
