@@ -153,12 +153,17 @@ class Store:
         return [o.key for o in await self.list_objects(prefix)]
 
     async def list_objects(self, prefix: str) -> list[ObjectInfo]:
-        """Every object under ``prefix``: one LIST request per 1,000 keys."""
-        out: list[ObjectInfo] = []
-        paginator = self.s3.get_paginator("list_objects_v2")
-        async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
-            out.extend(ObjectInfo(o["Key"], o["LastModified"], o.get("Size", 0)) for o in page.get("Contents", []))
-        return out
+        """Every object under ``prefix``: one LIST request per 1,000 keys. A transient failure on
+        any page restarts the listing (under the shared retry policy, as every other call)."""
+        async for attempt in aws.async_retrying():
+            with attempt:
+                out: list[ObjectInfo] = []
+                paginator = self.s3.get_paginator("list_objects_v2")
+                async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                    contents = page.get("Contents", [])
+                    out.extend(ObjectInfo(o["Key"], o["LastModified"], o.get("Size", 0)) for o in contents)
+                return out
+        raise AssertionError("unreachable")
 
     async def presign_get(self, key: str, expires_s: int) -> str:
         return await self.s3.generate_presigned_url(
