@@ -71,7 +71,7 @@ async def get_result(store: Store, job_id: str, *, presign_s: int | None = None)
         raise JobNotFound(f"no result for {job_id} (yet): {keys.result_key(job_id)} does not exist")
     if presign_s:
         # Stored URLs expire; hand out a fresh one.
-        key = result.audio.uri.removeprefix(f"s3://{store.bucket}/")
+        key = keys.key_from_uri(store.bucket, result.audio.uri)
         result.audio.url = await store.presign_get(key, presign_s)
         result.audio.url_expires_at = utcnow() + timedelta(seconds=presign_s)
     return result
@@ -87,7 +87,7 @@ async def wait(store: Store, job_id: str, *, timeout_s: float, poll_s: float = 1
 
 
 async def download(store: Store, uri: str, dest: Path) -> int:
-    key = uri.removeprefix(f"s3://{store.bucket}/")
+    key = keys.key_from_uri(store.bucket, uri)
     data = await store.get_bytes(key)
     await asyncio.to_thread(_write, dest, data)
     return len(data)

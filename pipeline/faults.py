@@ -96,10 +96,7 @@ class FaultHooks:
         """Until ``hold/<job_id>`` is removed; ``check`` raises to abort the held job."""
         log.info("fault hook: holding at chunk %d/%d", done, total)
         self._held(job_id, job_id=job_id, attempt=attempt, chunks_done=done, chunks_total=total)
-        while self._hold_spec(job_id) is not None:
-            check()
-            await asyncio.sleep(POLL_S)
-        log.info("fault hook: released")
+        await self._until_released(job_id, check)
 
     async def hold_before_publish(self, job_id: str, attempt: int) -> None:
         spec = self._hold_spec(job_id)
@@ -107,9 +104,12 @@ class FaultHooks:
             return
         log.info("fault hook: holding before publishing")
         self._held(job_id, job_id=job_id, attempt=attempt, at="publish")
-        while True:  # polls a file, not an event: the releasing test is another process
-            if self._hold_spec(job_id) is None:
-                break
+        await self._until_released(job_id, lambda: None)  # publishing is not interruptible
+
+    async def _until_released(self, name: str, check: Callable[[], None]) -> None:
+        """Polls a file, not an event: the releasing test is another process."""
+        while self._hold_spec(name) is not None:
+            check()
             await asyncio.sleep(POLL_S)
         log.info("fault hook: released")
 

@@ -69,11 +69,6 @@ def result_key(job_id: str) -> str:
     return f"{RESULTS}{job_id}.json"
 
 
-def outputs_prefix(job_id: str) -> str:
-    """Every output of every attempt of the job."""
-    return f"{OUTPUTS}{job_id}/"
-
-
 def attempt_outputs_prefix(job_id: str, attempt: int) -> str:
     """The outputs of one processing attempt (``attempt`` from the job's status)."""
     return f"{OUTPUTS}{job_id}/attempt-{attempt}."
@@ -83,10 +78,12 @@ def output_key(job_id: str, attempt: int, ext: str) -> str:
     return f"{attempt_outputs_prefix(job_id, attempt)}{ext}"
 
 
-def job_id_from_output_key(key: str) -> str | None:
-    """``outputs/<job_id>/...`` -> job id; None for keys of another layout."""
-    job_id, sep, _ = key.removeprefix(OUTPUTS).partition("/")
-    return job_id if key.startswith(OUTPUTS) and sep and is_valid_job_id(job_id) else None
+def parse_output_key(key: str) -> tuple[str, str] | None:
+    """``outputs/<job_id>/attempt-<n>.<ext>`` -> (job id, ``attempt-<n>``); None for other keys."""
+    job_id, sep, name = key.removeprefix(OUTPUTS).partition("/")
+    if not key.startswith(OUTPUTS) or not sep or not is_valid_job_id(job_id):
+        return None
+    return job_id, name.split(".", 1)[0]
 
 
 def job_id_from_key(key: str, prefix: str, suffix: str = ".json") -> str | None:
@@ -111,6 +108,11 @@ def model_latest_key(name: str) -> str:
 
 def s3_uri(bucket: str, key: str) -> str:
     return f"s3://{bucket}/{key}"
+
+
+def key_from_uri(bucket: str, uri: str) -> str:
+    """The key of an ``s3://<bucket>/<key>`` URI this pipeline wrote (results name outputs so)."""
+    return uri.removeprefix(s3_uri(bucket, ""))
 
 
 @dataclass  # not frozen: raising sets __traceback__ on the instance

@@ -271,14 +271,14 @@ class Reconciler:
     async def _orphan_outputs(
         self, outputs: list[ObjectInfo], with_result: set[str], report: Report, now: datetime
     ) -> None:
-        by_job: dict[str, list[ObjectInfo]] = {}
+        by_job: dict[str, list[tuple[ObjectInfo, str]]] = {}
         for obj in outputs:
-            job_id = keys.job_id_from_output_key(obj.key)
-            if job_id is not None and self._in_window(obj, now):
-                by_job.setdefault(job_id, []).append(obj)
-        for job_id, objs in sorted(by_job.items()):
-            attempts = {o.key.rsplit("/", 1)[-1].split(".", 1)[0] for o in objs}
-            if job_id in with_result and len(attempts) == 1:
+            parsed = keys.parse_output_key(obj.key)
+            if parsed is not None and self._in_window(obj, now):
+                by_job.setdefault(parsed[0], []).append((obj, parsed[1]))
+        for job_id, entries in sorted(by_job.items()):
+            objs = [o for o, _ in entries]
+            if job_id in with_result and len({attempt for _, attempt in entries}) == 1:
                 continue  # one attempt's outputs and a result: the result names them
             named = await self._named_outputs(job_id, job_id in with_result)
             if named is None:
@@ -296,8 +296,7 @@ class Reconciler:
             if result is None:
                 return None
             uris = [result.audio.uri, *result.subtitles.values()]
-            prefix = keys.s3_uri(self.settings.bucket, "")
-            return {u.removeprefix(prefix) for u in uris}
+            return {keys.key_from_uri(self.settings.bucket, u) for u in uris}
         current = await self.store.get_model(keys.status_key(job_id), JobStatus)
         return set() if current is None or current.state.terminal else None
 

@@ -180,6 +180,15 @@ def stop_worker(worker: WorkerProcess, timeout_s: float = 60) -> int:
         return worker.proc.wait()
 
 
+def queue_depth(sqs: Any, queue: str) -> tuple[int, int]:
+    """(visible, in flight) messages of ``queue``, as SQS reports them."""
+    url = sqs.get_queue_url(QueueName=queue)["QueueUrl"]
+    attrs = sqs.get_queue_attributes(
+        QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+    )["Attributes"]
+    return int(attrs["ApproximateNumberOfMessages"]), int(attrs["ApproximateNumberOfMessagesNotVisible"])
+
+
 def get_json(s3: Any, key: str, bucket: str = BUCKET) -> dict[str, Any] | None:
     try:
         return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())

@@ -20,6 +20,7 @@ from tests.helpers import (
     WorkerProcess,
     aws,
     free_port,
+    queue_depth,
     reference_voice_path,
     start_worker,
     stop_worker,
@@ -152,13 +153,9 @@ def visible_outputs(s3: Any, bucket: str, job_id: str) -> list[str]:
 
 
 def queue_drained(sqs: Any, queue: str, timeout_s: float = 60) -> bool:
-    url = sqs.get_queue_url(QueueName=queue)["QueueUrl"]
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        attrs = sqs.get_queue_attributes(
-            QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
-        )["Attributes"]
-        if attrs["ApproximateNumberOfMessages"] == "0" and attrs["ApproximateNumberOfMessagesNotVisible"] == "0":
+        if queue_depth(sqs, queue) == (0, 0):
             return True
         time.sleep(0.5)
     return False

@@ -34,6 +34,7 @@ from tests.helpers import (
     WorkerProcess,
     drop_manifest,
     get_json,
+    queue_depth,
     reference_voice_path,
     s3_event,
     wait_for_state,
@@ -300,11 +301,7 @@ def test_transient_failures_on_20_percent_of_calls(
 
 
 def _depth(sqs: Any, queue: str) -> int:
-    url = sqs.get_queue_url(QueueName=queue)["QueueUrl"]
-    attrs = sqs.get_queue_attributes(
-        QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
-    )["Attributes"]
-    return int(attrs["ApproximateNumberOfMessages"]) + int(attrs["ApproximateNumberOfMessagesNotVisible"])
+    return sum(queue_depth(sqs, queue))
 
 
 def _rules(endpoint: str, rules: list[dict[str, Any]]) -> None:

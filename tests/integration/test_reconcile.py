@@ -26,7 +26,9 @@ from tests.helpers import (
     aws,
     drop_manifest,
     get_json,
+    queue_depth,
     reference_voice_path,
+    s3_event,
     start_worker,
     stop_worker,
     wait_for_state,
@@ -51,15 +53,7 @@ def _settings(env: dict[str, str], **kw: Any) -> Settings:
 
 def _depths(sqs: Any, name: str) -> tuple[int, int]:
     """(main queue, DLQ): visible + in flight."""
-
-    def depth(q: str) -> int:
-        url = sqs.get_queue_url(QueueName=q)["QueueUrl"]
-        a = sqs.get_queue_attributes(
-            QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
-        )["Attributes"]
-        return int(a["ApproximateNumberOfMessages"]) + int(a["ApproximateNumberOfMessagesNotVisible"])
-
-    return depth(name), depth(f"{name}-dlq")
+    return sum(queue_depth(sqs, name)), sum(queue_depth(sqs, f"{name}-dlq"))
 
 
 def _put_status(s3: Any, bucket: str, status: JobStatus) -> None:
@@ -75,8 +69,6 @@ def _processing(job_id: str, *, attempt: int, lease_from_now: timedelta, created
 
 
 def _dead_letter(sqs: Any, name: str, job_id: str) -> None:
-    from pipeline.reconcile import s3_event
-
     url = sqs.get_queue_url(QueueName=f"{name}-dlq")["QueueUrl"]
     sqs.send_message(QueueUrl=url, MessageBody=s3_event(name, f"inbox/{job_id}.json"))
 
@@ -250,3 +242,22 @@ def test_the_queue_keeps_messages_longer_than_the_ttl(stack: dict[str, str], sqs
     queue = asyncio.run(resolved())
     with pytest.raises(ConfigError, match="MessageRetentionPeriod"):
         check_retention(Settings(), queue)
+
+
+def test_the_command_runs_a_pass_per_period_until_stopped(stack: dict[str, str], s3: Any, sqs: Any) -> None:
+    """`reconcile --every` (the compose service's mode): one JSON line per pass, pass after pass
+    until stopped; the first pass re-enqueues the orphan manifest."""
+    name = stack["TTS_BUCKET"]
+    s3.put_object(Bucket=name, Key="inbox/periodic.json", Body=b'{"text": "x", "voice": "voices/a.wav"}')
+    proc = subprocess.Popen(
+        [TTS, "reconcile", "--older-than", "0", "--every", "0.2"], env=stack, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        reports = [json.loads(proc.stdout.readline()) for _ in range(3)]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert reports[0]["counts"] == {"reenqueued": 1}
+    assert [r["scanned"]["inbox"] for r in reports] == [1, 1, 1]
+    assert _depths(sqs, name)[0] >= 1 and get_json(s3, "status/periodic.json", name)["state"] == "QUEUED"

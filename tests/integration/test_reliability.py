@@ -21,6 +21,7 @@ from tests.helpers import (
     aws,
     drop_manifest,
     get_json,
+    queue_depth,
     reference_voice_path,
     s3_event,
     start_worker,
@@ -76,11 +77,7 @@ def _status(s3: Any, job_id: str) -> dict[str, Any] | None:
 
 
 def _queue_depths(sqs: Any) -> tuple[int, int]:
-    url = sqs.get_queue_url(QueueName=NAME)["QueueUrl"]
-    attrs = sqs.get_queue_attributes(
-        QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
-    )["Attributes"]
-    return int(attrs["ApproximateNumberOfMessages"]), int(attrs["ApproximateNumberOfMessagesNotVisible"])
+    return queue_depth(sqs, NAME)
 
 
 def test_heartbeat_keeps_a_job_beyond_the_visibility_timeout_with_one_worker(

@@ -16,8 +16,9 @@ def test_layout() -> None:
     assert keys.output_key("job-1", 1, "wav") == "outputs/job-1/attempt-1.wav"
     assert keys.output_key("job-1", 12, "srt") == "outputs/job-1/attempt-12.srt"
     assert keys.attempt_outputs_prefix("job-1", 1) == "outputs/job-1/attempt-1."
-    assert keys.job_id_from_output_key("outputs/job.1/attempt-2.wav") == "job.1"
-    assert keys.job_id_from_output_key("outputs/job-1.wav") is None  # the layout before attempts
+    assert keys.parse_output_key("outputs/job.1/attempt-2.wav") == ("job.1", "attempt-2")
+    assert keys.parse_output_key("outputs/job-1.wav") is None  # the layout before attempts
+    assert keys.key_from_uri("b", "s3://b/outputs/j/attempt-1.wav") == "outputs/j/attempt-1.wav"
     assert keys.job_id_from_key("status/a.b.json", keys.STATUS) == "a.b"
     assert keys.job_id_from_key("status/../x.json", keys.STATUS) is None
     assert keys.model_prefix("F5TTS_v1_Base", "abc") == "models/F5TTS_v1_Base/abc/"
