@@ -11,7 +11,7 @@ import logging
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pipeline.config import get_settings
 
@@ -173,8 +173,17 @@ def _parser() -> argparse.ArgumentParser:
     c.set_defaults(handler=_result)
 
     c = sub.add_parser("submit", help="submit a job (uploads the voice if it is a local file)")
-    c.add_argument("--text", required=True)
-    c.add_argument("--voice", required=True, help="local audio file, bucket key, or s3:// URI")
+    what = c.add_mutually_exclusive_group(required=True)
+    what.add_argument("--text", help="text to speak; [pause:1.5s] inserts a pause")
+    what.add_argument("--text-file", type=Path, help="read the text from this file ('-': stdin), up to 100,000 chars")
+    what.add_argument(
+        "--segments-file", type=Path, help="a dialogue: JSON list of {voice, text, speed?, pause_after_s?, ref_text?}"
+    )
+    c.add_argument("--voice", default=None, help="local audio file, library voice, bucket key, or s3:// URI")
+    c.add_argument("--no-normalize", action="store_true", help="speak numbers, dates and symbols as written")
+    c.add_argument("--say", action="append", default=None, metavar="WORD=ALIAS", help="lexicon entry (repeatable)")
+    c.add_argument("--lexicon", action="append", default=None, metavar="KEY", help="a PLS file in the bucket")
+    c.add_argument("--language", default=None, help="ISO 639-3 code of the text (default eng)")
     c.add_argument("--ref-text", default="", help="transcript of the voice; empty = transcribe")
     c.add_argument("--job-id", type=_job_id, default=None)
     c.add_argument("--speed", type=float, default=None)
@@ -192,6 +201,36 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--out", type=Path, default=None, help="directory; default prints all to stdout")
     c.set_defaults(handler=_schema)
     return p
+
+
+def _job_text(args: argparse.Namespace) -> tuple[str | None, list[Any] | None]:
+    if args.segments_file is not None:
+        try:
+            segments = json.loads(args.segments_file.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise _CliError(f"--segments-file: {e}") from None
+        if not isinstance(segments, list):
+            raise _CliError("--segments-file must hold a JSON list of segments")
+        return None, segments
+    if args.text_file is not None:
+        try:
+            text = sys.stdin.read() if str(args.text_file) == "-" else args.text_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise _CliError(f"--text-file: {e}") from None
+        return text, None
+    return args.text, None
+
+
+def _say(entries: list[str] | None) -> dict[str, str] | None:
+    if not entries:
+        return None
+    out = {}
+    for entry in entries:
+        word, sep, alias = entry.partition("=")
+        if not sep or not word.strip():
+            raise _CliError(f"--say {entry!r}: write WORD=ALIAS")
+        out[word.strip()] = alias.strip()
+    return out
 
 
 # -- localstack ---------------------------------------------------------------------------------
@@ -526,14 +565,20 @@ def _submit(args: argparse.Namespace) -> int:
     job_id = args.job_id or client.new_job_id()
     wait = args.wait or args.out is not None
 
-    local_voice = Path(args.voice) if Path(args.voice).is_file() else None
+    local_voice = Path(args.voice) if args.voice and Path(args.voice).is_file() else None
+    text, segments = _job_text(args)
 
     async def go() -> int:
         async with open_store(s) as store:
             voice = await client.upload_voice(store, local_voice) if local_voice else args.voice
             fields = {
-                "text": args.text,
+                "text": text,
+                "segments": segments,
                 "voice": voice,
+                "normalize": False if args.no_normalize else None,
+                "lexicon": _say(args.say),
+                "lexicons": args.lexicon,
+                "language": args.language,
                 "ref_text": args.ref_text,
                 "speed": args.speed,
                 "seed": args.seed,

@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -35,8 +35,12 @@ class Settings(BaseSettings):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
     # Input limits; exceeding one fails the job with a specific error code.
-    max_manifest_bytes: int = 64 * 1024
-    max_text_chars: int = 5000
+    # A manifest carries its text: 1 MiB holds 100,000 characters of any script, JSON-escaped.
+    max_manifest_bytes: int = 1024 * 1024
+    max_text_chars: int = Field(default=100_000, ge=1, description="all of a job's text, markers included")
+    max_pause_s: float = Field(default=10.0, gt=0, description="one [pause:...] or pause_after_s")
+    max_total_pause_s: float = Field(default=600.0, gt=0)
+    max_lexicon_bytes: int = 1024 * 1024  # one PLS file
     max_voice_bytes: int = 25 * 1024 * 1024
     max_voice_seconds: float = 60.0
     min_voice_seconds: float = 0.5
@@ -44,6 +48,8 @@ class Settings(BaseSettings):
     # Where a manifest's voice key may point (comma-separated prefixes in the env). The pipeline's
     # own prefixes (inbox/, status/, results/, outputs/, models/, cancel/) are refused regardless.
     voice_prefixes: Annotated[tuple[str, ...], NoDecode] = ("voices/",)
+    # Where a manifest's PLS lexicons may be (same rules as voice prefixes).
+    lexicon_prefixes: Annotated[tuple[str, ...], NoDecode] = ("lexicons/",)
 
     # Outputs.
     presign_expiry_s: int = Field(default=24 * 3600, ge=1, le=7 * 24 * 3600)
@@ -97,25 +103,26 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
 
-    @field_validator("voice_prefixes", mode="before")
+    @field_validator("voice_prefixes", "lexicon_prefixes", mode="before")
     @classmethod
     def _split_prefixes(cls, value: object) -> object:
         if isinstance(value, str):
             value = [p.strip() for p in value.split(",") if p.strip()]
         return value
 
-    @field_validator("voice_prefixes")
+    @field_validator("voice_prefixes", "lexicon_prefixes")
     @classmethod
-    def _check_prefixes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+    def _check_prefixes(cls, value: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
         from pipeline.keys import PIPELINE_PREFIXES
 
+        name = f"TTS_{(info.field_name or '').upper()}"
         if not value:
-            raise ValueError("TTS_VOICE_PREFIXES is empty: no voice key could be used")
+            raise ValueError(f"{name} is empty: no key could be used")
         for prefix in value:
             if not prefix.endswith("/") or prefix.startswith("/") or ".." in prefix.split("/"):
-                raise ValueError(f"TTS_VOICE_PREFIXES: {prefix!r} must be a folder like 'voices/' or 'team-a/voices/'")
+                raise ValueError(f"{name}: {prefix!r} must be a folder like 'voices/' or 'team-a/voices/'")
             if prefix.startswith(PIPELINE_PREFIXES) or any(p.startswith(prefix) for p in PIPELINE_PREFIXES):
-                raise ValueError(f"TTS_VOICE_PREFIXES: {prefix!r} overlaps the pipeline's own data")
+                raise ValueError(f"{name}: {prefix!r} overlaps the pipeline's own data")
         return value
 
     def max_batch_on(self, device: str) -> int:

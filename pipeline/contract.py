@@ -18,6 +18,7 @@ from pydantic import (
     Field,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 
@@ -60,6 +61,9 @@ class ErrorCode(StrEnum):
     INVALID_MANIFEST = "INVALID_MANIFEST"
     TEXT_TOO_LONG = "TEXT_TOO_LONG"
     TEXT_NOT_SPEAKABLE = "TEXT_NOT_SPEAKABLE"
+    INVALID_MARKUP = "INVALID_MARKUP"
+    INVALID_LEXICON = "INVALID_LEXICON"
+    LEXICON_NOT_FOUND = "LEXICON_NOT_FOUND"
     VOICE_REQUIRED = "VOICE_REQUIRED"
     INVALID_VOICE_KEY = "INVALID_VOICE_KEY"
     VOICE_OUTSIDE_BUCKET = "VOICE_OUTSIDE_BUCKET"
@@ -87,23 +91,52 @@ class WarningCode(StrEnum):
 # --------------------------------------------------------------------------------------------
 
 
+class Segment(BaseModel):
+    """One speaker's turn in a dialogue job (``Manifest.segments``)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    text: str = Field(min_length=1, description="Text of this turn; may contain [pause:1.5s] markers.")
+    voice: str | None = Field(
+        default=None, min_length=1, max_length=1024, description="Library voice name or key; unset: the job's voice."
+    )
+    ref_text: str = Field(default="", max_length=2000, description="Transcript of this voice (as Manifest.ref_text).")
+    speed: float | None = Field(default=None, ge=0.25, le=4.0, description="Unset: the job's speed.")
+    pause_after_s: float = Field(default=0.0, ge=0.0, le=10.0, description="Silence after this turn.")
+
+    @field_validator("text")
+    @classmethod
+    def _text_not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("text is blank")
+        return v
+
+
 class Manifest(BaseModel):
     """Manifest v1. Unknown fields are rejected so that typos fail loudly instead of being ignored.
 
     Limits that depend on deployment (text length, voice size and duration) are settings, checked
-    by the worker, not part of the schema.
+    by the worker, not part of the schema. A job has either ``text`` (one voice) or ``segments``
+    (a dialogue: one voice per turn), never both.
     """
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     version: Literal[1] = Field(default=1, description="Manifest schema version.")
-    text: str = Field(min_length=1, description="Text to speak.")
+    text: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Text to speak; may contain [pause:1.5s] markers. Required unless segments are given.",
+    )
+    segments: list[Segment] | None = Field(
+        default=None, min_length=1, max_length=1000, description="A dialogue: turns spoken one after the other."
+    )
     voice: str | None = Field(
         default=None,
         min_length=1,
         max_length=1024,
-        description="Reference voice: a key in the job bucket (e.g. voices/alice.wav) or an s3:// URI "
-        "in the same bucket. Defaults to the worker's TTS_DEFAULT_VOICE.",
+        description="Reference voice: a library voice name (alice), a key in the job bucket (voices/alice.wav) or an "
+        "s3:// URI in the same bucket. Defaults to the worker's TTS_DEFAULT_VOICE.",
     )
     ref_text: str = Field(
         default="",
@@ -113,19 +146,38 @@ class Manifest(BaseModel):
     speed: float = Field(default=1.0, ge=0.25, le=4.0)
     nfe_step: int = Field(default=32, ge=1, le=128, description="Flow-matching ODE steps.")
     cfg_strength: float = Field(default=2.0, ge=0.0, le=10.0)
-    seed: int | None = Field(default=None, ge=0, le=2**31 - 1, description="Unset: random, recorded.")
+    seed: int | None = Field(
+        default=None,
+        ge=0,
+        le=2**31 - 1,
+        description="Unset: derived from the job id (recorded in the result), so a retried job resumes its chunks.",
+    )
     output_format: OutputFormat = OutputFormat.wav
     word_timings: bool = True
     subtitles: list[SubtitleFormat] = Field(default_factory=list, max_length=2)
     remove_silence: bool = False
     language: Annotated[str, Field(pattern=r"^[a-z]{3}$")] = Field(
-        default="eng", description="ISO 639-3 code of the text, used for word alignment."
+        default="eng", description="ISO 639-3 code of the text, used for normalization and word alignment."
+    )
+    normalize: bool = Field(
+        default=True, description="Write numbers, dates, currency, units and abbreviations out as words."
+    )
+    lexicon: dict[str, str] = Field(
+        default_factory=dict,
+        description="Pronunciations: whole word (case-sensitive) -> what to say instead. Applied before "
+        "normalization; wins over lexicons.",
+    )
+    lexicons: list[str] = Field(
+        default_factory=list,
+        max_length=8,
+        description="W3C PLS lexicon files in the job bucket (keys under TTS_LEXICON_PREFIXES, lexicons/ by "
+        "default); later files win.",
     )
 
     @field_validator("text")
     @classmethod
-    def _text_not_blank(cls, v: str) -> str:
-        if not v.strip():
+    def _text_not_blank(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
             raise ValueError("text is blank")
         return v
 
@@ -136,9 +188,37 @@ class Manifest(BaseModel):
             raise ValueError("subtitle formats must not repeat")
         return v
 
+    @model_validator(mode="after")
+    def _text_or_segments(self) -> Manifest:
+        if (self.text is None) == (self.segments is None):
+            raise ValueError("give either text or segments (a dialogue), not both and not neither")
+        return self
+
     @property
     def needs_alignment(self) -> bool:
         return self.word_timings or bool(self.subtitles)
+
+    @property
+    def turns(self) -> list[Segment]:
+        """The job as dialogue turns: a plain ``text`` job is one turn in the job's voice."""
+        if self.segments is None:
+            assert self.text is not None
+            return [Segment(text=self.text, voice=self.voice, ref_text=self.ref_text, speed=self.speed)]
+        return [
+            seg.model_copy(
+                update={
+                    "voice": seg.voice or self.voice,
+                    "ref_text": seg.ref_text if seg.voice else (seg.ref_text or self.ref_text),
+                    "speed": seg.speed if seg.speed is not None else self.speed,
+                }
+            )
+            for seg in self.segments
+        ]
+
+    @property
+    def full_text(self) -> str:
+        """The text as one string: a dialogue's turns joined by newlines."""
+        return "\n".join(t.text for t in self.turns)
 
 
 class ManifestError(ValueError):
@@ -201,6 +281,14 @@ class Transition(BaseModel):
 class Progress(BaseModel):
     chunks_done: int = Field(ge=0)
     chunks_total: int = Field(ge=0)
+    chunks_reused: int = Field(
+        default=0, ge=0, description="Chunks taken from an earlier attempt's durable outputs instead of synthesised."
+    )
+    chunks_prefix: str | None = Field(
+        default=None,
+        description="outputs/<job_id>/chunks/: finished chunks as <index>-<digest>.flac (+ .json), listable in order "
+        "while the job runs, so a client can start listening early.",
+    )
 
 
 class JobStatus(BaseModel):
@@ -285,10 +373,43 @@ class AudioInfo(BaseModel):
 
 
 class WordTiming(BaseModel):
-    word: str
+    word: str = Field(description="The word as the client wrote it (text[text_start:text_end]).")
     start: float = Field(ge=0, description="Seconds from the start of the audio.")
     end: float = Field(ge=0)
     score: float | None = None
+    text_start: int | None = Field(default=None, ge=0, description="Character offset into the text (or segment).")
+    text_end: int | None = Field(default=None, ge=0)
+    spoken: str | None = Field(default=None, description="What was said, when normalization changed it.")
+    sentence: int | None = Field(default=None, ge=0, description="Index into the result's sentences.")
+    segment: int | None = Field(default=None, ge=0, description="Dialogue turn (index into segments).")
+    speaker: str | None = Field(default=None, description="Dialogue turn's voice.")
+
+
+class SentenceTiming(BaseModel):
+    text: str = Field(description="The sentence as the client wrote it.")
+    start: float = Field(ge=0)
+    end: float = Field(ge=0)
+    text_start: int = Field(ge=0)
+    text_end: int = Field(ge=0)
+    segment: int | None = None
+    speaker: str | None = None
+
+
+class PauseTiming(BaseModel):
+    start: float = Field(ge=0)
+    end: float = Field(ge=0)
+    text_start: int | None = Field(default=None, description="Offsets of the [pause:...] marker (none: pause_after_s).")
+    text_end: int | None = None
+    segment: int | None = None
+
+
+class SegmentTiming(BaseModel):
+    index: int
+    speaker: str = Field(description="The turn's voice as the manifest names it.")
+    voice_key: str
+    ref_text: str
+    start: float = Field(ge=0)
+    end: float = Field(ge=0)
 
 
 class ModelInfo(BaseModel):
@@ -323,7 +444,13 @@ class JobResult(BaseModel):
         description="One entry per aligned word, monotonic, inside the audio; null if not asked."
     )
     subtitles: dict[SubtitleFormat, str] = Field(default_factory=dict, description="format -> s3 URI")
-    text: str
+    sentences: list[SentenceTiming] | None = Field(
+        default=None, description="Sentence marks, as word_timings; null if not asked or alignment was skipped."
+    )
+    segments: list[SegmentTiming] | None = Field(default=None, description="Dialogue jobs: where each turn is.")
+    pauses: list[PauseTiming] = Field(default_factory=list, description="Silences asked for, where they are.")
+    text: str = Field(description="The manifest's text (a dialogue's turns joined by newlines).")
+    normalized_text: str = Field(default="", description="What was spoken: the text after lexicons and normalization.")
     ref_text: str = Field(description="The reference transcript actually used.")
     ref_text_source: Literal["manifest", "voice_library", "asr"] = Field(
         description="manifest: given in the job; voice_library: stored in voices/<name>/voice.json; "
@@ -332,7 +459,8 @@ class JobResult(BaseModel):
     ref_text_from_asr: bool = Field(default=False, description="The text was produced by ASR, now or earlier.")
     voice_key: str
     seed: int = Field(description="The seed used (the manifest's, or the one drawn); rerun with it.")
-    chunks: int = Field(description="How many text chunks were synthesised.")
+    chunks: int = Field(description="How many text chunks the text was planned into.")
+    chunks_reused: int = Field(default=0, description="Chunks an earlier attempt had made durable (not synthesised).")
     model: ModelInfo
     worker: str
     timings_ms: StageTimings

@@ -21,16 +21,20 @@ delay; on the last delivery the queue's redrive policy allows, the job ends FAIL
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import random
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import TypeVar
 
 from pipeline import keys, metrics
 from pipeline.aws import is_missing_resource, is_transient
+from pipeline.chunks import ChunkStore
 from pipeline.config import Settings
 from pipeline.consumer import Message, Queue
 from pipeline.contract import (
@@ -42,7 +46,6 @@ from pipeline.contract import (
     ResultWarning,
     StageTimings,
     WarningCode,
-    WordTiming,
     utcnow,
 )
 from pipeline.events import ObjectCreated
@@ -50,14 +53,20 @@ from pipeline.heartbeat import Heartbeat
 from pipeline.logs import job_id_var
 from pipeline.notify import Notifier
 from pipeline.publish import Outputs, Publisher
-from pipeline.stages import JobFailed, Stages
+from pipeline.stages import JobFailed, Rendered, Stages
 from pipeline.state import Claim, ClaimResult, Ledger, LostClaim
 from pipeline.store import Store
-from pipeline.tts.engine import SynthesisRequest, SynthesisResult
+from pipeline.tts.engine import Reference
 from pipeline.watch import AbortReason, JobAborted, JobWatch
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+def derived_seed(job_id: str) -> int:
+    """A manifest without a seed gets one from its job id: random across jobs, the same for every
+    attempt of one job, so a retried job finds the chunks its earlier attempt made durable."""
+    return int.from_bytes(hashlib.sha256(job_id.encode()).digest()[:4], "big") % 2**31
 
 
 class Ack(Enum):
@@ -248,26 +257,10 @@ class JobRunner:
         job_id = claim.job_id
         st = self.stages
         clock = _Clock()
+        label = f"{self.model.name}/{self.model.version}"
         inputs = await clock.run("download", lambda: st.inputs(job_id))
         manifest = inputs.manifest
-        seed = manifest.seed if manifest.seed is not None else random.randrange(2**31)
-        watch.check()
-
-        async def synthesis() -> tuple[str, str, bool, SynthesisResult]:
-            ref = await st.reference(inputs, f"{self.model.name}/{self.model.version}")
-            watch.check()
-            request = SynthesisRequest(
-                reference=ref,
-                text=manifest.text,
-                speed=manifest.speed,
-                nfe_step=manifest.nfe_step,
-                cfg_strength=manifest.cfg_strength,
-                seed=seed,
-                remove_silence=manifest.remove_silence,
-            )
-            return ref.text, ref.text_source, ref.text_source == "asr", await st.synthesize(request, watch)
-
-        ref_text, ref_source, from_asr_now, synth = await clock.run("synthesis", synthesis)
+        seed = manifest.seed if manifest.seed is not None else derived_seed(job_id)
         watch.check()
         warnings: list[ResultWarning] = []
         if self.model.random_weights:
@@ -277,27 +270,31 @@ class JobRunner:
                     message="model bundle has random weights (test bundle): the audio is noise",
                 )
             )
-        words: list[WordTiming] = []
-        if manifest.needs_alignment:
-            words = await clock.run("alignment", lambda: st.align(manifest, synth.audio, synth.sample_rate, warnings))
-        encoded, content_type = await clock.run("encode", lambda: st.encode(manifest, synth.audio, synth.sample_rate))
-        watch.check()
-        out = Outputs(
-            manifest=manifest,
-            audio=synth.audio,
-            sample_rate=synth.sample_rate,
-            encoded=encoded,
-            content_type=content_type,
-            words=words,
-            text_chunks=len(synth.chunks),
-            ref_text=ref_text,
-            ref_text_source="asr" if ref_source == "asr" else inputs.ref_text_source,
-            ref_text_from_asr=from_asr_now or inputs.ref_text_from_asr,
-            voice_key=inputs.voice_key,
-            seed=seed,
-            warnings=warnings,
-        )
-        published = await self.publisher.publish(claim, out, clock.run, lambda: clock.timings(queue_wait_ms))
+        with tempfile.TemporaryDirectory(prefix=f"tts-{job_id}-") as tmp:
+
+            async def synthesis() -> tuple[list[Reference], Rendered]:
+                refs = await st.references(inputs, label)
+                watch.check()
+                return refs, await st.render(inputs, refs, seed, label, watch, Path(tmp), warnings)
+
+            refs, rendered = await clock.run("synthesis", synthesis)
+            for stage, ms in rendered.stage_ms.items():  # done inside synthesis, reported as their own
+                clock.ms[stage] = clock.ms.get(stage, 0.0) + ms
+                clock.ms["synthesis"] -= ms
+            watch.check()
+            first = inputs.voices[0]
+            out = Outputs(
+                manifest=manifest,
+                rendered=rendered,
+                ref_text=refs[0].text,
+                ref_text_source="asr" if refs[0].text_source == "asr" else first.ref_text_source,
+                ref_text_from_asr=refs[0].text_source == "asr" or first.ref_text_from_asr,
+                voice_key=first.voice_key,
+                normalized_text=inputs.analysis.normalized_text,
+                seed=seed,
+                warnings=warnings,
+            )
+            published = await self.publisher.publish(claim, out, clock.run, lambda: clock.timings(queue_wait_ms))
         note = None if published else "result already published"
         await self._finish(claim, JobState.COMPLETED, result_key=keys.result_key(job_id), note=note)
 
@@ -353,4 +350,16 @@ class JobRunner:
         else:
             log.info("%s%s", state, f": {note}" if note else "")
         if state.terminal:
+            await self._remove_chunks(claim.job_id)
             await self.notifier.job_finished(status)
+
+    async def _remove_chunks(self, job_id: str) -> None:
+        """A finished job's durable chunks are replaced by its audio (or by nothing); if S3 fails
+        here, the reconciler removes them later."""
+        try:
+            removed = await ChunkStore(self.store, job_id).remove_all()
+        except Exception as e:
+            log.warning("could not remove the job's chunks: %s", e)
+            return
+        if removed:
+            log.info("removed %d chunk objects", removed)

@@ -7,6 +7,10 @@ outputs/<job_id>/attempt-<n>.<ext>
                                audio (+ .srt / .vtt when asked) of processing attempt n; the
                                result names the attempt that won, so a worker paused past its
                                lease can never overwrite the outputs a successor's result names
+outputs/<job_id>/chunks/<index>-<digest>.flac (+ .json)
+                               each text chunk as soon as it is synthesised (listen early; a
+                               retried job reuses them). Content-addressed: any attempt writes
+                               the same bytes under the same key. Removed when the job ends.
 voices/...                     reference voices (the only prefix a manifest's ``voice`` may name
                                by default; TTS_VOICE_PREFIXES widens it, never to pipeline data)
 models/<name>/<version>/...    model bundles; models/<name>/latest names the newest version
@@ -78,11 +82,33 @@ def output_key(job_id: str, attempt: int, ext: str) -> str:
     return f"{attempt_outputs_prefix(job_id, attempt)}{ext}"
 
 
+CHUNKS_DIR = "chunks"
+
+
+def chunks_prefix(job_id: str) -> str:
+    """A job's durable chunks (``pipeline.chunks``), shared by all its attempts."""
+    return f"{OUTPUTS}{job_id}/{CHUNKS_DIR}/"
+
+
+def chunk_key(job_id: str, index: int, digest: str, ext: str) -> str:
+    """Zero-padded index first, so a listing is in playing order."""
+    return f"{chunks_prefix(job_id)}{index:05d}-{digest}.{ext}"
+
+
+def parse_chunk_key(key: str) -> tuple[int, str, str] | None:
+    """``.../chunks/<index>-<digest>.<ext>`` -> (index, digest, ext); None if not one."""
+    m = re.match(r"^(\d{5,})-([0-9a-f]{8,64})\.([a-z0-9]+)$", key.rsplit("/", 1)[-1])
+    return (int(m.group(1)), m.group(2), m.group(3)) if m else None
+
+
 def parse_output_key(key: str) -> tuple[str, str] | None:
-    """``outputs/<job_id>/attempt-<n>.<ext>`` -> (job id, ``attempt-<n>``); None for other keys."""
+    """``outputs/<job_id>/attempt-<n>.<ext>`` -> (job id, ``attempt-<n>``), and a chunk key ->
+    (job id, ``chunks``); None for other keys."""
     job_id, sep, name = key.removeprefix(OUTPUTS).partition("/")
     if not key.startswith(OUTPUTS) or not sep or not is_valid_job_id(job_id):
         return None
+    if name.startswith(CHUNKS_DIR + "/"):
+        return job_id, CHUNKS_DIR
     return job_id, name.split(".", 1)[0]
 
 
@@ -92,6 +118,15 @@ def job_id_from_key(key: str, prefix: str, suffix: str = ".json") -> str | None:
         return None
     job_id = key[len(prefix) : len(key) - len(suffix)]
     return job_id if is_valid_job_id(job_id) else None
+
+
+LEXICONS = "lexicons/"
+DEFAULT_LEXICON_PREFIXES = (LEXICONS,)
+
+
+def lexicon_key(ref: str, bucket: str, allowed: tuple[str, ...] = DEFAULT_LEXICON_PREFIXES) -> str:
+    """A manifest's ``lexicons`` entry (key or s3:// URI): the same rules as voices, other prefixes."""
+    return _allowed_key(ref, bucket, allowed, "lexicon", "TTS_LEXICON_PREFIXES")
 
 
 def cancel_key(job_id: str) -> str:
@@ -139,27 +174,31 @@ def voice_key(voice: str, bucket: str, allowed: tuple[str, ...] = DEFAULT_VOICE_
     leading ``/``, control characters), keys outside the ``allowed`` prefixes (``voices/`` by
     default) and, always, the pipeline's own prefixes.
     """
-    if voice.startswith("s3://"):
-        rest = voice[len("s3://") :]
+    return _allowed_key(voice, bucket, allowed, "voice", "TTS_VOICE_PREFIXES")
+
+
+def _allowed_key(ref: str, bucket: str, allowed: tuple[str, ...], what: str, setting: str) -> str:
+    outside = ErrorCode.VOICE_OUTSIDE_BUCKET if what == "voice" else ErrorCode.INVALID_LEXICON
+    invalid = ErrorCode.INVALID_VOICE_KEY if what == "voice" else ErrorCode.INVALID_LEXICON
+    if ref.startswith("s3://"):
+        rest = ref[len("s3://") :]
         other, _, key = rest.partition("/")
         if other != bucket:
             raise VoiceRefError(
-                ErrorCode.VOICE_OUTSIDE_BUCKET,
-                f"voice {voice!r} is in bucket {other!r}; voices must be in the job bucket {bucket!r}",
+                outside, f"{what} {ref!r} is in bucket {other!r}; {what}s must be in the job bucket {bucket!r}"
             )
-    elif "://" in voice:
-        raise VoiceRefError(ErrorCode.INVALID_VOICE_KEY, f"voice {voice!r}: only s3:// URIs or keys")
+    elif "://" in ref:
+        raise VoiceRefError(invalid, f"{what} {ref!r}: only s3:// URIs or keys")
     else:
-        key = voice
+        key = ref
     if not key or key.startswith("/") or any(ord(c) < 32 or ord(c) == 127 for c in key):
-        raise VoiceRefError(ErrorCode.INVALID_VOICE_KEY, f"voice key {key!r} is empty or malformed")
+        raise VoiceRefError(invalid, f"{what} key {key!r} is empty or malformed")
     if key != posixpath.normpath(key) or key.split("/")[0] in {"..", "."}:
-        raise VoiceRefError(ErrorCode.INVALID_VOICE_KEY, f"voice key {key!r} is not a normalised path")
+        raise VoiceRefError(invalid, f"{what} key {key!r} is not a normalised path")
     if key.startswith(PIPELINE_PREFIXES):
-        raise VoiceRefError(ErrorCode.INVALID_VOICE_KEY, f"voice key {key!r} points at pipeline data")
+        raise VoiceRefError(invalid, f"{what} key {key!r} points at pipeline data")
     if not key.startswith(allowed):
         raise VoiceRefError(
-            ErrorCode.INVALID_VOICE_KEY,
-            f"voice key {key!r} is outside the voice prefixes {', '.join(allowed)} (TTS_VOICE_PREFIXES)",
+            invalid, f"{what} key {key!r} is outside the {what} prefixes {', '.join(allowed)} ({setting})"
         )
     return key

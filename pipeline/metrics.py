@@ -34,6 +34,9 @@ IN_FLIGHT = Gauge("tts_jobs_in_flight", "Jobs being processed now")
 RECEIVES = Counter("tts_sqs_receives", "SQS ReceiveMessage calls (long polls) started")
 DUPLICATES = Counter("tts_duplicate_deliveries", "Deliveries of jobs already finished, acknowledged")
 DEFERRED = Counter("tts_deferred_deliveries", "Deliveries of jobs held by a live lease elsewhere, put back")
+CHUNKS = Counter(
+    "tts_chunks", "Text chunks rendered: synthesised by the model, or reused from an earlier attempt", ["source"]
+)
 RETRIES = Counter("tts_job_retries", "Jobs put back on the queue after a transient error")
 BATCH_SIZE = Histogram(
     "tts_batch_size", "Items per model call", ["kind"], buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)

@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeVar
 
-import numpy as np
-
 from pipeline import keys
 from pipeline.config import Settings
 from pipeline.contract import (
@@ -32,6 +30,7 @@ from pipeline.contract import (
     utcnow,
 )
 from pipeline.faults import NO_FAULTS, FaultHooks
+from pipeline.stages import Rendered
 from pipeline.state import Claim, Ledger
 from pipeline.store import PreconditionFailed, Store
 from pipeline.tts import subtitles
@@ -47,18 +46,18 @@ class Outputs:
     """Everything a finished job publishes, as the stages produced it."""
 
     manifest: Manifest
-    audio: np.ndarray
-    sample_rate: int
-    encoded: bytes
-    content_type: str
-    words: list[WordTiming]
-    text_chunks: int
+    rendered: Rendered
     ref_text: str
     ref_text_source: str
     ref_text_from_asr: bool
     voice_key: str
+    normalized_text: str
     seed: int
     warnings: list[ResultWarning]
+
+    @property
+    def words(self) -> list[WordTiming]:
+        return self.rendered.words
 
 
 class Publisher:
@@ -110,7 +109,7 @@ class Publisher:
         return True
 
     async def upload(self, job_id: str, attempt: int, out: Outputs, audio_key: str) -> dict[SubtitleFormat, str]:
-        await self.store.put_bytes(audio_key, out.encoded, out.content_type)
+        await self.store.put_file(audio_key, out.rendered.path, out.rendered.content_type)
         subs: dict[SubtitleFormat, str] = {}
         if not out.words:  # alignment skipped (warning recorded): no subtitles to write
             return subs
@@ -136,6 +135,7 @@ class Publisher:
     ) -> JobResult:
         expires = self.settings.presign_expiry_s
         manifest = out.manifest
+        r = out.rendered
         return JobResult(
             job_id=job_id,
             audio=AudioInfo(
@@ -143,19 +143,24 @@ class Publisher:
                 url=url,
                 url_expires_at=utcnow() + timedelta(seconds=expires),
                 format=manifest.output_format,
-                sample_rate=out.sample_rate,
-                duration_s=round(len(out.audio) / out.sample_rate, 4),
-                bytes=len(out.encoded),
+                sample_rate=r.sample_rate,
+                duration_s=round(r.samples / r.sample_rate, 4),
+                bytes=r.path.stat().st_size,
             ),
-            word_timings=out.words if manifest.word_timings else None,
+            word_timings=r.words if manifest.word_timings else None,
+            sentences=r.sentences if manifest.word_timings and r.words else None,
+            segments=r.segments or None,
+            pauses=r.pauses,
             subtitles=subs,
-            text=manifest.text,
+            text=manifest.full_text,
+            normalized_text=out.normalized_text,
             ref_text=out.ref_text,
             ref_text_source=out.ref_text_source,
             ref_text_from_asr=out.ref_text_from_asr,
             voice_key=out.voice_key,
             seed=out.seed,
-            chunks=out.text_chunks,
+            chunks=r.chunks,
+            chunks_reused=r.reused,
             model=self.model,
             worker=self.settings.worker_id,
             timings_ms=timings,

@@ -1,49 +1,66 @@
-"""The work of one job, stage by stage: inputs, synthesis, alignment, encoding.
+"""The work of one job, stage by stage: inputs (manifest, lexicons, text analysis, voices),
+references, and rendering (synthesis, alignment and encoding, chunk by chunk).
 
 Each stage either returns its product or raises ``JobFailed`` with a specific error code (bad
 input, a failed model call) or ``JobAborted`` (cancelled, timed out, shut down, lost). What to do
 with those outcomes is the job state machine's business (``pipeline.jobs``); publishing is
 ``pipeline.publish``'s.
 
-Synthesis goes through the batcher (``pipeline.batcher``): a job feeds it its text chunks, at most
-``max_batch`` at a time so that a long text cannot crowd out other jobs, and records progress as
-chunks come back. Everything else runs off the event loop in threads, so heartbeats, other jobs'
-downloads and the next batch's assembly overlap the model's work.
+Rendering walks the job's pieces (``pipeline.text.script``: chunks of speech and pauses) in order.
+Chunks go through the batcher (``pipeline.batcher``), at most ``max_batch`` of a job in flight so a
+long text cannot crowd out other jobs. Each finished chunk is aligned on its own (word timings
+shifted into the job's timeline, so alignment cost and memory stay per chunk), made durable in S3
+(``pipeline.chunks``: listen early, resume after a crash) and streamed into the output file
+(``pipeline.tts.assembler``): memory stays bounded however long the text. Chunks an earlier
+attempt made durable are reused instead of synthesised. Everything else runs off the event loop in
+threads, so heartbeats, other jobs' downloads and the next batch's assembly overlap the model.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 import numpy as np
 
-from pipeline import keys
+from pipeline import chunks as chunk_io
+from pipeline import keys, metrics
 from pipeline.batcher import Batcher, Work
+from pipeline.chunks import ChunkRecord, ChunkSpec, ChunkStore
 from pipeline.config import Settings
 from pipeline.contract import (
     ErrorCode,
     Manifest,
     ManifestError,
+    PauseTiming,
     ResultWarning,
+    SegmentTiming,
+    SentenceTiming,
     WarningCode,
     WordTiming,
     parse_manifest,
 )
 from pipeline.faults import NO_FAULTS, FaultHooks
 from pipeline.store import NotFound, Store, TooLarge
+from pipeline.text import lexicon as lexicons
+from pipeline.text import script
+from pipeline.text.script import Analysis, Piece
 from pipeline.tts import audio as audio_utils
+from pipeline.tts import sampler
 from pipeline.tts.align import AlignmentImpossible
-from pipeline.tts.engine import EngineError, Reference, SynthesisRequest, SynthesisResult
+from pipeline.tts.assembler import StreamingAssembler
+from pipeline.tts.engine import CROSS_FADE_S, SAMPLE_RATE, EngineError, Reference, chunk_budget
 from pipeline.tts.voices import VoiceLibrary, VoiceRecord
 from pipeline.watch import JobWatch
 
 if TYPE_CHECKING:
     from pipeline.tts.align import Aligner
     from pipeline.tts.engine import F5Engine
-    from pipeline.tts.sampler import Item
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +79,10 @@ def fail(code: ErrorCode | str, message: str) -> NoReturn:
 
 
 @dataclass
-class JobInputs:
-    manifest: Manifest
+class VoiceInput:
+    """One distinct reference voice of a job (a dialogue has several)."""
+
+    name: str  # as the manifest names it (library name, key or URI)
     voice_key: str
     wave: np.ndarray
     sample_rate: int
@@ -71,6 +90,35 @@ class JobInputs:
     ref_text_source: str  # "manifest" | "voice_library" | "asr" (decided before synthesis)
     library: tuple[VoiceRecord, str] | None = None  # (record, etag) for a library voice
     ref_text_from_asr: bool = False  # the library's stored transcript came from an earlier ASR run
+
+
+@dataclass
+class JobInputs:
+    manifest: Manifest
+    analysis: Analysis
+    voices: list[VoiceInput]
+    turn_voice: list[int]  # turn -> index into voices
+
+    @property
+    def dialogue(self) -> bool:
+        return self.manifest.segments is not None
+
+
+@dataclass
+class Rendered:
+    """A job's audio (a file on disk, streamed there chunk by chunk) and its speech marks."""
+
+    path: Path
+    samples: int
+    sample_rate: int
+    content_type: str
+    words: list[WordTiming]
+    sentences: list[SentenceTiming]
+    segments: list[SegmentTiming]
+    pauses: list[PauseTiming]
+    chunks: int
+    reused: int
+    stage_ms: dict[str, float] = field(default_factory=dict)  # alignment/encode/upload inside synthesis
 
 
 class Stages:
@@ -105,10 +153,33 @@ class Stages:
             manifest = parse_manifest(raw)
         except ManifestError as e:
             fail(e.code, e.message)
-        _check_text(manifest.text, s.max_text_chars)
-        voice = manifest.voice or s.default_voice
-        if not voice:
-            fail(ErrorCode.VOICE_REQUIRED, "manifest names no voice and the worker has no TTS_DEFAULT_VOICE")
+        _check_text(manifest.full_text, s.max_text_chars)
+        lexicon = await self._lexicon(manifest)
+        try:  # 100,000 characters take a moment: off the event loop
+            analysis = await asyncio.to_thread(
+                script.analyse,
+                manifest,
+                lexicon,
+                max_pause_s=s.max_pause_s,
+                max_total_pause_s=s.max_total_pause_s,
+            )
+        except script.ScriptError as e:
+            fail(e.code, e.message)
+        voices: list[VoiceInput] = []
+        turn_voice: list[int] = []
+        seen: dict[tuple[str, str], int] = {}
+        for turn in analysis.turns:
+            voice = turn.voice or s.default_voice
+            if not voice:
+                fail(ErrorCode.VOICE_REQUIRED, "manifest names no voice and the worker has no TTS_DEFAULT_VOICE")
+            if (voice, turn.ref_text) not in seen:
+                seen[(voice, turn.ref_text)] = len(voices)
+                voices.append(await self._voice(voice, turn.ref_text))
+            turn_voice.append(seen[(voice, turn.ref_text)])
+        return JobInputs(manifest, analysis, voices, turn_voice)
+
+    async def _voice(self, voice: str, ref_text: str) -> VoiceInput:
+        s = self.settings
         library = await self.voices.get(voice)  # a library name ("alice") before a plain key
         if library is not None:
             vkey = library[0].audio_key
@@ -124,72 +195,73 @@ class Stages:
         except TooLarge as e:
             fail(ErrorCode.VOICE_TOO_LARGE, f"voice is {e.size} bytes; the limit is {e.limit}")
         wave, sr = await asyncio.to_thread(_decode_voice, data, s.min_voice_seconds, s.max_voice_seconds)
-        if not manifest.ref_text.strip() and library is not None and library[0].ref_text:
+        if not ref_text.strip() and library is not None and library[0].ref_text:
             record = library[0]
-            return JobInputs(
-                manifest, vkey, wave, sr, record.ref_text, "voice_library", library, record.ref_text_source == "asr"
+            return VoiceInput(
+                voice, vkey, wave, sr, record.ref_text, "voice_library", library, record.ref_text_source == "asr"
             )
-        return JobInputs(manifest, vkey, wave, sr, manifest.ref_text, "manifest", library)
+        return VoiceInput(voice, vkey, wave, sr, ref_text, "manifest", library)
+
+    async def _lexicon(self, manifest: Manifest) -> dict[str, str]:
+        """PLS files in order (later wins), then the manifest's own entries over all of them."""
+        s = self.settings
+        found: list[dict[str, str]] = []
+        for ref in manifest.lexicons:
+            try:
+                key = keys.lexicon_key(ref, s.bucket, s.lexicon_prefixes)
+                data = await self.store.get_bytes(key, max_bytes=s.max_lexicon_bytes)
+                found.append(lexicons.parse_pls(data))
+            except keys.VoiceRefError as e:
+                fail(e.code, e.message)
+            except NotFound:
+                fail(ErrorCode.LEXICON_NOT_FOUND, f"lexicon {ref!r}: no object s3://{s.bucket}/{key}")
+            except TooLarge as e:
+                fail(ErrorCode.INVALID_LEXICON, f"lexicon {ref!r} is {e.size} bytes; the limit is {e.limit}")
+            except lexicons.LexiconError as e:
+                fail(ErrorCode.INVALID_LEXICON, f"lexicon {ref!r}: {e}")
+        merged = lexicons.merge(*found, manifest.lexicon)
+        try:
+            lexicons.check(merged)
+        except lexicons.LexiconError as e:
+            fail(ErrorCode.INVALID_LEXICON, f"lexicon: {e}")
+        return merged
 
     # -- synthesis ------------------------------------------------------------------------------
 
-    async def reference(self, inputs: JobInputs, model_label: str) -> Reference:
-        try:
-            ref = await asyncio.to_thread(
-                self.engine.prepare_reference, inputs.wave, inputs.sample_rate, inputs.ref_text
+    async def references(self, inputs: JobInputs, model_label: str) -> list[Reference]:
+        refs = []
+        for voice in inputs.voices:
+            try:
+                ref = await asyncio.to_thread(
+                    self.engine.prepare_reference, voice.wave, voice.sample_rate, voice.ref_text
+                )
+            except EngineError as e:
+                fail(e.code, f"voice {voice.name!r}: {e}" if inputs.dialogue else str(e))
+            if ref.text_source == "asr" and voice.library is not None:
+                await self._remember_transcript(voice.library, ref.text, model_label)
+            refs.append(ref)
+        return refs
+
+    async def render(
+        self,
+        inputs: JobInputs,
+        refs: list[Reference],
+        seed: int,
+        model_label: str,
+        watch: JobWatch,
+        workdir: Path,
+        warnings: list[ResultWarning],
+    ) -> Rendered:
+        """Every piece in order: durable chunks reused, the rest synthesised through the batcher
+        (``max_batch`` of this job's chunks in flight, so a long text cannot crowd out other jobs),
+        each new chunk aligned and made durable, and the audio streamed to a file."""
+        pieces = inputs.analysis.plan(
+            lambda turn, speed: chunk_budget(
+                len(refs[inputs.turn_voice[turn]].audio), refs[inputs.turn_voice[turn]].text, speed
             )
-        except EngineError as e:
-            fail(e.code, str(e))
-        if ref.text_source == "asr" and inputs.library is not None:
-            await self._remember_transcript(inputs.library, ref.text, model_label)
-        return ref
-
-    async def synthesize(self, request: SynthesisRequest, watch: JobWatch) -> SynthesisResult:
-        """The job's chunks through the batcher, ``max_batch`` in flight at a time."""
-        try:
-            items = await asyncio.to_thread(self.engine.plan, request)
-        except EngineError as e:
-            fail(e.code, str(e))
-        total = len(items)
-        waves: list[np.ndarray | None] = [None] * total
-        in_flight: dict[asyncio.Future[np.ndarray], int] = {}
-        next_i = done = 0
-        watch.set_progress(0, total)
-        try:
-            while True:
-                watch.check()
-                hold_at = self.faults.hold_point(watch.job_id, watch.attempt, total)
-                if hold_at == done and not in_flight:  # test hook: stopped at a chunk boundary
-                    await self.faults.hold(watch.job_id, watch.attempt, done, total, watch.check)
-                    continue
-                if done == total:
-                    break
-                while next_i < total and len(in_flight) < self.batcher.max_batch and next_i != hold_at:
-                    in_flight[self._submit(request, items[next_i], watch.job_id)] = next_i
-                    next_i += 1
-                aborted = asyncio.ensure_future(watch.aborted.wait())
-                finished, _ = await asyncio.wait([*in_flight, aborted], return_when=asyncio.FIRST_COMPLETED)
-                aborted.cancel()
-                watch.check()
-                for fut in finished:
-                    if fut in in_flight:
-                        i = in_flight.pop(fut)  # type: ignore[call-overload]
-                        waves[i] = _chunk_result(fut, i, total, self.engine.device)  # type: ignore[arg-type]
-                        done += 1
-                watch.set_progress(done, total)
-        finally:
-            if in_flight:  # aborted or failed: give the model's time to other jobs
-                self.batcher.cancel(watch.job_id)
-                for fut in in_flight:
-                    fut.cancel()
-        try:
-            return await asyncio.to_thread(self.engine.assemble, request, items, waves)  # type: ignore[arg-type]
-        except EngineError as e:
-            fail(e.code, str(e))
-
-    def _submit(self, request: SynthesisRequest, item: Item, owner: str) -> asyncio.Future[np.ndarray]:
-        group = (request.nfe_step, request.cfg_strength)
-        return self.batcher.submit(Work("synthesis", group, item.frames, owner, item))
+        )
+        run = _Render(self, inputs, refs, pieces, seed, model_label, watch, workdir, warnings)
+        return await run.go()
 
     async def _remember_transcript(self, library: tuple[VoiceRecord, str], text: str, by: str) -> None:
         """First transcription of a library voice: store it so no job anywhere runs ASR on it again."""
@@ -199,24 +271,301 @@ class Stages:
             "voice %s: transcript %s", record.name, "stored" if saved and saved.ref_text == text.strip() else "kept"
         )
 
-    # -- alignment and encoding -----------------------------------------------------------------
 
-    async def align(
-        self, manifest: Manifest, wave: np.ndarray, sr: int, warnings: list[ResultWarning]
-    ) -> list[WordTiming]:
+class _Render:
+    """One job's render loop (``Stages.render``)."""
+
+    def __init__(
+        self,
+        stages: Stages,
+        inputs: JobInputs,
+        refs: list[Reference],
+        pieces: list[Piece],
+        seed: int,
+        model_label: str,
+        watch: JobWatch,
+        workdir: Path,
+        warnings: list[ResultWarning],
+    ) -> None:
+        self.st = stages
+        self.inputs = inputs
+        self.refs = refs
+        self.pieces = pieces
+        self.watch = watch
+        self.warnings = warnings
+        self.chunks = ChunkStore(stages.store, watch.job_id)
+        m = inputs.manifest
+        self.speech = [p for p in pieces if not p.is_pause]
+        self.ordinal = {p.index: k for k, p in enumerate(self.speech)}
+        self.specs: dict[int, ChunkSpec] = {}
+        shas = [hashlib.sha256(r.audio.tobytes()).hexdigest() for r in refs]
+        for p in self.speech:
+            v = inputs.turn_voice[p.turn]
+            self.specs[p.index] = ChunkSpec(
+                model=model_label,
+                voice_sha256=shas[v],
+                ref_text=refs[v].text,
+                spoken=p.spoken,
+                seed=seed + self.ordinal[p.index],
+                speed=p.speed,
+                nfe_step=m.nfe_step,
+                cfg_strength=m.cfg_strength,
+                remove_silence=m.remove_silence,
+                align_language=m.language if m.needs_alignment else None,
+            )
+        self.asm = StreamingAssembler(
+            workdir / f"audio.{m.output_format.value}",
+            SAMPLE_RATE,
+            m.output_format.value,
+            int(CROSS_FADE_S * SAMPLE_RATE),
+        )
+        self.marks = _Marks(inputs)
+        self.ms: dict[str, float] = {"alignment": 0.0, "encode": 0.0, "upload": 0.0}
+        self.reused = 0
+        self.skipped: list[str] = []
+
+    async def go(self) -> Rendered:
+        watch, total = self.watch, len(self.speech)
+        durable = await self.chunks.durable()
+        reuse = {i for i, spec in self.specs.items() if durable.get(i) == spec.digest()}
+        pending: dict[int, asyncio.Future[np.ndarray]] = {}
+        next_submit = done = 0
+        prev: Piece | None = None
+        watch.set_progress(0, total)
         try:
-            spans = await asyncio.to_thread(self.aligner.align, wave, sr, manifest.text, manifest.language)
-        except AlignmentImpossible as e:
-            warnings.append(ResultWarning(code=WarningCode.ALIGNMENT_SKIPPED, message=str(e)))
-            log.warning("alignment skipped: %s", e)
+            for piece in self.pieces:
+                watch.check()
+                k = self.ordinal.get(piece.index)
+                hold_at = self.st.faults.hold_point(watch.job_id, watch.attempt, total)
+                if k is not None and hold_at == k and not pending:  # test hook: held at a chunk boundary
+                    await self.st.faults.hold(watch.job_id, watch.attempt, done, total, watch.check)
+                    hold_at = None
+                while next_submit < len(self.pieces) and len(pending) < self.st.batcher.max_batch:
+                    nxt = self.pieces[next_submit]
+                    kn = self.ordinal.get(nxt.index)
+                    if kn is not None and hold_at is not None and kn >= hold_at:
+                        break
+                    if kn is not None and nxt.index not in reuse:
+                        pending[nxt.index] = self._submit(nxt)
+                    next_submit += 1
+                if piece.is_pause:
+                    self._pause(piece)
+                else:
+                    if piece.index in reuse and await self._reuse(piece, prev):
+                        self.reused += 1
+                        metrics.CHUNKS.labels("reused").inc()
+                    else:
+                        fut = pending.pop(piece.index, None) or self._submit(piece)
+                        await self._fresh(piece, prev, await self._wait(fut, k or 0, total))
+                    done += 1
+                    watch.set_progress(done, total, self.reused)
+                prev = piece
+        except BaseException:
+            self.asm.abort()
+            raise
+        finally:
+            if pending:  # aborted or failed: give the model's time to other jobs
+                self.st.batcher.cancel(watch.job_id)
+                for fut in pending.values():
+                    fut.cancel()
+        samples = await asyncio.to_thread(self.asm.close)
+        if self.skipped:
+            self.warnings.append(
+                ResultWarning(
+                    code=WarningCode.ALIGNMENT_SKIPPED,
+                    message=f"no word timings for {len(self.skipped)} of {total} chunks: {self.skipped[0]}",
+                )
+            )
+        return Rendered(
+            path=self.asm.path,
+            samples=samples,
+            sample_rate=SAMPLE_RATE,
+            content_type=self.asm.content_type,
+            words=self.marks.words,
+            sentences=self.marks.sentence_timings(),
+            segments=self.marks.segment_timings(self.inputs, samples),
+            pauses=self.marks.pauses,
+            chunks=total,
+            reused=self.reused,
+            stage_ms=self.ms,
+        )
+
+    def _submit(self, piece: Piece) -> asyncio.Future[np.ndarray]:
+        m = self.inputs.manifest
+        ref = self.refs[self.inputs.turn_voice[piece.turn]]
+        spec = self.specs[piece.index]
+        item = sampler.Item(
+            ref_audio=ref.audio, ref_text=ref.text, text=piece.spoken, speed=piece.speed, seed=spec.seed
+        )
+        work = Work("synthesis", (m.nfe_step, m.cfg_strength), item.frames, self.watch.job_id, item)
+        return self.st.batcher.submit(work)
+
+    async def _wait(self, fut: asyncio.Future[np.ndarray], k: int, total: int) -> np.ndarray:
+        watch = self.watch
+        aborted = asyncio.ensure_future(watch.aborted.wait())
+        try:
+            await asyncio.wait([fut, aborted], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            aborted.cancel()
+        watch.check()
+        return _chunk_result(fut, k, total, self.st.engine.device)
+
+    def _joins(self, piece: Piece, prev: Piece | None) -> bool:
+        """Chunks of one turn cross-fade as F5-TTS joins them; pauses and turn changes butt-join."""
+        return prev is not None and not prev.is_pause and prev.turn == piece.turn
+
+    def _pause(self, piece: Piece) -> None:
+        t0 = time.perf_counter()
+        start = self.asm.add(np.zeros(round(piece.pause_s * SAMPLE_RATE), dtype=np.float32), cross_fade=False)
+        self.ms["encode"] += (time.perf_counter() - t0) * 1000
+        self.marks.pause(piece, start / SAMPLE_RATE, (start + round(piece.pause_s * SAMPLE_RATE)) / SAMPLE_RATE)
+
+    async def _fresh(self, piece: Piece, prev: Piece | None, wave: np.ndarray) -> None:
+        m = self.inputs.manifest
+        spec = self.specs[piece.index]
+        if m.remove_silence:
+            wave = await asyncio.to_thread(self.st.engine.remove_silence, wave)
+        if wave.size == 0 or not np.all(np.isfinite(wave)):
+            fail(ErrorCode.SYNTHESIS_FAILED, f"chunk {self.ordinal[piece.index] + 1} produced no usable audio")
+        metrics.CHUNKS.labels("synthesized").inc()
+        pcm = chunk_io.quantize(wave)
+        audio = chunk_io.dequantize(pcm)
+        record = ChunkRecord(index=piece.index, digest=spec.digest(), samples=len(pcm), sample_rate=SAMPLE_RATE)
+        if spec.align_language is not None:
+            t0 = time.perf_counter()
+            try:
+                spans = await asyncio.to_thread(self.st.aligner.align, audio, SAMPLE_RATE, piece.spoken, m.language)
+                record.words = [(s.start, s.end, round(s.score, 4)) for s in spans]
+            except AlignmentImpossible as e:
+                record.alignment_error = str(e)
+            self.ms["alignment"] += (time.perf_counter() - t0) * 1000
+        self.watch.check()
+        t0 = time.perf_counter()
+        await self.chunks.save(record, pcm)
+        self.ms["upload"] += (time.perf_counter() - t0) * 1000
+        self._place(piece, prev, audio, record)
+
+    async def _reuse(self, piece: Piece, prev: Piece | None) -> bool:
+        spec = self.specs[piece.index]
+        t0 = time.perf_counter()
+        found = await self.chunks.load(piece.index, spec.digest())
+        self.ms["upload"] += (time.perf_counter() - t0) * 1000
+        if found is None:
+            return False
+        record, pcm = found
+        self._place(piece, prev, chunk_io.dequantize(pcm), record)
+        return True
+
+    def _place(self, piece: Piece, prev: Piece | None, audio: np.ndarray, record: ChunkRecord) -> None:
+        t0 = time.perf_counter()
+        start = self.asm.add(audio, cross_fade=self._joins(piece, prev))
+        self.ms["encode"] += (time.perf_counter() - t0) * 1000
+        offset = start / SAMPLE_RATE
+        self.marks.chunk(piece, offset, offset + len(audio) / SAMPLE_RATE)
+        if record.alignment_error is not None:
+            self.skipped.append(f"chunk {self.ordinal[piece.index] + 1}: {record.alignment_error}")
+        elif record.words is not None and not self.marks.words_of(piece, offset, record.words):
+            self.skipped.append(f"chunk {self.ordinal[piece.index] + 1}: aligner returned a different word count")
+
+
+class _Marks:
+    """Speech marks in the job's timeline, tied back to the client's text."""
+
+    def __init__(self, inputs: JobInputs) -> None:
+        self.inputs = inputs
+        self.dialogue = inputs.dialogue
+        self.words: list[WordTiming] = []
+        self.pauses: list[PauseTiming] = []
+        self.turn_spans: dict[int, list[float]] = {}
+
+    def _speaker(self, turn: int) -> str | None:
+        return self.inputs.voices[self.inputs.turn_voice[turn]].name if self.dialogue else None
+
+    def chunk(self, piece: Piece, start: float, end: float) -> None:
+        span = self.turn_spans.setdefault(piece.turn, [start, end])
+        span[1] = end
+
+    def pause(self, piece: Piece, start: float, end: float) -> None:
+        marker = piece.marker or (None, None)
+        segment = piece.turn if self.dialogue else None
+        self.pauses.append(
+            PauseTiming(
+                start=round(start, 3), end=round(end, 3), text_start=marker[0], text_end=marker[1], segment=segment
+            )
+        )
+
+    def words_of(self, piece: Piece, offset: float, spans: list[tuple[float, float, float]]) -> bool:
+        """One aligner span per spoken word; a source word spans all of its spoken words."""
+        spoken = script.spoken_words(piece.words)
+        if len(spoken) != len(spans):
+            return False
+        text = self.inputs.analysis.turns[piece.turn].text
+        grouped: dict[int, list[tuple[float, float, float]]] = {}
+        for (i, _), span in zip(spoken, spans, strict=True):
+            grouped.setdefault(i, []).append(span)
+        for i, group in sorted(grouped.items()):
+            w = piece.words[i]
+            source = text[w.token.start : w.token.end]
+            # Cross-faded chunks overlap by 0.15 s: a chunk's first word may be placed before the
+            # previous chunk's last one ends. Keep the marks non-decreasing, as within a chunk.
+            floor = self.words[-1].end if self.words else 0.0
+            start = max(round(offset + group[0][0], 3), floor)
+            end = max(round(offset + max(g[1] for g in group), 3), start)
+            self.words.append(
+                WordTiming(
+                    word=source,
+                    start=start,
+                    end=end,
+                    score=round(sum(g[2] for g in group) / len(group), 4),
+                    text_start=w.token.start,
+                    text_end=w.token.end,
+                    spoken=None if w.token.spoken == source else w.token.spoken,
+                    sentence=w.sentence,
+                    segment=piece.turn if self.dialogue else None,
+                    speaker=self._speaker(piece.turn),
+                )
+            )
+        return True
+
+    def sentence_timings(self) -> list[SentenceTiming]:
+        by: dict[int, list[WordTiming]] = {}
+        for w in self.words:
+            by.setdefault(w.sentence or 0, []).append(w)
+        out = []
+        for index, words in sorted(by.items()):
+            ref = self.inputs.analysis.sentences[index]
+            text = self.inputs.analysis.turns[ref.turn].text
+            out.append(
+                SentenceTiming(
+                    text=text[ref.text_start : ref.text_end],
+                    start=words[0].start,
+                    end=max(w.end for w in words),
+                    text_start=ref.text_start,
+                    text_end=ref.text_end,
+                    segment=ref.turn if self.dialogue else None,
+                    speaker=self._speaker(ref.turn),
+                )
+            )
+        return out
+
+    def segment_timings(self, inputs: JobInputs, samples: int) -> list[SegmentTiming]:
+        if not self.dialogue:
             return []
-        return [WordTiming(word=s.word, start=s.start, end=s.end, score=round(s.score, 4)) for s in spans]
-
-    async def encode(self, manifest: Manifest, wave: np.ndarray, sr: int) -> tuple[bytes, str]:
-        try:
-            return await asyncio.to_thread(audio_utils.encode, wave, sr, manifest.output_format.value)
-        except Exception as e:
-            fail(ErrorCode.ENCODE_FAILED, f"encoding {manifest.output_format.value} failed: {e}")
+        out = []
+        for t, turn in enumerate(inputs.analysis.turns):
+            voice = inputs.voices[inputs.turn_voice[t]]
+            start, end = self.turn_spans.get(t, [0.0, 0.0])
+            out.append(
+                SegmentTiming(
+                    index=t,
+                    speaker=voice.name,
+                    voice_key=voice.voice_key,
+                    ref_text=turn.ref_text or voice.ref_text,
+                    start=round(start, 3),
+                    end=round(min(end, samples / SAMPLE_RATE), 3),
+                )
+            )
+        return out
 
 
 def _chunk_result(fut: asyncio.Future[np.ndarray], i: int, total: int, device: str) -> np.ndarray:

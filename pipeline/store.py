@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 from botocore.exceptions import ClientError
@@ -134,6 +135,20 @@ class Store:
         return await self.put_bytes(
             key, body.encode(), "application/json", if_match=if_match, if_none_match=if_none_match
         )
+
+    async def put_file(self, key: str, path: Path, content_type: str) -> None:
+        """Upload a local file in parts (s3transfer's managed upload): memory stays bounded by the
+        part size whatever the file's size, so a 2-hour chapter does not have to fit in RAM."""
+        from boto3.s3.transfer import TransferConfig
+
+        part = 16 * 1024 * 1024
+        config = TransferConfig(multipart_threshold=part, multipart_chunksize=part, max_concurrency=2)
+        extra = {"ContentType": content_type, **self.put_params}
+        async for attempt in aws.async_retrying():
+            with attempt:
+                await self.s3.upload_file(str(path), self.bucket, key, ExtraArgs=extra, Config=config)
+                return
+        raise AssertionError("unreachable")
 
     async def head(self, key: str) -> dict[str, Any] | None:
         try:

@@ -65,7 +65,7 @@ class JobWatch:
         self.deadline = now + settings.job_timeout_s
         self.abort: AbortReason | None = None
         self.aborted = asyncio.Event()
-        self._progress: tuple[int, int] | None = None
+        self._progress: tuple[int, int, int] | None = None
         self._published: tuple[int, int] | None = None
         self._next_progress = now
         self._next_cancel_poll = now + settings.cancel_poll_s
@@ -88,8 +88,8 @@ class JobWatch:
         if self.abort is not None:
             raise JobAborted(self.abort)
 
-    def set_progress(self, done: int, total: int) -> None:
-        self._progress = (done, total)
+    def set_progress(self, done: int, total: int, reused: int = 0) -> None:
+        self._progress = (done, total, reused)
 
     def stop(self, reason: AbortReason) -> None:
         if self.abort is None:
@@ -102,7 +102,15 @@ class JobWatch:
         """Lease + progress, one conditional status write (raises LostClaim)."""
         progress = self._progress
         await self.ledger.renew(
-            self.claim, Progress(chunks_done=progress[0], chunks_total=progress[1]) if progress else None
+            self.claim,
+            Progress(
+                chunks_done=progress[0],
+                chunks_total=progress[1],
+                chunks_reused=progress[2],
+                chunks_prefix=keys.chunks_prefix(self.job_id),
+            )
+            if progress
+            else None,
         )
         self._published = progress
 

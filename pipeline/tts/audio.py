@@ -9,7 +9,7 @@ import numpy as np
 import soundfile as sf
 
 # output_format -> (soundfile format, subtype, content type)
-_ENCODINGS: dict[str, tuple[str, str | None, str]] = {
+ENCODINGS: dict[str, tuple[str, str | None, str]] = {
     "wav": ("WAV", "PCM_16", "audio/wav"),
     "flac": ("FLAC", "PCM_16", "audio/flac"),
     "mp3": ("MP3", None, "audio/mpeg"),
@@ -86,7 +86,7 @@ def cross_fade(waves: list[np.ndarray], fade_samples: int) -> np.ndarray:
 
 def encode(wave: np.ndarray, sample_rate: int, fmt: str) -> tuple[bytes, str]:
     """Encode float mono audio; returns (bytes, content type)."""
-    sf_format, subtype, content_type = _ENCODINGS[fmt]
+    sf_format, subtype, content_type = ENCODINGS[fmt]
     buf = io.BytesIO()
     sf.write(buf, np.clip(wave, -1.0, 1.0), sample_rate, format=sf_format, subtype=subtype)
     return buf.getvalue(), content_type

@@ -370,7 +370,7 @@ class F5Engine:
                 raise EngineError("SYNTHESIS_FAILED", f"chunk {i + 1}/{len(waves)} produced no audio")
         out = audio_utils.cross_fade([np.asarray(w, dtype=np.float32) for w in waves], int(CROSS_FADE_S * SAMPLE_RATE))
         if req.remove_silence:
-            out = self._remove_silence(out)
+            out = self.remove_silence(out)
         if not np.all(np.isfinite(out)):
             raise EngineError("SYNTHESIS_FAILED", "model produced non-finite samples")
         return SynthesisResult(audio=out, sample_rate=SAMPLE_RATE, chunks=[it.text for it in items])
@@ -395,7 +395,7 @@ class F5Engine:
                 out.append(self.assemble(req, items, waves))
         return out
 
-    def _remove_silence(self, wave: np.ndarray) -> np.ndarray:
+    def remove_silence(self, wave: np.ndarray) -> np.ndarray:
         with tempfile.TemporaryDirectory(prefix="tts-out-") as tmp:
             path = Path(tmp) / "out.wav"
             sf.write(path, wave, SAMPLE_RATE, subtype="PCM_16")  # pydub reads PCM only

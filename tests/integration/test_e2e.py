@@ -213,7 +213,7 @@ def test_malformed_manifest_fails_clearly_and_the_next_good_job_completes(
         ("bad-outside-voices", {"text": "hi", "voice": "s3://tts-jobs/elsewhere/alice.wav"}, "INVALID_VOICE_KEY"),
         ("bad-punctuation", {"text": "?!... --", "voice": "voices/alice.wav"}, "TEXT_NOT_SPEAKABLE"),
         ("bad-control-chars", {"text": "hi\x07there", "voice": "voices/alice.wav"}, "INVALID_MANIFEST"),
-        ("bad-too-long", {"text": "word " * 1001, "voice": "voices/alice.wav"}, "TEXT_TOO_LONG"),
+        ("bad-too-long", {"text": "word " * 20001, "voice": "voices/alice.wav"}, "TEXT_TOO_LONG"),
         ("bad-no-voice", {"text": "hi"}, "VOICE_REQUIRED"),
     ],
 )

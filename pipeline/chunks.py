@@ -1,0 +1,137 @@
+"""Durable chunks: every synthesised text chunk goes to S3 as soon as it is done.
+
+    outputs/<job_id>/chunks/<index>-<digest>.flac   the chunk's audio (PCM16, 24 kHz mono)
+    outputs/<job_id>/chunks/<index>-<digest>.json   ChunkRecord: length and word timings, written
+                                                    after the audio, so it marks a complete chunk
+
+Two uses. A client can list the prefix while the job runs and start listening (the index sorts in
+playing order). And a retried job (its worker died, S3 failed, the worker was shut down) reuses
+every chunk an earlier attempt finished instead of synthesising it again: the digest covers
+everything the chunk's audio depends on (model version, reference audio and transcript, the
+chunk's spoken text, its seed, speed, steps, guidance, silence removal, alignment language), so
+the same key always holds the same content, whichever attempt wrote it, and a chunk whose inputs
+changed is simply not found.
+
+Chunks are stored PCM16, and a fresh chunk is quantised exactly as a stored one decodes, so a
+resumed job's audio is bit-identical to an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import logging
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import soundfile as sf
+from pydantic import BaseModel, Field
+
+from pipeline import keys
+from pipeline.store import NotFound, Store
+
+log = logging.getLogger(__name__)
+
+AUDIO_EXT = "flac"
+RECORD_EXT = "json"
+
+
+@dataclass(frozen=True)
+class ChunkSpec:
+    """Everything a chunk's audio and timings depend on; its digest names the chunk."""
+
+    model: str
+    voice_sha256: str
+    ref_text: str
+    spoken: str
+    seed: int
+    speed: float
+    nfe_step: int
+    cfg_strength: float
+    remove_silence: bool
+    align_language: str | None  # None: no word timings asked
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:32]
+
+
+class ChunkRecord(BaseModel):
+    index: int
+    digest: str
+    samples: int = Field(ge=0)
+    sample_rate: int
+    # One [start, end, score] per spoken word of the chunk (seconds from the chunk's start); null
+    # when no timings were asked or alignment was impossible (then ``alignment_error`` says why).
+    words: list[tuple[float, float, float]] | None = None
+    alignment_error: str | None = None
+
+
+def quantize(wave: np.ndarray) -> np.ndarray:
+    """PCM16, as libsndfile stores it."""
+    return np.round(np.clip(wave, -1.0, 1.0) * 32767.0).astype(np.int16)
+
+
+def dequantize(pcm: np.ndarray) -> np.ndarray:
+    """float32, as soundfile decodes PCM16."""
+    return (pcm.astype(np.float32) / 32768.0).astype(np.float32)
+
+
+class ChunkStore:
+    """One job's durable chunks."""
+
+    def __init__(self, store: Store, job_id: str) -> None:
+        self.store = store
+        self.job_id = job_id
+
+    async def durable(self) -> dict[int, str]:
+        """index -> digest of every complete chunk (its record exists), from one listing."""
+        audio: set[tuple[int, str]] = set()
+        records: set[tuple[int, str]] = set()
+        for key in await self.store.list_keys(keys.chunks_prefix(self.job_id)):
+            parsed = keys.parse_chunk_key(key)
+            if parsed is None:
+                continue
+            index, digest, ext = parsed
+            (audio if ext == AUDIO_EXT else records).add((index, digest))
+        return dict(sorted(audio & records))
+
+    async def save(self, record: ChunkRecord, pcm: np.ndarray) -> None:
+        data = await asyncio.to_thread(_encode, pcm, record.sample_rate)
+        audio_key = keys.chunk_key(self.job_id, record.index, record.digest, AUDIO_EXT)
+        await self.store.put_bytes(audio_key, data, "audio/flac")
+        record_key = keys.chunk_key(self.job_id, record.index, record.digest, RECORD_EXT)
+        await self.store.put_bytes(record_key, record.model_dump_json().encode(), "application/json")
+
+    async def load(self, index: int, digest: str) -> tuple[ChunkRecord, np.ndarray] | None:
+        """The chunk's record and PCM16 samples; None if it vanished or does not decode (then it
+        is synthesised again)."""
+        try:
+            raw = await self.store.get_bytes(keys.chunk_key(self.job_id, index, digest, RECORD_EXT))
+            data = await self.store.get_bytes(keys.chunk_key(self.job_id, index, digest, AUDIO_EXT))
+        except NotFound:
+            return None
+        try:
+            record = ChunkRecord.model_validate_json(raw)
+            pcm, sr = await asyncio.to_thread(sf.read, io.BytesIO(data), dtype="int16")
+        except Exception as e:
+            log.warning("durable chunk %d unusable (%s): synthesising it again", index, e)
+            return None
+        if sr != record.sample_rate or len(pcm) != record.samples or record.digest != digest:
+            log.warning("durable chunk %d does not match its record: synthesising it again", index)
+            return None
+        return record, pcm
+
+    async def remove_all(self) -> int:
+        """Once the job has ended: the full audio (or nothing) replaces them."""
+        found = await self.store.list_keys(keys.chunks_prefix(self.job_id))
+        for key in found:
+            await self.store.delete(key)
+        return len(found)
+
+
+def _encode(pcm: np.ndarray, sample_rate: int) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, pcm, sample_rate, format="FLAC", subtype="PCM_16")
+    return buf.getvalue()

@@ -1,0 +1,181 @@
+"""A job's text as the model will speak it: turns -> text runs and pauses -> tokens -> sentences ->
+chunks ("pieces").
+
+Two steps, because chunk sizes depend on the reference voice (F5-TTS budgets a chunk against a
+22 s window from the reference's speaking rate) while text errors should fail a job before any
+voice is downloaded:
+
+- ``analyse``: markup (``[pause:1.5s]``), lexicons, normalization and sentence splitting of every
+  turn. Pure and cheap; raises ``ScriptError`` with the job's error code.
+- ``Analysis.plan``: packs each run's sentences into chunks within the voice's budget and lays
+  pauses between them. The plan is deterministic: the same manifest and voices always give the
+  same pieces, which is what lets a retried job find its earlier attempt's chunks (``pipeline.chunks``).
+
+Offsets in tokens are into the turn's own text (for a plain ``text`` job, the manifest's text).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from pipeline.contract import ErrorCode, Manifest, Segment
+from pipeline.text import markup, normalize, plan
+from pipeline.text.tokens import Token
+
+
+class ScriptError(ValueError):
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Word:
+    """A source token inside a chunk, with the sentence it belongs to (index into Script.sentences)."""
+
+    token: Token
+    sentence: int
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One chunk of speech (``words``) or one pause (``pause_s``), in the order they are heard."""
+
+    index: int
+    turn: int
+    speed: float
+    words: tuple[Word, ...] = ()
+    pause_s: float = 0.0
+    marker: tuple[int, int] | None = None  # a pause's [pause:...] offsets in the turn's text
+
+    @property
+    def is_pause(self) -> bool:
+        return not self.words
+
+    @property
+    def spoken(self) -> str:
+        return " ".join(w.token.spoken for w in self.words if w.token.spoken)
+
+
+@dataclass(frozen=True)
+class SentenceRef:
+    turn: int
+    text_start: int
+    text_end: int
+
+
+@dataclass(frozen=True)
+class _Run:
+    sentences: list[list[Word]]
+
+
+@dataclass(frozen=True)
+class _Pause:
+    seconds: float
+    marker: tuple[int, int] | None
+
+
+@dataclass
+class Analysis:
+    turns: list[Segment]
+    items: list[list[_Run | _Pause]]  # per turn
+    sentences: list[SentenceRef]
+    normalized_text: str
+
+    def plan(self, budget: Callable[[int, float], int]) -> list[Piece]:
+        """Pieces in order; ``budget(turn, speed)`` is the max UTF-8 bytes of a chunk for that turn."""
+        pieces: list[Piece] = []
+        for t, (turn, items) in enumerate(zip(self.turns, self.items, strict=True)):
+            speed = turn.speed if turn.speed is not None else 1.0
+            for item in items:
+                if isinstance(item, _Pause):
+                    pieces.append(Piece(len(pieces), t, speed, pause_s=item.seconds, marker=item.marker))
+                    continue
+                for chunk in _pack(item, budget(t, speed)):
+                    pieces.append(Piece(len(pieces), t, speed, words=chunk))
+            if turn.pause_after_s > 0:
+                pieces.append(Piece(len(pieces), t, speed, pause_s=turn.pause_after_s))
+        return pieces
+
+
+def _pack(run: _Run, max_bytes: int) -> list[tuple[Word, ...]]:
+    by_token: dict[tuple[int, int], int] = {}
+    sents: list[plan.Sentence] = []
+    for words in run.sentences:
+        toks = tuple(w.token for w in words)
+        spoken = " ".join(t.spoken for t in toks if t.spoken)
+        sents.append(plan.Sentence(tokens=toks, text_start=toks[0].start, text_end=toks[-1].end, spoken=spoken))
+        for w in words:
+            by_token[(w.token.start, w.token.end)] = w.sentence
+    return [tuple(Word(t, by_token[(t.start, t.end)]) for t in chunk) for chunk in plan.pack(sents, max_bytes)]
+
+
+@dataclass
+class _Builder:
+    sentences: list[SentenceRef] = field(default_factory=list)
+    spoken: list[str] = field(default_factory=list)
+
+
+def analyse(
+    manifest: Manifest,
+    lexicon: Mapping[str, str],
+    *,
+    max_pause_s: float = 10.0,
+    max_total_pause_s: float = 600.0,
+) -> Analysis:
+    turns = manifest.turns
+    b = _Builder()
+    items: list[list[_Run | _Pause]] = []
+    total_pause = 0.0
+    for t, turn in enumerate(turns):
+        where = f"segments[{t}]: " if manifest.segments is not None else ""
+        try:
+            parts = markup.parse(turn.text, max_pause_s=max_pause_s, max_total_pause_s=max_total_pause_s)
+        except markup.MarkupError as e:
+            raise ScriptError(ErrorCode.INVALID_MARKUP, f"{where}{e}") from None
+        turn_items: list[_Run | _Pause] = []
+        for part in parts:
+            if isinstance(part, markup.Pause):
+                total_pause += part.seconds
+                turn_items.append(_Pause(part.seconds, (part.start, part.end)))
+                continue
+            run = _analyse_run(turn.text, part, t, manifest, lexicon, b)
+            if run is not None:
+                turn_items.append(run)
+        total_pause += turn.pause_after_s
+        if not any(isinstance(i, _Run) for i in turn_items):
+            raise ScriptError(ErrorCode.TEXT_NOT_SPEAKABLE, f"{where}text has nothing to speak")
+        items.append(turn_items)
+    if total_pause > max_total_pause_s:
+        raise ScriptError(
+            ErrorCode.INVALID_MARKUP, f"pauses add up to {total_pause:g}s; the limit is {max_total_pause_s:g}s"
+        )
+    return Analysis(turns, items, b.sentences, "\n".join(b.spoken))
+
+
+def _analyse_run(
+    text: str, run: markup.TextRun, turn: int, manifest: Manifest, lexicon: Mapping[str, str], b: _Builder
+) -> _Run | None:
+    piece = text[run.start : run.end]
+    if not piece.strip():
+        return None
+    tokens = [
+        tok.shifted(run.start)
+        for tok in normalize.normalize(piece, manifest.language, lexicon, enabled=manifest.normalize)
+    ]
+    if not any(t.spoken for t in tokens):
+        return None
+    sentences: list[list[Word]] = []
+    for sent in plan.sentences(tokens, text):
+        index = len(b.sentences)
+        b.sentences.append(SentenceRef(turn, sent.text_start, sent.text_end))
+        sentences.append([Word(tok, index) for tok in sent.tokens])
+    b.spoken.append(normalize.spoken_text(tokens))
+    return _Run(sentences)
+
+
+def spoken_words(words: Sequence[Word]) -> list[tuple[int, str]]:
+    """(index into ``words``, spoken word) for every word the aligner will see, in order."""
+    return [(i, sw) for i, w in enumerate(words) for sw in w.token.words]
