@@ -343,6 +343,10 @@ class JobRunner:
         note: str | None = None,
         result_key: str | None = None,
     ) -> None:
+        if state.terminal:
+            # Before the final status, so that a client seeing it never lists stale chunks. A
+            # crash in between redelivers the job: a result is adopted, a failure fails again.
+            await self._remove_chunks(claim.job_id)
         status = await self.ledger.finish(claim, state, error=error, note=note, result_key=result_key)
         metrics.JOBS.labels(state, error.code if error else "").inc()
         if error:
@@ -350,7 +354,6 @@ class JobRunner:
         else:
             log.info("%s%s", state, f": {note}" if note else "")
         if state.terminal:
-            await self._remove_chunks(claim.job_id)
             await self.notifier.job_finished(status)
 
     async def _remove_chunks(self, job_id: str) -> None:

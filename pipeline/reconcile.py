@@ -20,7 +20,8 @@ every delivery: native crash, OOM kill, GPU hang)
 any of the above, or a manifest without status, whose       EXPIRED
 job is older than ``TTS_JOB_TTL_S``
 outputs of an attempt that no result names (a worker        deleted
-died between upload and result; a loser's cleanup failed)
+died between upload and result; a loser's cleanup failed),
+and the durable chunks of a job that has ended
 ==========================================================  =========================================
 
 A job FAILED from the DLQ keeps its DLQ message: ``tts-pipeline dlq redrive`` puts both back.

@@ -139,10 +139,10 @@ def audio_key(s3: Any, job_id: str, bucket: str) -> str:
 
 def generations(s3: Any, bucket: str, job_id: str) -> int:
     """How many attempts generated and uploaded the job's audio, as S3 saw it: the distinct audio
-    keys ever written under outputs/<job_id>/ (one per attempt; removed ones count too, versioned
+    keys ever written under outputs/<job_id>/attempt-* (one per attempt; removed ones count too, versioned
     buckets keep them; an SDK retry of one PUT is one key). An attempt that died before uploading
     generated nothing."""
-    resp = s3.list_object_versions(Bucket=bucket, Prefix=f"outputs/{job_id}/")
+    resp = s3.list_object_versions(Bucket=bucket, Prefix=f"outputs/{job_id}/attempt-")
     return len({v["Key"] for v in resp.get("Versions", []) if not v["Key"].endswith((".srt", ".vtt"))})
 
 

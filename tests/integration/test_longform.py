@@ -31,7 +31,6 @@ from tests.helpers import (
     stop_worker,
     wait_for_state,
     wait_ready,
-    wait_until,
 )
 from tests.integration.test_text import _check_marks
 
@@ -49,7 +48,8 @@ FIGURES = Path(__file__).resolve().parents[2] / ".cache" / "longform" / "figures
 
 def long_text(n: int = LONG_CHARS) -> str:
     """Prose of exactly ``n`` characters, with numbers, money and dates to normalise."""
-    words = "river stone quiet morning lantern harbor walked gently across the old market square".split()
+    words = ["river", "stone", "quiet", "morning", "lantern", "harbor", "walked", "gently", "across", "the"]
+    words += ["old", "market", "square"]
     sentences = []
     i = 0
     while sum(len(s) + 1 for s in sentences) < n:
@@ -99,13 +99,6 @@ def _peak_rss_kib(pid: int) -> int:
     raise AssertionError("no VmHWM")
 
 
-def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
 def _chunks(s3: Any, job_id: str) -> list[str]:
     pages = s3.get_paginator("list_objects_v2").paginate(Bucket=NAME, Prefix=f"outputs/{job_id}/chunks/")
     return [o["Key"] for p in pages for o in p.get("Contents", [])]
@@ -149,28 +142,19 @@ def test_long_job_resumes_after_kill_9_from_its_durable_chunks(
 
     w1.proc.send_signal(signal.SIGKILL)
     w1.proc.wait()
-    w2 = _worker({**env, "MALLOC_MMAP_THRESHOLD_": "262144"}, tmp_path / "w2.log")
+    # The successor holds the long job once more, a third of the way in: the memory it gains from
+    # there to the end is what rendering the remaining two thirds cost.
+    mid = total_long // 3
+    holds.hold("lf-long", after_chunks=mid, attempts=[2])
+    (holds.root / "held" / "lf-long").unlink()  # the killed worker's marker
+    w2 = _worker(env, tmp_path / "w2.log", holds)
     workers.append(w2)
-    rss_before = _peak_rss_kib(w2.proc.pid)
-    samples = []
-    while True:
-        st = get_json(s3, "status/lf-long.json", NAME)
-        samples.append(
-            (
-                st and st.get("progress") and st["progress"]["chunks_done"],
-                _rss_kib(w2.proc.pid),
-                _peak_rss_kib(w2.proc.pid),
-            )
-        )
-        if st and st["state"] == "COMPLETED":
-            break
-        import time
-
-        time.sleep(1)
-    print("SAMPLES", samples)
+    assert holds.wait_held("lf-long", w2, timeout_s=1800)["attempt"] == 2
+    rss_mid = _peak_rss_kib(w2.proc.pid)
+    holds.release("lf-long")
     for job_id in ("lf-b", "lf-long"):
         assert wait_for_state(s3, job_id, worker=w2, bucket=NAME, timeout_s=3600)["state"] == "COMPLETED"
-    rss_after = _peak_rss_kib(w2.proc.pid)
+    rss_end = _peak_rss_kib(w2.proc.pid)
 
     # The successor synthesised only what was missing, and reused the rest.
     counts = _chunk_metrics(w2)
@@ -197,30 +181,28 @@ def test_long_job_resumes_after_kill_9_from_its_durable_chunks(
     assert rl["chunks"] == total_long and rl["text"] == text
     assert len(rl["sentences"]) >= len(re.findall(r"\.", text)) // 2
 
-    # Bounded memory: the successor rendered the whole job without ever holding its audio (as
-    # float32, what the model produces, it would need at least this much).
-    full_audio_kib = rl["audio"]["duration_s"] * rl["audio"]["sample_rate"] * 4 / 1024
-    growth_kib = rss_after - rss_before
-    assert growth_kib < full_audio_kib, (growth_kib, full_audio_kib)
+    # Bounded memory: the last two thirds of the job, published, cost less than holding their
+    # audio would (as float32, what the model produces). What does grow with the text is the
+    # speech marks the result document carries.
+    after_mid_kib = rl["audio"]["duration_s"] * (total_long - mid) / total_long * rl["audio"]["sample_rate"] * 4 / 1024
+    growth_kib = rss_end - rss_mid
+    assert growth_kib < after_mid_kib, (growth_kib, after_mid_kib)
 
-    # A finished job's chunks are gone: its audio replaces them.
+    # A finished job's chunks are gone, before its final status is written: its audio replaces them.
     for job_id in ("lf-a", "lf-b", "lf-long"):
-        wait_until(lambda j=job_id: not _chunks(s3, j), f"{job_id}'s chunks removed", 120, w2)
+        assert _chunks(s3, job_id) == []
+    figures = {
+        "long_chars": len(text),
+        "long_chunks": total_long,
+        "long_audio_s": rl["audio"]["duration_s"],
+        "long_audio_bytes": rl["audio"]["bytes"],
+        "chunks_reused_after_kill": counts["reused"],
+        "chunks_synthesized_after_kill": counts["synthesized"],
+        "words": len(rl["word_timings"]),
+        "sentences": len(rl["sentences"]),
+        "peak_rss_at_a_third_mib": round(rss_mid / 1024, 1),
+        "peak_rss_at_end_mib": round(rss_end / 1024, 1),
+        "rest_audio_float32_mib": round(after_mid_kib / 1024, 1),
+    }
     FIGURES.parent.mkdir(parents=True, exist_ok=True)
-    FIGURES.write_text(
-        json.dumps(
-            dict(
-                long_chars=len(text),
-                long_chunks=total_long,
-                long_audio_s=rl["audio"]["duration_s"],
-                long_audio_bytes=rl["audio"]["bytes"],
-                reused=counts["reused"],
-                synthesized=counts["synthesized"],
-                rss_before_mib=round(rss_before / 1024, 1),
-                rss_after_mib=round(rss_after / 1024, 1),
-                full_audio_float_mib=round(full_audio_kib / 1024, 1),
-                words=len(rl["word_timings"]),
-            ),
-            indent=2,
-        )
-    )
+    FIGURES.write_text(json.dumps(figures, indent=2) + "\n")

@@ -203,7 +203,7 @@ def test_dialogue_with_two_library_voices(
     segs = result["segments"]
     assert [s["speaker"] for s in segs] == [alice, bob, alice]
     assert segs[0]["voice_key"] != segs[1]["voice_key"] and segs[0]["voice_key"] == segs[2]["voice_key"]
-    for a, b in zip(segs, segs[1:], strict=False):
+    for a, b in itertools.pairwise(segs):
         assert a["end"] <= b["start"] + 1e-3
     assert segs[1]["start"] - segs[0]["end"] >= 0.5 - 1e-3  # pause_after_s
     assert len(result["pauses"]) == 2

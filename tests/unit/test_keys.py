@@ -104,3 +104,23 @@ def test_bad_voice_references(voice: str, code: ErrorCode) -> None:
     with pytest.raises(keys.VoiceRefError) as info:
         keys.voice_key(voice, "tts-jobs")
     assert info.value.code == code
+
+
+def test_chunk_keys_sort_in_playing_order_and_parse_back() -> None:
+    a = keys.chunk_key("job-1", 9, "ab" * 16, "flac")
+    b = keys.chunk_key("job-1", 10, "cd" * 16, "flac")
+    assert a.startswith(keys.chunks_prefix("job-1")) and sorted([b, a]) == [a, b]
+    assert keys.parse_chunk_key(b) == (10, "cd" * 16, "flac")
+    assert keys.parse_chunk_key("outputs/job-1/chunks/notes.txt") is None
+    # The reconciler sees a job's chunks as one group of its outputs, apart from any attempt.
+    assert keys.parse_output_key(a) == ("job-1", "chunks")
+    assert keys.parse_output_key(keys.output_key("job-1", 2, "wav")) == ("job-1", "attempt-2")
+
+
+def test_lexicon_keys_follow_the_voice_rules_under_their_own_prefixes() -> None:
+    assert keys.lexicon_key("lexicons/tech.pls", "b") == "lexicons/tech.pls"
+    assert keys.lexicon_key("s3://b/lexicons/a/tech.pls", "b") == "lexicons/a/tech.pls"
+    for bad in ("voices/alice.wav", "results/x.json", "lexicons/../status/x.json", "s3://other/lexicons/x.pls"):
+        with pytest.raises(keys.VoiceRefError) as e:
+            keys.lexicon_key(bad, "b")
+        assert e.value.code == "INVALID_LEXICON"
