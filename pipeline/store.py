@@ -144,9 +144,7 @@ class Store:
         part = 8 * 1024 * 1024  # S3's minimum part is 5 MiB
         # aioboto3 reads ahead up to max_io_queue_size parts (100 by default: the whole file);
         # here at most 2 queued + 2 in flight, ~32 MiB whatever the file's size.
-        config = TransferConfig(
-            multipart_threshold=part, multipart_chunksize=part, max_concurrency=2, max_io_queue=2
-        )
+        config = TransferConfig(multipart_threshold=part, multipart_chunksize=part, max_concurrency=2, max_io_queue=2)
         extra = {"ContentType": content_type, **self.put_params}
         async for attempt in aws.async_retrying():
             with attempt:
