@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -196,6 +197,11 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--timeout", type=float, default=600.0, help="seconds to --wait (default 600)")
     c.add_argument("--out", type=Path, default=None, help="download the audio here (implies --wait)")
     c.set_defaults(handler=_submit)
+
+    c = sub.add_parser("console", help="serve the OpenAI-compatible speech API (a client of the bucket)")
+    c.add_argument("--host", default=None, help="default TTS_CONSOLE_HOST (127.0.0.1)")
+    c.add_argument("--port", type=int, default=None, help="default TTS_CONSOLE_PORT (8080)")
+    c.set_defaults(handler=_console)
 
     c = sub.add_parser("schema", help="export the JSON Schemas of manifest, status and result")
     c.add_argument("--out", type=Path, default=None, help="directory; default prints all to stdout")
@@ -620,6 +626,34 @@ def _run_job_call(fn: Callable[[], Coroutine[object, object, T]]) -> T:
         return asyncio.run(fn())
     except JobNotFound as e:
         raise _CliError(str(e)) from None
+
+
+def _console(args: argparse.Namespace) -> int:
+    from pipeline import api
+
+    s = get_settings()
+    host = args.host or s.console_host
+    port = args.port or s.console_port
+    stop = _stop_on_sigterm()
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(stop(api.serve(s, host, port, ready=lambda url: print(f"console: {url}", flush=True))))
+    return 0
+
+
+def _stop_on_sigterm() -> Callable[[Awaitable[None]], Awaitable[None]]:
+    """Runs a server coroutine until SIGTERM or SIGINT, then lets it clean up (exit 0)."""
+
+    async def run(main: Awaitable[None]) -> None:
+        import signal
+
+        task = asyncio.ensure_future(main)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    return run
 
 
 def _schema(args: argparse.Namespace) -> int:

@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -91,6 +91,15 @@ class Settings(BaseSettings):
     progress_interval_s: float = Field(default=5.0, gt=0)
     cancel_poll_s: float = Field(default=2.0, gt=0)
     shutdown_grace_s: float = Field(default=60.0, ge=0)
+
+    # The console and its OpenAI-compatible API (pipeline/api.py, `tts-pipeline console`): a client
+    # of the bucket, never of a model. Localhost unless told otherwise; TTS_API_KEY set: every /v1
+    # request needs `Authorization: Bearer <key>`. A speech request waits at most api_wait_s for
+    # its job, then answers 504 with the job id.
+    console_host: str = "127.0.0.1"
+    console_port: int = Field(default=8080, ge=1, le=65535)
+    api_key: SecretStr | None = None
+    api_wait_s: float = Field(default=120.0, gt=0)
 
     # Test and fault-injection hooks (pipeline/faults.py). Off by default; only the worker's own
     # environment can turn them on, never a manifest.

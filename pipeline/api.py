@@ -1,0 +1,272 @@
+"""An OpenAI-compatible speech API in front of the S3 contract (``tts-pipeline console``).
+
+    POST /v1/audio/speech      {model, input, voice, response_format?, speed?} -> audio bytes
+    GET  /v1/audio/voices      the voice library (also /v1/voices)
+    GET  /v1/models            what ``model`` may name
+    GET  /healthz
+
+An ``Idempotency-Key`` header makes retries safe: the same key always means the same job (OpenAI's
+client retries a 504 twice by default; without a key each retry would start another job).
+
+Tools written for OpenAI's ``client.audio.speech.create`` (Open WebUI, SillyTavern, Home Assistant,
+scripts) work unchanged. The server is a client of the pipeline like any other: a request becomes a
+manifest in ``inbox/`` (the one way jobs enter the system), the server waits for the job's status
+(bounded by ``TTS_API_WAIT_S``; past it, a 504 that carries the job id so the caller can fetch the
+result later with ``tts-pipeline result``), then streams the audio back. It never loads a model.
+
+Errors use OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``, so OpenAI's
+clients raise their usual exceptions. With ``TTS_API_KEY`` set every ``/v1`` request needs
+``Authorization: Bearer <key>``; the server binds to 127.0.0.1 unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import io
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pipeline import client, keys
+from pipeline.config import Settings
+from pipeline.contract import JobState, Manifest, OutputFormat
+from pipeline.store import Store
+from pipeline.tts.voices import VoiceLibrary, is_name
+
+log = logging.getLogger(__name__)
+
+MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts", "f5-tts")
+
+
+@dataclass(frozen=True)
+class Format:
+    worker_format: str  # what the manifest asks the worker for
+    content_type: str
+    transcode: Callable[[bytes], bytes] | None = None
+
+
+def _to_pcm(wav: bytes) -> bytes:
+    """OpenAI's ``pcm``: raw 24 kHz 16-bit signed little-endian mono, which is what the worker makes."""
+    data, _ = sf.read(io.BytesIO(wav), dtype="int16")
+    return np.asarray(data, dtype="<i2").tobytes()
+
+
+def _to_opus(wav: bytes) -> bytes:
+    data, sr = sf.read(io.BytesIO(wav), dtype="float32")
+    out = io.BytesIO()
+    sf.write(out, data, sr, format="OGG", subtype="OPUS")
+    return out.getvalue()
+
+
+FORMATS: dict[str, Format] = {
+    "mp3": Format("mp3", "audio/mpeg"),
+    "wav": Format("wav", "audio/wav"),
+    "flac": Format("flac", "audio/flac"),
+    "opus": Format("wav", "audio/ogg", _to_opus),
+    "pcm": Format("wav", "audio/pcm", _to_pcm),
+}
+UNSUPPORTED = {"aac": "no AAC encoder is available (libsndfile has none); use mp3, opus, flac, wav or pcm"}
+
+
+class SpeechRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # OpenAI adds fields over time (instructions, stream_format)
+
+    model: str = Field(min_length=1)
+    input: str = Field(min_length=1)
+    voice: str = Field(min_length=1)
+    response_format: str = "mp3"
+    speed: float = Field(default=1.0, ge=0.25, le=4.0)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+        self.type = "invalid_request_error" if status < 500 else "server_error"
+
+    def response(self, **extra: str) -> web.Response:
+        body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        return web.json_response(body, status=self.status, headers=extra or None)
+
+
+class JobTimeout(ApiError):
+    def __init__(self, job_id: str, waited_s: float) -> None:
+        super().__init__(
+            504,
+            f"job {job_id} is still running after {waited_s:g}s; fetch it later with "
+            f"`tts-pipeline result {job_id}` (or results/{job_id}.json)",
+            code="job_timeout",
+        )
+        self.job_id = job_id
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class SpeechApi:
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self.settings = settings
+        self.store = store
+        self.voices = VoiceLibrary(store)
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_post("/v1/audio/speech", self.speech)
+        app.router.add_get("/v1/audio/voices", self.list_voices)
+        app.router.add_get("/v1/voices", self.list_voices)
+        app.router.add_get("/v1/models", self.models)
+
+    @web.middleware
+    async def errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            if request.path.startswith("/v1/"):
+                self._authorise(request)
+            return await handler(request)
+        except JobTimeout as e:
+            return e.response(**{"X-Job-Id": e.job_id})
+        except ApiError as e:
+            return e.response()
+        except web.HTTPException as e:
+            if not request.path.startswith("/v1/"):
+                raise
+            return ApiError(e.status, e.reason or "error").response()
+
+    def _authorise(self, request: web.Request) -> None:
+        secret = self.settings.api_key
+        if secret is None or not secret.get_secret_value():
+            return
+        given = request.headers.get("Authorization", "")
+        scheme, _, token = given.partition(" ")
+        expected = secret.get_secret_value().encode()
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
+            raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
+
+    async def speech(self, request: web.Request) -> web.Response:
+        req = await self._speech_request(request)
+        fmt = FORMATS[req.response_format]
+        await self._check_voice(req.voice)
+        manifest = Manifest(
+            text=req.input, voice=req.voice, speed=req.speed, output_format=OutputFormat(fmt.worker_format)
+        )
+        job_id = await self._submit(request, manifest)
+        log.info("speech request: job %s (voice %s, %d chars)", job_id, req.voice, len(req.input))
+        status = await client.wait(self.store, job_id, timeout_s=self.settings.api_wait_s, poll_s=0.25)
+        if not status.state.terminal:
+            raise JobTimeout(job_id, self.settings.api_wait_s)
+        if status.state is not JobState.COMPLETED:
+            err = status.error
+            message = f"job {job_id} ended {status.state}" + (f": {err.code}: {err.message}" if err else "")
+            code = err.code.lower() if err else status.state.lower()
+            raise ApiError(400 if err and err.code.startswith(("TEXT", "INVALID")) else 500, message, code=code)
+        result = await client.get_result(self.store, job_id)
+        audio = await self.store.get_bytes(keys.key_from_uri(self.store.bucket, result.audio.uri))
+        if fmt.transcode is not None:
+            audio = await asyncio.to_thread(fmt.transcode, audio)
+        return web.Response(body=audio, content_type=fmt.content_type, headers={"X-Job-Id": job_id})
+
+    async def _submit(self, request: web.Request, manifest: Manifest) -> str:
+        """A new job; or, for a request carrying an ``Idempotency-Key`` seen before (a client retrying
+        after a 504), the job that key started, so retries wait on one job instead of starting more."""
+        idem = request.headers.get("Idempotency-Key", "").strip()
+        if not idem:
+            job_id = client.new_job_id()
+            await client.submit(self.store, job_id, manifest)
+            return job_id
+        digest = hashlib.sha256(idem.encode()).hexdigest()[:32]
+        job_id = f"api-{digest}"
+        try:
+            await client.submit(self.store, job_id, manifest)
+        except ValueError:  # exists already: the same request again
+            log.info("idempotency key seen before: waiting on job %s", job_id)
+        return job_id
+
+    async def _speech_request(self, request: web.Request) -> SpeechRequest:
+        if request.content_length is not None and request.content_length > self.settings.max_manifest_bytes:
+            raise ApiError(413, f"request body over {self.settings.max_manifest_bytes} bytes", code="too_large")
+        try:
+            body = await request.json()
+        except ValueError:
+            raise ApiError(400, "request body is not valid JSON", code="invalid_json") from None
+        try:
+            req = SpeechRequest.model_validate(body)
+        except ValidationError as e:
+            first = e.errors(include_url=False)[0]
+            param = ".".join(str(p) for p in first["loc"]) or None
+            raise ApiError(400, f"{param}: {first['msg']}", param=param, code="invalid_value") from None
+        if req.response_format in UNSUPPORTED:
+            raise ApiError(400, UNSUPPORTED[req.response_format], param="response_format", code="unsupported_format")
+        if req.response_format not in FORMATS:
+            supported = ", ".join(FORMATS)
+            raise ApiError(
+                400, f"response_format must be one of {supported}", param="response_format", code="invalid_value"
+            )
+        if len(req.input) > self.settings.max_text_chars:
+            raise ApiError(
+                400,
+                f"input has {len(req.input)} characters; the limit is {self.settings.max_text_chars}",
+                param="input",
+            )
+        return req
+
+    async def _check_voice(self, voice: str) -> None:
+        """Only library voices, named exactly as the worker names them: never a key or a path."""
+        if not is_name(voice) or await self.voices.get(voice) is None:
+            raise ApiError(
+                400,
+                f"voice {voice!r} is not in the voice library (GET /v1/audio/voices lists it)",
+                param="voice",
+                code="voice_not_found",
+            )
+
+    async def list_voices(self, request: web.Request) -> web.Response:
+        records = await self.voices.list()
+        data = [
+            {"id": r.name, "name": r.name, "duration_s": r.duration_s, "has_transcript": bool(r.ref_text)}
+            for r in records
+        ]
+        return web.json_response({"object": "list", "data": data, "voices": [r.name for r in records]})
+
+    async def models(self, request: web.Request) -> web.Response:
+        data = [{"id": m, "object": "model", "owned_by": "tts-pipeline"} for m in MODELS]
+        return web.json_response({"object": "list", "data": data})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True})
+
+
+def make_app(settings: Settings, store: Store) -> web.Application:
+    api = SpeechApi(settings, store)
+    app = web.Application(middlewares=[api.errors], client_max_size=settings.max_manifest_bytes)
+    api.routes(app)
+    app.router.add_get("/healthz", healthz)
+    return app
+
+
+async def serve(settings: Settings, host: str, port: int, ready: Callable[[str], Any] | None = None) -> None:
+    """Until cancelled (SIGINT/SIGTERM end ``asyncio.run``)."""
+    from pipeline.store import open_store
+
+    async with open_store(settings) as store:
+        runner = web.AppRunner(make_app(settings, store), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        url = f"http://{host}:{port}"
+        log.info("console listening on %s (API key %s)", url, "required" if settings.api_key else "not set")
+        if ready:
+            ready(url)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await runner.cleanup()
