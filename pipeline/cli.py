@@ -1,6 +1,11 @@
 """``tts-pipeline``: the command line. Heavy imports (torch, f5-tts) happen only in the commands
-that need a model (``worker``, ``model build-tiny``); ``status``, ``result`` and ``submit`` are
-plain S3 calls."""
+that need a model (``worker``, ``model build-tiny``); ``status``, ``result``, ``submit``, ``wait``
+and ``jobs`` are plain S3 calls.
+
+For people and for scripts: on a terminal ``status``, ``wait``, ``submit`` and ``jobs`` print a
+summary or a table and waiting shows a progress bar (``pipeline.progress``); when stdout is not a
+terminal, or with ``--json``, they print the JSON documents exactly as before (and waiting writes
+plain progress lines to stderr). Exit codes do not depend on either."""
 
 from __future__ import annotations
 
@@ -126,9 +131,36 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--idle-exit", type=float, default=None, metavar="SECONDS", help="exit after an idle period")
     c.set_defaults(handler=_worker)
 
-    c = sub.add_parser("status", help="print a job's status JSON")
+    c = sub.add_parser(
+        "status",
+        help="show a job's status: a summary on a terminal, the status JSON when piped or with --json",
+    )
     c.add_argument("job_id", type=_job_id)
+    c.add_argument("--json", action="store_true", help="print the status JSON even on a terminal")
     c.set_defaults(handler=_status)
+
+    from pipeline.contract import JobState
+
+    c = sub.add_parser(
+        "jobs",
+        help="list recent jobs, most recently updated first: a table on a terminal, JSON when piped",
+        description="List recent jobs from the status documents (status/<job_id>.json; a manifest not picked "
+        "up yet counts as QUEUED), most recently updated first. On a terminal: a table; when stdout is not a "
+        "terminal, or with --json: a JSON array of the status documents. With --state, documents are read from "
+        "the newest down until LIMIT match, but never more than 10 x LIMIT of them: older matches are then "
+        "not listed (a note on stderr says so).",
+    )
+    c.add_argument(
+        "--state",
+        type=str.upper,
+        choices=[s.value for s in JobState],
+        default=None,
+        metavar="STATE",
+        help=f"only jobs in this state ({', '.join(s.value for s in JobState)}; any case)",
+    )
+    c.add_argument("--limit", type=_positive_int, default=20, help="at most this many jobs (default 20)")
+    c.add_argument("--json", action="store_true", help="print JSON even on a terminal")
+    c.set_defaults(handler=_jobs)
 
     c = sub.add_parser("cancel", help="cancel a job (writes cancel/<job_id>; a QUEUED job is cancelled at once)")
     c.add_argument("job_id", type=_job_id)
@@ -163,9 +195,16 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--every", type=float, default=None, metavar="SECONDS", help="run forever, once per period")
     c.set_defaults(handler=_reconcile)
 
-    c = sub.add_parser("wait", help="wait until a job ends; print its status (exit 0 only if COMPLETED)")
+    c = sub.add_parser(
+        "wait",
+        help="wait until a job ends, with a progress bar on a terminal; print its status (exit 0 only if COMPLETED)",
+        description="Wait until a job ends. On a terminal: a progress bar (state, chunks done/total) on stderr, "
+        "then a summary; otherwise plain progress lines on stderr and the status JSON on stdout. Exit 0 if "
+        "the job COMPLETED, 1 if it ended otherwise, 3 on --timeout.",
+    )
     c.add_argument("job_id", type=_job_id)
     c.add_argument("--timeout", type=float, default=600.0)
+    c.add_argument("--json", action="store_true", help="print the status JSON even on a terminal")
     c.set_defaults(handler=_wait)
 
     c = sub.add_parser("result", help="print a job's result JSON (with a fresh presigned URL)")
@@ -193,9 +232,14 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--format", dest="output_format", default=None, choices=["wav", "flac", "mp3", "ogg"])
     c.add_argument("--subtitles", action="append", choices=["srt", "vtt"], default=None)
     c.add_argument("--no-word-timings", action="store_true")
-    c.add_argument("--wait", action="store_true", help="wait for the job to finish")
+    c.add_argument("--wait", action="store_true", help="wait for the job to finish (a progress bar on a terminal)")
     c.add_argument("--timeout", type=float, default=600.0, help="seconds to --wait (default 600)")
     c.add_argument("--out", type=Path, default=None, help="download the audio here (implies --wait)")
+    c.add_argument(
+        "--json",
+        action="store_true",
+        help="print the status/result JSON even on a terminal (the default when stdout is not one)",
+    )
     c.set_defaults(handler=_submit)
 
     c = sub.add_parser("console", help="serve the OpenAI-compatible speech API (a client of the bucket)")
@@ -225,6 +269,26 @@ def _job_text(args: argparse.Namespace) -> tuple[str | None, list[Any] | None]:
             raise _CliError(f"--text-file: {e}") from None
         return text, None
     return args.text, None
+
+
+def _positive_int(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n} is not at least 1")
+    return n
+
+
+def _human(args: argparse.Namespace) -> bool:
+    """A person is reading: stdout is a terminal and --json was not given."""
+    if getattr(args, "json", False):
+        return False
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def _say(entries: list[str] | None) -> dict[str, str] | None:
@@ -468,11 +532,80 @@ def _status(args: argparse.Namespace) -> int:
     from pipeline import client
     from pipeline.store import open_store
 
-    async def go() -> str:
-        async with open_store(get_settings()) as store:
-            return client.dump(await client.get_status(store, args.job_id))
+    if not _human(args):
 
-    print(_run_job_call(go))
+        async def go() -> str:
+            async with open_store(get_settings()) as store:
+                return client.dump(await client.get_status(store, args.job_id))
+
+        print(_run_job_call(go))
+        return 0
+
+    from rich.console import Console
+
+    from pipeline.contract import JobResult, JobStatus
+    from pipeline.progress import status_summary
+
+    async def summary() -> tuple[JobStatus, JobResult | None]:
+        async with open_store(get_settings()) as store:
+            status = await client.get_status(store, args.job_id)
+            return status, await _completed_result(store, status)
+
+    status, result = _run_job_call(summary)
+    Console().print(status_summary(status, result))
+    return 0
+
+
+async def _completed_result(store: Any, status: Any) -> Any:
+    """The result of a COMPLETED job for a summary, or None (not COMPLETED, or not readable)."""
+    from pipeline import client
+    from pipeline.contract import JobState
+
+    if status.state is not JobState.COMPLETED:
+        return None
+    try:
+        return await client.get_result(store, status.job_id)
+    except (client.JobNotFound, ValueError):  # ValueError: pydantic's ValidationError
+        return None
+
+
+def _exit_code(state: Any) -> int:
+    """``wait`` and ``submit --wait``: 0 if COMPLETED, 1 for another final state, 3 on a timeout."""
+    from pipeline.contract import JobState
+
+    return 0 if state is JobState.COMPLETED else (1 if state.terminal else 3)
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    from pipeline import client
+    from pipeline.contract import JobState
+    from pipeline.store import open_store
+
+    state = JobState(args.state) if args.state else None
+
+    async def go() -> client.JobListing:
+        async with open_store(get_settings()) as store:
+            return await client.recent_jobs(store, state=state, limit=args.limit)
+
+    listing = asyncio.run(go())
+    if _human(args):
+        from rich.console import Console
+
+        from pipeline.progress import jobs_table
+
+        console = Console()
+        if listing.jobs:
+            console.print(jobs_table(listing.jobs))
+        else:
+            console.print(f"no {state.value} jobs" if state else "no jobs", style="dim")
+    else:
+        print(json.dumps([j.model_dump(mode="json") for j in listing.jobs], indent=2))
+    if not listing.complete:
+        print(
+            f"tts-pipeline: read the {listing.read} most recently updated status documents (10 x --limit); "
+            "older matches are not listed",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -530,17 +663,31 @@ def _reconcile(args: argparse.Namespace) -> int:
 
 def _wait(args: argparse.Namespace) -> int:
     from pipeline import client
-    from pipeline.contract import JobState
+    from pipeline.contract import JobResult, JobStatus
+    from pipeline.progress import wait_view
     from pipeline.store import open_store
 
-    async def go() -> tuple[str, JobState]:
-        async with open_store(get_settings()) as store:
-            status = await client.wait(store, args.job_id, timeout_s=args.timeout)
-            return client.dump(status), status.state
+    human = _human(args)
 
-    text, state = _run_job_call(go)
-    print(text)
-    return 0 if state is JobState.COMPLETED else (1 if state.terminal else 3)
+    async def go() -> tuple[JobStatus, JobResult | None]:
+        async with open_store(get_settings()) as store:
+            with wait_view(args.job_id, timeout_s=args.timeout) as view:
+                status = await client.wait(store, args.job_id, timeout_s=args.timeout, on_status=view.update)
+                # The result: for the summary, or for the chunk count when no status showed it.
+                result = await _completed_result(store, status) if human or view.wants_chunks_total else None
+                view.finish(status, result.chunks if result else None)
+            return status, result
+
+    status, result = _run_job_call(go)
+    if human:
+        from rich.console import Console
+
+        from pipeline.progress import status_summary
+
+        Console().print(status_summary(status, result))
+    else:
+        print(client.dump(status))
+    return _exit_code(status.state)
 
 
 def _result(args: argparse.Namespace) -> int:
@@ -565,11 +712,13 @@ def _submit(args: argparse.Namespace) -> int:
 
     from pipeline import client
     from pipeline.contract import JobState, Manifest
+    from pipeline.progress import wait_view
     from pipeline.store import open_store
 
     s = get_settings()
     job_id = args.job_id or client.new_job_id()
     wait = args.wait or args.out is not None
+    human = _human(args)
 
     local_voice = Path(args.voice) if args.voice and Path(args.voice).is_file() else None
     text, segments = _job_text(args)
@@ -603,20 +752,37 @@ def _submit(args: argparse.Namespace) -> int:
                 raise _CliError(str(e)) from None
             print(f"submitted {job_id} (voice {voice})", file=sys.stderr)
             if not wait:
-                print(client.dump(status))
+                _print_doc(status, None, human)
                 return 0
-            status = await client.wait(store, job_id, timeout_s=args.timeout)
-            if status.state is not JobState.COMPLETED:
-                print(client.dump(status))
-                return 1 if status.state.terminal else 3
-            result = await client.get_result(store, job_id)
+            with wait_view(job_id, timeout_s=args.timeout) as view:
+                status = await client.wait(store, job_id, timeout_s=args.timeout, on_status=view.update)
+                result = await client.get_result(store, job_id) if status.state is JobState.COMPLETED else None
+                view.finish(status, result.chunks if result else None)
+            if result is None:
+                _print_doc(status, None, human)
+                return _exit_code(status.state)
             if args.out:
                 await client.download(store, result.audio.uri, args.out)
                 print(f"audio written to {args.out}", file=sys.stderr)
-            print(client.dump(result))
+            _print_doc(status, result, human, audio_path=args.out)
             return 0
 
     return asyncio.run(go())
+
+
+def _print_doc(status: Any, result: Any, human: bool, *, audio_path: Path | None = None) -> None:
+    """``submit``'s last word: the result JSON (or the status JSON when there is no result), or,
+    for a person, a summary of both."""
+    from pipeline import client
+
+    if not human:
+        print(client.dump(result if result is not None else status))
+        return
+    from rich.console import Console
+
+    from pipeline.progress import status_summary
+
+    Console().print(status_summary(status, result, audio_path=audio_path))
 
 
 def _run_job_call(fn: Callable[[], Coroutine[object, object, T]]) -> T:

@@ -9,13 +9,15 @@ import asyncio
 import hashlib
 import secrets
 import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from pydantic import BaseModel
 
 from pipeline import keys
-from pipeline.contract import JobResult, JobStatus, Manifest, utcnow
+from pipeline.contract import JobResult, JobState, JobStatus, Manifest, utcnow
 from pipeline.store import Store
 
 VOICE_UPLOADS = keys.VOICES + "uploads/"
@@ -77,13 +79,97 @@ async def get_result(store: Store, job_id: str, *, presign_s: int | None = None)
     return result
 
 
-async def wait(store: Store, job_id: str, *, timeout_s: float, poll_s: float = 1.0) -> JobStatus:
+async def wait(
+    store: Store,
+    job_id: str,
+    *,
+    timeout_s: float,
+    poll_s: float = 1.0,
+    on_status: Callable[[JobStatus], object] | None = None,
+) -> JobStatus:
+    """Poll the status until the job is in a final state or ``timeout_s`` has passed; returns the
+    last status read (not final on a timeout). ``on_status`` sees every status read, the last one
+    included (the CLI draws its progress bar from them); what it returns is ignored."""
     deadline = time.monotonic() + timeout_s
     while True:
         status = await get_status(store, job_id)
+        if on_status is not None:
+            on_status(status)
         if status.state.terminal or time.monotonic() > deadline:
             return status
         await asyncio.sleep(poll_s)
+
+
+@dataclass
+class JobListing:
+    jobs: list[JobStatus]  # most recently updated first
+    read: int  # status documents read
+    complete: bool  # False: the read bound stopped the scan before ``limit`` matches were found
+
+
+async def recent_jobs(
+    store: Store,
+    *,
+    state: JobState | None = None,
+    limit: int = 20,
+    max_reads: int | None = None,
+    concurrency: int = 16,
+) -> JobListing:
+    """The ``limit`` most recently updated jobs (in ``state``, if given), newest first.
+
+    One listing of ``status/`` and ``inbox/`` (a manifest without a status yet is a QUEUED job, as
+    ``get_status`` says), ordered by the objects' LastModified; then status documents are read from
+    the newest down until ``limit`` match, at most ``max_reads`` of them (default ``10 * limit``),
+    so a filter that matches little cannot read a whole bucket: older matches are then not
+    found (``complete`` is False)."""
+    if limit < 1:
+        raise ValueError("limit must be at least 1")
+    budget = 10 * limit if max_reads is None else max_reads
+    statuses, manifests = await asyncio.gather(store.list_objects(keys.STATUS), store.list_objects(keys.INBOX))
+    has_status = {o.key for o in statuses}
+    # (last modified, key, status key?)
+    candidates = [(o.last_modified, o.key, True) for o in statuses if o.key.endswith(".json")]
+    for o in manifests:
+        job_id = keys.job_id_from_key(o.key, keys.INBOX)
+        if job_id is not None and keys.status_key(job_id) not in has_status:
+            candidates.append((o.last_modified, job_id, False))
+    candidates.sort(key=lambda c: (c[0], c[1]), reverse=True)
+
+    gate = asyncio.Semaphore(concurrency)
+
+    async def read(key: str) -> JobStatus | None:
+        async with gate:
+            try:
+                return await store.get_model(key, JobStatus)  # None: removed since the listing
+            except ValueError:  # pydantic's ValidationError: not a status document this client reads
+                return None
+
+    async def queued(job_id: str, at: datetime) -> JobStatus:
+        return JobStatus.new(job_id, created_at=at, note="manifest in inbox; not picked up yet")
+
+    found: list[JobStatus] = []
+    reads = 0
+    i = 0
+    while i < len(candidates) and len(found) < limit:
+        need = limit - len(found)
+        take = need if state is None else max(need, concurrency)
+        batch: list[Coroutine[object, object, JobStatus | None]] = []
+        while i < len(candidates) and len(batch) < take:
+            at, ref, is_status = candidates[i]
+            if is_status:
+                if reads >= budget:
+                    break
+                reads += 1
+                batch.append(read(ref))
+            else:
+                batch.append(queued(ref, at))
+            i += 1
+        if not batch:
+            break
+        for status in await asyncio.gather(*batch):
+            if status is not None and (state is None or status.state is state) and len(found) < limit:
+                found.append(status)
+    return JobListing(found, reads, complete=len(found) >= limit or i >= len(candidates))
 
 
 async def download(store: Store, uri: str, dest: Path) -> int:
