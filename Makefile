@@ -5,11 +5,12 @@ VENV := .venv
 LS_VENV := localstack/.venv
 TTS := $(VENV)/bin/tts-pipeline
 
-.PHONY: help setup venv localstack-venv demo test unit integration faults reliability bench bench-gpu lint format schemas clean image-check
+.PHONY: help setup browser console venv localstack-venv demo test unit integration faults reliability bench bench-gpu lint format schemas clean image-check
 
 help:
 	@echo "make demo    set up, start LocalStack, run one voice-cloning job end to end, print the result"
 	@echo "make test    set up, lint, run unit + integration tests (real LocalStack, real f5-tts)"
+	@echo "make console the demo, then a worker and the web console at http://127.0.0.1:8080/ (Ctrl-C stops)"
 	@echo "make setup   only create .venv (app) and localstack/.venv (LocalStack + AWS CLI)"
 
 setup: venv localstack-venv
@@ -34,6 +35,10 @@ $(LS_VENV)/.installed: localstack/requirements.txt
 
 demo: setup
 	scripts/demo.sh
+
+# The demo, then a worker and the console (web page + OpenAI-compatible API) until Ctrl-C.
+console: setup
+	scripts/demo.sh --console
 
 # Benchmarks (not part of `make test`: they measure, they do not assert). Needs ~4 GB of disk.
 bench: setup
@@ -62,7 +67,11 @@ format: venv
 schemas: venv
 	$(TTS) schema --out docs/schemas
 
-test: setup lint
+# The console's browser tests drive Debian's chromium (Playwright's own download does not run here).
+browser:
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
+
+test: setup browser lint
 	$(VENV)/bin/pytest
 
 unit: venv

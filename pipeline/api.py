@@ -35,7 +35,7 @@ import soundfile as sf
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pipeline import client, keys
+from pipeline import client, console, keys
 from pipeline.config import Settings
 from pipeline.contract import JobState, Manifest, OutputFormat
 from pipeline.store import Store
@@ -148,6 +148,8 @@ class SpeechApi:
         given = request.headers.get("Authorization", "")
         scheme, _, token = given.partition(" ")
         expected = secret.get_secret_value().encode()
+        if console.request_has_session(request, secret.get_secret_value()):
+            return  # a signed-in console page (pipeline/console.py)
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
             raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
 
@@ -247,8 +249,12 @@ async def healthz(request: web.Request) -> web.Response:
 
 def make_app(settings: Settings, store: Store) -> web.Application:
     api = SpeechApi(settings, store)
-    app = web.Application(middlewares=[api.errors], client_max_size=settings.max_manifest_bytes)
+    page = console.Console(settings, store)
+    # client_max_size bounds every body read whole; the console's uploads stream (multipart) and
+    # are held to TTS_MAX_VOICE_BYTES part by part (console.Console._read_form).
+    app = web.Application(middlewares=[api.errors, page.middleware], client_max_size=settings.max_manifest_bytes)
     api.routes(app)
+    page.routes(app)
     app.router.add_get("/healthz", healthz)
     return app
 

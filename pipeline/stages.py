@@ -360,6 +360,8 @@ class _Render:
                     done += 1
                     watch.set_progress(done, total, self.reused)
                 prev = piece
+            if self.st.faults.hold_point(watch.job_id, watch.attempt, total) == total:  # held after the last one
+                await self.st.faults.hold(watch.job_id, watch.attempt, done, total, watch.check)
         except BaseException:
             self.asm.abort()
             raise

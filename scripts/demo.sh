@@ -5,7 +5,8 @@
 #   model cache -> `aws s3 cp` a voice and a manifest -> worker -> status + result from S3.
 #
 # Everything it starts, it stops. Override the defaults with DEMO_TEXT, DEMO_VOICE (a local audio
-# file), DEMO_REF_TEXT, DEMO_PORT.
+# file), DEMO_REF_TEXT, DEMO_PORT. `scripts/demo.sh --console` (`make console`) then keeps a worker
+# running and serves the console (http://127.0.0.1:8080/) until Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -121,3 +122,13 @@ for w in r["warnings"]:
     print(f"WARNING {w['code']}: {w['message']}")
 PY
 echo "audio: out/$JOB_ID.wav   subtitles: out/$JOB_ID.srt   worker log: out/$JOB_ID.worker.log"
+
+CONSOLE_URL="http://${TTS_CONSOLE_HOST:-127.0.0.1}:${TTS_CONSOLE_PORT:-8080}"
+if [[ ${1:-} != --console ]]; then
+  echo "see it in a browser: make console   (a worker and the console at $CONSOLE_URL/jobs/$JOB_ID)"
+  exit 0
+fi
+step "Console: $CONSOLE_URL/jobs/$JOB_ID (OpenAI-compatible API at $CONSOLE_URL/v1); Ctrl-C stops everything"
+$TTS worker > "out/console.worker.log" 2>&1 &
+worker_pid=$!
+$TTS console

@@ -20,7 +20,19 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import BUCKET, REF_TEXT, TTS, WorkerProcess, aws, get_json, reference_voice_path
+from tests.helpers import (
+    BUCKET,
+    REF_TEXT,
+    TTS,
+    Holds,
+    WorkerProcess,
+    aws,
+    get_json,
+    reference_voice_path,
+    start_worker,
+    stop_worker,
+    wait_ready,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -277,3 +289,55 @@ def _jobs_in(bucket: str, aws_env: dict[str, str], s3: Any) -> None:
     assert code == 0, text
     rows = [line for line in text.splitlines() if line.startswith("a-failed-")]
     assert len(rows) == 2 and all(re.search(r"\sFAILED\s.*VOICE_NOT_FOUND\s*$", r) for r in rows), text
+
+
+def test_the_bar_shows_chunks_done_while_the_job_runs(make_stack: Any, holds: Holds, tmp_path: Any, s3: Any) -> None:
+    """A job held after its first chunk (a fault hold, so no race with the model): the terminal
+    shows `1/N chunks` while it is held, then the job is released and the bar ends at `N/N`."""
+    env = make_stack("cli-progress")
+    aws(env, "s3", "cp", str(reference_voice_path()), "s3://cli-progress/voices/alice.wav")
+    worker = start_worker(env, tmp_path / "worker.log", progress_interval_s=0.2, **holds.settings)
+    try:
+        wait_ready(worker)
+        job_id = "cli-progress-1"
+        holds.hold(job_id, after_chunks=1)
+        argv = [TTS, "submit", "--job-id", job_id, "--text", TEXT, "--voice", "voices/alice.wav"]
+        argv += ["--ref-text", REF_TEXT, "--nfe-step", "2", "--wait", "--timeout", str(HANG_GUARD_S)]
+        master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
+        term_env = {k: v for k, v in env.items() if k not in RICH_ENV} | {"TERM": "xterm-256color"}
+        proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=term_env, close_fds=True)
+        os.close(slave)
+        out = bytearray()
+        released = False
+        deadline = time.monotonic() + HANG_GUARD_S
+        try:
+            while time.monotonic() < deadline:
+                ready, _, _ = select.select([master], [], [], 0.5)
+                if ready:
+                    try:
+                        data = os.read(master, 65536)
+                    except OSError:
+                        break
+                    if not data:
+                        break
+                    out += data
+                if not released and re.search(r"PROCESSING.*\b1/(\d+) chunks", plain(out.decode(errors="replace"))):
+                    assert holds.wait_held(job_id, worker)["chunks_done"] == 1  # its marker follows at once
+                    holds.release(job_id)
+                    released = True
+            code = proc.wait(timeout=60)
+        finally:
+            os.close(master)
+            if proc.poll() is None:
+                proc.kill()
+        text = plain(out.decode(errors="replace"))
+        assert released, f"the bar never showed 1/N chunks while the job was held:\n{text[-2000:]}"
+        assert code == 0, text[-2000:]
+        result = get_json(s3, f"results/{job_id}.json", "cli-progress")
+        assert result is not None
+        n = result["chunks"]
+        assert n > 1 and re.search(rf"PROCESSING.*\b1/{n} chunks", text), text[-2000:]
+        assert re.search(rf"\b{n}/{n} chunks", text), text[-2000:]
+    finally:
+        stop_worker(worker)

@@ -1,0 +1,690 @@
+"""The web console served by ``tts-pipeline console`` next to the OpenAI-compatible API.
+
+    GET  /                                   the page (jobs, submit form, voice library)
+    GET  /jobs/{job_id}                      the same page, opened on one job
+    GET  /static/...                         its HTML/CSS/JS (pipeline/static/, no build step)
+    GET  /login, POST /login, POST /logout   only meaningful with TTS_API_KEY set
+
+    GET    /console/api/session                       {auth_required, authenticated, limits}
+    GET    /console/api/jobs?state=&offset=&limit=    recent jobs, newest first
+    POST   /console/api/jobs                          multipart: text, voice | clip + ref_text, speed,
+                                                      output_format, subtitles -> {job_id, status}
+    GET    /console/api/jobs/{job_id}                 status, result (fresh presigned audio URL),
+                                                      reference voice (presigned) and transcript
+    GET    /console/api/jobs/{job_id}/peaks?n=        waveform peaks of the job's audio
+    GET    /console/api/jobs/{job_id}/subtitles/{fmt} the srt/vtt file, as a download
+    POST   /console/api/jobs/{job_id}/cancel          `tts-pipeline cancel` (state.request_cancel)
+    GET    /console/api/voices                        the voice library, with presigned audio URLs
+    POST   /console/api/voices                        multipart: name, ref_text, file
+    DELETE /console/api/voices/{name}
+
+Like the API, the console is a client of the bucket: it reads and writes only the job prefixes
+(``inbox/``, ``status/``, ``results/``, ``outputs/<job_id>/``, ``cancel/``) and ``voices/``, with
+job ids checked by ``keys.is_valid_job_id`` and voice names by ``voices.is_name`` (the worker's
+rules) before any key is built. Uploaded clips are size- and duration-checked while they stream in,
+before anything is written to S3.
+
+With ``TTS_API_KEY`` set, the page asks for the key once and then holds a session cookie
+(HttpOnly, SameSite=Strict): a random session id and its expiry, signed with HMAC-SHA256 under the
+key (changing the key ends every session). The JSON endpoints take that cookie or the API's
+``Authorization: Bearer <key>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import math
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from aiohttp import BodyPartReader, web
+from pydantic import ValidationError
+
+from pipeline import client, keys
+from pipeline.config import Settings
+from pipeline.contract import JobResult, JobState, JobStatus, Manifest, utcnow
+from pipeline.state import request_cancel
+from pipeline.store import NotFound, Store, TooLarge
+from pipeline.tts import audio as audio_utils
+from pipeline.tts.voices import VoiceError, VoiceLibrary, is_name
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(str(files("pipeline").joinpath("static")))
+COOKIE = "tts_console"
+SESSION_S = 12 * 3600
+PRESIGN_S = 3600  # the page fetches fresh URLs on every load
+AUDIO_EXTS = {".wav", ".flac", ".mp3", ".ogg"}
+MAX_PEAK_AUDIO_BYTES = 512 * 1024 * 1024
+FORM_OVERHEAD = 256 * 1024  # multipart headers and the small text fields around a clip
+PAGE_MAX = 100
+
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "media-src 'self' http: https: blob:; connect-src 'self'; frame-ancestors 'none'; "
+    "base-uri 'none'; form-action 'self'; object-src 'none'"
+)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+# -- sessions -----------------------------------------------------------------------------------
+
+
+def _sign(key: str, payload: str) -> str:
+    mac = hmac.new(key.encode(), payload.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac).decode().rstrip("=")
+
+
+def new_session(key: str, now: float | None = None) -> str:
+    payload = f"{secrets.token_urlsafe(18)}.{int((now or time.time()) + SESSION_S)}"
+    return f"{payload}.{_sign(key, payload)}"
+
+
+def session_ok(cookie: str | None, key: str, now: float | None = None) -> bool:
+    if not cookie or cookie.count(".") != 2:
+        return False
+    payload, _, mac = cookie.rpartition(".")
+    if not hmac.compare_digest(mac.encode(), _sign(key, payload).encode()):
+        return False
+    try:
+        expires = int(payload.rsplit(".", 1)[1])
+    except ValueError:
+        return False
+    return expires > (now or time.time())
+
+
+def request_has_session(request: web.Request, key: str) -> bool:
+    """The API's auth check uses this too: a signed-in page may call ``/v1``."""
+    return session_ok(request.cookies.get(COOKIE), key)
+
+
+def _bearer_ok(request: web.Request, key: str) -> bool:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), key.encode())
+
+
+class ConsoleError(web.HTTPException):
+    """A JSON error: ``{"error": {"message", "code"}}``."""
+
+    def __init__(self, status: int, message: str, code: str) -> None:
+        self.status_code = status
+        super().__init__(
+            text=json.dumps({"error": {"message": message, "code": code}}), content_type="application/json"
+        )
+
+
+# -- the console --------------------------------------------------------------------------------
+
+
+class Console:
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self.settings = settings
+        self.store = store
+        self.voices = VoiceLibrary(store)
+        self._status_cache: OrderedDict[str, tuple[datetime, JobStatus]] = OrderedDict()
+        self._voice_cache: OrderedDict[str, str | None] = OrderedDict()
+        self._peaks_cache: OrderedDict[tuple[str, int], list[float]] = OrderedDict()
+
+    @property
+    def key(self) -> str | None:
+        secret = self.settings.api_key
+        return secret.get_secret_value() if secret is not None and secret.get_secret_value() else None
+
+    def routes(self, app: web.Application) -> None:
+        r = app.router
+        r.add_get("/", self.page)
+        r.add_get("/jobs/{job_id}", self.page)
+        r.add_get("/login", self.login_page)
+        r.add_post("/login", self.login)
+        r.add_post("/logout", self.logout)
+        r.add_static("/static/", STATIC_DIR, show_index=False, follow_symlinks=False)
+        r.add_get("/console/api/session", self.session)
+        r.add_get("/console/api/jobs", self.list_jobs)
+        r.add_post("/console/api/jobs", self.submit)
+        r.add_get("/console/api/jobs/{job_id}", self.job)
+        r.add_get("/console/api/jobs/{job_id}/peaks", self.peaks)
+        r.add_get("/console/api/jobs/{job_id}/subtitles/{fmt}", self.subtitles)
+        r.add_post("/console/api/jobs/{job_id}/cancel", self.cancel)
+        r.add_get("/console/api/voices", self.list_voices)
+        r.add_post("/console/api/voices", self.add_voice)
+        r.add_delete("/console/api/voices/{name}", self.remove_voice)
+
+    # -- auth and headers
+
+    def authenticated(self, request: web.Request) -> bool:
+        key = self.key
+        return key is None or request_has_session(request, key) or _bearer_ok(request, key)
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        path = request.path
+        if path.startswith("/console/api/"):
+            if path != "/console/api/session" and not self.authenticated(request):
+                raise ConsoleError(401, "sign in first (or send Authorization: Bearer <key>)", "unauthorized")
+            if request.method not in ("GET", "HEAD") and request.headers.get("X-Console") != "1":
+                # Forms from other sites cannot set this header (a CORS preflight would be needed).
+                raise ConsoleError(403, "missing X-Console header", "forbidden")
+        try:
+            response = await handler(request)
+        except web.HTTPException as e:
+            self._headers(path, e)
+            raise
+        self._headers(path, response)
+        return response
+
+    @staticmethod
+    def _headers(path: str, response: web.StreamResponse) -> None:
+        if path.startswith("/v1/"):
+            return
+        h = response.headers
+        h.setdefault("Content-Security-Policy", CSP)
+        h.setdefault("X-Content-Type-Options", "nosniff")
+        h.setdefault("Referrer-Policy", "no-referrer")
+        h.setdefault("X-Frame-Options", "DENY")
+        if path.startswith(("/console/api/", "/jobs/")) or path in ("/", "/login"):
+            h.setdefault("Cache-Control", "no-store")
+
+    async def page(self, request: web.Request) -> web.StreamResponse:
+        job_id = request.match_info.get("job_id")
+        if job_id is not None and not keys.is_valid_job_id(job_id):
+            raise web.HTTPNotFound(text="no such job")
+        if not self.authenticated(request):
+            return self._login_response(request, status=401)
+        return web.FileResponse(STATIC_DIR / "index.html", headers={"Content-Type": "text/html; charset=utf-8"})
+
+    async def login_page(self, request: web.Request) -> web.StreamResponse:
+        if self.key is None or self.authenticated(request):
+            return _see_other("/")
+        return self._login_response(request)
+
+    def _login_response(self, request: web.Request, status: int = 200, error: str = "") -> web.Response:
+        html = (STATIC_DIR / "login.html").read_text()
+        message = f'<p class="error" role="alert">{error}</p>' if error else ""
+        html = html.replace("<!--error-->", message)
+        return web.Response(text=html, status=status, content_type="text/html")
+
+    async def login(self, request: web.Request) -> web.StreamResponse:
+        key = self.key
+        if key is None:
+            return _see_other("/")
+        form = await request.post()
+        given = str(form.get("key", ""))
+        if not hmac.compare_digest(given.encode(), key.encode()):
+            await asyncio.sleep(0.5)  # slows guessing down
+            return self._login_response(request, status=401, error="That key is not right.")
+        response = _see_other("/")
+        response.set_cookie(
+            COOKIE,
+            new_session(key),
+            max_age=SESSION_S,
+            httponly=True,
+            samesite="Strict",
+            secure=request.secure,
+            path="/",
+        )
+        return response
+
+    async def logout(self, request: web.Request) -> web.StreamResponse:
+        response = _see_other("/login" if self.key else "/")
+        response.del_cookie(COOKIE, path="/")
+        return response
+
+    async def session(self, request: web.Request) -> web.Response:
+        s = self.settings
+        return web.json_response(
+            {
+                "auth_required": self.key is not None,
+                "authenticated": self.authenticated(request),
+                "bucket": self.store.bucket,
+                "limits": {
+                    "max_voice_bytes": s.max_voice_bytes,
+                    "max_voice_seconds": s.max_voice_seconds,
+                    "min_voice_seconds": s.min_voice_seconds,
+                    "max_text_chars": s.max_text_chars,
+                },
+            }
+        )
+
+    # -- jobs
+
+    def _job_id(self, request: web.Request) -> str:
+        job_id = request.match_info["job_id"]
+        if not keys.is_valid_job_id(job_id):
+            raise ConsoleError(400, "job ids match [A-Za-z0-9._-]{1,128}", "invalid_job_id")
+        return job_id
+
+    async def list_jobs(self, request: web.Request) -> web.Response:
+        q = request.query
+        state = q.get("state", "").upper() or None
+        if state is not None and state not in JobState.__members__:
+            raise ConsoleError(400, f"state must be one of {', '.join(JobState.__members__)}", "invalid_state")
+        try:
+            offset = max(0, int(q.get("offset", "0")))
+            limit = min(PAGE_MAX, max(1, int(q.get("limit", "20"))))
+        except ValueError:
+            raise ConsoleError(400, "offset and limit are integers", "invalid_value") from None
+
+        manifests, statuses = await asyncio.gather(
+            self.store.list_objects(keys.INBOX), self.store.list_objects(keys.STATUS)
+        )
+        created: dict[str, datetime] = {}
+        status_lm: dict[str, datetime] = {}
+        for o in statuses:
+            job_id = keys.job_id_from_key(o.key, keys.STATUS)
+            if job_id:
+                status_lm[job_id] = o.last_modified
+                created[job_id] = o.last_modified
+        for o in manifests:
+            job_id = keys.job_id_from_key(o.key, keys.INBOX)
+            if job_id:
+                created[job_id] = o.last_modified
+        order = sorted(created, key=lambda j: (created[j], j), reverse=True)
+
+        matched: list[dict[str, Any]] = []
+        total_matched = 0
+        want = offset + limit
+        batch = max(limit, 25)
+        i = 0
+        scanned_all = True
+        while i < len(order):
+            if len(matched) >= want and state is None:
+                break
+            chunk = order[i : i + batch]
+            i += len(chunk)
+            rows = await asyncio.gather(*(self._row(j, status_lm.get(j)) for j in chunk))
+            for row in rows:
+                if row is None or (state is not None and row["state"] != state):
+                    continue
+                total_matched += 1
+                if len(matched) < want:
+                    matched.append(row)
+            if state is not None and len(matched) >= want and i >= 2000:
+                scanned_all = False  # enough for this page; stop scanning a huge bucket
+                break
+        total = len(order) if state is None else total_matched
+        return web.json_response(
+            {
+                "jobs": matched[offset:want],
+                "offset": offset,
+                "limit": limit,
+                "total": total,
+                "total_exact": state is None or scanned_all,
+                "now": utcnow().isoformat(),
+            }
+        )
+
+    async def _status(self, job_id: str, last_modified: datetime | None) -> JobStatus | None:
+        if last_modified is not None:
+            cached = self._status_cache.get(job_id)
+            if cached and cached[0] == last_modified:
+                return cached[1]
+        try:
+            status = await client.get_status(self.store, job_id)
+        except (client.JobNotFound, ValidationError, ValueError):
+            return None
+        if last_modified is not None:
+            self._remember(self._status_cache, job_id, (last_modified, status), 5000)
+        return status
+
+    async def _manifest_voice(self, job_id: str) -> str | None:
+        if job_id in self._voice_cache:
+            return self._voice_cache[job_id]
+        voice: str | None = None
+        try:
+            raw = await self.store.get_bytes(keys.manifest_key(job_id), max_bytes=self.settings.max_manifest_bytes)
+            doc = json.loads(raw)
+            if isinstance(doc, dict):
+                if isinstance(doc.get("voice"), str):
+                    voice = doc["voice"]
+                elif isinstance(doc.get("segments"), list):
+                    names = {s.get("voice") for s in doc["segments"] if isinstance(s, dict)}
+                    voice = ", ".join(sorted(n for n in names if isinstance(n, str))) or None
+        except (NotFound, TooLarge, ValueError):
+            pass
+        self._remember(self._voice_cache, job_id, voice, 5000)
+        return voice
+
+    @staticmethod
+    def _remember(cache: OrderedDict[Any, Any], key: Any, value: Any, size: int) -> None:
+        cache[key] = value
+        cache.move_to_end(key)
+        while len(cache) > size:
+            cache.popitem(last=False)
+
+    async def _row(self, job_id: str, status_lm: datetime | None) -> dict[str, Any] | None:
+        status, voice = await asyncio.gather(self._status(job_id, status_lm), self._manifest_voice(job_id))
+        if status is None:
+            return None
+        end = status.finished_at or utcnow()
+        progress = status.progress
+        return {
+            "job_id": job_id,
+            "state": status.state.value,
+            "created_at": status.created_at.isoformat(),
+            "updated_at": status.updated_at.isoformat(),
+            "duration_s": round(max(0.0, (end - status.created_at).total_seconds()), 1),
+            "voice": voice,
+            "error_code": status.error.code if status.error else None,
+            "progress": progress.model_dump(include={"chunks_done", "chunks_total"}) if progress else None,
+        }
+
+    async def job(self, request: web.Request) -> web.Response:
+        job_id = self._job_id(request)
+        try:
+            status = await client.get_status(self.store, job_id)
+        except client.JobNotFound:
+            raise ConsoleError(404, f"no job {job_id}", "job_not_found") from None
+        result: JobResult | None = None
+        if status.state is JobState.COMPLETED:
+            try:
+                result = await client.get_result(self.store, job_id)
+            except client.JobNotFound:
+                result = None
+        body: dict[str, Any] = {
+            "job_id": job_id,
+            "status": json.loads(status.model_dump_json()),
+            "result": None,
+            "audio_url": None,
+            "subtitles": [],
+            "voice": await self._job_voice(job_id, result),
+        }
+        if result is not None:
+            audio_key = self._output_key(job_id, result.audio.uri)
+            if audio_key is not None:
+                result.audio.url = await self.store.presign_get(audio_key, PRESIGN_S)
+                body["audio_url"] = result.audio.url
+            body["result"] = json.loads(result.model_dump_json())
+            body["subtitles"] = [f.value for f, uri in result.subtitles.items() if self._output_key(job_id, uri)]
+        return web.json_response(body)
+
+    def _output_key(self, job_id: str, uri: str) -> str | None:
+        """A key the result names, only if it is this job's own output (never another prefix)."""
+        prefix = keys.s3_uri(self.store.bucket, f"{keys.OUTPUTS}{job_id}/")
+        if not uri.startswith(prefix) or ".." in uri or "//" in uri.removeprefix("s3://"):
+            return None
+        key = keys.key_from_uri(self.store.bucket, uri)
+        parsed = keys.parse_output_key(key)
+        return key if parsed is not None and parsed[0] == job_id else None
+
+    async def _job_voice(self, job_id: str, result: JobResult | None) -> dict[str, Any] | None:
+        """The reference voice: its presigned audio and the transcript (used, or known so far)."""
+        ref_text = result.ref_text if result else ""
+        source = result.ref_text_source if result else None
+        key: str | None = None
+        name = await self._manifest_voice(job_id)
+        if result is not None and not result.segments:
+            key = result.voice_key
+        elif name and "," not in name:
+            if is_name(name):
+                found = await self.voices.get(name)
+                if found is not None:
+                    key = found[0].audio_key
+                    ref_text = ref_text or found[0].ref_text
+            else:
+                key = name
+        if key is None:
+            return {"name": name, "url": None, "ref_text": ref_text, "ref_text_source": source} if name else None
+        try:
+            key = keys.voice_key(key, self.store.bucket, self.settings.voice_prefixes)
+        except keys.VoiceRefError:
+            return {"name": name, "url": None, "ref_text": ref_text, "ref_text_source": source}
+        url = await self.store.presign_get(key, PRESIGN_S) if await self.store.exists(key) else None
+        return {"name": name or key, "key": key, "url": url, "ref_text": ref_text, "ref_text_source": source}
+
+    async def _result_or_404(self, job_id: str) -> JobResult:
+        try:
+            return await client.get_result(self.store, job_id)
+        except client.JobNotFound:
+            raise ConsoleError(404, f"no result for {job_id} (yet)", "result_not_found") from None
+
+    async def peaks(self, request: web.Request) -> web.Response:
+        job_id = self._job_id(request)
+        try:
+            n = min(4000, max(16, int(request.query.get("n", "800"))))
+        except ValueError:
+            raise ConsoleError(400, "n is an integer", "invalid_value") from None
+        result = await self._result_or_404(job_id)
+        key = self._output_key(job_id, result.audio.uri)
+        if key is None:
+            raise ConsoleError(404, "the result names no audio of this job", "audio_not_found")
+        cached = self._peaks_cache.get((key, n))
+        if cached is None:
+            try:
+                data = await self.store.get_bytes(key, max_bytes=MAX_PEAK_AUDIO_BYTES)
+            except NotFound:
+                raise ConsoleError(404, "the job's audio is gone", "audio_not_found") from None
+            except TooLarge:
+                raise ConsoleError(413, "the audio is too long to draw", "too_large") from None
+            try:
+                cached = await asyncio.to_thread(compute_peaks, data, n)
+            except audio_utils.AudioDecodeError as e:
+                raise ConsoleError(422, str(e), "audio_unreadable") from None
+            self._remember(self._peaks_cache, (key, n), cached, 64)
+        return web.json_response({"job_id": job_id, "duration_s": result.audio.duration_s, "peaks": cached})
+
+    async def subtitles(self, request: web.Request) -> web.Response:
+        job_id = self._job_id(request)
+        fmt = request.match_info["fmt"]
+        if fmt not in ("srt", "vtt"):
+            raise ConsoleError(400, "subtitle formats are srt and vtt", "invalid_format")
+        result = await self._result_or_404(job_id)
+        uri = next((u for f, u in result.subtitles.items() if f.value == fmt), None)
+        key = self._output_key(job_id, uri) if uri else None
+        if key is None:
+            raise ConsoleError(404, f"job {job_id} has no {fmt} subtitles", "subtitles_not_found")
+        try:
+            data = await self.store.get_bytes(key, max_bytes=64 * 1024 * 1024)
+        except (NotFound, TooLarge):
+            raise ConsoleError(404, f"job {job_id} has no {fmt} subtitles", "subtitles_not_found") from None
+        content_type = "text/vtt" if fmt == "vtt" else "application/x-subrip"
+        return web.Response(
+            body=data,
+            content_type=content_type,
+            charset="utf-8",
+            headers={"Content-Disposition": f'attachment; filename="{job_id}.{fmt}"'},
+        )
+
+    async def cancel(self, request: web.Request) -> web.Response:
+        job_id = self._job_id(request)
+        try:
+            await client.get_status(self.store, job_id)  # JobNotFound for unknown jobs, as the CLI
+        except client.JobNotFound:
+            raise ConsoleError(404, f"no job {job_id}", "job_not_found") from None
+        status = await request_cancel(self.store, job_id)
+        return web.json_response(
+            {"job_id": job_id, "requested": True, "status": json.loads(status.model_dump_json()) if status else None}
+        )
+
+    async def submit(self, request: web.Request) -> web.Response:
+        form, clip = await self._read_form(request, file_field="clip")
+        s = self.settings
+        text = form.get("text", "")
+        if not text.strip():
+            raise ConsoleError(400, "text is empty", "invalid_value")
+        if len(text) > s.max_text_chars:
+            raise ConsoleError(400, f"text has {len(text)} characters; the limit is {s.max_text_chars}", "too_long")
+        ref_text = form.get("ref_text", "").strip()
+        if clip is not None:
+            filename, data = clip
+            voice = await self._upload_clip(filename, data)
+        else:
+            voice = form.get("voice", "").strip()
+            if not is_name(voice) or await self.voices.get(voice) is None:
+                raise ConsoleError(400, f"voice {voice!r} is not in the voice library", "voice_not_found")
+        fields: dict[str, Any] = {"text": text, "voice": voice}
+        if ref_text:
+            fields["ref_text"] = ref_text
+        if form.get("speed"):
+            try:
+                fields["speed"] = float(form["speed"])
+            except ValueError:
+                raise ConsoleError(400, "speed: a number from 0.25 to 4", "invalid_value") from None
+        if form.get("output_format"):
+            fields["output_format"] = form["output_format"]
+        subs = [v for v in form.getall("subtitles") if v]
+        if subs:
+            fields["subtitles"] = subs
+        try:
+            manifest = Manifest.model_validate_json(json.dumps(fields))  # JSON mode, as a manifest is read
+        except ValidationError as e:
+            first = e.errors(include_url=False)[0]
+            where = ".".join(str(p) for p in first["loc"]) or "job"
+            raise ConsoleError(400, f"{where}: {first['msg']}", "invalid_value") from None
+        job_id = client.new_job_id()
+        status = await client.submit(self.store, job_id, manifest)
+        log.info("console: submitted %s (voice %s, %d chars)", job_id, voice, len(text))
+        return web.json_response({"job_id": job_id, "status": json.loads(status.model_dump_json())}, status=201)
+
+    async def _upload_clip(self, filename: str, data: bytes) -> str:
+        ext = self._check_clip(filename, data)
+        key = f"{client.VOICE_UPLOADS}{hashlib.sha256(data).hexdigest()[:20]}{ext}"
+        if not await self.store.exists(key):
+            await self.store.put_bytes(key, data, "application/octet-stream")
+        return key
+
+    def _check_clip(self, filename: str, data: bytes) -> str:
+        s = self.settings
+        ext = Path(filename).suffix.lower() or ".wav"
+        if ext not in AUDIO_EXTS:
+            raise ConsoleError(400, f"voice files are {', '.join(sorted(AUDIO_EXTS))}", "unsupported_audio")
+        try:
+            info = audio_utils.probe(data)
+        except audio_utils.AudioDecodeError as e:
+            raise ConsoleError(400, str(e), "audio_unreadable") from None
+        if info.duration_s > s.max_voice_seconds:
+            raise ConsoleError(
+                400, f"the clip lasts {info.duration_s:.1f}s; the limit is {s.max_voice_seconds:g}s", "voice_too_long"
+            )
+        if info.duration_s < s.min_voice_seconds:
+            raise ConsoleError(
+                400, f"the clip lasts {info.duration_s:.2f}s; at least {s.min_voice_seconds:g}s", "voice_too_short"
+            )
+        return ext
+
+    async def _read_form(self, request: web.Request, file_field: str) -> tuple[_Form, tuple[str, bytes] | None]:
+        """Stream a multipart form, refusing (413) a file over TTS_MAX_VOICE_BYTES before it is
+        read whole, and certainly before anything reaches S3. The app's ``client_max_size`` does
+        not apply to a streamed multipart body, so the limit is enforced here, part by part."""
+        limit = self.settings.max_voice_bytes
+        if request.content_length is not None and request.content_length > limit + FORM_OVERHEAD:
+            raise ConsoleError(413, f"upload over {limit} bytes", "too_large")
+        if not request.content_type.startswith("multipart/form-data"):
+            raise ConsoleError(400, "send multipart/form-data", "invalid_body")
+        form = _Form()
+        clip: tuple[str, bytes] | None = None
+        text_budget = FORM_OVERHEAD + self.settings.max_manifest_bytes
+        reader = await request.multipart()
+        async for part in reader:
+            if not isinstance(part, BodyPartReader) or not part.name:
+                continue
+            if part.filename is not None:
+                if part.name != file_field:
+                    raise ConsoleError(400, f"unexpected file field {part.name!r}", "invalid_body")
+                data = await _read_limited(part, limit, "too_large", f"upload over {limit} bytes")
+                if data:
+                    clip = (part.filename, data)
+                continue
+            value = await _read_limited(part, text_budget, "too_large", "form fields too large")
+            text_budget -= len(value)
+            form.add(part.name, value.decode("utf-8", errors="replace"))
+        return form, clip
+
+    # -- voices
+
+    async def list_voices(self, request: web.Request) -> web.Response:
+        records = await self.voices.list()
+        out = []
+        for r in records:
+            url = None
+            if r.audio_key.startswith(f"{keys.VOICES}{r.name}/"):
+                url = await self.store.presign_get(r.audio_key, PRESIGN_S)
+            out.append({**json.loads(r.model_dump_json(exclude={"audio_key"})), "url": url})
+        return web.json_response({"voices": out})
+
+    async def add_voice(self, request: web.Request) -> web.Response:
+        form, clip = await self._read_form(request, file_field="file")
+        name = form.get("name", "").strip()
+        if not is_name(name):
+            raise ConsoleError(400, "voice names match [A-Za-z0-9][A-Za-z0-9._-]{0,63}", "invalid_name")
+        if clip is None:
+            raise ConsoleError(400, "choose an audio file", "invalid_body")
+        filename, data = clip
+        ext = self._check_clip(filename, data)
+        try:
+            record = await self.voices.add(name, data, ext, form.get("ref_text", ""))
+        except VoiceError as e:
+            raise ConsoleError(400, str(e), "invalid_voice") from None
+        return web.json_response(json.loads(record.model_dump_json(exclude={"audio_key"})), status=201)
+
+    async def remove_voice(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if not is_name(name):
+            raise ConsoleError(400, "voice names match [A-Za-z0-9][A-Za-z0-9._-]{0,63}", "invalid_name")
+        if not await self.voices.remove(name):
+            raise ConsoleError(404, f"no voice named {name}", "voice_not_found")
+        return web.json_response({"removed": name})
+
+
+def _see_other(location: str) -> web.Response:
+    return web.Response(status=303, headers={"Location": location})
+
+
+class _Form:
+    def __init__(self) -> None:
+        self._items: list[tuple[str, str]] = []
+
+    def add(self, name: str, value: str) -> None:
+        self._items.append((name, value))
+
+    def get(self, name: str, default: str = "") -> str:
+        return next((v for k, v in self._items if k == name), default)
+
+    def getall(self, name: str) -> list[str]:
+        return [v for k, v in self._items if k == name]
+
+    def __getitem__(self, name: str) -> str:
+        return self.get(name)
+
+
+async def _read_limited(part: BodyPartReader, limit: int, code: str, message: str) -> bytes:
+    buf = bytearray()
+    while chunk := await part.read_chunk(64 * 1024):
+        buf.extend(chunk)
+        if len(buf) > limit:
+            raise ConsoleError(413, message, code)
+    return bytes(buf)
+
+
+def compute_peaks(data: bytes, n: int) -> list[float]:
+    """``n`` peak amplitudes (0..1) across the audio, read block by block (bounded memory)."""
+    import io
+
+    import numpy as np
+    import soundfile as sf
+
+    try:
+        f = sf.SoundFile(io.BytesIO(data))
+    except Exception as e:
+        raise audio_utils.AudioDecodeError(f"not a readable audio file ({e})") from None
+    with f:
+        frames = f.frames if f.frames > 0 else 0
+        if frames == 0:
+            return [0.0] * n
+        size = max(1, math.ceil(frames / n))
+        peaks: list[float] = []
+        for block in f.blocks(blocksize=size, dtype="float32", always_2d=True):
+            peaks.append(float(np.max(np.abs(block))) if block.size else 0.0)
+    peaks = [min(1.0, round(p, 4)) for p in peaks[:n]]
+    return peaks + [0.0] * (n - len(peaks))
