@@ -167,6 +167,7 @@ class JobRunner:
                 return await self._process_job(job_id, record, msg)
             finally:
                 self.running.discard(job_id)
+                self.stages.chunked_jobs.discard(job_id)
         finally:
             job_id_var.reset(token)
 
@@ -343,9 +344,10 @@ class JobRunner:
         note: str | None = None,
         result_key: str | None = None,
     ) -> None:
-        if state.terminal:
+        if state.terminal and (claim.job_id in self.stages.chunked_jobs or claim.status.attempt > 1):
             # Before the final status, so that a client seeing it never lists stale chunks. A
             # crash in between redelivers the job: a result is adopted, a failure fails again.
+            # (An earlier attempt may have left chunks even if this one wrote none.)
             await self._remove_chunks(claim.job_id)
         status = await self.ledger.finish(claim, state, error=error, note=note, result_key=result_key)
         metrics.JOBS.labels(state, error.code if error else "").inc()

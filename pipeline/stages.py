@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, NoReturn
 import numpy as np
 
 from pipeline import chunks as chunk_io
-from pipeline import keys, metrics
+from pipeline import keys, memory, metrics
 from pipeline.batcher import Batcher, Work
 from pipeline.chunks import ChunkRecord, ChunkSpec, ChunkStore
 from pipeline.config import Settings
@@ -63,6 +63,9 @@ if TYPE_CHECKING:
     from pipeline.tts.engine import F5Engine
 
 log = logging.getLogger(__name__)
+
+# Long jobs give freed chunk buffers back to the OS every this many chunks (pipeline/memory.py).
+TRIM_EVERY = 8
 
 
 class JobFailed(Exception):
@@ -138,6 +141,9 @@ class Stages:
         self.batcher = batcher
         self.faults = faults
         self.voices = VoiceLibrary(store)
+        # Running jobs of this worker that wrote durable chunks (pipeline/chunks.py), so that
+        # finishing a one-chunk job costs no LIST for chunks it never wrote.
+        self.chunked_jobs: set[str] = set()
 
     # -- inputs ---------------------------------------------------------------------------------
 
@@ -296,6 +302,11 @@ class _Render:
         self.chunks = ChunkStore(stages.store, watch.job_id)
         m = inputs.manifest
         self.speech = [p for p in pieces if not p.is_pause]
+        # A one-chunk job has nothing to resume and nothing to hear early: its chunk stays in
+        # memory (saving a LIST, two PUTs and their removal per job; most jobs are short).
+        self.durable = len(self.speech) > 1
+        if self.durable:
+            stages.chunked_jobs.add(watch.job_id)
         self.ordinal = {p.index: k for k, p in enumerate(self.speech)}
         self.specs: dict[int, ChunkSpec] = {}
         shas = [hashlib.sha256(r.audio.tobytes()).hexdigest() for r in refs]
@@ -326,7 +337,7 @@ class _Render:
 
     async def go(self) -> Rendered:
         watch, total = self.watch, len(self.speech)
-        durable = await self.chunks.durable()
+        durable = await self.chunks.durable() if self.durable else {}
         reuse = {i for i, spec in self.specs.items() if durable.get(i) == spec.digest()}
         pending: dict[int, asyncio.Future[np.ndarray]] = {}
         next_submit = done = 0
@@ -359,6 +370,8 @@ class _Render:
                         await self._fresh(piece, prev, await self._wait(fut, k or 0, total))
                     done += 1
                     watch.set_progress(done, total, self.reused)
+                    if done % TRIM_EVERY == 0:
+                        await asyncio.to_thread(memory.release_free_memory)
                 prev = piece
             if self.st.faults.hold_point(watch.job_id, watch.attempt, total) == total:  # held after the last one
                 await self.st.faults.hold(watch.job_id, watch.attempt, done, total, watch.check)
@@ -442,9 +455,10 @@ class _Render:
                 record.alignment_error = str(e)
             self.ms["alignment"] += (time.perf_counter() - t0) * 1000
         self.watch.check()
-        t0 = time.perf_counter()
-        await self.chunks.save(record, pcm)
-        self.ms["upload"] += (time.perf_counter() - t0) * 1000
+        if self.durable:
+            t0 = time.perf_counter()
+            await self.chunks.save(record, pcm)
+            self.ms["upload"] += (time.perf_counter() - t0) * 1000
         self._place(piece, prev, audio, record)
 
     async def _reuse(self, piece: Piece, prev: Piece | None) -> bool:

@@ -6,6 +6,7 @@ Everything the pipeline reads or writes in S3 goes through ``Store``; key names 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -142,6 +143,10 @@ class Store:
         from boto3.s3.transfer import TransferConfig
 
         part = 8 * 1024 * 1024  # S3's minimum part is 5 MiB
+        size = (await asyncio.to_thread(path.stat)).st_size
+        if size <= part:  # most jobs: one plain PUT, as for any other object
+            await self.put_bytes(key, await asyncio.to_thread(path.read_bytes), content_type)
+            return
         # aioboto3 reads ahead up to max_io_queue_size parts (100 by default: the whole file);
         # here at most 2 queued + 2 in flight, ~32 MiB whatever the file's size.
         config = TransferConfig(multipart_threshold=part, multipart_chunksize=part, max_concurrency=2, max_io_queue=2)

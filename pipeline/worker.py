@@ -224,33 +224,12 @@ class Worker:
             await self.queue.set_visibility(msg, decision.delay_s)
 
 
-def _fixed_mmap_threshold(nbytes: int = 256 * 1024) -> None:
-    """Keep glibc from raising its mmap threshold as big blocks are freed (its default, dynamic,
-    goes up to 32 MiB). A long job frees a chunk's audio and request bodies (hundreds of KiB each)
-    between long-lived speech marks; from the heap those leave holes the process never returns,
-    and a 100,000-character job's RSS grew by ~1 MiB per chunk (measured: tests/integration/
-    test_longform.py). Mapped blocks go back to the OS on free. Not glibc: nothing to do."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if not name:
-        return
-    try:
-        libc = ctypes.CDLL(name)
-        m_mmap_threshold = -3  # malloc.h
-        libc.mallopt(m_mmap_threshold, nbytes)
-    except (OSError, AttributeError):
-        return
-
-
 async def serve(settings: Settings, *, max_jobs: int | None = None, idle_exit_s: float | None = None) -> int:
     """Start-up (sync the bundle, load the models once, compile and warm them) then consume.
     Returns the jobs done. A stop request at any point of start-up ends it cleanly (exit 0)."""
     from pipeline.tts import compiler
 
     t0 = time.perf_counter()
-    _fixed_mmap_threshold()
     compiler.use_cache_dir(settings.cache_dir)  # before torch is imported
     # Signals first: a SIGTERM during start-up (scale-in, deploy) must end the process cleanly too.
     stopping = asyncio.Event()
