@@ -219,3 +219,34 @@ def wait_for_state(
         time.sleep(0.3)
     log = worker.log()[-4000:] if worker else ""
     raise AssertionError(f"{job_id} did not finish in {timeout_s}s; last status {status}\n{log}")
+
+
+def add_library_voice(env: dict[str, str], name: str) -> None:
+    """`tts-pipeline voices add NAME <f5-tts's example recording> --ref-text ...`, as users run it."""
+    subprocess.run(
+        [TTS, "voices", "add", name, str(reference_voice_path()), "--ref-text", REF_TEXT],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+
+
+def start_console(env: dict[str, str], log: Path, **settings: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    extra = {f"TTS_{k.upper()}": v for k, v in settings.items()}
+    proc = subprocess.Popen(
+        [TTS, "console", "--port", str(port)], env={**env, **extra}, stdout=log.open("wb"), stderr=subprocess.STDOUT
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"console exited {proc.returncode}: {log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=2) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
+
+    wait_until(up, "console up", 120)
+    return proc, url

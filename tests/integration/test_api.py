@@ -5,18 +5,16 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from tests.helpers import BUCKET, REF_TEXT, TTS, WorkerProcess, free_port, reference_voice_path, wait_until
+from tests.helpers import BUCKET, WorkerProcess, add_library_voice, start_console
 
 pytestmark = pytest.mark.integration
 
@@ -26,40 +24,10 @@ VOICE = "api-alice"
 STALLED = "api-stalled"  # a bucket and queue no worker consumes: every job stays QUEUED
 
 
-def _add_voice(env: dict[str, str]) -> None:
-    subprocess.run(
-        [TTS, "voices", "add", VOICE, str(reference_voice_path()), "--ref-text", REF_TEXT],
-        env=env,
-        check=True,
-        capture_output=True,
-    )
-
-
-def _start_console(env: dict[str, str], log: Path, **settings: str) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    extra = {f"TTS_{k.upper()}": v for k, v in settings.items()}
-    proc = subprocess.Popen(
-        [TTS, "console", "--port", str(port)], env={**env, **extra}, stdout=log.open("wb"), stderr=subprocess.STDOUT
-    )
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(f"console exited {proc.returncode}: {log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/healthz", timeout=2) as resp:
-                return resp.status == 200
-        except OSError:
-            return False
-
-    wait_until(up, "console up", 120)
-    return proc, url
-
-
 @pytest.fixture(scope="module")
 def console(aws_env: dict[str, str], worker: WorkerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    _add_voice(aws_env)
-    proc, url = _start_console(aws_env, tmp_path_factory.mktemp("console") / "console.log", api_key=KEY)
+    add_library_voice(aws_env, VOICE)
+    proc, url = start_console(aws_env, tmp_path_factory.mktemp("console") / "console.log", api_key=KEY)
     yield url
     proc.terminate()
     assert proc.wait(timeout=30) == 0
@@ -68,8 +36,8 @@ def console(aws_env: dict[str, str], worker: WorkerProcess, tmp_path_factory: py
 @pytest.fixture(scope="module")
 def stalled(make_stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
     env = make_stack(STALLED)
-    _add_voice(env)
-    proc, url = _start_console(env, tmp_path_factory.mktemp("stalled") / "console.log", api_wait_s="1")
+    add_library_voice(env, VOICE)
+    proc, url = start_console(env, tmp_path_factory.mktemp("stalled") / "console.log", api_wait_s="1")
     yield url, env
     proc.terminate()
     proc.wait(timeout=30)

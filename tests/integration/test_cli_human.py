@@ -16,6 +16,7 @@ import struct
 import subprocess
 import termios
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -43,9 +44,15 @@ HANG_GUARD_S = 600  # only against a hang; nothing here measures speed
 RICH_ENV = ("NO_COLOR", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "COLUMNS", "LINES", "TERM")
 
 
-def run_in_terminal(argv: list[str], env: dict[str, str], timeout_s: float = HANG_GUARD_S) -> tuple[int, str]:
+def run_in_terminal(
+    argv: list[str],
+    env: dict[str, str],
+    timeout_s: float = HANG_GUARD_S,
+    on_output: Callable[[str], None] | None = None,
+) -> tuple[int, str]:
     """Run ``argv`` with stdin, stdout and stderr on a new pseudo-terminal (160x40); returns the exit
-    code and everything it wrote, escape codes included."""
+    code and everything it wrote, escape codes included. ``on_output`` sees all output so far after
+    every read (to act on what the terminal shows while the command runs)."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
     term_env = {k: v for k, v in env.items() if k not in RICH_ENV} | {"TERM": "xterm-256color"}
@@ -70,6 +77,8 @@ def run_in_terminal(argv: list[str], env: dict[str, str], timeout_s: float = HAN
             if not data:
                 break
             out += data
+            if on_output is not None:
+                on_output(out.decode(errors="replace"))
         code = proc.wait(timeout=60)
     finally:
         os.close(master)
@@ -303,35 +312,16 @@ def test_the_bar_shows_chunks_done_while_the_job_runs(make_stack: Any, holds: Ho
         holds.hold(job_id, after_chunks=1)
         argv = [TTS, "submit", "--job-id", job_id, "--text", TEXT, "--voice", "voices/alice.wav"]
         argv += ["--ref-text", REF_TEXT, "--nfe-step", "2", "--wait", "--timeout", str(HANG_GUARD_S)]
-        master, slave = pty.openpty()
-        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
-        term_env = {k: v for k, v in env.items() if k not in RICH_ENV} | {"TERM": "xterm-256color"}
-        proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=term_env, close_fds=True)
-        os.close(slave)
-        out = bytearray()
-        released = False
-        deadline = time.monotonic() + HANG_GUARD_S
-        try:
-            while time.monotonic() < deadline:
-                ready, _, _ = select.select([master], [], [], 0.5)
-                if ready:
-                    try:
-                        data = os.read(master, 65536)
-                    except OSError:
-                        break
-                    if not data:
-                        break
-                    out += data
-                if not released and re.search(r"PROCESSING.*\b1/(\d+) chunks", plain(out.decode(errors="replace"))):
-                    assert holds.wait_held(job_id, worker)["chunks_done"] == 1  # its marker follows at once
-                    holds.release(job_id)
-                    released = True
-            code = proc.wait(timeout=60)
-        finally:
-            os.close(master)
-            if proc.poll() is None:
-                proc.kill()
-        text = plain(out.decode(errors="replace"))
+        released: list[bool] = []
+
+        def release_once_shown(shown: str) -> None:
+            if not released and re.search(r"PROCESSING.*\b1/(\d+) chunks", plain(shown)):
+                assert holds.wait_held(job_id, worker)["chunks_done"] == 1  # its marker follows at once
+                holds.release(job_id)
+                released.append(True)
+
+        code, out = run_in_terminal(argv, env, on_output=release_once_shown)
+        text = plain(out)
         assert released, f"the bar never showed 1/N chunks while the job was held:\n{text[-2000:]}"
         assert code == 0, text[-2000:]
         result = get_json(s3, f"results/{job_id}.json", "cli-progress")

@@ -18,8 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import BUCKET, REF_TEXT, TTS, WorkerProcess, reference_voice_path
-from tests.integration.test_api import _start_console
+from tests.helpers import BUCKET, REF_TEXT, WorkerProcess, add_library_voice, reference_voice_path, start_console
 
 pytestmark = pytest.mark.integration
 
@@ -35,15 +34,6 @@ HANG_MS = 600_000  # hang guards only: nothing here depends on how fast this mac
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "console-job.png"
 
 
-def _add_voice(env: dict[str, str]) -> None:
-    subprocess.run(
-        [TTS, "voices", "add", VOICE, str(reference_voice_path()), "--ref-text", REF_TEXT],
-        env=env,
-        check=True,
-        capture_output=True,
-    )
-
-
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     proc.terminate()
     assert proc.wait(timeout=30) == 0
@@ -51,8 +41,8 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 @pytest.fixture(scope="module")
 def console(aws_env: dict[str, str], worker: WorkerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    _add_voice(aws_env)
-    proc, url = _start_console(aws_env, tmp_path_factory.mktemp("console-page") / "console.log")
+    add_library_voice(aws_env, VOICE)
+    proc, url = start_console(aws_env, tmp_path_factory.mktemp("console-page") / "console.log")
     yield url
     _stop(proc)
 
@@ -60,8 +50,8 @@ def console(aws_env: dict[str, str], worker: WorkerProcess, tmp_path_factory: py
 @pytest.fixture(scope="module")
 def stalled(make_stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     env = make_stack(STALLED)
-    _add_voice(env)
-    proc, url = _start_console(env, tmp_path_factory.mktemp("console-stalled") / "console.log")
+    add_library_voice(env, VOICE)
+    proc, url = start_console(env, tmp_path_factory.mktemp("console-stalled") / "console.log")
     yield url
     _stop(proc)
 
@@ -69,7 +59,7 @@ def stalled(make_stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 @pytest.fixture(scope="module")
 def locked(aws_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A console with TTS_API_KEY set (the same bucket; it only needs to answer)."""
-    proc, url = _start_console(aws_env, tmp_path_factory.mktemp("console-locked") / "console.log", api_key=KEY)
+    proc, url = start_console(aws_env, tmp_path_factory.mktemp("console-locked") / "console.log", api_key=KEY)
     yield url
     _stop(proc)
 
