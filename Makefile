@@ -5,13 +5,14 @@ VENV := .venv
 LS_VENV := localstack/.venv
 TTS := $(VENV)/bin/tts-pipeline
 
-.PHONY: help setup browser console venv localstack-venv demo test unit integration faults reliability bench bench-gpu lint format schemas clean image-check
+.PHONY: help setup browser console venv localstack-venv demo test unit integration faults sweep reliability bench bench-gpu lint format schemas clean image-check
 
 help:
 	@echo "make demo    set up, start LocalStack, run one voice-cloning job end to end, print the result"
 	@echo "make test    set up, lint, run unit + integration tests (real LocalStack, real f5-tts)"
 	@echo "make console the demo, then a worker and the web console at http://127.0.0.1:8080/ (Ctrl-C stops)"
 	@echo "make setup   only create .venv (app) and localstack/.venv (LocalStack + AWS CLI)"
+	@echo "make sweep   the full fault-point matrix: every request of a job's life x every fault kind"
 
 setup: venv localstack-venv
 
@@ -81,12 +82,18 @@ integration: setup
 	$(VENV)/bin/pytest tests/integration
 
 faults: setup
-	$(VENV)/bin/pytest -m faults
+	$(VENV)/bin/pytest -m "faults and not sweep"
 
-# Re-measure the fault suite and rewrite docs/reliability.md from its figures.
+# Every request position of the reference jobs x every fault kind (make test runs one kind per
+# position). TTS_SWEEP_LANES stacks run side by side (3 by default).
+sweep: setup
+	$(VENV)/bin/pytest -m sweep tests/sweep
+
+# Re-measure the fault suite and the sweep, and rewrite docs/reliability.md from their figures.
 reliability: setup
 	rm -rf .cache/reliability
-	$(VENV)/bin/pytest -m faults
+	$(VENV)/bin/pytest -m "faults and not sweep"
+	$(VENV)/bin/pytest -m sweep tests/sweep
 	$(VENV)/bin/python scripts/reliability_report.py
 
 clean:

@@ -263,7 +263,7 @@ async def serve(settings: Settings, host: str, port: int, ready: Callable[[str],
     """Until cancelled (SIGINT/SIGTERM end ``asyncio.run``)."""
     from pipeline.store import open_store
 
-    async with open_store(settings) as store:
+    async with open_store(settings, "console") as store:
         runner = web.AppRunner(make_app(settings, store), access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, host, port)

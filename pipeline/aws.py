@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import aioboto3
@@ -30,6 +31,7 @@ from tenacity import (
     before_sleep_log,
     retry_if_exception,
     stop_after_attempt,
+    stop_after_delay,
     wait_exponential_jitter,
 )
 
@@ -90,35 +92,62 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, ConnectionError | TimeoutError)
 
 
-def _policy() -> dict[str, Any]:
+def _policy(deadline_s: float | None = None) -> dict[str, Any]:
+    stop = stop_after_attempt(MAX_ATTEMPTS)
+    if deadline_s is not None:  # a lease renewal must give up before the next beat is due
+        stop = stop | stop_after_delay(deadline_s)
     return {
         "retry": retry_if_exception(is_transient),
-        "stop": stop_after_attempt(MAX_ATTEMPTS),
+        "stop": stop,
         "wait": wait_exponential_jitter(initial=0.2, max=5.0),
         "before_sleep": before_sleep_log(log, logging.WARNING),
         "reraise": True,
     }
 
 
-def async_retrying() -> AsyncRetrying:
-    return AsyncRetrying(**_policy())
+def async_retrying(deadline_s: float | None = None) -> AsyncRetrying:
+    """The shared policy; ``deadline_s`` also bounds the attempts' total time (retries included)."""
+    return AsyncRetrying(**_policy(deadline_s))
 
 
 def retrying() -> Retrying:
     return Retrying(**_policy())
 
 
+@dataclass(frozen=True)
+class Calls:
+    """How one client's calls are made: who makes them (``agent``, sent in the User-Agent, so S3
+    access logs, CloudTrail and the test proxy can tell a lease renewal from an upload) and how long
+    one attempt of one call may take (``timeout_s``, enforced whatever the socket does: a hung
+    connection, a full connection pool). ``deadline_s`` bounds a call's attempts together."""
+
+    agent: str = "worker"
+    timeout_s: float = 10.0
+    deadline_s: float | None = None
+
+    def retrying(self) -> AsyncRetrying:
+        return async_retrying(self.deadline_s)
+
+    def config(self, max_pool: int = 16, *, long_poll_s: float = 0.0) -> AioConfig:
+        """``long_poll_s``: the longest an answer may be held back by design (SQS long polls)."""
+        return client_config(max_pool, agent=self.agent, timeout_s=self.timeout_s, long_poll_s=long_poll_s)
+
+
 def region() -> str:
     return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
 
 
-def client_config(max_pool: int = 16) -> AioConfig:
-    # SDK-level retries off: tenacity above is the single retry layer.
+def client_config(
+    max_pool: int = 16, *, agent: str = "worker", timeout_s: float = 10.0, long_poll_s: float = 0.0
+) -> AioConfig:
+    # SDK-level retries off: tenacity above is the single retry layer. The socket timeouts back up
+    # the per-attempt bound that Store and Queue enforce on top of them (``Calls.timeout_s``).
     return AioConfig(
         retries={"total_max_attempts": 1, "mode": "standard"},
         max_pool_connections=max_pool,
-        connect_timeout=10,
-        read_timeout=60,
+        connect_timeout=min(5.0, timeout_s),
+        read_timeout=timeout_s + long_poll_s,
+        user_agent_extra=f"tts-pipeline/{agent}",
     )
 
 
@@ -134,5 +163,6 @@ def sync_client(service: str, **kwargs: Any) -> Any:
     config = Config(
         retries={"total_max_attempts": 1, "mode": "standard"},
         max_pool_connections=kwargs.pop("max_pool", 32),
+        user_agent_extra=f"tts-pipeline/{kwargs.pop('agent', 'tool')}",
     )
     return boto3.client(service, region_name=region(), config=config, **kwargs)

@@ -53,6 +53,7 @@ class Work:
     size: int  # length for grouping (frames, samples)
     owner: str  # the job: for cancellation and fault injection
     payload: Any
+    attempt: int = 0  # the job's attempt (what the fault hooks' call log records)
 
 
 @dataclass(eq=False)
@@ -114,10 +115,11 @@ class Batcher:
     async def run(self) -> None:
         """Form and run batches until cancelled."""
         while True:
+            self.faults.crash_point("batcher")
             self._queue = [p for p in self._queue if not p.future.done()]  # cancelled by their jobs
             if not self._queue:
                 self._arrived.clear()
-                await self._arrived.wait()
+                await self._idle()
                 continue
             anchor = self._queue[0]
             batch = self._select(anchor)
@@ -130,6 +132,14 @@ class Batcher:
             for p in batch:
                 self._queue.remove(p)
             await self._execute(batch)
+
+    async def _idle(self) -> None:
+        """Until work arrives (with fault hooks on, a look at them every quarter second too)."""
+        if self.faults.root is None:
+            await self._arrived.wait()
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._arrived.wait(), 0.25)
 
     def _select(self, anchor: _Pending) -> list[_Pending]:
         kind, group, size = anchor.work.kind, anchor.work.group, max(anchor.work.size, 1)
@@ -160,6 +170,7 @@ class Batcher:
             ended = time.monotonic()
             with self._busy_lock:
                 self._busy.append((started, ended))
+                self._prune(ended)  # here, not only when /metrics is read: metrics are off by default
             metrics.MODEL_BUSY_SECONDS.inc(ended - started)
         for p, result in zip(batch, results, strict=True):
             if p.future.done():  # cancelled while running: the job has moved on
@@ -176,7 +187,7 @@ class Batcher:
             self.calls += 1
             metrics.BATCH_SIZE.labels(kind).observe(len(works))
             metrics.BATCH_JOBS.labels(kind).observe(len(owners))
-            self.faults.before_model_call(owners)
+            self.faults.before_model_call(kind, [(w.owner, w.attempt) for w in works])
             results = list(self.runners[kind](group, [w.payload for w in works]))
             if len(results) != len(works):
                 raise RuntimeError(f"{kind} runner returned {len(results)} results for {len(works)} items")
@@ -194,12 +205,18 @@ class Batcher:
 
     def busy_fraction(self) -> float:
         """Fraction of the last minute the model thread spent in calls."""
-        horizon = time.monotonic() - BUSY_WINDOW_S
+        now = time.monotonic()
+        horizon = now - BUSY_WINDOW_S
         with self._busy_lock:
-            while self._busy and self._busy[0][1] < horizon:
-                self._busy.popleft()
+            self._prune(now)
             busy = sum(end - max(start, horizon) for start, end in self._busy)
         return min(1.0, busy / BUSY_WINDOW_S)
+
+    def _prune(self, now: float) -> None:
+        """Forget calls that ended before the window (holding ``_busy_lock``)."""
+        horizon = now - BUSY_WINDOW_S
+        while self._busy and self._busy[0][1] < horizon:
+            self._busy.popleft()
 
 
 def model_thread() -> ThreadPoolExecutor:

@@ -97,11 +97,17 @@ class ChunkStore:
             (audio if ext == AUDIO_EXT else records).add((index, digest))
         return dict(sorted(audio & records))
 
+    def keys(self, record: ChunkRecord) -> tuple[str, str]:
+        """The chunk's audio and record keys."""
+        return (
+            keys.chunk_key(self.job_id, record.index, record.digest, AUDIO_EXT),
+            keys.chunk_key(self.job_id, record.index, record.digest, RECORD_EXT),
+        )
+
     async def save(self, record: ChunkRecord, pcm: np.ndarray) -> None:
         data = await asyncio.to_thread(_encode, pcm, record.sample_rate)
-        audio_key = keys.chunk_key(self.job_id, record.index, record.digest, AUDIO_EXT)
+        audio_key, record_key = self.keys(record)
         await self.store.put_bytes(audio_key, data, "audio/flac")
-        record_key = keys.chunk_key(self.job_id, record.index, record.digest, RECORD_EXT)
         await self.store.put_bytes(record_key, record.model_dump_json().encode(), "application/json")
 
     async def load(self, index: int, digest: str) -> tuple[ChunkRecord, np.ndarray] | None:
@@ -122,13 +128,6 @@ class ChunkStore:
             log.warning("durable chunk %d does not match its record: synthesising it again", index)
             return None
         return record, pcm
-
-    async def remove_all(self) -> int:
-        """Once the job has ended: the full audio (or nothing) replaces them."""
-        found = await self.store.list_keys(keys.chunks_prefix(self.job_id))
-        for key in found:
-            await self.store.delete(key)
-        return len(found)
 
 
 def _encode(pcm: np.ndarray, sample_rate: int) -> bytes:

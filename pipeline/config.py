@@ -16,6 +16,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from pipeline.aws import Calls
+
 
 def _default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
@@ -89,6 +91,11 @@ class Settings(BaseSettings):
     job_timeout_s: float = Field(default=900.0, gt=0)
     job_ttl_s: float | None = Field(default=7 * 24 * 3600, gt=0)
     progress_interval_s: float = Field(default=5.0, gt=0)
+    # One attempt of one S3/SQS call may take at most this long (then it is retried under the
+    # shared policy). Calls that keep a lease alive (renewals, visibility extensions, cancel polls)
+    # get at most half the heartbeat interval per attempt and one interval for all their retries,
+    # on clients of their own: one slow call never delays a beat (docs/reliability.md).
+    call_timeout_s: float = Field(default=10.0, gt=0, le=300)
     cancel_poll_s: float = Field(default=2.0, gt=0)
     shutdown_grace_s: float = Field(default=60.0, ge=0)
 
@@ -133,6 +140,14 @@ class Settings(BaseSettings):
             if prefix.startswith(PIPELINE_PREFIXES) or any(p.startswith(prefix) for p in PIPELINE_PREFIXES):
                 raise ValueError(f"{name}: {prefix!r} overlaps the pipeline's own data")
         return value
+
+    def calls(self, agent: str) -> Calls:
+        """How the calls of one client are made; ``agent`` is who makes them (worker, lease,
+        reconciler, console, cli). The lease's calls must fit inside one heartbeat interval."""
+        if agent == "lease":
+            beat = self.heartbeat_interval_s
+            return Calls(agent, timeout_s=min(self.call_timeout_s, beat / 2), deadline_s=beat)
+        return Calls(agent, timeout_s=self.call_timeout_s)
 
     def max_batch_on(self, device: str) -> int:
         """TTS_MAX_BATCH, or its default for ``device``."""

@@ -1,13 +1,15 @@
 """The SQS side: long-poll receive, delete, visibility changes, the DLQ.
 
 Visibility is the queue's half of a job's lease: while a job runs, the worker's heartbeat
-(``worker.JobWatch``) pushes the message's visibility forward, as dramatiq_sqs' heartbeat does, so
-a long GPU job is never handed to a second worker while the first is healthy, and a dead worker's
-message reappears within one timeout.
+(``pipeline.worker.lease``) pushes the message's visibility forward, as dramatiq_sqs' heartbeat
+does, so a long GPU job is never handed to a second worker while the first is healthy, and a dead
+worker's message reappears within one timeout. Every attempt of every call is bounded by the
+queue's ``Calls.timeout_s`` (a long poll by its wait on top of that).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -15,11 +17,21 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+from botocore.exceptions import ClientError
+
 from pipeline import aws
 
 log = logging.getLogger(__name__)
 
 MAX_VISIBILITY_S = 43200  # SQS limit (12 h)
+MAX_WAIT_S = 20  # SQS limit on a long poll
+_STALE_RECEIPT = {
+    "ReceiptHandleIsInvalid",
+    "AWS.SimpleQueueService.ReceiptHandleIsInvalid",
+    "InvalidParameterValue",
+    "MessageNotInflight",
+    "AWS.SimpleQueueService.MessageNotInflight",
+}
 _BATCH = 10  # SQS limit on entries per batch request
 
 
@@ -41,8 +53,10 @@ class Queue:
         dlq_url: str | None = None,
         max_receive_count: int | None = None,
         name: str = "",
+        calls: aws.Calls | None = None,
     ) -> None:
         self.sqs = sqs
+        self.calls = calls or aws.Calls()
         self.url = url
         self.dlq_url = dlq_url
         self.max_receive_count = max_receive_count  # from the redrive policy: deliveries before the DLQ
@@ -51,26 +65,28 @@ class Queue:
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def open(cls, name: str, *, resolve: bool = True) -> AsyncIterator[Queue]:
+    async def open(cls, name: str, *, resolve: bool = True, calls: aws.Calls | None = None) -> AsyncIterator[Queue]:
         """An SQS client for queue ``name``; ``resolve=False`` leaves the lookup (``resolve()``,
         the first network call) to the caller."""
-        async with aws.session().client("sqs", config=aws.client_config()) as sqs:
-            queue = cls(sqs, None, name=name)
+        calls = calls or aws.Calls()
+        async with aws.session().client("sqs", config=calls.config(long_poll_s=MAX_WAIT_S)) as sqs:
+            queue = cls(sqs, None, name=name, calls=calls)
             if resolve:
                 await queue.resolve()
             yield queue
 
     async def resolve(self) -> None:
         """Find the queue URL, its DLQ, the redrive policy's maxReceiveCount and the retention."""
-        async for attempt in aws.async_retrying():
+        async for attempt in self.calls.retrying():
             with attempt:
-                url = (await self.sqs.get_queue_url(QueueName=self.name))["QueueUrl"]
-                attrs = await self.sqs.get_queue_attributes(
-                    QueueUrl=url, AttributeNames=["RedrivePolicy", "MessageRetentionPeriod"]
-                )
-                attributes = attrs.get("Attributes", {})
-                policy = json.loads(attributes.get("RedrivePolicy") or "{}")
-                dlq_url = await _queue_url_from_arn(self.sqs, policy.get("deadLetterTargetArn"))
+                async with asyncio.timeout(self.calls.timeout_s):
+                    url = (await self.sqs.get_queue_url(QueueName=self.name))["QueueUrl"]
+                    attrs = await self.sqs.get_queue_attributes(
+                        QueueUrl=url, AttributeNames=["RedrivePolicy", "MessageRetentionPeriod"]
+                    )
+                    attributes = attrs.get("Attributes", {})
+                    policy = json.loads(attributes.get("RedrivePolicy") or "{}")
+                    dlq_url = await _queue_url_from_arn(self.sqs, policy.get("deadLetterTargetArn"))
         self.url, self.dlq_url = url, dlq_url
         retention = attributes.get("MessageRetentionPeriod")
         self.retention_s = int(retention) if retention else None
@@ -83,17 +99,29 @@ class Queue:
         async with cls.open(name) as main:
             if not main.dlq_url:
                 raise LookupError(f"queue {name} has no redrive policy / DLQ")
-            yield main, cls(main.sqs, main.dlq_url, name=f"{name}-dlq")
+            yield main, main.sibling(main.dlq_url, f"{name}-dlq")
 
-    async def _call(self, op: str, **kwargs: Any) -> Any:
-        async for attempt in aws.async_retrying():
+    def follow(self, other: Queue) -> None:
+        """Address the queue ``other`` resolved (a second client for the same queue, e.g. the
+        heartbeat's, with calls of its own)."""
+        self.url, self.dlq_url, self.name = other.url, other.dlq_url, other.name
+        self.max_receive_count, self.retention_s = other.max_receive_count, other.retention_s
+
+    def sibling(self, url: str | None, name: str) -> Queue:
+        """Another queue (the DLQ) on the same client, with the same call policy."""
+        return Queue(self.sqs, url, name=name, calls=self.calls)
+
+    async def _call(self, op: str, *, extra_s: float = 0.0, **kwargs: Any) -> Any:
+        async for attempt in self.calls.retrying():
             with attempt:
-                return await getattr(self.sqs, op)(QueueUrl=self.url, **kwargs)
+                async with asyncio.timeout(self.calls.timeout_s + extra_s):
+                    return await getattr(self.sqs, op)(QueueUrl=self.url, **kwargs)
         raise AssertionError("unreachable")
 
     async def receive(self, *, max_messages: int = 1, wait_s: int = 20, visibility_s: int = 300) -> list[Message]:
         resp = await self._call(
             "receive_message",
+            extra_s=wait_s,  # a long poll answers after up to wait_s by design
             MaxNumberOfMessages=max_messages,
             WaitTimeSeconds=wait_s,
             VisibilityTimeout=visibility_s,
@@ -116,11 +144,23 @@ class Queue:
         return out
 
     async def delete(self, msg: Message) -> None:
-        await self._call("delete_message", ReceiptHandle=msg.receipt_handle)
+        await self._on_receipt("delete_message", msg)
 
     async def set_visibility(self, msg: Message, seconds: float) -> None:
         seconds = int(min(max(seconds, 0), MAX_VISIBILITY_S))
-        await self._call("change_message_visibility", ReceiptHandle=msg.receipt_handle, VisibilityTimeout=seconds)
+        await self._on_receipt("change_message_visibility", msg, VisibilityTimeout=seconds)
+
+    async def _on_receipt(self, op: str, msg: Message, **kwargs: Any) -> None:
+        """A call on one delivery. A receipt handle SQS no longer honours means the message was
+        deleted or delivered again meanwhile (a worker paused past its visibility): it is no longer
+        this delivery's to act on, which is not an error."""
+        try:
+            await self._call(op, ReceiptHandle=msg.receipt_handle, **kwargs)
+        except ClientError as e:
+            code = e.response.get("Error", {}).get("Code", "")
+            if code not in _STALE_RECEIPT:
+                raise
+            log.info("%s of message %s skipped: %s (it was acted on meanwhile)", op, msg.id, code)
 
     async def extend_visibility(self, msgs: list[Message], seconds: float) -> dict[str, str]:
         """``ChangeMessageVisibilityBatch`` for all ``msgs`` (10 per request); returns the ids that
@@ -151,7 +191,9 @@ class Queue:
         letting it bounce maxReceiveCount times. Without a DLQ it stays on the queue (never dropped)."""
         if not self.dlq_url:
             return False
-        await Queue(self.sqs, self.dlq_url).send(msg.body, {"tts-reason": reason, "tts-source-message-id": msg.id})
+        await self.sibling(self.dlq_url, f"{self.name}-dlq").send(
+            msg.body, {"tts-reason": reason, "tts-source-message-id": msg.id}
+        )
         await self.delete(msg)
         return True
 

@@ -311,6 +311,16 @@ class JobStatus(BaseModel):
     progress: Progress | None = None
     error: JobErrorInfo | None = None
     result_key: str | None = Field(default=None, description="results/<job_id>.json once COMPLETED.")
+    message_id: str | None = Field(
+        default=None,
+        description="The SQS message whose delivery holds the job (set by each claim). Other messages for the "
+        "same job are duplicates: they are dropped, and their dead letters never end the job.",
+    )
+    notified_at: datetime | None = Field(
+        default=None,
+        description="When this final state's notification was published (TTS_NOTIFY_TOPIC_ARN); null before, "
+        "and always without a topic.",
+    )
     history: list[Transition] = Field(default_factory=list)
 
     def moved_to(
@@ -334,6 +344,7 @@ class JobStatus(BaseModel):
             "error": error,
             "lease_expires_at": None,
             "progress": None,
+            "notified_at": None,  # every final state is notified on its own
             "history": [
                 *self.history,
                 Transition(state=state, at=at, worker=worker or self.worker, attempt=attempt, note=note),

@@ -24,6 +24,12 @@ directory of the worker process: no manifest field and no S3 object can turn any
 ``hold/_startup``
     Hold the worker's start-up after its signal handlers are installed and the model cache is
     synced, before the engine loads; marker ``held/_startup``. A stop request ends the hold.
+``crash/heartbeat``, ``crash/batcher``
+    That background task of the worker raises at its next iteration, as a bug would: the worker
+    must notice, stop taking work, hand its jobs back and exit non-zero.
+``calls.jsonl`` (written, not read)
+    One line per model call: ``worker``, ``kind`` and, per job in the call, its attempt and item
+    count. The fault sweep counts from it how often the model ran each chunk of each attempt.
 
 ``TTS_FAULT_CHUNK_DELAY_S`` (needs no directory) adds a fixed sleep to every model call: a
 slower model, for running the suite as if on a slower machine.
@@ -50,12 +56,17 @@ class InjectedOutOfMemory(MemoryError):
     """Stands in for ``torch.OutOfMemoryError`` (``oom/<job_id>``)."""
 
 
+class InjectedCrash(RuntimeError):
+    """A background task's bug, on request (``crash/<task>``)."""
+
+
 class FaultHooks:
     def __init__(self, root: Path | None, chunk_delay_s: float = 0.0, worker_id: str = "") -> None:
         self.root = root
         self.chunk_delay_s = chunk_delay_s
         self.worker_id = worker_id
         if root is not None:
+            root.mkdir(parents=True, exist_ok=True)
             log.warning("fault injection is ON (TTS_FAULT_DIR=%s): for tests only", root)
         if chunk_delay_s:
             log.warning("fault injection: every chunk is delayed by %.2fs (TTS_FAULT_CHUNK_DELAY_S)", chunk_delay_s)
@@ -127,11 +138,27 @@ class FaultHooks:
 
     # -- on the model thread -------------------------------------------------------------------
 
-    def before_model_call(self, owners: set[str]) -> None:
+    def before_model_call(self, kind: str, items: list[tuple[str, int]]) -> None:
+        """``items``: (job id, attempt) of each item in the call."""
         if self.chunk_delay_s:
             time.sleep(self.chunk_delay_s)
-        if self.root is not None and any((self.root / "oom" / o).exists() for o in owners):
+        if self.root is None:
+            return
+        counts: dict[str, dict[str, int]] = {}
+        for job_id, attempt in items:
+            per_job = counts.setdefault(job_id, {})
+            per_job[str(attempt)] = per_job.get(str(attempt), 0) + 1
+        line = json.dumps({"worker": self.worker_id, "kind": kind, "jobs": counts}) + "\n"
+        with (self.root / "calls.jsonl").open("a") as f:  # one short append per call: atomic
+            f.write(line)
+        if any((self.root / "oom" / job_id).exists() for job_id in counts):
             raise InjectedOutOfMemory("CUDA out of memory (injected by TTS_FAULT_DIR/oom)")
+
+    # -- background tasks ----------------------------------------------------------------------
+
+    def crash_point(self, task: str) -> None:
+        if self.root is not None and (self.root / "crash" / task).exists():
+            raise InjectedCrash(f"{task} crashed (injected by TTS_FAULT_DIR/crash/{task})")
 
 
 def _for_attempt(spec: dict[str, Any], attempt: int) -> bool:

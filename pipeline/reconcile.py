@@ -13,18 +13,28 @@ status QUEUED, unchanged for longer than the threshold      QUEUED again (new ``
 (its message vanished: retention, deletion, a lost send)    sent; a duplicate is harmless (claims)
 status PROCESSING whose lease lapsed more than the          ``attempt`` < max attempts: re-enqueued as
 threshold ago with no worker taking it over                 above; else FAILED ``WORKER_CRASHED``
-message in the DLQ, status QUEUED (released or deferred     FAILED ``RETRIES_EXHAUSTED``
-on every delivery: rolling deploys, BUSY, outages)
-message in the DLQ, status PROCESSING (its worker died on   FAILED ``WORKER_CRASHED``
-every delivery: native crash, OOM kill, GPU hang)
+the job's own message in the DLQ (the one its claim        FAILED ``RETRIES_EXHAUSTED``
+names), status QUEUED (released on every delivery:
+rolling deploys, outages)
+the job's own message in the DLQ, status PROCESSING with    FAILED ``WORKER_CRASHED``
+a lapsed lease (its worker died on every delivery:
+native crash, OOM kill, GPU hang)
+a result, and a status not final and not updated since it   COMPLETED (the result is the commit point:
+was written (the worker died, or S3 failed, between the     its worker's final status write was lost)
+result and the final status)
 any of the above, or a manifest without status, whose       EXPIRED
 job is older than ``TTS_JOB_TTL_S``
-outputs of an attempt that no result names (a worker        deleted
-died between upload and result; a loser's cleanup failed),
-and the durable chunks of a job that has ended
+a final status whose notification was never recorded        notification published, then recorded
+(``notified_at`` null: its writer died or SNS failed)
+outputs ``pipeline.outputs`` finds unneeded: of a job with  deleted
+a result, whatever it does not name; of a job that ended
+without one, everything
 ==========================================================  =========================================
 
-A job FAILED from the DLQ keeps its DLQ message: ``tts-pipeline dlq redrive`` puts both back.
+A dead letter that is not the job's own message (a duplicate S3 event, a re-enqueue) never ends a
+job: the job's own message still carries it. A job FAILED from the DLQ keeps its DLQ message:
+``tts-pipeline dlq redrive`` puts both back. Every job the reconciler ends is notified
+(``pipeline.notify``), like any other.
 
 Cost per run, with bounded S3 LIST use: one LIST per 1,000 keys of ``inbox/``, ``status/``,
 ``results/`` and ``outputs/``; GETs only for jobs without a result whose status has not changed
@@ -51,9 +61,11 @@ from typing import Any
 
 from pipeline import keys, metrics
 from pipeline.config import Settings
-from pipeline.consumer import Queue
+from pipeline.consumer import Message, Queue
 from pipeline.contract import ErrorCode, JobErrorInfo, JobResult, JobState, JobStatus, utcnow
 from pipeline.dlq import drain, jobs_of
+from pipeline.notify import Notifier, ensure_notified, record_in
+from pipeline.outputs import named_keys, unneeded
 from pipeline.store import ObjectInfo, PreconditionFailed, Store
 
 log = logging.getLogger(__name__)
@@ -68,6 +80,8 @@ class Action(StrEnum):
     EXPIRED = "expired"
     RETRIES_EXHAUSTED = "failed_retries_exhausted"
     WORKER_CRASHED = "failed_worker_crashed"
+    COMPLETED = "completed_from_result"
+    NOTIFIED = "notified"
     OUTPUTS_REMOVED = "outputs_removed"
 
 
@@ -102,12 +116,14 @@ class Reconciler:
         lookback_s: float | None = None,
         scan_all: bool = False,
         dlq_limit: int = 1000,
+        notifier: Notifier | None = None,
     ) -> None:
         if older_than_s < 0:
             raise ValueError("older_than_s must be >= 0")
         self.settings = settings
         self.store = store
         self.queue = queue
+        self.notifier = notifier or Notifier(None, None, settings.bucket)
         self.older_than = timedelta(seconds=older_than_s)
         ttl = settings.job_ttl_s
         if lookback_s is None and ttl is not None:
@@ -130,7 +146,11 @@ class Reconciler:
         report.scanned["dlq"] = await self._dead_letters(report, now)
         for job_id in sorted(inbox.keys() | status.keys()):
             if job_id in results:
-                continue  # done: a result is only written once its outputs are durable
+                # Done, unless its status was not written since the result (the final write was lost).
+                st = status.get(job_id)
+                if st is not None and st.last_modified <= results[job_id].last_modified and self._stale(st, now):
+                    await self._result_without_final_status(job_id, report)
+                continue
             if job_id not in status:
                 if self._stale(inbox[job_id], now):
                     await self._orphan(job_id, inbox[job_id], report, now)
@@ -172,16 +192,21 @@ class Reconciler:
             action, why = Action.REENQUEUED, f"re-enqueued by the reconciler: no status {age:.0f}s after upload"
             new = JobStatus.new(job_id, created_at=created, note=why).model_copy(update={"updated_at": now})
         try:
-            await self.store.put_json(keys.status_key(job_id), new, if_none_match=True)
+            etag = await self.store.put_json(keys.status_key(job_id), new, if_none_match=True)
         except PreconditionFailed:
             return  # a worker (or another reconciler) wrote one meanwhile: theirs decides
         if action is Action.REENQUEUED:
             await self._send(job_id, manifest)
         report.add(action, job_id, why)
+        if new.state.terminal:
+            await self._notify(new, etag, report)
 
     async def _stuck(self, job_id: str, report: Report, now: datetime) -> None:
         current, etag = await self.store.get_model_etag(keys.status_key(job_id), JobStatus)
-        if current is None or etag is None or current.state.terminal:
+        if current is None or etag is None:
+            return
+        if current.state.terminal:
+            await self._notify(current, etag, report)  # owed if its writer never got to it
             return
         lease = current.lease_expires_at
         if current.state is JobState.PROCESSING and lease is not None and lease > now - self.older_than:
@@ -208,36 +233,67 @@ class Reconciler:
         report.add(Action.REENQUEUED, job_id, why)
 
     async def _dead_letters(self, report: Report, now: datetime) -> int:
-        """Jobs whose message is in the DLQ but whose status never ended."""
+        """Jobs whose own message is in the DLQ but whose status never ended."""
         if not self.queue.dlq_url:
             return 0
-        dlq = Queue(self.queue.sqs, self.queue.dlq_url, name=f"{self.queue.name}-dlq")
+        dlq = self.queue.sibling(self.queue.dlq_url, f"{self.queue.name}-dlq")
         messages = await drain(dlq, self.dlq_limit, _DLQ_HOLD_S)
         try:
             for msg in messages:
                 for job_id in jobs_of(msg) or []:
-                    await self._dead_letter(job_id, msg.receive_count, report, now)
+                    await self._dead_letter(job_id, msg, report, now)
         finally:
             for msg in messages:  # they stay in the DLQ for the operator
                 await dlq.set_visibility(msg, 0)
         return len(messages)
 
-    async def _dead_letter(self, job_id: str, deliveries: int, report: Report, now: datetime) -> None:
+    async def _dead_letter(self, job_id: str, msg: Message, report: Report, now: datetime) -> None:
         current, etag = await self.store.get_model_etag(keys.status_key(job_id), JobStatus)
-        if current is None or etag is None or current.state.terminal:
+        if current is None or etag is None:
             return
+        if current.state.terminal:
+            await self._notify(current, etag, report)
+            return
+        if current.message_id is not None and current.message_id != msg.id:
+            return  # a duplicate's dead letter: the job's own message still carries it
+        if current.message_id is None and current.updated_at > now - self.older_than:
+            return  # no claim names a message yet, and the job moved recently: give it time
         lease = current.lease_expires_at
         if current.state is JobState.PROCESSING and lease is not None and lease > now:
-            return  # a live worker holds it (through another message): let it finish
+            return  # a live worker holds it: let it finish
+        if await self.store.exists(keys.result_key(job_id)):
+            why = "its result exists: the final status write was lost (its message is in the DLQ)"
+            await self._end(job_id, current, etag, JobState.COMPLETED, None, why, report)
+            return
         if current.state is JobState.PROCESSING:
             code = ErrorCode.WORKER_CRASHED
             why = f"its worker died on every delivery ({current.attempt} attempts); the message is in the DLQ"
         else:
             code = ErrorCode.RETRIES_EXHAUSTED
-            why = f"put back on every delivery ({deliveries} deliveries) until the message reached the DLQ"
+            why = f"put back on every delivery ({msg.receive_count} deliveries) until the message reached the DLQ"
         why += " (`tts-pipeline dlq redrive` runs it again)"
         error = JobErrorInfo(code=code, message=why)
         await self._end(job_id, current, etag, JobState.FAILED, error, why, report)
+
+    async def _result_without_final_status(self, job_id: str, report: Report) -> None:
+        """The result exists and the status was not written since: complete the job from it."""
+        current, etag = await self.store.get_model_etag(keys.status_key(job_id), JobStatus)
+        if current is None or etag is None:
+            return
+        if current.state.terminal:
+            await self._notify(current, etag, report)
+            return
+        lease = current.lease_expires_at
+        if current.state is JobState.PROCESSING and lease is not None and lease > utcnow():
+            return  # its worker is still at it (about to write the final status)
+        why = "its result exists: the final status write was lost"
+        await self._end(job_id, current, etag, JobState.COMPLETED, None, why, report)
+
+    async def _notify(self, status: JobStatus, etag: str, report: Report) -> None:
+        if not self.notifier.enabled or status.notified_at is not None:
+            return
+        await ensure_notified(self.notifier, status, record_in(self.store, keys.status_key(status.job_id), etag))
+        report.add(Action.NOTIFIED, status.job_id, f"{status.state} had not been notified")
 
     async def _end(
         self,
@@ -250,17 +306,22 @@ class Reconciler:
         report: Report,
     ) -> None:
         new = current.moved_to(state, worker=WORKER, error=error, note=f"reconciler: {why}")
+        if state is JobState.COMPLETED:
+            new.result_key = keys.result_key(job_id)
         try:
-            await self.store.put_json(keys.status_key(job_id), new, if_match=etag)
+            new_etag = await self.store.put_json(keys.status_key(job_id), new, if_match=etag)
         except PreconditionFailed:
             return  # changed meanwhile (a worker claimed it): nothing stuck after all
         metrics.JOBS.labels(state, error.code if error else "").inc()
         if state is JobState.EXPIRED:
             report.add(Action.EXPIRED, job_id, why)
+        elif state is JobState.COMPLETED:
+            report.add(Action.COMPLETED, job_id, why)
         else:
             assert error is not None
             action = Action.WORKER_CRASHED if error.code == ErrorCode.WORKER_CRASHED else Action.RETRIES_EXHAUSTED
             report.add(action, job_id, why)
+        await self._notify(new, new_etag, report)
 
     async def _send(self, job_id: str, manifest: ObjectInfo | None) -> None:
         await self.queue.send(
@@ -278,28 +339,23 @@ class Reconciler:
             if parsed is not None and self._in_window(obj, now):
                 by_job.setdefault(parsed[0], []).append((obj, parsed[1]))
         for job_id, entries in sorted(by_job.items()):
-            objs = [o for o, _ in entries]
-            if job_id in with_result and len({attempt for _, attempt in entries}) == 1:
-                continue  # one attempt's outputs and a result: the result names them
-            named = await self._named_outputs(job_id, job_id in with_result)
-            if named is None:
-                continue  # still running
-            stale = [o for o in objs if o.key not in named and self._stale(o, now)]
-            for obj in stale:
-                await self.store.delete(obj.key)
-            if stale:
-                report.add(Action.OUTPUTS_REMOVED, job_id, ", ".join(o.key for o in stale))
+            if job_id in with_result and len({group for _, group in entries}) == 1 and entries[0][1] != keys.CHUNKS_DIR:
+                continue  # one attempt's files and a result: the result names them (no GET needed)
+            named, ended = await self._needs(job_id, job_id in with_result)
+            stale = {o.key for o, _ in entries if self._stale(o, now)}
+            garbage = unneeded(stale, named=named, ended=ended)
+            if garbage:
+                await self.store.delete_many(garbage)
+                report.add(Action.OUTPUTS_REMOVED, job_id, ", ".join(garbage))
 
-    async def _named_outputs(self, job_id: str, has_result: bool) -> set[str] | None:
-        """Output keys the job's result names; empty when it ended without one; None while it runs."""
+    async def _needs(self, job_id: str, has_result: bool) -> tuple[set[str] | None, bool]:
+        """(keys the result names or None, whether the job has ended), for ``unneeded``."""
         if has_result:
             result = await self.store.get_model(keys.result_key(job_id), JobResult)
-            if result is None:
-                return None
-            uris = [result.audio.uri, *result.subtitles.values()]
-            return {keys.key_from_uri(self.settings.bucket, u) for u in uris}
+            if result is not None:
+                return named_keys(result, self.settings.bucket), True
         current = await self.store.get_model(keys.status_key(job_id), JobStatus)
-        return set() if current is None or current.state.terminal else None
+        return None, current is None or current.state.terminal
 
 
 def s3_event(bucket: str, key: str, obj: ObjectInfo | None = None) -> str:
@@ -325,8 +381,19 @@ async def reconcile_once(
 ) -> Report:
     from pipeline.store import open_store
 
-    async with open_store(settings) as store, Queue.open(settings.queue) as queue:
+    calls = settings.calls(WORKER)
+    async with (
+        open_store(settings, WORKER) as store,
+        Queue.open(settings.queue, calls=calls) as queue,
+        Notifier.open(settings.notify_topic_arn, settings.bucket, calls) as notifier,
+    ):
         reconciler = Reconciler(
-            settings, store, queue, older_than_s=older_than_s, lookback_s=lookback_s, scan_all=scan_all
+            settings,
+            store,
+            queue,
+            older_than_s=older_than_s,
+            lookback_s=lookback_s,
+            scan_all=scan_all,
+            notifier=notifier,
         )
         return await reconciler.run(now=now)

@@ -61,6 +61,14 @@ class Claim:
         return keys.status_key(self.job_id)
 
 
+@dataclass(frozen=True)
+class Seen:
+    """A status as a claim found it (DONE, BUSY): not ours, but what it said and its ETag."""
+
+    status: JobStatus
+    etag: str | None
+
+
 class Ledger:
     def __init__(self, store: Store, worker_id: str, lease_s: float) -> None:
         self.store = store
@@ -70,21 +78,26 @@ class Ledger:
     async def read(self, job_id: str) -> tuple[JobStatus | None, str | None]:
         return await self.store.get_model_etag(keys.status_key(job_id), JobStatus)
 
-    async def claim(self, job_id: str, created_at: datetime | None) -> tuple[ClaimResult, Claim | JobStatus | None]:
+    async def claim(
+        self, job_id: str, created_at: datetime | None, message_id: str | None = None
+    ) -> tuple[ClaimResult, Claim | Seen]:
+        """``message_id``: the SQS message this delivery came with; the claim records it, so that
+        other messages for the job can be told apart as duplicates."""
         key = keys.status_key(job_id)
         for _ in range(_CLAIM_ROUNDS):
             status, etag = await self.read(job_id)
             now = utcnow()
             if status is not None and status.state.terminal:
-                return ClaimResult.DONE, status
+                return ClaimResult.DONE, Seen(status, etag)
             note = None
             if status is not None and status.state is JobState.PROCESSING:
                 lease = status.lease_expires_at
                 if lease is not None and lease > now and status.worker != self.worker_id:
-                    return ClaimResult.BUSY, status
+                    return ClaimResult.BUSY, Seen(status, etag)
                 note = f"took over from {status.worker} (lease expired {lease.isoformat() if lease else 'never set'})"
             base = status or JobStatus.new(job_id, created_at=created_at or now)
             new = base.moved_to(JobState.PROCESSING, worker=self.worker_id, note=note, lease_s=self.lease_s, at=now)
+            new.message_id = message_id
             try:
                 new_etag = await self._write(key, new, etag)
             except PreconditionFailed:
@@ -125,8 +138,14 @@ class Ledger:
         return await self._transition(claim, finished)
 
     async def release(self, claim: Claim, note: str) -> JobStatus:
-        """Back to QUEUED (shutdown, or a retry after a transient error). ``attempt`` is kept."""
+        """Back to QUEUED (shutdown, or a retry after a transient error). ``attempt`` is kept, and
+        so is ``message_id``: the same message carries the retry."""
         return await self.finish(claim, JobState.QUEUED, note=note)
+
+    async def record(self, claim: Claim, status: JobStatus) -> JobStatus:
+        """Write ``status`` (a change this attempt made to its own final status, such as
+        ``notified_at``) through the claim: conditional, serialised with the heartbeat."""
+        return await self._transition(claim, lambda _: status)
 
     async def _transition(self, claim: Claim, change: Callable[[JobStatus], JobStatus]) -> JobStatus:
         async with claim.lock:
@@ -173,7 +192,9 @@ class Ledger:
 
 
 def _same_write(a: JobStatus, b: JobStatus) -> bool:
-    return a.updated_at == b.updated_at and a.worker == b.worker and a.state == b.state
+    return (
+        a.updated_at == b.updated_at and a.worker == b.worker and a.state == b.state and a.notified_at == b.notified_at
+    )
 
 
 async def request_cancel(store: Store, job_id: str) -> JobStatus | None:

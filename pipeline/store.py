@@ -1,14 +1,22 @@
 """Async access to the job bucket (aioboto3), with the shared retry policy.
 
 Everything the pipeline reads or writes in S3 goes through ``Store``; key names come from
-``pipeline.keys``.
+``pipeline.keys``. Every attempt of every call is bounded by the store's ``Calls.timeout_s``
+(a hung connection is a transient failure, retried), and every store says who it is in the
+User-Agent (``Calls.agent``).
+
+Outputs a result will name are written with ``put_new`` / ``put_file_new``: created once
+(``If-None-Match: *``, multipart completion included) and recognised as our own when a retry
+meets the copy its lost first try left, so a retried upload never leaves a second version.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,6 +30,11 @@ from pipeline import aws
 from pipeline.config import Settings, sse_params
 
 M = TypeVar("M", bound=BaseModel)
+
+PART_BYTES = 8 * 1024 * 1024  # multipart part size (S3's minimum is 5 MiB)
+_PARTS_IN_FLIGHT = 2  # with one being read: ~24 MiB of a file in memory, whatever its size
+_WRITE_TOKEN = "tts-write"  # metadata naming one logical write, identical on all its retries
+_DELETE_BATCH = 1000  # DeleteObjects limit
 
 
 @dataclass(frozen=True)
@@ -46,46 +59,64 @@ class TooLarge(ValueError):
         self.limit = limit
 
 
+def _code(e: ClientError) -> str:
+    return str(e.response.get("Error", {}).get("Code", ""))
+
+
 def _is_not_found(e: ClientError) -> bool:
-    return e.response.get("Error", {}).get("Code") in {"NoSuchKey", "404", "NotFound"}
+    return _code(e) in {"NoSuchKey", "404", "NotFound"}
+
+
+def _is_precondition(e: ClientError) -> bool:
+    return _code(e) in {"PreconditionFailed", "412", "ConditionalRequestConflict"}
 
 
 class Store:
-    def __init__(self, s3: Any, bucket: str, put_params: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, s3: Any, bucket: str, put_params: dict[str, str] | None = None, calls: aws.Calls | None = None
+    ) -> None:
         self.s3 = s3
         self.bucket = bucket
         self.put_params = put_params or {}  # e.g. server-side encryption, applied to every write
+        self.calls = calls or aws.Calls()
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, bucket: str, put_params: dict[str, str] | None = None) -> AsyncIterator[Store]:
-        async with aws.session().client("s3", config=aws.client_config()) as s3:
-            yield cls(s3, bucket, put_params)
+    async def open(
+        cls, bucket: str, put_params: dict[str, str] | None = None, calls: aws.Calls | None = None
+    ) -> AsyncIterator[Store]:
+        calls = calls or aws.Calls()
+        async with aws.session().client("s3", config=calls.config()) as s3:
+            yield cls(s3, bucket, put_params, calls)
 
     async def _call(self, op: str, **kwargs: Any) -> Any:
-        async for attempt in aws.async_retrying():
+        async for attempt in self.calls.retrying():
             with attempt:
-                return await getattr(self.s3, op)(Bucket=self.bucket, **kwargs)
+                async with asyncio.timeout(self.calls.timeout_s):
+                    return await getattr(self.s3, op)(Bucket=self.bucket, **kwargs)
         raise AssertionError("unreachable")
+
+    # -- reads ------------------------------------------------------------------------------------
 
     async def get_bytes(self, key: str, max_bytes: int | None = None) -> bytes:
         return (await self._get(key, max_bytes))[0]
 
     async def _get(self, key: str, max_bytes: int | None = None) -> tuple[bytes, str]:
         """Body and ETag; NotFound, or TooLarge before reading a body over ``max_bytes``."""
-        async for attempt in aws.async_retrying():
+        async for attempt in self.calls.retrying():
             with attempt:
-                try:
-                    resp = await self.s3.get_object(Bucket=self.bucket, Key=key)
-                except ClientError as e:
-                    if _is_not_found(e):
-                        raise NotFound(key) from None
-                    raise
-                size = resp["ContentLength"]
-                async with resp["Body"] as body:
-                    if max_bytes is not None and size > max_bytes:
-                        raise TooLarge(key, size, max_bytes)
-                    return await body.read(), resp["ETag"]
+                async with asyncio.timeout(self.calls.timeout_s):
+                    try:
+                        resp = await self.s3.get_object(Bucket=self.bucket, Key=key)
+                    except ClientError as e:
+                        if _is_not_found(e):
+                            raise NotFound(key) from None
+                        raise
+                    size = resp["ContentLength"]
+                    async with resp["Body"] as body:
+                        if max_bytes is not None and size > max_bytes:
+                            raise TooLarge(key, size, max_bytes)
+                        return await body.read(), resp["ETag"]
         raise AssertionError("unreachable")
 
     async def get_json(self, key: str) -> Any:
@@ -102,6 +133,44 @@ class Store:
             return None, None
         return model.model_validate_json(body), etag
 
+    async def head(self, key: str) -> dict[str, Any] | None:
+        try:
+            return await self._call("head_object", Key=key)
+        except ClientError as e:
+            if _is_not_found(e):
+                return None
+            raise
+
+    async def exists(self, key: str) -> bool:
+        return await self.head(key) is not None
+
+    async def list_keys(self, prefix: str) -> list[str]:
+        return [o.key for o in await self.list_objects(prefix)]
+
+    async def list_objects(self, prefix: str) -> list[ObjectInfo]:
+        """Every object under ``prefix``: one LIST request per 1,000 keys. A transient failure on
+        any page restarts the listing (under the shared retry policy, as every other call)."""
+        async for attempt in self.calls.retrying():
+            with attempt:
+                out: list[ObjectInfo] = []
+                token: dict[str, str] = {}
+                while True:
+                    async with asyncio.timeout(self.calls.timeout_s):
+                        page = await self.s3.list_objects_v2(Bucket=self.bucket, Prefix=prefix, **token)
+                    contents = page.get("Contents", [])
+                    out.extend(ObjectInfo(o["Key"], o["LastModified"], o.get("Size", 0)) for o in contents)
+                    if not page.get("IsTruncated"):
+                        return out
+                    token = {"ContinuationToken": page["NextContinuationToken"]}
+        raise AssertionError("unreachable")
+
+    async def presign_get(self, key: str, expires_s: int) -> str:
+        return await self.s3.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_s
+        )
+
+    # -- writes -----------------------------------------------------------------------------------
+
     async def put_bytes(
         self,
         key: str,
@@ -110,21 +179,23 @@ class Store:
         *,
         if_match: str | None = None,
         if_none_match: bool = False,
+        metadata: dict[str, str] | None = None,
     ) -> str:
         """Write an object; returns its ETag. ``if_match``/``if_none_match`` make it conditional
         (S3 answers 412, raised as PreconditionFailed)."""
-        extra: dict[str, str] = dict(self.put_params)
+        extra: dict[str, Any] = dict(self.put_params)
         if if_match:
             extra["IfMatch"] = if_match
         if if_none_match:
             extra["IfNoneMatch"] = "*"
+        if metadata:
+            extra["Metadata"] = metadata
         try:
             resp = await self._call("put_object", Key=key, Body=data, ContentType=content_type, **extra)
         except ClientError as e:
-            code = e.response.get("Error", {}).get("Code", "")
-            if code in {"PreconditionFailed", "412", "ConditionalRequestConflict"}:
+            if _is_precondition(e):
                 raise PreconditionFailed(key) from None
-            if if_match and code in {"NoSuchKey", "404"}:
+            if if_match and _code(e) in {"NoSuchKey", "404"}:
                 raise PreconditionFailed(key) from None  # the version we read is gone altogether
             raise
         return resp.get("ETag", "")
@@ -137,62 +208,107 @@ class Store:
             key, body.encode(), "application/json", if_match=if_match, if_none_match=if_none_match
         )
 
-    async def put_file(self, key: str, path: Path, content_type: str) -> None:
-        """Upload a local file in parts (s3transfer's managed upload): memory stays bounded by the
-        part size whatever the file's size, so a 2-hour chapter does not have to fit in RAM."""
-        from boto3.s3.transfer import TransferConfig
-
-        part = 8 * 1024 * 1024  # S3's minimum part is 5 MiB
-        size = (await asyncio.to_thread(path.stat)).st_size
-        if size <= part:  # most jobs: one plain PUT, as for any other object
-            await self.put_bytes(key, await asyncio.to_thread(path.read_bytes), content_type)
-            return
-        # aioboto3 reads ahead up to max_io_queue_size parts (100 by default: the whole file);
-        # here at most 2 queued + 2 in flight, ~32 MiB whatever the file's size.
-        config = TransferConfig(multipart_threshold=part, multipart_chunksize=part, max_concurrency=2, max_io_queue=2)
-        extra = {"ContentType": content_type, **self.put_params}
-        async for attempt in aws.async_retrying():
-            with attempt:
-                await self.s3.upload_file(str(path), self.bucket, key, ExtraArgs=extra, Config=config)
-                return
-        raise AssertionError("unreachable")
-
-    async def head(self, key: str) -> dict[str, Any] | None:
+    async def put_new(self, key: str, data: bytes, content_type: str) -> None:
+        """Create ``key`` once. A retry that meets the object its own lost try created succeeds;
+        an object anyone else created raises PreconditionFailed."""
+        token = uuid.uuid4().hex
         try:
-            return await self._call("head_object", Key=key)
-        except ClientError as e:
-            if _is_not_found(e):
-                return None
+            await self.put_bytes(key, data, content_type, if_none_match=True, metadata={_WRITE_TOKEN: token})
+        except PreconditionFailed:
+            await self._check_own(key, token)
+
+    async def put_file_new(self, key: str, path: Path, content_type: str) -> None:
+        """``put_new`` for a local file of any size: up to ``PART_BYTES`` in one PUT, else a
+        multipart upload whose parts are retried one by one (a fault costs one part, not the file)
+        and whose completion is conditional. Memory stays at a few parts whatever the file's size."""
+        size = (await asyncio.to_thread(path.stat)).st_size
+        if size <= PART_BYTES:  # most jobs
+            await self.put_new(key, await asyncio.to_thread(path.read_bytes), content_type)
+            return
+        token = uuid.uuid4().hex
+        created = await self._call(
+            "create_multipart_upload",
+            Key=key,
+            ContentType=content_type,
+            Metadata={_WRITE_TOKEN: token},
+            **self.put_params,
+        )
+        upload_id = created["UploadId"]
+        try:
+            parts = await self._upload_parts(key, upload_id, path, size)
+            await self._complete(key, upload_id, parts, token)
+        except BaseException:
+            # Best effort (the bucket's lifecycle rule aborts what is left after 7 days).
+            with contextlib.suppress(Exception):
+                await self._call("abort_multipart_upload", Key=key, UploadId=upload_id)
             raise
 
-    async def exists(self, key: str) -> bool:
-        return await self.head(key) is not None
+    async def _upload_parts(self, key: str, upload_id: str, path: Path, size: int) -> list[dict[str, Any]]:
+        count = (size + PART_BYTES - 1) // PART_BYTES
+        etags: dict[int, str] = {}
+
+        async def send(number: int, body: bytes) -> None:
+            resp = await self._call("upload_part", Key=key, UploadId=upload_id, PartNumber=number, Body=body)
+            etags[number] = resp["ETag"]
+
+        in_flight: set[asyncio.Task[None]] = set()
+        try:
+            with path.open("rb") as f:
+                for number in range(1, count + 1):
+                    while len(in_flight) >= _PARTS_IN_FLIGHT:  # read the next part only when a slot frees
+                        done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                        for task in done:
+                            task.result()  # a part that failed past its retries fails the upload
+                    body = await asyncio.to_thread(f.read, PART_BYTES)
+                    in_flight.add(asyncio.create_task(send(number, body)))
+                for task in list(in_flight):
+                    await task
+                    in_flight.discard(task)
+        finally:
+            for task in in_flight:
+                task.cancel()
+        return [{"ETag": etags[n], "PartNumber": n} for n in range(1, count + 1)]
+
+    async def _complete(self, key: str, upload_id: str, parts: list[dict[str, Any]], token: str) -> None:
+        try:
+            await self._call(
+                "complete_multipart_upload",
+                Key=key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},
+                IfNoneMatch="*",
+            )
+        except ClientError as e:
+            # A retry after a completion whose answer was lost: the upload is gone (NoSuchUpload)
+            # or the key exists (412). Either way the object must be ours.
+            if not (_is_precondition(e) or _code(e) == "NoSuchUpload"):
+                raise
+            await self._check_own(key, token)
+
+    async def _check_own(self, key: str, token: str) -> None:
+        head = await self.head(key)
+        if head is None or head.get("Metadata", {}).get(_WRITE_TOKEN) != token:
+            raise PreconditionFailed(key)
 
     async def delete(self, key: str) -> None:
         await self._call("delete_object", Key=key)
 
-    async def list_keys(self, prefix: str) -> list[str]:
-        return [o.key for o in await self.list_objects(prefix)]
-
-    async def list_objects(self, prefix: str) -> list[ObjectInfo]:
-        """Every object under ``prefix``: one LIST request per 1,000 keys. A transient failure on
-        any page restarts the listing (under the shared retry policy, as every other call)."""
-        async for attempt in aws.async_retrying():
-            with attempt:
-                out: list[ObjectInfo] = []
-                paginator = self.s3.get_paginator("list_objects_v2")
-                async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
-                    contents = page.get("Contents", [])
-                    out.extend(ObjectInfo(o["Key"], o["LastModified"], o.get("Size", 0)) for o in contents)
-                return out
-        raise AssertionError("unreachable")
-
-    async def presign_get(self, key: str, expires_s: int) -> str:
-        return await self.s3.generate_presigned_url(
-            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_s
-        )
+    async def delete_many(self, keys: Iterable[str]) -> int:
+        """Delete ``keys`` in batches of 1,000 per request (DeleteObjects); returns how many."""
+        todo = sorted(set(keys))
+        for i in range(0, len(todo), _DELETE_BATCH):
+            batch = [{"Key": k} for k in todo[i : i + _DELETE_BATCH]]
+            resp = await self._call("delete_objects", Delete={"Objects": batch, "Quiet": True})
+            errors = resp.get("Errors") or []
+            if errors:
+                first = errors[0]
+                raise ClientError(
+                    {"Error": {"Code": first.get("Code", "InternalError"), "Message": first.get("Message", "")}},
+                    f"DeleteObjects ({len(errors)} of {len(batch)} keys failed, first {first.get('Key')})",
+                )
+        return len(todo)
 
 
-def open_store(settings: Settings) -> AbstractAsyncContextManager[Store]:
+def open_store(settings: Settings, agent: str = "cli") -> AbstractAsyncContextManager[Store]:
     """The job bucket, with the configured server-side encryption on every write."""
-    return Store.open(settings.bucket, sse_params(settings))
+    return Store.open(settings.bucket, sse_params(settings), settings.calls(agent))

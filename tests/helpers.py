@@ -250,3 +250,19 @@ def start_console(env: dict[str, str], log: Path, **settings: str) -> tuple[subp
 
     wait_until(up, "console up", 120)
     return proc, url
+
+
+def outputs_left(s3: Any, job_id: str, want: list[str], bucket: str = BUCKET, timeout_s: float = 120) -> list[str]:
+    """The keys under ``outputs/<job_id>/`` once the job's ending has removed what it no longer
+    needs: that removal comes right after the final status (pipeline/outputs.py), so a test that
+    has just seen the status waits for the listing to become ``want`` (a hang guard, not a timer)."""
+
+    def listing() -> list[str]:
+        resp = s3.list_objects_v2(Bucket=bucket, Prefix=f"outputs/{job_id}/")
+        return sorted(o["Key"] for o in resp.get("Contents", []))
+
+    try:
+        wait_until(lambda: listing() == sorted(want), f"outputs of {job_id} to be {want}", timeout_s)
+    except AssertionError:
+        pass  # the caller's assertion shows what is left
+    return listing()

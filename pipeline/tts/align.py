@@ -29,7 +29,9 @@ import asyncio
 import itertools
 import logging
 import multiprocessing as mp
+import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -117,10 +119,12 @@ class Aligner:
 # -- child process -------------------------------------------------------------------------------
 
 _session = None
+_PARENT_POLL_S = 0.5
 
 
 def _child_init(onnx_path: str | None) -> None:
     global _session
+    _die_with_parent()
     import ctc_forced_aligner  # noqa: F401  (loads the native extension now, not on the first job)
 
     if onnx_path is None:
@@ -128,6 +132,21 @@ def _child_init(onnx_path: str | None) -> None:
     import onnxruntime as ort
 
     _session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+
+
+def _die_with_parent() -> None:
+    """A worker killed with SIGKILL (OOM killer, kill -9, a node drain without cgroup kill) cannot
+    stop its children: this one watches for being orphaned and exits, so no aligner (hundreds of
+    MB with the real model) outlives its worker. multiprocessing's resource tracker exits with it
+    (it ends when the last process holding its pipe is gone)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(_PARENT_POLL_S)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _child_ping() -> bool:

@@ -21,6 +21,7 @@ from tests.helpers import (
     aws,
     drop_manifest,
     get_json,
+    outputs_left,
     queue_depth,
     reference_voice_path,
     s3_event,
@@ -128,7 +129,7 @@ def test_cancel_a_running_job(
     rholds.release("cancel-run")
     assert status["state"] == "CANCELLED", status
     assert status["history"][-1]["note"] == "cancelled while running"
-    assert s3.list_objects_v2(Bucket=NAME, Prefix="outputs/cancel-run/").get("KeyCount") == 0
+    assert outputs_left(s3, "cancel-run", [], bucket=NAME) == []
     assert get_json(s3, "results/cancel-run.json", NAME) is None
     # The worker goes on.
     drop_manifest(env, tmp_path, "after-cancel", _job("after-cancel"), bucket=NAME)
@@ -170,7 +171,7 @@ def test_job_timeout_fails_the_job_not_the_worker(make_stack: Any, s3: Any, hold
         status = wait_for_state(s3, "slowpoke", bucket=bucket, worker=w)
         assert status["state"] == "FAILED" and status["error"]["code"] == "TIMEOUT", status
         assert "TTS_JOB_TIMEOUT_S=2" in status["error"]["message"]
-        assert s3.list_objects_v2(Bucket=bucket, Prefix="outputs/slowpoke/").get("KeyCount") == 0
+        assert outputs_left(s3, "slowpoke", [], bucket=bucket) == []
         # Still consuming: the next message is handled (cancelled before it starts, so that this
         # check does not depend on synthesis fitting in 2 s).
         s3.put_object(Bucket=bucket, Key="cancel/after-timeout", Body=b"")

@@ -137,3 +137,22 @@ async def test_a_lone_item_is_not_held_back_waiting_for_mates(engine: F5Engine, 
 def test_invalid_batcher_settings_are_refused(engine: F5Engine) -> None:
     with pytest.raises(ValueError):
         Batcher({"synthesis": engine.batch_runner()}, max_batch=0, max_wait_s=0)
+
+
+async def test_the_busy_history_stays_bounded_without_a_metrics_scrape(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 17, defect 9: metrics are off by default, so nothing reads the busy fraction; the
+    history of model calls must still forget calls older than its window. 300 calls, one a
+    (simulated) second, keep at most one window's worth."""
+    from pipeline import batcher as batcher_module
+
+    clock = [1000.0]
+    monkeypatch.setattr(batcher_module.time, "monotonic", lambda: clock[0])
+
+    def runner(_group: Hashable, items: Sequence[Any]) -> list[Any]:
+        clock[0] += 1.0  # each call "takes" a second
+        return list(items)
+
+    batcher = Batcher({"synthesis": runner}, max_batch=1, max_wait_s=0)
+    for i in range(300):
+        await _run(batcher, [Work("synthesis", "g", 1, f"job-{i}", i)])
+    assert len(batcher._busy) <= batcher_module.BUSY_WINDOW_S + 1

@@ -43,7 +43,7 @@ def test_cloudformation_template_passes_cfn_lint() -> None:
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-def test_worker_policy_is_least_privilege() -> None:
+def _template() -> dict:
     class Loader(yaml.SafeLoader):
         """Reads CloudFormation's short-form tags (!Ref, !Sub...) as plain values."""
 
@@ -55,7 +55,11 @@ def test_worker_policy_is_least_privilege() -> None:
         return loader.construct_mapping(node, deep=True)
 
     Loader.add_multi_constructor("!", tag)
-    template = yaml.load((ROOT / "infra/cloudformation.yaml").read_text(), Loader=Loader)
+    return yaml.load((ROOT / "infra/cloudformation.yaml").read_text(), Loader=Loader)
+
+
+def test_worker_policy_is_least_privilege() -> None:
+    template = _template()
     statements = template["Resources"]["WorkerPolicy"]["Properties"]["PolicyDocument"]["Statement"]
     for st in statements:
         if not isinstance(st, dict):
@@ -64,6 +68,18 @@ def test_worker_policy_is_least_privilege() -> None:
         resources = st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]]
         assert not any(a.endswith(":*") or a == "*" for a in actions), st
         assert "*" not in resources, st
+
+
+def test_the_worker_may_read_what_it_resumes_from_and_presigns() -> None:
+    """Issue 17, defect 10: a retried long job reads its durable chunks back from outputs/, and
+    the presigned URL in every result is a GetObject signed by the worker: both need s3:GetObject
+    on outputs/* (LocalStack does not enforce IAM; tests/faults/test_policies.py checks every
+    request the components make against the policies)."""
+    template = _template()
+    statements = template["Resources"]["WorkerPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    reads = [st for st in statements if isinstance(st, dict) and st["Action"] in ("s3:GetObject", ["s3:GetObject"])]
+    resources = [r for st in reads for r in (st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]])]
+    assert "!Sub ${JobBucket.Arn}/outputs/*" in resources, resources
 
 
 def test_kubernetes_manifests_validate() -> None:

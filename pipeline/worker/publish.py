@@ -1,11 +1,16 @@
 """Publishing a finished job: audio and subtitles, then the result, in that order.
 
 The order is the exactly-once guarantee's last half (the claim in ``pipeline.state`` is the
-first): outputs are durable before the result names them, the result is written with
-``If-None-Match: *`` so the first result is the only result, and only then does the job state
-machine write COMPLETED and the worker delete the message. Before uploading, the claim is
-re-asserted (a worker paused past its lease must not overwrite a successor's outputs), and a
-result that exists already is adopted instead of replaced.
+first): outputs are durable before the result names them, and the result is written with
+``If-None-Match: *``, so the first result is the only result. The result is the commit point:
+from the moment it exists the job is COMPLETED, whatever happens to the status write after it,
+and the outputs it names are never removed (``pipeline.outputs``).
+
+Before uploading, the claim is re-asserted (a worker paused past its lease must not even start).
+Each output is created once (``Store.put_new``): a retry that meets what its own lost try wrote is
+not a second version. A result that exists already (an earlier attempt's, whose worker lost the
+answer) is adopted instead of replaced; the attempt's record of what it sent and what it knows
+(``Attempt.result``) tells the runner what its ending may remove.
 """
 
 from __future__ import annotations
@@ -30,10 +35,12 @@ from pipeline.contract import (
     utcnow,
 )
 from pipeline.faults import NO_FAULTS, FaultHooks
-from pipeline.stages import Rendered
-from pipeline.state import Claim, Ledger
+from pipeline.outputs import named_keys, unneeded
+from pipeline.state import Ledger
 from pipeline.store import PreconditionFailed, Store
 from pipeline.tts import subtitles
+from pipeline.worker.attempt import Attempt, ResultState
+from pipeline.worker.render import Rendered
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -72,35 +79,37 @@ class Publisher:
 
     async def publish(
         self,
-        claim: Claim,
+        attempt: Attempt,
         out: Outputs,
         timed: Callable[[str, Callable[[], Awaitable[T]]], Awaitable[T]],
         timings: Callable[[], StageTimings],
     ) -> bool:
         """Upload (as stage "upload" of ``timed``) and write the result, whose ``timings_ms`` are read
-        once the upload is done. False: a result existed already (adopt it, discard ours)."""
-        job_id, attempt = claim.job_id, claim.status.attempt
+        once the upload is done. False: a result existed already (adopted; ours is discarded)."""
+        job_id, number = attempt.job_id, attempt.number
         # Publishing is not interruptible. Re-assert the claim first: a worker that lost its lease
         # does not even start uploading (one paused after this point is handled by the keys).
-        await self.ledger.renew(claim)
-        if await self.store.exists(keys.result_key(job_id)):
-            return False
-        await self.faults.hold_before_publish(job_id, attempt)
-        audio_key = keys.output_key(job_id, attempt, out.manifest.output_format.value)
-        subs = await timed("upload", lambda: self.upload(job_id, attempt, out, audio_key))
+        await self.ledger.renew(attempt.claim)
+        await self.faults.hold_before_publish(job_id, number)
+        audio_key = keys.output_key(job_id, number, out.manifest.output_format.value)
+        subs = await timed("upload", lambda: self.upload(attempt, out, audio_key))
         url = await self.store.presign_get(audio_key, self.settings.presign_expiry_s)
         result = self._result(job_id, out, audio_key, url, subs, timings())
-        # Audio and subtitles are durable before the result names them; If-None-Match makes the
-        # first result the only result.
+        attempt.result = ResultState.SENT  # from here on, the result may exist whatever we hear back
         try:
             await self.store.put_json(keys.result_key(job_id), result, if_none_match=True)
         except PreconditionFailed:
             existing = await self.store.get_model(keys.result_key(job_id), JobResult)
-            if existing is None or existing.completed_at != result.completed_at:
-                # Another attempt's result won: what we uploaded is named by nothing.
-                log.warning("another attempt published first: removing this attempt's outputs")
-                await self.remove_outputs(job_id, attempt)
+            if existing is None:
+                raise  # it vanished under us: nothing to adopt (the job is retried)
+            attempt.result_known(named_keys(existing, self.settings.bucket))
+            if existing.audio.uri != result.audio.uri:
+                log.warning("another attempt published first: adopting its result")
+                await self._discard(attempt)
                 return False
+            # Our own write, whose answer was lost and retried into the 412.
+        else:
+            attempt.result_known(named_keys(result, self.settings.bucket))
         log.info(
             "result published: %.2fs of audio, timings %s",
             result.audio.duration_s,
@@ -108,21 +117,29 @@ class Publisher:
         )
         return True
 
-    async def upload(self, job_id: str, attempt: int, out: Outputs, audio_key: str) -> dict[SubtitleFormat, str]:
-        await self.store.put_file(audio_key, out.rendered.path, out.rendered.content_type)
+    async def _discard(self, attempt: Attempt) -> None:
+        """Another attempt's result won: what this one uploaded is named by nothing, for good (a
+        result is never replaced), so it can go now, claim or no claim."""
+        garbage = unneeded(attempt.uploaded, named=attempt.named, ended=True)
+        try:
+            await self.store.delete_many(garbage)
+        except Exception as e:
+            log.warning("could not remove this attempt's outputs (the reconciler will): %s", e)
+        attempt.uploaded.difference_update(garbage)
+
+    async def upload(self, attempt: Attempt, out: Outputs, audio_key: str) -> dict[SubtitleFormat, str]:
+        attempt.uploaded.add(audio_key)  # before the PUT: a lost answer may still have landed
+        await self.store.put_file_new(audio_key, out.rendered.path, out.rendered.content_type)
         subs: dict[SubtitleFormat, str] = {}
         if not out.words:  # alignment skipped (warning recorded): no subtitles to write
             return subs
         for fmt in out.manifest.subtitles:
-            key = keys.output_key(job_id, attempt, fmt.value)
-            await self.store.put_bytes(key, subtitles.render(fmt.value, out.words).encode(), _SUB_TYPES[fmt.value])
+            key = keys.output_key(attempt.job_id, attempt.number, fmt.value)
+            attempt.uploaded.add(key)
+            body = subtitles.render(fmt.value, out.words).encode()
+            await self.store.put_new(key, body, _SUB_TYPES[fmt.value])
             subs[fmt] = keys.s3_uri(self.settings.bucket, key)
         return subs
-
-    async def remove_outputs(self, job_id: str, attempt: int) -> None:
-        """This attempt's outputs only: another attempt's may be what the result names."""
-        for key in await self.store.list_keys(keys.attempt_outputs_prefix(job_id, attempt)):
-            await self.store.delete(key)
 
     def _result(
         self,

@@ -1,10 +1,4 @@
-"""The work of one job, stage by stage: inputs (manifest, lexicons, text analysis, voices),
-references, and rendering (synthesis, alignment and encoding, chunk by chunk).
-
-Each stage either returns its product or raises ``JobFailed`` with a specific error code (bad
-input, a failed model call) or ``JobAborted`` (cancelled, timed out, shut down, lost). What to do
-with those outcomes is the job state machine's business (``pipeline.jobs``); publishing is
-``pipeline.publish``'s.
+"""Rendering one job: reference preparation, then synthesis, alignment and encoding, chunk by chunk.
 
 Rendering walks the job's pieces (``pipeline.text.script``: chunks of speech and pauses) in order.
 Chunks go through the batcher (``pipeline.batcher``), at most ``max_batch`` of a job in flight so a
@@ -14,6 +8,10 @@ shifted into the job's timeline, so alignment cost and memory stay per chunk), m
 (``pipeline.tts.assembler``): memory stays bounded however long the text. Chunks an earlier
 attempt made durable are reused instead of synthesised. Everything else runs off the event loop in
 threads, so heartbeats, other jobs' downloads and the next batch's assembly overlap the model.
+
+A stage either returns its product or raises ``JobFailed`` (a specific error code: a failed model
+call, audio the model could not make) or ``JobAborted`` (the attempt's signals); what becomes of
+the job is the runner's business (``pipeline.worker.runner``).
 """
 
 from __future__ import annotations
@@ -24,39 +22,36 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipeline import chunks as chunk_io
-from pipeline import keys, memory, metrics
+from pipeline import memory, metrics
 from pipeline.batcher import Batcher, Work
 from pipeline.chunks import ChunkRecord, ChunkSpec, ChunkStore
 from pipeline.config import Settings
 from pipeline.contract import (
     ErrorCode,
-    Manifest,
-    ManifestError,
     PauseTiming,
     ResultWarning,
     SegmentTiming,
     SentenceTiming,
     WarningCode,
     WordTiming,
-    parse_manifest,
 )
 from pipeline.faults import NO_FAULTS, FaultHooks
-from pipeline.store import NotFound, Store, TooLarge
-from pipeline.text import lexicon as lexicons
+from pipeline.store import Store
 from pipeline.text import script
-from pipeline.text.script import Analysis, Piece
-from pipeline.tts import audio as audio_utils
+from pipeline.text.script import Piece
 from pipeline.tts import sampler
 from pipeline.tts.align import AlignmentImpossible
 from pipeline.tts.assembler import StreamingAssembler
 from pipeline.tts.engine import CROSS_FADE_S, SAMPLE_RATE, EngineError, Reference, chunk_budget
 from pipeline.tts.voices import VoiceLibrary, VoiceRecord
-from pipeline.watch import JobWatch
+from pipeline.worker.attempt import Attempt
+from pipeline.worker.failures import fail
+from pipeline.worker.inputs import JobInputs
 
 if TYPE_CHECKING:
     from pipeline.tts.align import Aligner
@@ -66,45 +61,6 @@ log = logging.getLogger(__name__)
 
 # Long jobs give freed chunk buffers back to the OS every this many chunks (pipeline/memory.py).
 TRIM_EVERY = 8
-
-
-class JobFailed(Exception):
-    """Ends a job FAILED with ``code``: permanent for this manifest, never retried."""
-
-    def __init__(self, code: ErrorCode | str, message: str) -> None:
-        super().__init__(message)
-        self.code = str(code)
-        self.message = message
-
-
-def fail(code: ErrorCode | str, message: str) -> NoReturn:
-    raise JobFailed(code, message)
-
-
-@dataclass
-class VoiceInput:
-    """One distinct reference voice of a job (a dialogue has several)."""
-
-    name: str  # as the manifest names it (library name, key or URI)
-    voice_key: str
-    wave: np.ndarray
-    sample_rate: int
-    ref_text: str  # what the engine gets: the manifest's, the library's, or "" (transcribe)
-    ref_text_source: str  # "manifest" | "voice_library" | "asr" (decided before synthesis)
-    library: tuple[VoiceRecord, str] | None = None  # (record, etag) for a library voice
-    ref_text_from_asr: bool = False  # the library's stored transcript came from an earlier ASR run
-
-
-@dataclass
-class JobInputs:
-    manifest: Manifest
-    analysis: Analysis
-    voices: list[VoiceInput]
-    turn_voice: list[int]  # turn -> index into voices
-
-    @property
-    def dialogue(self) -> bool:
-        return self.manifest.segments is not None
 
 
 @dataclass
@@ -124,7 +80,9 @@ class Rendered:
     stage_ms: dict[str, float] = field(default_factory=dict)  # alignment/encode/upload inside synthesis
 
 
-class Stages:
+class Renderer:
+    """The model side of a job: reference preparation and the render loop, through the batcher."""
+
     def __init__(
         self,
         settings: Settings,
@@ -141,96 +99,6 @@ class Stages:
         self.batcher = batcher
         self.faults = faults
         self.voices = VoiceLibrary(store)
-        # Running jobs of this worker that wrote durable chunks (pipeline/chunks.py), so that
-        # finishing a one-chunk job costs no LIST for chunks it never wrote.
-        self.chunked_jobs: set[str] = set()
-
-    # -- inputs ---------------------------------------------------------------------------------
-
-    async def inputs(self, job_id: str) -> JobInputs:
-        s = self.settings
-        try:
-            raw = await self.store.get_bytes(keys.manifest_key(job_id), max_bytes=s.max_manifest_bytes)
-        except NotFound:
-            fail(ErrorCode.MANIFEST_NOT_FOUND, f"{keys.manifest_key(job_id)} no longer exists")
-        except TooLarge as e:
-            fail(ErrorCode.MANIFEST_TOO_LARGE, f"manifest is {e.size} bytes; the limit is {e.limit}")
-        try:
-            manifest = parse_manifest(raw)
-        except ManifestError as e:
-            fail(e.code, e.message)
-        _check_text(manifest.full_text, s.max_text_chars)
-        lexicon = await self._lexicon(manifest)
-        try:  # 100,000 characters take a moment: off the event loop
-            analysis = await asyncio.to_thread(
-                script.analyse,
-                manifest,
-                lexicon,
-                max_pause_s=s.max_pause_s,
-                max_total_pause_s=s.max_total_pause_s,
-            )
-        except script.ScriptError as e:
-            fail(e.code, e.message)
-        voices: list[VoiceInput] = []
-        turn_voice: list[int] = []
-        seen: dict[tuple[str, str], int] = {}
-        for turn in analysis.turns:
-            voice = turn.voice or s.default_voice
-            if not voice:
-                fail(ErrorCode.VOICE_REQUIRED, "manifest names no voice and the worker has no TTS_DEFAULT_VOICE")
-            if (voice, turn.ref_text) not in seen:
-                seen[(voice, turn.ref_text)] = len(voices)
-                voices.append(await self._voice(voice, turn.ref_text))
-            turn_voice.append(seen[(voice, turn.ref_text)])
-        return JobInputs(manifest, analysis, voices, turn_voice)
-
-    async def _voice(self, voice: str, ref_text: str) -> VoiceInput:
-        s = self.settings
-        library = await self.voices.get(voice)  # a library name ("alice") before a plain key
-        if library is not None:
-            vkey = library[0].audio_key
-        else:
-            try:
-                vkey = keys.voice_key(voice, s.bucket, s.voice_prefixes)
-            except keys.VoiceRefError as e:
-                fail(e.code, e.message)
-        try:
-            data = await self.store.get_bytes(vkey, max_bytes=s.max_voice_bytes)
-        except NotFound:
-            fail(ErrorCode.VOICE_NOT_FOUND, f"voice {voice!r}: no library voice and no object s3://{s.bucket}/{vkey}")
-        except TooLarge as e:
-            fail(ErrorCode.VOICE_TOO_LARGE, f"voice is {e.size} bytes; the limit is {e.limit}")
-        wave, sr = await asyncio.to_thread(_decode_voice, data, s.min_voice_seconds, s.max_voice_seconds)
-        if not ref_text.strip() and library is not None and library[0].ref_text:
-            record = library[0]
-            return VoiceInput(
-                voice, vkey, wave, sr, record.ref_text, "voice_library", library, record.ref_text_source == "asr"
-            )
-        return VoiceInput(voice, vkey, wave, sr, ref_text, "manifest", library)
-
-    async def _lexicon(self, manifest: Manifest) -> dict[str, str]:
-        """PLS files in order (later wins), then the manifest's own entries over all of them."""
-        s = self.settings
-        found: list[dict[str, str]] = []
-        for ref in manifest.lexicons:
-            try:
-                key = keys.lexicon_key(ref, s.bucket, s.lexicon_prefixes)
-                data = await self.store.get_bytes(key, max_bytes=s.max_lexicon_bytes)
-                found.append(lexicons.parse_pls(data))
-            except keys.VoiceRefError as e:
-                fail(e.code, e.message)
-            except NotFound:
-                fail(ErrorCode.LEXICON_NOT_FOUND, f"lexicon {ref!r}: no object s3://{s.bucket}/{key}")
-            except TooLarge as e:
-                fail(ErrorCode.INVALID_LEXICON, f"lexicon {ref!r} is {e.size} bytes; the limit is {e.limit}")
-            except lexicons.LexiconError as e:
-                fail(ErrorCode.INVALID_LEXICON, f"lexicon {ref!r}: {e}")
-        merged = lexicons.merge(*found, manifest.lexicon)
-        try:
-            lexicons.check(merged)
-        except lexicons.LexiconError as e:
-            fail(ErrorCode.INVALID_LEXICON, f"lexicon: {e}")
-        return merged
 
     # -- synthesis ------------------------------------------------------------------------------
 
@@ -254,7 +122,7 @@ class Stages:
         refs: list[Reference],
         seed: int,
         model_label: str,
-        watch: JobWatch,
+        attempt: Attempt,
         workdir: Path,
         warnings: list[ResultWarning],
     ) -> Rendered:
@@ -266,7 +134,7 @@ class Stages:
                 len(refs[inputs.turn_voice[turn]].audio), refs[inputs.turn_voice[turn]].text, speed
             )
         )
-        run = _Render(self, inputs, refs, pieces, seed, model_label, watch, workdir, warnings)
+        run = _Render(self, inputs, refs, pieces, seed, model_label, attempt, workdir, warnings)
         return await run.go()
 
     async def _remember_transcript(self, library: tuple[VoiceRecord, str], text: str, by: str) -> None:
@@ -279,34 +147,32 @@ class Stages:
 
 
 class _Render:
-    """One job's render loop (``Stages.render``)."""
+    """One job's render loop (``Renderer.render``)."""
 
     def __init__(
         self,
-        stages: Stages,
+        renderer: Renderer,
         inputs: JobInputs,
         refs: list[Reference],
         pieces: list[Piece],
         seed: int,
         model_label: str,
-        watch: JobWatch,
+        attempt: Attempt,
         workdir: Path,
         warnings: list[ResultWarning],
     ) -> None:
-        self.st = stages
+        self.st = renderer
         self.inputs = inputs
         self.refs = refs
         self.pieces = pieces
-        self.watch = watch
+        self.attempt = attempt
         self.warnings = warnings
-        self.chunks = ChunkStore(stages.store, watch.job_id)
+        self.chunks = ChunkStore(renderer.store, attempt.job_id)
         m = inputs.manifest
         self.speech = [p for p in pieces if not p.is_pause]
         # A one-chunk job has nothing to resume and nothing to hear early: its chunk stays in
         # memory (saving a LIST, two PUTs and their removal per job; most jobs are short).
         self.durable = len(self.speech) > 1
-        if self.durable:
-            stages.chunked_jobs.add(watch.job_id)
         self.ordinal = {p.index: k for k, p in enumerate(self.speech)}
         self.specs: dict[int, ChunkSpec] = {}
         shas = [hashlib.sha256(r.audio.tobytes()).hexdigest() for r in refs]
@@ -336,20 +202,21 @@ class _Render:
         self.skipped: list[str] = []
 
     async def go(self) -> Rendered:
-        watch, total = self.watch, len(self.speech)
-        durable = await self.chunks.durable() if self.durable else {}
+        attempt, total = self.attempt, len(self.speech)
+        # A first attempt knows no earlier one left chunks: no LIST.
+        durable = await self.chunks.durable() if self.durable and attempt.number > 1 else {}
         reuse = {i for i, spec in self.specs.items() if durable.get(i) == spec.digest()}
         pending: dict[int, asyncio.Future[np.ndarray]] = {}
         next_submit = done = 0
         prev: Piece | None = None
-        watch.set_progress(0, total)
+        attempt.progress.set(0, total)
         try:
             for piece in self.pieces:
-                watch.check()
+                attempt.check()
                 k = self.ordinal.get(piece.index)
-                hold_at = self.st.faults.hold_point(watch.job_id, watch.attempt, total)
+                hold_at = self.st.faults.hold_point(attempt.job_id, attempt.number, total)
                 if k is not None and hold_at == k and not pending:  # test hook: held at a chunk boundary
-                    await self.st.faults.hold(watch.job_id, watch.attempt, done, total, watch.check)
+                    await self.st.faults.hold(attempt.job_id, attempt.number, done, total, attempt.check)
                     hold_at = None
                 while next_submit < len(self.pieces) and len(pending) < self.st.batcher.max_batch:
                     nxt = self.pieces[next_submit]
@@ -369,18 +236,18 @@ class _Render:
                         fut = pending.pop(piece.index, None) or self._submit(piece)
                         await self._fresh(piece, prev, await self._wait(fut, k or 0, total))
                     done += 1
-                    watch.set_progress(done, total, self.reused)
+                    attempt.progress.set(done, total, self.reused)
                     if done % TRIM_EVERY == 0:
                         await asyncio.to_thread(memory.release_free_memory)
                 prev = piece
-            if self.st.faults.hold_point(watch.job_id, watch.attempt, total) == total:  # held after the last one
-                await self.st.faults.hold(watch.job_id, watch.attempt, done, total, watch.check)
+            if self.st.faults.hold_point(attempt.job_id, attempt.number, total) == total:  # held after the last one
+                await self.st.faults.hold(attempt.job_id, attempt.number, done, total, attempt.check)
         except BaseException:
             self.asm.abort()
             raise
         finally:
             if pending:  # aborted or failed: give the model's time to other jobs
-                self.st.batcher.cancel(watch.job_id)
+                self.st.batcher.cancel(attempt.job_id)
                 for fut in pending.values():
                     fut.cancel()
         samples = await asyncio.to_thread(self.asm.close)
@@ -412,17 +279,17 @@ class _Render:
         item = sampler.Item(
             ref_audio=ref.audio, ref_text=ref.text, text=piece.spoken, speed=piece.speed, seed=spec.seed
         )
-        work = Work("synthesis", (m.nfe_step, m.cfg_strength), item.frames, self.watch.job_id, item)
+        a = self.attempt
+        work = Work("synthesis", (m.nfe_step, m.cfg_strength), item.frames, a.job_id, item, a.number)
         return self.st.batcher.submit(work)
 
     async def _wait(self, fut: asyncio.Future[np.ndarray], k: int, total: int) -> np.ndarray:
-        watch = self.watch
-        aborted = asyncio.ensure_future(watch.aborted.wait())
+        aborted = asyncio.ensure_future(self.attempt.abort.event.wait())
         try:
             await asyncio.wait([fut, aborted], return_when=asyncio.FIRST_COMPLETED)
         finally:
             aborted.cancel()
-        watch.check()
+        self.attempt.check()
         return _chunk_result(fut, k, total, self.st.engine.device)
 
     def _joins(self, piece: Piece, prev: Piece | None) -> bool:
@@ -454,9 +321,10 @@ class _Render:
             except AlignmentImpossible as e:
                 record.alignment_error = str(e)
             self.ms["alignment"] += (time.perf_counter() - t0) * 1000
-        self.watch.check()
+        self.attempt.check()
         if self.durable:
             t0 = time.perf_counter()
+            self.attempt.chunks.update(self.chunks.keys(record))  # before: a lost answer may still land
             await self.chunks.save(record, pcm)
             self.ms["upload"] += (time.perf_counter() - t0) * 1000
         self._place(piece, prev, audio, record)
@@ -597,28 +465,3 @@ def _chunk_result(fut: asyncio.Future[np.ndarray], i: int, total: int, device: s
         oom = "out of memory" in str(e).lower()
         what = f"out of memory on {device}" if oom else f"{type(e).__name__}"
         fail(ErrorCode.SYNTHESIS_FAILED, f"chunk {i + 1}/{total}: synthesis failed: {what}: {e}")
-
-
-def _check_text(text: str, max_chars: int) -> None:
-    if len(text) > max_chars:
-        fail(ErrorCode.TEXT_TOO_LONG, f"text has {len(text)} characters; the limit is {max_chars}")
-    if not any(c.isalnum() for c in text):
-        fail(ErrorCode.TEXT_NOT_SPEAKABLE, "text has no letters or digits to speak")
-    bad = [c for c in text if ord(c) < 32 and c not in "\t\n\r"]
-    if bad:
-        fail(ErrorCode.INVALID_MANIFEST, f"text contains control characters {sorted({hex(ord(c)) for c in bad})}")
-
-
-def _decode_voice(data: bytes, min_s: float, max_s: float) -> tuple[np.ndarray, int]:
-    try:
-        info = audio_utils.probe(data)
-    except audio_utils.AudioDecodeError as e:
-        fail(ErrorCode.VOICE_UNREADABLE, f"voice: {e}")
-    if info.duration_s > max_s:
-        fail(ErrorCode.VOICE_TOO_LONG, f"voice is {info.duration_s:.1f}s; the limit is {max_s:g}s")
-    if info.duration_s < min_s:
-        fail(ErrorCode.VOICE_TOO_SHORT, f"voice is {info.duration_s:.2f}s; at least {min_s:g}s is needed")
-    try:
-        return audio_utils.decode(data)
-    except audio_utils.AudioDecodeError as e:
-        fail(ErrorCode.VOICE_UNREADABLE, f"voice: {e}")

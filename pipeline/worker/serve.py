@@ -1,23 +1,20 @@
-"""The worker: start-up, then a bounded concurrent loop over SQS messages.
+"""The worker's start-up, then its message loop (``pipeline.worker.loop``).
 
 Start-up syncs the model bundle, loads the engine and the aligner once, compiles and warms the
 model where configured, and only then reports ready. The loop keeps up to
 ``TTS_MAX_JOBS_IN_FLIGHT`` messages in hand, each handled by its own task
-(``pipeline.jobs.JobRunner``): claims, downloads, reference preparation, alignment, encoding and
-uploads of some jobs overlap the model's work on others, and the model's work itself is batched
-across jobs by one ``Batcher`` that owns the device. One ``Heartbeat`` keeps every in-flight
-message invisible and every lease alive.
+(``pipeline.worker.runner.JobRunner``): claims, downloads, reference preparation, alignment,
+encoding and uploads of some jobs overlap the model's work on others, and the model's work itself
+is batched across jobs by one ``Batcher`` that owns the device. One ``Heartbeat``
+(``pipeline.worker.lease``) keeps every in-flight message invisible and every lease alive, on S3
+and SQS clients of its own.
 
-Acknowledgement policy: a message is deleted only once its job's outcome is durable (or it was
-never ours to run), made visible again after a delay for a retry, or left alone when another
-worker owns the job. A stop request (SIGTERM/SIGINT) ends receiving at once; jobs in hand get
-``TTS_SHUTDOWN_GRACE_S`` to finish, then hand themselves back; the process exits 0.
+A stop request (SIGTERM/SIGINT) at any point of start-up ends it cleanly (exit 0).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import time
@@ -26,202 +23,31 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pipeline import metrics
-from pipeline.aws import is_missing_resource, is_transient
+from pipeline.aws import is_transient
 from pipeline.batcher import Batcher, Runner, model_thread
 from pipeline.config import Settings
-from pipeline.consumer import Message, Queue
+from pipeline.consumer import Queue
 from pipeline.contract import ModelInfo
-from pipeline.events import UnrecognisedMessage, parse_message_body
 from pipeline.faults import FaultHooks
-from pipeline.heartbeat import Heartbeat
-from pipeline.jobs import Ack, Decision, JobRunner
 from pipeline.notify import Notifier
-from pipeline.stages import Stages
-from pipeline.store import Store, open_store
+from pipeline.state import Ledger
+from pipeline.store import open_store
+from pipeline.worker.inputs import Inputs
+from pipeline.worker.lease import Heartbeat
+from pipeline.worker.loop import RECEIVE_BACKOFF_S, Worker
+from pipeline.worker.render import Renderer
+from pipeline.worker.runner import JobRunner
 
 if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor
 
     from pipeline.models.bundle import Bundle
     from pipeline.models.cache import SyncReport
+    from pipeline.store import Store
     from pipeline.tts.align import Aligner
     from pipeline.tts.engine import F5Engine
 
 log = logging.getLogger(__name__)
-
-_RECEIVE_BACKOFF_S = 5.0
-
-
-class Worker:
-    def __init__(
-        self,
-        settings: Settings,
-        store: Store,
-        queue: Queue,
-        engine: F5Engine,
-        aligner: Aligner,
-        batcher: Batcher,
-        stopping: asyncio.Event | None = None,
-        notifier: Notifier | None = None,
-    ) -> None:
-        self.settings = settings
-        self.queue = queue
-        self._stopping = stopping or asyncio.Event()
-        self.heartbeat = Heartbeat(queue, settings.visibility_timeout_s, settings.heartbeat_interval_s)
-        model = ModelInfo(
-            name=engine.bundle.name,
-            version=engine.bundle.version,
-            random_weights=engine.bundle.random_weights,
-            device=engine.device,
-        )
-        stages = Stages(settings, store, engine, aligner, batcher, batcher.faults)
-        self.jobs = JobRunner(
-            settings,
-            store,
-            queue,
-            stages,
-            self.heartbeat,
-            model,
-            self._stopping,
-            notifier or Notifier(None, None, settings.bucket),
-        )
-        self.jobs_done = 0  # jobs this worker ran or rejected; duplicates and deferrals do not count
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._fatal: BaseException | None = None
-
-    async def run(self, *, max_jobs: int | None = None, idle_exit_s: float | None = None) -> int:
-        """Consume until stopped, ``max_jobs`` jobs are done, or idle for ``idle_exit_s``."""
-        beating = asyncio.create_task(self.heartbeat.run(), name="heartbeat")
-        try:
-            await self._receive_loop(max_jobs, idle_exit_s)
-            if self._tasks:
-                log.info("waiting for %d message(s) in hand", len(self._tasks))
-                await asyncio.gather(*self._tasks, return_exceptions=True)
-        finally:
-            beating.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await beating
-        if self._fatal is not None:
-            raise self._fatal
-        if self._stopping.is_set():
-            log.info("stop requested: no more messages will be received")
-        return self.jobs_done
-
-    async def _receive_loop(self, max_jobs: int | None, idle_exit_s: float | None) -> None:
-        s = self.settings
-        idle_since = time.monotonic()
-        while not self._stopping.is_set():
-            room = s.max_jobs_in_flight - len(self._tasks)
-            if max_jobs is not None:
-                room = min(room, max_jobs - self.jobs_done - len(self._tasks))
-                if self.jobs_done >= max_jobs:
-                    return
-            if room <= 0:  # full (or the last countable jobs are in hand): wait for one to end
-                await self._wait_for({*self._tasks})
-                continue
-            wait_s = s.receive_wait_s
-            if idle_exit_s is not None and not self._tasks:
-                remaining = idle_exit_s - (time.monotonic() - idle_since)
-                if remaining <= 0:
-                    log.info("idle for %.0fs: exiting", idle_exit_s)
-                    return
-                wait_s = max(0, min(wait_s, int(remaining + 0.999)))
-            metrics.RECEIVES.inc()
-            receive = asyncio.create_task(
-                self.queue.receive(max_messages=min(room, 10), wait_s=wait_s, visibility_s=s.visibility_timeout_s)
-            )
-            await self._wait_for({receive})
-            if not receive.done():
-                receive.cancel()  # shutting down: anything it would have received stays queued
-                return
-            try:
-                messages = receive.result()
-            except Exception as e:
-                if is_missing_resource(e):
-                    await self._queue_gone(e)
-                    continue
-                if not is_transient(e):
-                    raise
-                # SQS unreachable even after our retries: keep the worker, try again shortly.
-                log.warning("receive failed: %s; retrying in %.0fs", e, _RECEIVE_BACKOFF_S)
-                await asyncio.sleep(_RECEIVE_BACKOFF_S)
-                continue
-            for msg in messages:
-                task = asyncio.create_task(self._handle(msg), name=f"message-{msg.id}")
-                self._tasks.add(task)
-                task.add_done_callback(self._task_done)
-            if messages or self._tasks:
-                idle_since = time.monotonic()
-
-    async def _queue_gone(self, e: Exception) -> None:
-        """The queue no longer exists (deleted; a LocalStack restarted without its state). Exiting
-        would only restart the worker into the same situation, minus its loaded model: wait,
-        unready, until it exists again (re-created by bootstrap), then consume as before. Jobs in
-        hand find their status gone and stop without publishing (a lost claim)."""
-        log.error("queue %s is gone (%s): waiting for it to be created again", self.queue.name, e)
-        metrics.set_ready(False)
-        await asyncio.sleep(_RECEIVE_BACKOFF_S)
-        try:
-            await self.queue.resolve()
-        except Exception as again:
-            if not (is_missing_resource(again) or is_transient(again)):
-                raise
-            return
-        log.info("queue %s exists again: consuming", self.queue.name)
-        metrics.set_ready(True)
-
-    async def _wait_for(self, tasks: set[asyncio.Task]) -> None:
-        """Until one of ``tasks`` ends or a stop is requested."""
-        stop = asyncio.create_task(self._stopping.wait())
-        await asyncio.wait({*tasks, stop}, return_when=asyncio.FIRST_COMPLETED)
-        stop.cancel()
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None and self._fatal is None:
-            # A bug, not a job's failure (those end in a status): stop taking work and re-raise it.
-            self._fatal = task.exception()
-            log.error("message handler crashed: %r; stopping", self._fatal)
-            self._stopping.set()
-
-    async def _handle(self, msg: Message) -> None:
-        try:
-            await self.handle_message(msg)
-        except Exception as e:
-            if not is_transient(e):
-                raise
-            # Could not acknowledge (SQS unreachable): the message comes back; its job's status
-            # makes the redelivery a no-op if the job had finished.
-            log.warning("message %s left for redelivery: %s", msg.id, e)
-
-    async def handle_message(self, msg: Message) -> None:
-        try:
-            parsed = parse_message_body(msg.body)
-        except UnrecognisedMessage as e:
-            # Not ours to interpret and not ours to drop: park it in the DLQ for an operator.
-            metrics.UNRECOGNISED_MESSAGES.inc()
-            moved = await self.queue.dead_letter(msg, f"not an S3 event notification: {e}")
-            log.error("message %s is not an S3 event (%s); %s", msg.id, e, "moved to the DLQ" if moved else "left")
-            return
-        if parsed.test_event:
-            log.info("s3:TestEvent received (notification configured); deleting it")
-            await self.queue.delete(msg)
-            return
-        decisions = []
-        for record in parsed.created:
-            try:
-                decisions.append(await self.jobs.process_record(record, msg))
-            except Exception as e:
-                # Could not even record the outcome (S3 down after retries): the message comes back.
-                log.exception("could not process %s: %s; leaving it for redelivery", record.key, e)
-                decisions.append(Decision(Ack.LEAVE))
-        decision = Decision.combine(decisions)
-        if decision.counted:
-            self.jobs_done += 1
-        if decision.ack is Ack.DELETE:
-            await self.queue.delete(msg)
-        elif decision.ack is Ack.RETRY:
-            await self.queue.set_visibility(msg, decision.delay_s)
 
 
 async def serve(settings: Settings, *, max_jobs: int | None = None, idle_exit_s: float | None = None) -> int:
@@ -257,17 +83,21 @@ async def serve(settings: Settings, *, max_jobs: int | None = None, idle_exit_s:
             executor=gpu,
             faults=faults,
         )
-        background.append(asyncio.create_task(batcher.run(), name="batcher"))
         aligner = await asyncio.to_thread(started.aligner, batcher, loop)
         async with (
-            open_store(settings) as store,
-            Notifier.open(settings.notify_topic_arn, settings.bucket) as notifier,
-            Queue.open(settings.queue, resolve=False) as queue,
+            open_store(settings, "worker") as store,
+            open_store(settings, "lease") as lease_store,  # its own connections: never behind an upload
+            Notifier.open(settings.notify_topic_arn, settings.bucket, settings.calls("worker")) as notifier,
+            Queue.open(settings.queue, resolve=False, calls=settings.calls("worker")) as queue,
+            Queue.open(settings.queue, resolve=False, calls=settings.calls("lease")) as lease_queue,
         ):
             if not await _resolve_queue(queue, stopping):
                 raise _StoppedDuringStartup
+            lease_queue.follow(queue)
             check_retention(settings, queue)
-            worker = Worker(settings, store, queue, started.engine, aligner, batcher, stopping, notifier)
+            worker = _worker(
+                settings, started, aligner, batcher, faults, stopping, store, lease_store, queue, lease_queue, notifier
+            )
             log.info(
                 "worker %s ready: model %s (%s) on %s (compile %s, aligner %s), up to %d jobs in flight, "
                 "batches of up to %d; cold start %s",
@@ -293,6 +123,47 @@ async def serve(settings: Settings, *, max_jobs: int | None = None, idle_exit_s:
         if aligner is not None:
             aligner.close()
         gpu.shutdown(wait=False, cancel_futures=True)
+
+
+def _worker(
+    settings: Settings,
+    started: _Started,
+    aligner: Aligner,
+    batcher: Batcher,
+    faults: FaultHooks,
+    stopping: asyncio.Event,
+    store: Store,
+    lease_store: Store,
+    queue: Queue,
+    lease_queue: Queue,
+    notifier: Notifier,
+) -> Worker:
+    """The parts, wired: the runner's stages on the job's clients, the heartbeat on its own."""
+    engine = started.engine
+    model = ModelInfo(
+        name=engine.bundle.name,
+        version=engine.bundle.version,
+        random_weights=engine.bundle.random_weights,
+        device=engine.device,
+    )
+    lease_ledger = Ledger(lease_store, settings.worker_id, lease_s=settings.visibility_timeout_s)
+    heartbeat = Heartbeat(
+        lease_queue, lease_ledger, settings.visibility_timeout_s, settings.heartbeat_interval_s, faults
+    )
+    runner = JobRunner(
+        settings,
+        store,
+        queue,
+        heartbeat,
+        lease_store,
+        Inputs(settings, store),
+        Renderer(settings, store, engine, aligner, batcher, faults),
+        model,
+        stopping,
+        notifier,
+    )
+    background = {"heartbeat": heartbeat.run(), "batcher": batcher.run()}
+    return Worker(settings, queue, runner, background, stopping)
 
 
 @dataclass
@@ -422,8 +293,8 @@ async def _resolve_queue(queue: Queue, stopping: asyncio.Event) -> bool:
         except Exception as e:
             if not is_transient(e):
                 raise
-            log.warning("queue %s unreachable (%s); retrying in %.0fs", queue.name, e, _RECEIVE_BACKOFF_S)
-            await asyncio.sleep(_RECEIVE_BACKOFF_S)
+            log.warning("queue %s unreachable (%s); retrying in %.0fs", queue.name, e, RECEIVE_BACKOFF_S)
+            await asyncio.sleep(RECEIVE_BACKOFF_S)
     return False
 
 

@@ -1,0 +1,152 @@
+"""One heartbeat for every attempt in flight, in the style of dramatiq_sqs's ``Heartbeat``.
+
+Every ``heartbeat_interval_s`` it extends the visibility of all in-flight messages with
+``ChangeMessageVisibilityBatch`` (10 per request, the SQS limit) and renews each attempt's lease
+(one conditional status PUT each, which also publishes progress). Every quarter second it checks
+each attempt's deadline and shutdown grace, publishes changed progress early, and polls
+cancellation (``pipeline.worker.signals``).
+
+Nothing it waits for can hold anything else up. Each renewal, each cancel poll and the extension
+run as tasks of their own (at most one of each per attempt, one extension for all), on S3 and SQS
+clients of their own (not the ones uploading audio), with every attempt of every call bounded by
+half the interval and all retries of a call by one interval (``Settings.calls("lease")``). A hung
+call costs its own renewal, never another attempt's lease and never the next beat; the lease has
+slack for several lost beats (``visibility_timeout_s`` >= 2 x interval, checked at start-up).
+
+An attempt leaves the heartbeat (``tracking`` exits) before its message is acknowledged, and only
+once its ending (final status, cleanup, notification) is done: the message stays invisible and
+the lease alive until then. Leaving waits for an extension in progress that includes its message,
+so an extension never lands after the attempt's own ``ChangeMessageVisibility`` or ``DeleteMessage``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
+
+from pipeline.consumer import Queue
+from pipeline.faults import NO_FAULTS, FaultHooks
+from pipeline.logs import job_id_var
+from pipeline.state import Ledger, LostClaim
+from pipeline.worker.attempt import Attempt
+from pipeline.worker.signals import AbortReason
+
+log = logging.getLogger(__name__)
+
+TICK_S = 0.25
+
+
+class Heartbeat:
+    def __init__(
+        self,
+        queue: Queue,
+        ledger: Ledger,
+        visibility_timeout_s: float,
+        interval_s: float,
+        faults: FaultHooks = NO_FAULTS,
+    ) -> None:
+        if not 0 < interval_s * 2 <= visibility_timeout_s:
+            raise ValueError(
+                f"heartbeat interval {interval_s:g}s must be at most half the visibility timeout "
+                f"{visibility_timeout_s:g}s, so that one failed beat does not lapse a lease"
+            )
+        self.queue = queue  # the lease's own SQS client
+        self.ledger = ledger  # ... and S3 client
+        self.visibility_timeout_s = visibility_timeout_s
+        self.interval_s = interval_s
+        self.faults = faults
+        self._attempts: dict[int, Attempt] = {}
+        self._tasks: dict[tuple[int, str], asyncio.Task[None]] = {}
+        self._extension: asyncio.Task[None] | None = None
+        self._extending: set[str] = set()  # message ids in the extension in flight
+
+    def __len__(self) -> int:
+        return len(self._attempts)
+
+    @contextlib.asynccontextmanager
+    async def tracking(self, attempt: Attempt) -> AsyncIterator[Attempt]:
+        self._attempts[id(attempt)] = attempt
+        try:
+            yield attempt
+        finally:
+            self._attempts.pop(id(attempt), None)
+            for kind in ("renew", "cancel"):
+                task = self._tasks.pop((id(attempt), kind), None)
+                if task is not None:
+                    task.cancel()
+            extension = self._extension
+            if extension is not None and not extension.done() and attempt.msg.id in self._extending:
+                await asyncio.wait({extension})  # bounded: the extension has its own deadline
+
+    async def run(self) -> None:
+        next_beat = time.monotonic() + self.interval_s
+        while True:
+            await asyncio.sleep(TICK_S)
+            self.faults.crash_point("heartbeat")
+            now = time.monotonic()
+            attempts = list(self._attempts.values())
+            if not attempts:
+                next_beat = now + self.interval_s
+                continue
+            beat = now >= next_beat
+            if beat:
+                next_beat = now + self.interval_s
+                self._extend(attempts)
+            for a in attempts:
+                if a.abort.reason is AbortReason.LOST_CLAIM:
+                    continue  # nothing of ours to keep alive
+                if a.abort.reason is None and not a.ending:
+                    a.deadline.tick(now)
+                    a.shutdown.tick(now)
+                    if a.cancel.due(now):
+                        self._start(a, "cancel", a.cancel.poll(now))
+                # Renewed until the attempt has ended, aborted or not: its ending runs under the lease.
+                if beat or a.progress.due(now):
+                    self._start(a, "renew", self._renew(a, now))
+
+    def _start(self, attempt: Attempt, kind: str, step: Coroutine[Any, Any, None]) -> None:
+        key = (id(attempt), kind)
+        running = self._tasks.get(key)
+        if running is not None and not running.done():
+            step.close()  # the previous one is still at it: this beat's is skipped, not queued
+            return
+        self._tasks[key] = asyncio.create_task(self._guarded(attempt, kind, step), name=f"{kind}-{attempt.job_id}")
+
+    async def _guarded(self, attempt: Attempt, kind: str, step: Coroutine[Any, Any, None]) -> None:
+        """One attempt's step, logging with its job id; its errors stay its own."""
+        job_id_var.set(attempt.job_id)
+        try:
+            async with asyncio.timeout(self.interval_s):
+                await step
+        except LostClaim as e:
+            log.warning("lost the job to another worker: %s", e)
+            attempt.abort.stop(AbortReason.LOST_CLAIM)
+        except Exception as e:  # retried at the next beat; the lease has slack for it
+            log.warning("%s failed: %s", "lease renewal" if kind == "renew" else "cancel poll", e or type(e).__name__)
+
+    async def _renew(self, attempt: Attempt, now: float) -> None:
+        value = attempt.progress.value
+        await self.ledger.renew(attempt.claim, attempt.progress.document())
+        attempt.progress.sent(value, now)
+
+    def _extend(self, attempts: list[Attempt]) -> None:
+        if self._extension is not None and not self._extension.done():
+            return  # the previous beat's extension is still in flight
+        msgs = [a.msg for a in attempts]
+        self._extending = {m.id for m in msgs}
+
+        async def extend() -> None:
+            try:
+                async with asyncio.timeout(self.interval_s):
+                    failed = await self.queue.extend_visibility(msgs, self.visibility_timeout_s)
+            except Exception as e:  # retried at the next beat; the lease has slack for it
+                log.warning("visibility extension for %d message(s) failed: %s", len(msgs), e or type(e).__name__)
+                return
+            for msg_id, reason in failed.items():
+                log.warning("visibility of message %s not extended: %s", msg_id, reason)
+
+        self._extension = asyncio.create_task(extend(), name="visibility-extension")
