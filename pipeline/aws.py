@@ -74,7 +74,7 @@ _NETWORK_ERRORS = (
 
 
 # The bucket or queue itself is gone: deleted, or a LocalStack restarted without its state. Not
-# transient for one call, but a worker waits for it to come back rather than exit (see worker.py).
+# transient for one call, but a worker waits for it to come back rather than exit (worker/loop.py).
 _MISSING_RESOURCE_CODES = {"NoSuchBucket", "AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}
 
 

@@ -108,10 +108,72 @@ def main() -> int:
     for name, title in ORDER:
         if name in docs:
             lines += [f"**{title}.** {' '.join(docs[name]['doc'].split())}", ""]
+    lines += _sweep(docs.get("sweep"))
     lines += [RECONCILER, UNTESTED]
     OUT.write_text("\n".join(lines))
     print(f"wrote {OUT}")
     return 0
+
+
+SWEEP = """\
+## The fault-point sweep (tests/sweep/, `make sweep`)
+
+Random faults rarely hit the one request that matters, so the sweep puts one fault at each
+*position* of a job's life instead, the way FoundationDB's simulation and Jepsen do. Five
+reference jobs (one chunk; three durable chunks with subtitles; a dialogue of two voices; a job
+cancelled while it runs; a library voice transcribed on first use) run once, fault-free, through
+the tracing proxy; every request the attempt makes, in order, is a position (named by action, key
+and, for status writes, the state written, with its occurrence number), and so is the first of
+each kind of request the heartbeat makes (renewal, visibility extension, cancel poll), made
+certain by holding the job until it has happened. Each cell is one position with one fault kind
+on a fresh job:
+
+| kind | what happens to that request |
+|---|---|
+| dropped | 503, it never reaches S3/SQS/SNS |
+| reset | the connection is cut before it reaches them |
+| lost | it is performed, the answer is a 503 |
+| truncated | it is performed, the answer is cut in half |
+| brownout | it and every retry of it fail (the client's whole retry budget), then it recovers |
+| hang | it is performed and the answer never comes (the client's timeout must fire) |
+| kill | the worker that sent it is killed (SIGKILL) right after it was performed |
+| stop | that worker is stopped (SIGSTOP) right after it until another has taken the job over and finished it |
+
+A `ReceiveMessage` knows its job only from the answer, so it takes the last five kinds only. Every
+cell is checked from S3 object versions, queue depths, the proxy's trace, a FIFO queue subscribed
+to the notification topic and the worker processes: I0 the job ends in its reference's final state;
+I1 it reaches a final status (at most one reconcile pass); I2 COMPLETED ⇔ the result exists ⇔ every
+key it names exists, decodes and lasts what the result says; I3 one result version, one version
+of the named audio; I4 after one reconcile pass nothing under `outputs/<job>/` the result does not
+name; I5 exactly one notification per final state; I6 the workers are alive and ready (a killed one
+replaced); I7 no process of a killed worker remains; I8 no chunk rendered twice in an attempt that
+was not killed, none at all in an attempt that began after the result existed. `make test` runs one
+kind per position, rotated by a seed it prints (`TTS_SWEEP_SEED` reruns them).
+"""
+
+
+def _sweep(doc: dict | None) -> list[str]:
+    if doc is None:
+        return [SWEEP, "_Not run: `make sweep` records the matrix._", ""]
+    kinds = doc["kinds"]
+    passed = sum(c["passed"] for r in doc["rows"] for c in r["kinds"].values())
+    lines = [
+        SWEEP,
+        f"Last full sweep: {doc['cells']} cells, {doc['failed']} failed ({passed} passed), "
+        f"{len(doc['rows'])} positions, in {doc['seconds'] / 60:.0f} min with {doc['lanes']} lanes side by side.",
+        "",
+        "| reference | # | position | " + " | ".join(kinds) + " |",
+        "|---|---|---|" + "---|" * len(kinds),
+    ]
+    for row in doc["rows"]:
+        cells = []
+        for kind in kinds:
+            c = row["kinds"].get(kind)
+            cells.append("–" if c is None else ("✓" if not c["failed"] else f"✗ {c['failed']}"))
+        position = row["position"].replace("|", "\\|")
+        lines.append(f"| {row['ref']} | {row['index']} | `{position}` | " + " | ".join(cells) + " |")
+    lines += ["", "✓: the cell passed every invariant; –: the kind does not apply to that request.", ""]
+    return lines
 
 
 def _fmt(v: object) -> str:

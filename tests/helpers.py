@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -261,8 +262,41 @@ def outputs_left(s3: Any, job_id: str, want: list[str], bucket: str = BUCKET, ti
         resp = s3.list_objects_v2(Bucket=bucket, Prefix=f"outputs/{job_id}/")
         return sorted(o["Key"] for o in resp.get("Contents", []))
 
-    try:
+    with contextlib.suppress(AssertionError):  # the caller's assertion shows what is left
         wait_until(lambda: listing() == sorted(want), f"outputs of {job_id} to be {want}", timeout_s)
-    except AssertionError:
-        pass  # the caller's assertion shows what is left
     return listing()
+
+
+def http_request(
+    url: str, method: str = "GET", data: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, bytes, Any]:
+    """(status, body, headers) of one plain HTTP request; an error status is returned, not raised."""
+    import urllib.error
+
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, resp.read(), resp.headers
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(), e.headers
+
+
+def multipart(fields: dict[str, str], file_field: str | None = None, data: bytes = b"") -> tuple[bytes, str]:
+    """A multipart/form-data body (and its Content-Type), as the console's forms send."""
+    import uuid
+
+    boundary = uuid.uuid4().hex
+    out = b""
+    for k, v in fields.items():
+        out += f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+    if file_field:
+        out += (
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="{file_field}"; filename="v.wav"\r\n'
+                "Content-Type: audio/wav\r\n\r\n"
+            ).encode()
+            + data
+            + b"\r\n"
+        )
+    out += f"--{boundary}--\r\n".encode()
+    return out, f"multipart/form-data; boundary={boundary}"

@@ -8,17 +8,24 @@ import json
 import re
 import shutil
 import subprocess
-import urllib.error
 import urllib.parse
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.helpers import BUCKET, REF_TEXT, WorkerProcess, add_library_voice, reference_voice_path, start_console
+from tests.helpers import (
+    BUCKET,
+    REF_TEXT,
+    WorkerProcess,
+    add_library_voice,
+    http_request,
+    multipart,
+    reference_voice_path,
+    start_console,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -101,35 +108,6 @@ def _submit(page: Any, url: str, text: str) -> str:
     except AssertionError:
         raise AssertionError(f"{page.locator('#submit-form').inner_text()}\n{page.errors}") from None
     return urllib.parse.unquote(page.url.rsplit("/", 1)[1])
-
-
-def _request(
-    url: str, method: str = "GET", data: bytes | None = None, headers: dict[str, str] | None = None
-) -> tuple[int, bytes, Any]:
-    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, resp.read(), resp.headers
-    except urllib.error.HTTPError as e:
-        return e.code, e.read(), e.headers
-
-
-def _multipart(fields: dict[str, str], file_field: str | None = None, data: bytes = b"") -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    out = b""
-    for k, v in fields.items():
-        out += f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
-    if file_field:
-        out += (
-            (
-                f'--{boundary}\r\nContent-Disposition: form-data; name="{file_field}"; filename="v.wav"\r\n'
-                "Content-Type: audio/wav\r\n\r\n"
-            ).encode()
-            + data
-            + b"\r\n"
-        )
-    out += f"--{boundary}--\r\n".encode()
-    return out, f"multipart/form-data; boundary={boundary}"
 
 
 def _keys(s3: Any, prefix: str, bucket: str = BUCKET) -> list[str]:
@@ -263,7 +241,7 @@ def test_bad_job_ids_never_reach_the_bucket(console: str, s3: Any, job_id: str) 
         ("POST", f"/console/api/jobs/{job_id}/cancel"),
         ("GET", f"/jobs/{job_id}"),
     ]:
-        code, body, _ = _request(console + path, method, headers={"X-Console": "1"})
+        code, body, _ = http_request(console + path, method, headers={"X-Console": "1"})
         assert code in (400, 404), (method, path, code, body[:200])
         assert b'"history"' not in body and b'"word_timings"' not in body
     assert _keys(s3, "cancel/") == before
@@ -283,7 +261,7 @@ def test_bad_job_ids_never_reach_the_bucket(console: str, s3: Any, job_id: str) 
     ],
 )
 def test_other_parameters_refuse_traversal(console: str, path: str) -> None:
-    code, body, _ = _request(console + path)
+    code, body, _ = http_request(console + path)
     assert code in (400, 403, 404), (path, code, body[:200])
     assert b"import " not in body and b"[project]" not in body and b'"history"' not in body
 
@@ -291,10 +269,10 @@ def test_other_parameters_refuse_traversal(console: str, path: str) -> None:
 @pytest.mark.parametrize("name", ["..", "%2e%2e", "..%2Fstatus", "s3:%2F%2Fother%2Fv", "status%2Fx", "-x"])
 def test_bad_voice_names_are_refused(console: str, s3: Any, name: str) -> None:
     before = _keys(s3, "voices/")
-    code, _, _ = _request(f"{console}/console/api/voices/{name}", "DELETE", headers={"X-Console": "1"})
+    code, _, _ = http_request(f"{console}/console/api/voices/{name}", "DELETE", headers={"X-Console": "1"})
     assert code in (400, 404)
-    body, ctype = _multipart({"name": urllib.parse.unquote(name)}, "file", reference_voice_path().read_bytes())
-    code, _, _ = _request(f"{console}/console/api/voices", "POST", body, {"Content-Type": ctype, "X-Console": "1"})
+    body, ctype = multipart({"name": urllib.parse.unquote(name)}, "file", reference_voice_path().read_bytes())
+    code, _, _ = http_request(f"{console}/console/api/voices", "POST", body, {"Content-Type": ctype, "X-Console": "1"})
     assert code == 400
     assert _keys(s3, "voices/") == before
 
@@ -302,8 +280,8 @@ def test_bad_voice_names_are_refused(console: str, s3: Any, name: str) -> None:
 @pytest.mark.parametrize("voice", ["../voices/x", "voices/console-alice/audio.wav", "s3://other/v.wav", "status/x"])
 def test_a_job_names_only_library_voices(console: str, s3: Any, voice: str) -> None:
     before = _keys(s3, "inbox/")
-    body, ctype = _multipart({"text": "Hi.", "voice": voice})
-    code, resp, _ = _request(f"{console}/console/api/jobs", "POST", body, {"Content-Type": ctype, "X-Console": "1"})
+    body, ctype = multipart({"text": "Hi.", "voice": voice})
+    code, resp, _ = http_request(f"{console}/console/api/jobs", "POST", body, {"Content-Type": ctype, "X-Console": "1"})
     assert code == 400 and json.loads(resp)["error"]["code"] == "voice_not_found"
     assert _keys(s3, "inbox/") == before
 
@@ -311,11 +289,13 @@ def test_a_job_names_only_library_voices(console: str, s3: Any, voice: str) -> N
 def test_an_oversized_upload_is_refused_before_s3(console: str, s3: Any) -> None:
     before = _keys(s3, "voices/")
     big = b"RIFF" + b"\0" * (25 * 1024 * 1024 + 1)  # TTS_MAX_VOICE_BYTES + a little
-    body, ctype = _multipart({"name": "too-big"}, "file", big)
-    code, resp, _ = _request(f"{console}/console/api/voices", "POST", body, {"Content-Type": ctype, "X-Console": "1"})
+    body, ctype = multipart({"name": "too-big"}, "file", big)
+    code, resp, _ = http_request(
+        f"{console}/console/api/voices", "POST", body, {"Content-Type": ctype, "X-Console": "1"}
+    )
     assert code == 413, resp[:200]
     # Without a Content-Length (chunked), the streamed reader stops it all the same.
-    body, ctype = _multipart({"text": "Hi."}, "clip", big)
+    body, ctype = multipart({"text": "Hi."}, "clip", big)
     parsed = urllib.parse.urlsplit(console)
     conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=60)
     try:
@@ -343,25 +323,25 @@ def test_a_clip_too_short_is_refused_before_s3(console: str, s3: Any, tmp_path: 
     path = tmp_path / "short.wav"
     sf.write(path, np.zeros(2400, dtype="float32"), 24000)  # 0.1 s < TTS_MIN_VOICE_SECONDS
     before = _keys(s3, "voices/")
-    body, ctype = _multipart({"text": "Hi.", "ref_text": "x"}, "clip", path.read_bytes())
-    code, resp, _ = _request(f"{console}/console/api/jobs", "POST", body, {"Content-Type": ctype, "X-Console": "1"})
+    body, ctype = multipart({"text": "Hi.", "ref_text": "x"}, "clip", path.read_bytes())
+    code, resp, _ = http_request(f"{console}/console/api/jobs", "POST", body, {"Content-Type": ctype, "X-Console": "1"})
     assert code == 400 and json.loads(resp)["error"]["code"] == "voice_too_short"
     assert _keys(s3, "voices/") == before
 
 
 def test_mutations_need_the_console_header(console: str) -> None:
-    body, ctype = _multipart({"text": "Hi.", "voice": VOICE})
-    code, _, _ = _request(f"{console}/console/api/jobs", "POST", body, {"Content-Type": ctype})
+    body, ctype = multipart({"text": "Hi.", "voice": VOICE})
+    code, _, _ = http_request(f"{console}/console/api/jobs", "POST", body, {"Content-Type": ctype})
     assert code == 403  # a cross-site form cannot set X-Console
 
 
 def test_with_an_api_key_the_page_asks_for_it(locked: str, page: Any) -> None:
     for path in ["/console/api/jobs", "/console/api/voices", "/console/api/jobs/x", "/console/api/jobs/x/peaks"]:
-        code, body, _ = _request(locked + path)
+        code, body, _ = http_request(locked + path)
         assert code == 401 and KEY.encode() not in body
-    code, _, _ = _request(locked + "/console/api/jobs", headers={"Authorization": f"Bearer {KEY}"})
+    code, _, _ = http_request(locked + "/console/api/jobs", headers={"Authorization": f"Bearer {KEY}"})
     assert code == 200  # the API's Bearer works here too
-    code, _, _ = _request(locked + "/v1/models", headers={"Authorization": f"Bearer {KEY}"})
+    code, _, _ = http_request(locked + "/v1/models", headers={"Authorization": f"Bearer {KEY}"})
     assert code == 200
 
     resp = page.goto(locked + "/")

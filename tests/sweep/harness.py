@@ -39,6 +39,7 @@ and two workers, so that one is always there to take over; lanes run side by sid
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import io
@@ -48,7 +49,6 @@ import queue as queue_mod
 import re
 import signal
 import socket
-import subprocess
 import threading
 import time
 import traceback
@@ -62,11 +62,12 @@ import psutil
 import soundfile as sf
 
 from pipeline.aws import sync_client
+from pipeline.config import Settings
+from pipeline.reconcile import reconcile_once
 from tests.faults.conftest import FAST
 from tests.faults.proxy import ProxyProcess
 from tests.helpers import (
     REF_TEXT,
-    TTS,
     Holds,
     WorkerProcess,
     queue_depth,
@@ -84,6 +85,7 @@ TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "EXPIRED")
 # The suite's short timings, plus a 2 s bound on one attempt of one call (a hung answer is given
 # up quickly); lease calls get half a beat (pipeline/config.py).
 WORKER_SETTINGS = {**FAST, "call_timeout_s": 2, "shutdown_grace_s": 5, "log_level": "INFO"}
+RECONCILER_SETTINGS = {k: WORKER_SETTINGS[k] for k in ("visibility_timeout_s", "heartbeat_interval_s")}
 GUARD_S = 240.0  # hang guard for one wait: a broken run fails instead of hanging, nothing is timed
 
 
@@ -286,6 +288,7 @@ class Lane:
         sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=notes_arn, Attributes={"RawMessageDelivery": "true"})
         self.proxy = ProxyProcess(upstream, workdir)
         self.holds = Holds(workdir / "faults")
+        self.topic = topic
         self.worker_env = {**self.env, "AWS_ENDPOINT_URL": self.proxy.endpoint, "TTS_NOTIFY_TOPIC_ARN": topic}
         self.workers: list[LaneWorker] = []
         self._starting: list[threading.Thread] = []
@@ -386,12 +389,10 @@ class Lane:
         self.s3.put_object(Bucket=self.bucket, Key=f"inbox/{job}.json", Body=body)
 
     def reconcile(self) -> dict[str, Any]:
-        out = subprocess.run(
-            [TTS, "reconcile", "--older-than", "0"], env=self.worker_env, capture_output=True, text=True, timeout=300
-        )
-        if out.returncode != 0:
-            raise AssertionError(f"reconcile failed: {out.stderr[-2000:]}")
-        return json.loads(out.stdout)
+        """One pass of the real reconciler over this lane's stack (in this thread, straight to
+        LocalStack: its own requests are not what the sweep faults)."""
+        settings = Settings(bucket=self.bucket, queue=self.bucket, notify_topic_arn=self.topic, **RECONCILER_SETTINGS)
+        return asyncio.run(reconcile_once(settings, older_than_s=0)).as_dict()
 
     def calls(self, job: str) -> dict[tuple[str, int], int]:
         """(worker id, attempt) -> synthesis items of ``job`` the model ran (fault hooks' log)."""
@@ -663,6 +664,21 @@ def _check_calls(
             broken.append(f"I8: attempt {n} began after the result existed and rendered {rendered} chunks")
 
 
+def _interleaved(cells: list[Cell]) -> list[Cell]:
+    """Cells that kill or stop a worker spread evenly among the others: a lane's replacement
+    worker starts while it runs cheaper cells, and the slow ones do not all come last."""
+    slow = [c for c in cells if c.kind in ("kill", "stop")]
+    fast = [c for c in cells if c.kind not in ("kill", "stop")]
+    if not slow:
+        return fast
+    out, step = [], max(1, len(fast) // len(slow))
+    for i, c in enumerate(slow):
+        out.append(c)
+        out.extend(fast[i * step : (i + 1) * step])
+    out.extend(fast[len(slow) * step :])
+    return out
+
+
 # -- the sweep ---------------------------------------------------------------------------------
 
 
@@ -693,6 +709,10 @@ class Sweep:
             for t in threads:
                 t.join()
         assert not errors, "\n".join(errors)
+        for ref in refs:
+            print(f"{ref.name}: {len(self.positions[ref.name])} positions, {self.chunks[ref.name]} chunks")
+            for p in self.positions[ref.name]:
+                print(f"  #{p.index:02d} {p.label}{' (after the cancel request)' if p.after_cancel else ''}")
 
     def all_cells(self) -> list[Cell]:
         cells, serial = [], 0
@@ -716,7 +736,7 @@ class Sweep:
 
     def run(self, cells: list[Cell], progress: Callable[[str], None] = print) -> None:
         todo: queue_mod.Queue[Cell] = queue_mod.Queue()
-        for c in sorted(cells, key=lambda c: c.kind in ("kill", "stop"), reverse=True):
+        for c in _interleaved(cells):
             todo.put(c)
         refs = {r.name: r for r in REFERENCES}
         lock = threading.Lock()
