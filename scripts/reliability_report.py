@@ -38,10 +38,13 @@ Jobs that fall between the pieces, on real LocalStack with the bucket's S3 notif
 
 - a manifest whose event was lost: two reconcilers at once re-enqueue it exactly once (one QUEUED
   status, one message), a worker completes it, a later pass finds nothing;
-- stuck shapes, ended once each: DLQ + PROCESSING → `FAILED`/`WORKER_CRASHED`; DLQ + QUEUED →
-  `FAILED`/`RETRIES_EXHAUSTED`; DLQ + a live lease → untouched; a lease lapsed long ago →
-  re-enqueued while attempts remain, else `WORKER_CRASHED`; QUEUED past the TTL → `EXPIRED`; the
-  DLQ keeps its messages for `dlq redrive`;
+- stuck shapes, ended once each: the job's own message in the DLQ + PROCESSING →
+  `FAILED`/`WORKER_CRASHED`; + QUEUED → `FAILED`/`RETRIES_EXHAUSTED`; a duplicate's dead letter
+  next to a live job (QUEUED between retries, or a lapsed lease about to be taken over) →
+  untouched; DLQ + a live lease → untouched; a lease lapsed long ago → re-enqueued while attempts
+  remain, else `WORKER_CRASHED`; QUEUED past the TTL → `EXPIRED`; a result whose final status was
+  never written → `COMPLETED`; the DLQ keeps its messages for `dlq redrive`;
+- every job it ends is notified, once;
 - a manifest never seen, 8 days on → `EXPIRED`, nothing sent;
 - outputs no result names (a dead attempt's, a cancelled job's) removed; a running job's kept;
 - the queue's retention (14 days) read at start-up, and a TTL longer than it refused.
@@ -49,6 +52,29 @@ Jobs that fall between the pieces, on real LocalStack with the bucket's S3 notif
 In scenario 3 above the reconciler also runs for real: the job whose result upload always fails
 reaches the DLQ, and whether or not its worker saw its last delivery (receives whose answer the
 proxy lost count towards `maxReceiveCount`), it ends `RETRIES_EXHAUSTED`.
+
+## Defects found by reading the code (issue 17), each with a test that failed before the fix
+
+`tests/faults/test_defects.py` (and two unit tests), black-box, run against the code before the
+fixes (where each failed) and after:
+
+1. a final status write failing past its retries after the result landed deleted the audio the
+   result named (the job ended COMPLETED without audio);
+2. one hung cancel poll held every lease in the worker (the heartbeat awaited its calls in turn);
+3. duplicates of a running job were deferred until they reached the DLQ, and the reconciler then
+   failed the healthy job;
+4. jobs ended by the reconciler, and jobs cancelled while QUEUED, were never notified;
+5. an attempt that had lost its lease removed its successor's chunks (cleanup ran before the
+   ownership check), and a cancelled or failed job's cleanup ran outside the lease, one DELETE
+   per object;
+6. a dead heartbeat or batcher left the worker ready with its jobs hanging;
+7. a worker killed with SIGKILL left its aligner process (and multiprocessing's resource tracker)
+   running;
+8. a job whose result existed was rendered again before the result was noticed;
+9. the batcher's busy history grew with every model call unless /metrics was scraped;
+10. the worker's IAM policy lacked `s3:GetObject` on `outputs/*` (resuming from durable chunks,
+    and every presigned result URL) — with the trace-derived check of every policy
+    (tests/faults/test_policies.py).
 
 **Takeover time.** The suite runs with a 6 s lease (`FAST`); scenario 1's recovery time is
 measured with it. With the defaults (45 s lease, 15 s heartbeat) a dead worker's job is taken over
@@ -73,6 +99,16 @@ UNTESTED = """\
   and the reconciler re-enqueues such manifests after `--older-than`. A notification minutes late
   can meet a reconciler's re-enqueue: both messages carry the same job, and the claims run it once.
 - **SQS FIFO queues** are not supported (standard queues only).
+- **Two faults at once.** The sweep puts one fault in each run. Known double-fault gaps: an
+  attempt paused past its lease *between* re-asserting its claim and writing its result, whose
+  successor then ends the job some other way than COMPLETED (cancelled, timed out), can still
+  write a result after that final status; and a reconciler that completes a job from its result
+  while SNS fails past its retries does not notify it later (a worker's ending would: its message
+  comes back for it).
+- **Exactly-once notification on a standard topic.** With a FIFO topic, SNS drops the repeats a
+  lost publish answer or a crash between publishing and recording cause (within its 5-minute
+  window); the sweep runs on one. A standard topic delivers those repeats, with the same
+  `notification_id`, for the subscriber to drop.
 """
 
 

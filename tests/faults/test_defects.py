@@ -376,8 +376,8 @@ def test_d8_a_job_whose_result_exists_is_not_rendered_again(
     stack: dict[str, str], via: dict[str, str], fault_proxy: ProxyProcess, tmp_path: Path, s3: Any
 ) -> None:
     """The worker is killed right after its result landed (before the final status). The worker
-    that takes the job over finds the result and completes the job without a single model call
-    for it."""
+    that takes the job over finds the result and completes the job without rendering it again:
+    no chunk synthesised, none even reassembled from the durable chunks."""
     bucket, job = stack["TTS_BUCKET"], "d8-adopt"
     fast = {"visibility_timeout_s": 6, "heartbeat_interval_s": 1.5, "receive_wait_s": 1}
     a = start_worker(via, tmp_path / "a.log", **fast)
@@ -391,8 +391,10 @@ def test_d8_a_job_whose_result_exists_is_not_rendered_again(
         wait_ready(b)
         final = wait_for_state(s3, job, bucket=bucket, worker=b)
         assert final["state"] == "COMPLETED" and final["attempt"] == 2, final
-        rendered = b.metrics().get('tts_chunks_total{source="synthesized"}', 0.0)
-        assert rendered == 0, f"the job was rendered again ({rendered} chunks) although its result existed"
+        m = b.metrics()
+        rendered = {src: m.get(f'tts_chunks_total{{source="{src}"}}', 0.0) for src in ("synthesized", "reused")}
+        # Neither synthesised nor reassembled from the durable chunks: nothing rendered at all.
+        assert rendered == {"synthesized": 0, "reused": 0}, f"the job was rendered again: {rendered}"
         assert len(versions(s3, bucket, audio_key(s3, job, bucket))) == 1
     finally:
         stop_worker(b)

@@ -356,9 +356,7 @@ def test_every_grant_is_used(traced: Any) -> None:
     trace, arns = traced
     unused = []
     for role in ROLES.values():
-        performed = {
-            pair for e in trace if ROLES.get(e["key_id"] or "") == role for pair in needs(e)
-        }
+        performed = {pair for e in trace if ROLES.get(e["key_id"] or "") == role for pair in needs(e)}
         for grant in grants(role, arns):
             if any(_allows(grant, a, r) for a, r in performed):
                 continue

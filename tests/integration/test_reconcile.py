@@ -165,6 +165,71 @@ def test_stuck_and_dead_lettered_jobs_end_with_specific_codes(stack: dict[str, s
     assert report["counts"] == {}
 
 
+def test_only_a_jobs_own_dead_letter_ends_it_and_a_result_completes_it_notified_once(
+    stack: dict[str, str], s3: Any, sqs: Any
+) -> None:
+    """The claim names the job's own message. A duplicate's dead letter next to a job waiting for
+    its retry (QUEUED) or about to be taken over (a lapsed lease) ends nothing; the job's own dead
+    letter ends it RETRIES_EXHAUSTED; a job whose result exists but whose final status write was
+    lost ends COMPLETED. The two jobs it ends reach the topic's subscriber, once each, and a second
+    pass publishes nothing more."""
+    from pipeline.aws import sync_client
+
+    name = stack["TTS_BUCKET"]
+    sns = sync_client("sns")
+    topic = sns.create_topic(Name=f"{name}-events")["TopicArn"]
+    sub = sqs.create_queue(QueueName=f"{name}-sub")["QueueUrl"]
+    sub_arn = sqs.get_queue_attributes(QueueUrl=sub, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=sub_arn, Attributes={"RawMessageDelivery": "true"})
+    dlq = sqs.get_queue_url(QueueName=f"{name}-dlq")["QueueUrl"]
+    day, long_ago = timedelta(days=1), timedelta(hours=2)
+
+    def dead_letter(job: str) -> str:
+        return sqs.send_message(QueueUrl=dlq, MessageBody=s3_event(name, f"inbox/{job}.json"))["MessageId"]
+
+    for job in ("dup-queued", "dup-lapsed"):
+        dead_letter(job)  # a duplicate: not the message the claim names
+    queued = JobStatus.new("dup-queued", created_at=utcnow() - day).model_copy(update={"message_id": "its-own"})
+    _put_status(s3, name, queued)
+    lapsed = _processing("dup-lapsed", attempt=1, lease_from_now=-long_ago, created_ago=day)
+    _put_status(s3, name, lapsed.model_copy(update={"message_id": "its-own"}))
+    own = JobStatus.new("own-dead", created_at=utcnow() - day)
+    _put_status(s3, name, own.model_copy(update={"message_id": dead_letter("own-dead")}))
+    _put_status(s3, name, _processing("half-done", attempt=1, lease_from_now=-long_ago, created_ago=day))
+    result = {"audio": {"uri": f"s3://{name}/outputs/half-done/attempt-1.wav"}, "subtitles": {}}
+    s3.put_object(Bucket=name, Key="results/half-done.json", Body=json.dumps(_result(result)).encode())
+    s3.put_object(Bucket=name, Key="outputs/half-done/attempt-1.wav", Body=b"audio")
+
+    settings = _settings(stack, notify_topic_arn=topic)
+    report = asyncio.run(reconcile_once(settings, older_than_s=0))
+    actions = _by_job(report)
+    # With --older-than 0 both look stuck (re-enqueued: harmless, the claims dedupe), but the
+    # duplicate's dead letter fails neither.
+    assert actions == {
+        "dup-queued": ["reenqueued"],
+        "dup-lapsed": ["reenqueued"],
+        "own-dead": ["failed_retries_exhausted", "notified"],
+        "half-done": ["completed_from_result", "notified"],
+    }, actions
+    states = {j: get_json(s3, f"status/{j}.json", name) for j in ("dup-queued", "own-dead", "half-done")}
+    assert states["dup-queued"]["state"] == "QUEUED"
+    assert (states["own-dead"]["state"], states["own-dead"]["error"]["code"]) == ("FAILED", "RETRIES_EXHAUSTED")
+    assert states["half-done"]["state"] == "COMPLETED" and states["half-done"]["result_key"] == "results/half-done.json"
+    assert all(states[j]["notified_at"] for j in ("own-dead", "half-done"))
+    assert "notified" not in json.dumps(_by_job(asyncio.run(reconcile_once(settings, older_than_s=0))))
+
+    def notes() -> list[tuple[str, str]]:
+        got = []
+        while msgs := sqs.receive_message(QueueUrl=sub, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages"):
+            for m in msgs:
+                doc = json.loads(m["Body"])
+                got.append((doc["job_id"], doc["state"]))
+                sqs.delete_message(QueueUrl=sub, ReceiptHandle=m["ReceiptHandle"])
+        return got
+
+    assert sorted(notes()) == [("half-done", "COMPLETED"), ("own-dead", "FAILED")]
+
+
 def test_a_manifest_never_seen_past_the_ttl_is_expired(stack: dict[str, str], s3: Any, sqs: Any) -> None:
     """The clock moved 8 days on: a manifest that never got a status ends EXPIRED, nothing sent."""
     name = stack["TTS_BUCKET"]
