@@ -31,7 +31,7 @@ from tenacity import (
     before_sleep_log,
     retry_if_exception,
     stop_after_attempt,
-    stop_after_delay,
+    stop_before_delay,
     wait_exponential_jitter,
 )
 
@@ -54,9 +54,13 @@ _TRANSIENT_CODES = {
     "TooManyRequestsException",
     "ProvisionedThroughputExceededException",
     "AWS.SimpleQueueService.ServiceUnavailable",
+    # S3: a conditional write racing another write of the same key, e.g. our own earlier try still
+    # being completed server-side. AWS asks for a retry; the retry then sees what landed.
+    "ConditionalRequestConflict",
 }
 
 MAX_ATTEMPTS = 6
+MIN_TRANSFER_BYTES_PER_S = 1024 * 1024  # the slowest S3 transfer a call is allowed before it is retried
 
 
 # Network failures: no answer, a reset connection, or a body cut short after the headers (aiohttp
@@ -94,8 +98,8 @@ def is_transient(exc: BaseException) -> bool:
 
 def _policy(deadline_s: float | None = None) -> dict[str, Any]:
     stop = stop_after_attempt(MAX_ATTEMPTS)
-    if deadline_s is not None:  # a lease renewal must give up before the next beat is due
-        stop = stop | stop_after_delay(deadline_s)
+    if deadline_s is not None:  # give up rather than start a try that would end past the deadline
+        stop = stop | stop_before_delay(deadline_s)
     return {
         "retry": retry_if_exception(is_transient),
         "stop": stop,
@@ -124,6 +128,14 @@ class Calls:
     agent: str = "worker"
     timeout_s: float = 10.0
     deadline_s: float | None = None
+
+    def with_deadline(self, deadline_s: float) -> Calls:
+        return Calls(self.agent, self.timeout_s, deadline_s)
+
+    def for_bytes(self, size: int) -> float:
+        """The bound on one attempt of a call moving ``size`` bytes: ``timeout_s``, plus the time
+        the body takes at a slow 1 MiB/s (an 8 MiB part is not a HEAD)."""
+        return self.timeout_s + size / MIN_TRANSFER_BYTES_PER_S
 
     def retrying(self) -> AsyncRetrying:
         return async_retrying(self.deadline_s)

@@ -649,16 +649,15 @@ def _reconcile(args: argparse.Namespace) -> int:
     if args.every is not None and s.metrics_port is not None:
         metrics.serve(s.metrics_port)
 
-    async def go() -> None:
+    async def go() -> int:
         while True:
             report = await reconcile_once(s, older_than_s=args.older_than, lookback_s=args.lookback, scan_all=args.all)
             print(json.dumps(report.as_dict(), indent=None if args.every else 2), flush=True)
             if args.every is None:
-                return
+                return 1 if report.counts().get("error") else 0  # a job it could not handle: say so
             await asyncio.sleep(args.every)
 
-    asyncio.run(go())
-    return 0
+    return asyncio.run(go())
 
 
 def _wait(args: argparse.Namespace) -> int:

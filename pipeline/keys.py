@@ -101,6 +101,10 @@ def parse_chunk_key(key: str) -> tuple[int, str, str] | None:
     return (int(m.group(1)), m.group(2), m.group(3)) if m else None
 
 
+def is_chunk_key(key: str) -> bool:
+    return parse_chunk_key(key) is not None and f"/{CHUNKS_DIR}/" in key
+
+
 def parse_output_key(key: str) -> tuple[str, str] | None:
     """``outputs/<job_id>/attempt-<n>.<ext>`` -> (job id, ``attempt-<n>``), and a chunk key ->
     (job id, ``chunks``); None for other keys."""

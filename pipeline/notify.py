@@ -11,9 +11,10 @@ null has a notification owed; whoever meets it (the writer right after writing i
 receives the job's message again, the reconciler on its pass) publishes it and then records
 ``notified_at`` with a conditional write. A publish whose answer was lost, or a process that dies
 between publishing and recording, means the same notification is published again: it carries the
-same ``notification_id`` (derived from the job, the state and its ``finished_at``), and on a FIFO
-topic (ARN ending in ``.fifo``) that id is the deduplication id, so SNS delivers it once. On a
-standard topic a subscriber drops repeats by ``notification_id``.
+same ``notification_id`` (derived from the job, the state and its ``finished_at``). On a FIFO topic
+(ARN ending in ``.fifo``) that id is the deduplication id, so SNS delivers it once when the repeat
+comes within its 5-minute window (a worker's retry or redelivery does; a reconciler's pass hours
+later may not). Elsewhere a subscriber drops repeats by ``notification_id``.
 """
 
 from __future__ import annotations
@@ -113,11 +114,12 @@ def record_in(store: Store, key: str, etag: str | None) -> Record:
 
     async def record(marked: JobStatus) -> JobStatus:
         if etag is None:
-            return marked
+            return marked.model_copy(update={"notified_at": None})
         try:
             await store.put_json(key, marked, if_match=etag)
         except PreconditionFailed:
             log.info("status changed while its notification was published: not recording it")
+            return marked.model_copy(update={"notified_at": None})
         return marked
 
     return record

@@ -68,12 +68,18 @@ class JobOutputs:
         """The job has ended (its final status is written). ``named``: the result's keys when
         the caller knows the result (it published or adopted it), else None (read here, only if
         there is something to remove). ``written``: the keys this attempt wrote; ``known``: they
-        are all the job's outputs (a first attempt), so nothing needs listing."""
+        are all the job's outputs (a first attempt), so nothing needs listing.
+
+        A job that ended without a result leaves other attempts' files to the reconciler, which
+        removes them once they are older than its threshold: an attempt paused past its lease
+        could still wake up and name them in a result (a second fault, but a cheap precaution)."""
         found = set(written) if known else set(await self.store.list_keys(self.prefix))
         if not found:
             return 0
         if named is None:
             named = await self.named()  # a final state without a result should have none; look
+        if named is None:
+            found = {k for k in found if k in written or keys.is_chunk_key(k)}
         garbage = unneeded(found, named=named, ended=True)
         if garbage:
             await self.store.delete_many(garbage)

@@ -83,6 +83,7 @@ class Action(StrEnum):
     COMPLETED = "completed_from_result"
     NOTIFIED = "notified"
     OUTPUTS_REMOVED = "outputs_removed"
+    ERROR = "error"  # this job could not be handled in this pass (the next one tries again)
 
 
 @dataclass
@@ -145,19 +146,40 @@ class Reconciler:
         report.scanned = {"inbox": len(inbox), "status": len(status), "results": len(results), "outputs": len(outputs)}
         report.scanned["dlq"] = await self._dead_letters(report, now)
         for job_id in sorted(inbox.keys() | status.keys()):
-            if job_id in results:
-                # Done, unless its status was not written since the result (the final write was lost).
-                st = status.get(job_id)
-                if st is not None and st.last_modified <= results[job_id].last_modified and self._stale(st, now):
-                    await self._result_without_final_status(job_id, report)
-                continue
-            if job_id not in status:
-                if self._stale(inbox[job_id], now):
-                    await self._orphan(job_id, inbox[job_id], report, now)
-            elif self._stale(status[job_id], now):
-                await self._stuck(job_id, report, now)
+            await self._isolated(job_id, report, self._job(job_id, inbox, status, results, report, now))
         await self._orphan_outputs(outputs, results.keys(), report, now)
         return report
+
+    async def _isolated(self, job_id: str, report: Report, step: Any) -> None:
+        """One job's handling: its failure (S3 or SNS down past the retries, a corrupt document)
+        is reported and the pass goes on to the next job."""
+        try:
+            await step
+        except Exception as e:
+            log.exception("%s: %s", job_id, e)
+            report.add(Action.ERROR, job_id, f"{type(e).__name__}: {e}")
+
+    async def _job(
+        self,
+        job_id: str,
+        inbox: dict[str, ObjectInfo],
+        status: dict[str, ObjectInfo],
+        results: dict[str, ObjectInfo],
+        report: Report,
+        now: datetime,
+    ) -> None:
+        if job_id in results:
+            # Done, unless its status was not written since the result (the final write was lost,
+            # or an attempt that had lost its claim published after the job ended otherwise).
+            st = status.get(job_id)
+            if st is not None and st.last_modified <= results[job_id].last_modified and self._stale(st, now):
+                await self._result_without_final_status(job_id, report, now)
+            return
+        if job_id not in status:
+            if self._stale(inbox[job_id], now):
+                await self._orphan(job_id, inbox[job_id], report, now)
+        elif self._stale(status[job_id], now):
+            await self._stuck(job_id, report, now)
 
     # -- what is stale -----------------------------------------------------------------------
 
@@ -241,7 +263,7 @@ class Reconciler:
         try:
             for msg in messages:
                 for job_id in jobs_of(msg) or []:
-                    await self._dead_letter(job_id, msg, report, now)
+                    await self._isolated(job_id, report, self._dead_letter(job_id, msg, report, now))
         finally:
             for msg in messages:  # they stay in the DLQ for the operator
                 await dlq.set_visibility(msg, 0)
@@ -259,8 +281,8 @@ class Reconciler:
         if current.message_id is None and current.updated_at > now - self.older_than:
             return  # no claim names a message yet, and the job moved recently: give it time
         lease = current.lease_expires_at
-        if current.state is JobState.PROCESSING and lease is not None and lease > now:
-            return  # a live worker holds it: let it finish
+        if current.state is JobState.PROCESSING and lease is not None and lease > now - self.older_than:
+            return  # a live worker holds it, or held it so recently that it may still be at work
         if await self.store.exists(keys.result_key(job_id)):
             why = "its result exists: the final status write was lost (its message is in the DLQ)"
             await self._end(job_id, current, etag, JobState.COMPLETED, None, why, report)
@@ -275,18 +297,23 @@ class Reconciler:
         error = JobErrorInfo(code=code, message=why)
         await self._end(job_id, current, etag, JobState.FAILED, error, why, report)
 
-    async def _result_without_final_status(self, job_id: str, report: Report) -> None:
-        """The result exists and the status was not written since: complete the job from it."""
+    async def _result_without_final_status(self, job_id: str, report: Report, now: datetime) -> None:
+        """The result exists and the status was not written since: complete the job from it. The
+        result is the commit point, so this holds for a job that ended otherwise too: an attempt
+        paused past its lease may have published after its successor ended the job (a second
+        fault); what the result names is kept (``_orphan_outputs`` runs after this)."""
         current, etag = await self.store.get_model_etag(keys.status_key(job_id), JobStatus)
-        if current is None or etag is None:
-            return
-        if current.state.terminal:
-            await self._notify(current, etag, report)
+        if current is None or etag is None or current.state is JobState.COMPLETED:
+            if current is not None and etag is not None:
+                await self._notify(current, etag, report)
             return
         lease = current.lease_expires_at
-        if current.state is JobState.PROCESSING and lease is not None and lease > utcnow():
+        if current.state is JobState.PROCESSING and lease is not None and lease > now - self.older_than:
             return  # its worker is still at it (about to write the final status)
-        why = "its result exists: the final status write was lost"
+        if current.state.terminal:
+            why = f"its result was published after it ended {current.state} (by an attempt that had lost its claim)"
+        else:
+            why = "its result exists: the final status write was lost"
         await self._end(job_id, current, etag, JobState.COMPLETED, None, why, report)
 
     async def _notify(self, status: JobStatus, etag: str, report: Report) -> None:
@@ -341,20 +368,28 @@ class Reconciler:
         for job_id, entries in sorted(by_job.items()):
             if job_id in with_result and len({group for _, group in entries}) == 1 and entries[0][1] != keys.CHUNKS_DIR:
                 continue  # one attempt's files and a result: the result names them (no GET needed)
-            named, ended = await self._needs(job_id, job_id in with_result)
             stale = {o.key for o, _ in entries if self._stale(o, now)}
-            garbage = unneeded(stale, named=named, ended=ended)
-            if garbage:
-                await self.store.delete_many(garbage)
-                report.add(Action.OUTPUTS_REMOVED, job_id, ", ".join(garbage))
+            await self._isolated(job_id, report, self._remove_unneeded(job_id, stale, job_id in with_result, report))
+
+    async def _remove_unneeded(self, job_id: str, stale: set[str], has_result: bool, report: Report) -> None:
+        named, ended = await self._needs(job_id, has_result)
+        garbage = unneeded(stale, named=named, ended=ended)
+        if garbage:
+            await self.store.delete_many(garbage)
+            report.add(Action.OUTPUTS_REMOVED, job_id, ", ".join(garbage))
 
     async def _needs(self, job_id: str, has_result: bool) -> tuple[set[str] | None, bool]:
-        """(keys the result names or None, whether the job has ended), for ``unneeded``."""
-        if has_result:
-            result = await self.store.get_model(keys.result_key(job_id), JobResult)
-            if result is not None:
-                return named_keys(result, self.settings.bucket), True
-        current = await self.store.get_model(keys.status_key(job_id), JobStatus)
+        """(keys the result names or None, whether the job has ended), for ``unneeded``. The result
+        is read again once the job is known to have ended, whatever the listing said: one may
+        have landed since the listing."""
+        current = None if has_result else await self.store.get_model(keys.status_key(job_id), JobStatus)
+        if not has_result and current is not None and not current.state.terminal:
+            return None, False  # still running: everything may still be needed
+        result = await self.store.get_model(keys.result_key(job_id), JobResult)
+        if result is not None:
+            return named_keys(result, self.settings.bucket), True
+        if current is None:
+            current = await self.store.get_model(keys.status_key(job_id), JobStatus)
         return None, current is None or current.state.terminal
 
 

@@ -68,7 +68,8 @@ def _is_not_found(e: ClientError) -> bool:
 
 
 def _is_precondition(e: ClientError) -> bool:
-    return _code(e) in {"PreconditionFailed", "412", "ConditionalRequestConflict"}
+    # Not ConditionalRequestConflict (409): that one is transient (pipeline/aws.py).
+    return _code(e) in {"PreconditionFailed", "412"}
 
 
 class Store:
@@ -89,10 +90,15 @@ class Store:
         async with aws.session().client("s3", config=calls.config()) as s3:
             yield cls(s3, bucket, put_params, calls)
 
-    async def _call(self, op: str, **kwargs: Any) -> Any:
+    def with_calls(self, calls: aws.Calls) -> Store:
+        """The same bucket and client under another call policy (e.g. a deadline)."""
+        return Store(self.s3, self.bucket, self.put_params, calls)
+
+    async def _call(self, op: str, *, size: int = 0, **kwargs: Any) -> Any:
+        """One call under the retry policy; each attempt bounded (longer for ``size`` bytes of body)."""
         async for attempt in self.calls.retrying():
             with attempt:
-                async with asyncio.timeout(self.calls.timeout_s):
+                async with asyncio.timeout(self.calls.for_bytes(size)):
                     return await getattr(self.s3, op)(Bucket=self.bucket, **kwargs)
         raise AssertionError("unreachable")
 
@@ -112,10 +118,11 @@ class Store:
                         if _is_not_found(e):
                             raise NotFound(key) from None
                         raise
-                    size = resp["ContentLength"]
-                    async with resp["Body"] as body:
-                        if max_bytes is not None and size > max_bytes:
-                            raise TooLarge(key, size, max_bytes)
+                size = resp["ContentLength"]
+                async with resp["Body"] as body:
+                    if max_bytes is not None and size > max_bytes:
+                        raise TooLarge(key, size, max_bytes)
+                    async with asyncio.timeout(self.calls.for_bytes(size)):
                         return await body.read(), resp["ETag"]
         raise AssertionError("unreachable")
 
@@ -191,7 +198,7 @@ class Store:
         if metadata:
             extra["Metadata"] = metadata
         try:
-            resp = await self._call("put_object", Key=key, Body=data, ContentType=content_type, **extra)
+            resp = await self._call("put_object", size=len(data), Key=key, Body=data, ContentType=content_type, **extra)
         except ClientError as e:
             if _is_precondition(e):
                 raise PreconditionFailed(key) from None
@@ -248,7 +255,9 @@ class Store:
         etags: dict[int, str] = {}
 
         async def send(number: int, body: bytes) -> None:
-            resp = await self._call("upload_part", Key=key, UploadId=upload_id, PartNumber=number, Body=body)
+            resp = await self._call(
+                "upload_part", size=len(body), Key=key, UploadId=upload_id, PartNumber=number, Body=body
+            )
             etags[number] = resp["ETag"]
 
         in_flight: set[asyncio.Task[None]] = set()
@@ -257,8 +266,9 @@ class Store:
                 for number in range(1, count + 1):
                     while len(in_flight) >= _PARTS_IN_FLIGHT:  # read the next part only when a slot frees
                         done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
-                        for task in done:
-                            task.result()  # a part that failed past its retries fails the upload
+                        errors = [t.exception() for t in done if t.exception() is not None]
+                        if errors:  # a part that failed past its retries fails the upload
+                            raise errors[0]
                     body = await asyncio.to_thread(f.read, PART_BYTES)
                     in_flight.add(asyncio.create_task(send(number, body)))
                 for task in list(in_flight):
@@ -267,6 +277,8 @@ class Store:
         finally:
             for task in in_flight:
                 task.cancel()
+            # Cancelled parts must be gone before the caller aborts the upload (none lands after it).
+            await asyncio.gather(*in_flight, return_exceptions=True)
         return [{"ETag": etags[n], "PartNumber": n} for n in range(1, count + 1)]
 
     async def _complete(self, key: str, upload_id: str, parts: list[dict[str, Any]], token: str) -> None:

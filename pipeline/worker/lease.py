@@ -64,9 +64,6 @@ class Heartbeat:
         self._extension: asyncio.Task[None] | None = None
         self._extending: set[str] = set()  # message ids in the extension in flight
 
-    def __len__(self) -> int:
-        return len(self._attempts)
-
     @contextlib.asynccontextmanager
     async def tracking(self, attempt: Attempt) -> AsyncIterator[Attempt]:
         self._attempts[id(attempt)] = attempt
@@ -93,12 +90,11 @@ class Heartbeat:
                 next_beat = now + self.interval_s
                 continue
             beat = now >= next_beat
-            if beat:
+            live = [a for a in attempts if a.abort.reason is not AbortReason.LOST_CLAIM]
+            if beat and live:
                 next_beat = now + self.interval_s
-                self._extend(attempts)
-            for a in attempts:
-                if a.abort.reason is AbortReason.LOST_CLAIM:
-                    continue  # nothing of ours to keep alive
+                self._extend(live)
+            for a in live:  # an attempt that lost its claim keeps nothing alive: the job is another's
                 if a.abort.reason is None and not a.ending:
                     a.deadline.tick(now)
                     a.shutdown.tick(now)

@@ -60,9 +60,13 @@ class Worker:
         self._background = {}
         watcher = asyncio.create_task(self._supervise(supervised), name="supervisor")
         try:
-            await self._receive_loop(max_jobs, idle_exit_s)
+            try:
+                await self._receive_loop(max_jobs, idle_exit_s)
+            except Exception as e:  # the loop itself failed: the jobs in hand go back before we exit
+                self._die(e, hand_back=True)
             if self._tasks:
                 log.info("waiting for %d message(s) in hand", len(self._tasks))
+                # Their endings still need the heartbeat and the clients: both outlive this wait.
                 await asyncio.gather(*self._tasks, return_exceptions=True)
         finally:
             for task in (*supervised, watcher):
@@ -117,7 +121,9 @@ class Worker:
             )
             await self._wait_for({receive})
             if not receive.done():
-                receive.cancel()  # shutting down: anything it would have received stays queued
+                # Shutting down: a poll cancelled before it answered leaves its messages queued;
+                # any SQS handed out as it was cancelled come back after one visibility timeout.
+                receive.cancel()
                 return
             try:
                 messages = receive.result()

@@ -87,14 +87,18 @@ class Publisher:
         """Upload (as stage "upload" of ``timed``) and write the result, whose ``timings_ms`` are read
         once the upload is done. False: a result existed already (adopted; ours is discarded)."""
         job_id, number = attempt.job_id, attempt.number
-        # Publishing is not interruptible. Re-assert the claim first: a worker that lost its lease
-        # does not even start uploading (one paused after this point is handled by the keys).
+        # Re-assert the claim first: a worker that lost its lease does not even start uploading. One
+        # paused after this point uploads to its own attempt's keys; its result can then only land
+        # before a successor's (which adopts it) or be refused by it (If-None-Match).
         await self.ledger.renew(attempt.claim)
         await self.faults.hold_before_publish(job_id, number)
         audio_key = keys.output_key(job_id, number, out.manifest.output_format.value)
         subs = await timed("upload", lambda: self.upload(attempt, out, audio_key))
         url = await self.store.presign_get(audio_key, self.settings.presign_expiry_s)
         result = self._result(job_id, out, audio_key, url, subs, timings())
+        # The last look before the commit point: a lost claim (seen by the heartbeat during a long
+        # upload) or a cancel stops here, with nothing named yet.
+        attempt.check()
         attempt.result = ResultState.SENT  # from here on, the result may exist whatever we hear back
         try:
             await self.store.put_json(keys.result_key(job_id), result, if_none_match=True)

@@ -90,7 +90,8 @@ class Ack(Enum):
 
     DELETE = "delete"  # the job reached a final state (or was never ours to run)
     RETRY = "retry"  # make it visible again after a delay
-    LEAVE = "leave"  # another worker owns the job now; its own message carries it
+    LEAVE = "leave"  # not this delivery's to act on (another worker owns the job, or S3 failed
+    # before anything could be recorded): its visibility lapses and SQS delivers it again
     KEEP = "keep"  # the attempt running in this worker holds this message: it acknowledges it
 
 
@@ -180,9 +181,16 @@ class JobRunner:
         self.model = model
         self.stopping = stopping
         self.notifier = notifier
-        self.ledger = Ledger(store, settings.worker_id, lease_s=settings.visibility_timeout_s)
+        # The attempt's own status writes share the claim's lock with the heartbeat's renewals: all
+        # their retries must fit in what the lease has left after one beat, or a slow write would
+        # hold renewals back until the lease lapsed.
+        own_writes = settings.calls("worker").with_deadline(
+            settings.visibility_timeout_s - settings.heartbeat_interval_s
+        )
+        self.ledger = Ledger(store.with_calls(own_writes), settings.worker_id, lease_s=settings.visibility_timeout_s)
         self.publisher = Publisher(settings, store, self.ledger, model, renderer.faults)
         self.attempts: dict[str, Attempt] = {}  # job id -> the attempt running in this worker
+        self._claiming: dict[str, str] = {}  # job id -> message id, while a claim is being made
 
     def hand_back_all(self) -> None:
         """The worker cannot go on (a background task died): every attempt releases its job now."""
@@ -202,6 +210,9 @@ class JobRunner:
             running = self.attempts.get(job_id)
             if running is not None:
                 return self._delivered_again(running, msg)
+            if job_id in self._claiming:  # two deliveries in one receive batch: one claim
+                return self._claim_in_progress(self._claiming[job_id], msg)
+            self._claiming[job_id] = msg.id  # before the first await: no second claim can start
             return await self._deliver(job_id, record, msg)
         finally:
             job_id_var.reset(token)
@@ -219,8 +230,18 @@ class JobRunner:
         metrics.DUPLICATES.inc()
         return DELETE
 
+    def _claim_in_progress(self, claiming: str, msg: Message) -> Decision:
+        if msg.id != claiming:
+            log.info("duplicate delivery of a job being claimed in this worker (message %s): dropped", msg.id)
+            metrics.DUPLICATES.inc()
+            return DELETE
+        return Decision(Ack.RETRY, 1.0)  # the same message again, mid-claim: look again shortly
+
     async def _deliver(self, job_id: str, record: ObjectCreated, msg: Message) -> Decision:
-        outcome, found = await self.ledger.claim(job_id, record.event_time, msg.id)
+        try:
+            outcome, found = await self.ledger.claim(job_id, record.event_time, msg.id)
+        finally:
+            self._claiming.pop(job_id, None)
         if isinstance(found, Seen):
             if outcome is ClaimResult.DONE:
                 return await self._done(found)
@@ -240,7 +261,8 @@ class JobRunner:
                 decision = await self._conclude(attempt, outcome_) if outcome_ is not None else Decision(Ack.LEAVE)
         finally:
             metrics.IN_FLIGHT.dec()
-            self.attempts.pop(job_id, None)
+            if self.attempts.get(job_id) is attempt:
+                del self.attempts[job_id]
         return replace(decision, counted=True, message=attempt.msg)
 
     async def _done(self, seen: Seen) -> Decision:
@@ -413,8 +435,10 @@ class JobRunner:
     async def _as_committed(self, attempt: Attempt, outcome: Outcome) -> Outcome:
         """A job whose result exists is COMPLETED, whatever else went wrong: an attempt that sent
         a result without hearing back looks before ending the job any other way."""
-        if outcome.state is JobState.COMPLETED or attempt.result is ResultState.NONE:
+        if outcome.state is JobState.COMPLETED:
             return outcome
+        if attempt.result is ResultState.NONE and attempt.number == 1:
+            return outcome  # no result can exist: none was sent, and no earlier attempt ran
         named = (
             attempt.named
             if attempt.result is ResultState.KNOWN
@@ -452,6 +476,8 @@ class JobRunner:
         await self._remove_unneeded(attempt, completed)
         try:
             await ensure_notified(self.notifier, status, lambda marked: self.ledger.record(claim, marked))
+        except LostClaim:
+            pass  # someone else (a redelivery, the reconciler) recorded it first: it was published
         except Exception as e:
             if not is_transient(e):
                 raise

@@ -46,7 +46,7 @@ async def test_claim_new_then_busy_then_done(store: Store) -> None:
     assert claim.status.lease_expires_at is not None and claim.status.lease_expires_at > utcnow()
 
     outcome, held = await b.claim(job, None)
-    assert outcome is ClaimResult.BUSY and held.worker == "worker-a"
+    assert outcome is ClaimResult.BUSY and held.status.worker == "worker-a"
 
     await a.renew(claim, Progress(chunks_done=1, chunks_total=3))
     status = await store.get_model(keys.status_key(job), JobStatus)
@@ -54,7 +54,7 @@ async def test_claim_new_then_busy_then_done(store: Store) -> None:
 
     await a.finish(claim, JobState.COMPLETED)
     outcome, done = await b.claim(job, None)
-    assert outcome is ClaimResult.DONE and done.state is JobState.COMPLETED
+    assert outcome is ClaimResult.DONE and done.status.state is JobState.COMPLETED
 
 
 async def test_expired_lease_is_taken_over_and_the_old_holder_loses(store: Store) -> None:
