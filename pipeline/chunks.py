@@ -30,12 +30,16 @@ import soundfile as sf
 from pydantic import BaseModel, Field
 
 from pipeline import keys
-from pipeline.store import NotFound, Store
+from pipeline.store import NotFound, Store, TooLarge
 
 log = logging.getLogger(__name__)
 
 AUDIO_EXT = "flac"
 RECORD_EXT = "json"
+# A chunk is seconds of 16-bit 24 kHz mono (48 KB a second before FLAC) and its record a few KiB;
+# anything larger under a chunk key was not written by a worker.
+MAX_AUDIO_BYTES = 32 * 1024 * 1024
+MAX_RECORD_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -114,9 +118,12 @@ class ChunkStore:
         """The chunk's record and PCM16 samples; None if it vanished or does not decode (then it
         is synthesised again)."""
         try:
-            raw = await self.store.get_bytes(keys.chunk_key(self.job_id, index, digest, RECORD_EXT))
-            data = await self.store.get_bytes(keys.chunk_key(self.job_id, index, digest, AUDIO_EXT))
+            raw = await self.store.get_bytes(keys.chunk_key(self.job_id, index, digest, RECORD_EXT), MAX_RECORD_BYTES)
+            data = await self.store.get_bytes(keys.chunk_key(self.job_id, index, digest, AUDIO_EXT), MAX_AUDIO_BYTES)
         except NotFound:
+            return None
+        except TooLarge as e:  # not what a worker writes: never read whole
+            log.warning("durable chunk %d unusable (%s): synthesising it again", index, e)
             return None
         try:
             record = ChunkRecord.model_validate_json(raw)

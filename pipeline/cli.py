@@ -699,7 +699,7 @@ def _result(args: argparse.Namespace) -> int:
         async with open_store(s) as store:
             result = await client.get_result(store, args.job_id, presign_s=s.presign_expiry_s)
             if args.out:
-                await client.download(store, result.audio.uri, args.out)
+                await client.download(store, args.job_id, result.audio.uri, args.out)
             return client.dump(result)
 
     print(_run_job_call(go))
@@ -761,7 +761,7 @@ def _submit(args: argparse.Namespace) -> int:
                 _print_doc(status, None, human)
                 return _exit_code(status.state)
             if args.out:
-                await client.download(store, result.audio.uri, args.out)
+                await client.download(store, job_id, result.audio.uri, args.out)
                 print(f"audio written to {args.out}", file=sys.stderr)
             _print_doc(status, result, human, audio_path=args.out)
             return 0
@@ -786,22 +786,27 @@ def _print_doc(status: Any, result: Any, human: bool, *, audio_path: Path | None
 
 def _run_job_call(fn: Callable[[], Coroutine[object, object, T]]) -> T:
     from pipeline.client import JobNotFound
+    from pipeline.keys import UntrustedKey
 
     try:
         return asyncio.run(fn())
-    except JobNotFound as e:
+    except (JobNotFound, UntrustedKey) as e:
         raise _CliError(str(e)) from None
 
 
 def _console(args: argparse.Namespace) -> int:
-    from pipeline import api
+    from pipeline.web import app
 
     s = get_settings()
     host = args.host or s.console_host
     port = args.port or s.console_port
+    try:
+        app.check_binding(s, host)
+    except app.OpenWithoutKey as e:
+        raise _CliError(str(e)) from None
     stop = _stop_on_sigterm()
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(stop(api.serve(s, host, port, ready=lambda url: print(f"console: {url}", flush=True))))
+        asyncio.run(stop(app.serve(s, host, port, ready=lambda url: print(f"console: {url}", flush=True))))
     return 0
 
 

@@ -56,8 +56,14 @@ async def submit(store: Store, job_id: str, manifest: Manifest) -> JobStatus:
     return status
 
 
+# Documents the pipeline writes stay well under these (a status's history is pruned; a 100,000-
+# character job's result with word timings is a few MiB); a larger one is not read whole.
+MAX_STATUS_BYTES = 4 * 1024 * 1024
+MAX_RESULT_BYTES = 64 * 1024 * 1024
+
+
 async def get_status(store: Store, job_id: str) -> JobStatus:
-    status = await store.get_model(keys.status_key(job_id), JobStatus)
+    status = await store.get_model(keys.status_key(job_id), JobStatus, MAX_STATUS_BYTES)
     if status is not None:
         return status
     head = await store.head(keys.manifest_key(job_id))
@@ -68,12 +74,12 @@ async def get_status(store: Store, job_id: str) -> JobStatus:
 
 
 async def get_result(store: Store, job_id: str, *, presign_s: int | None = None) -> JobResult:
-    result = await store.get_model(keys.result_key(job_id), JobResult)
+    result = await store.get_model(keys.result_key(job_id), JobResult, MAX_RESULT_BYTES)
     if result is None:
         raise JobNotFound(f"no result for {job_id} (yet): {keys.result_key(job_id)} does not exist")
     if presign_s:
         # Stored URLs expire; hand out a fresh one.
-        key = keys.key_from_uri(store.bucket, result.audio.uri)
+        key = keys.job_output_key(store.bucket, job_id, result.audio.uri)  # UntrustedKey if not its own
         result.audio.url = await store.presign_get(key, presign_s)
         result.audio.url_expires_at = utcnow() + timedelta(seconds=presign_s)
     return result
@@ -172,8 +178,9 @@ async def recent_jobs(
     return JobListing(found, reads, complete=len(found) >= limit or i >= len(candidates))
 
 
-async def download(store: Store, uri: str, dest: Path) -> int:
-    key = keys.key_from_uri(store.bucket, uri)
+async def download(store: Store, job_id: str, uri: str, dest: Path) -> int:
+    """One of ``job_id``'s outputs, named by its result (``keys.UntrustedKey`` for anything else)."""
+    key = keys.job_output_key(store.bucket, job_id, uri)
     data = await store.get_bytes(key)
     await asyncio.to_thread(_write, dest, data)
     return len(data)

@@ -47,6 +47,15 @@ class Settings(BaseSettings):
     max_voice_seconds: float = 60.0
     min_voice_seconds: float = 0.5
     default_voice: str | None = None  # used when a manifest names no voice
+    # The work one job may cost, counted after expansion (lexicons, normalization, chunking) and
+    # checked before any synthesis (pipeline/worker/budget.py): over one, the job fails
+    # JOB_TOO_COSTLY naming the limit. The defaults fit a 100,000-character plain job with a
+    # typical reference at the default steps (docs/security.md has the figures).
+    max_spoken_chars: int = Field(default=300_000, ge=1, description="after normalization and lexicons")
+    max_turns: int = Field(default=1_000, ge=1, le=1_000, description="dialogue segments (the manifest allows 1,000)")
+    max_references: int = Field(default=16, ge=1, description="distinct (clip, transcript) pairs")
+    max_chunks: int = Field(default=4_000, ge=1)
+    max_model_work: int = Field(default=500_000_000, ge=1, description="mel frames x steps x guidance passes")
     # Where a manifest's voice key may point (comma-separated prefixes in the env). The pipeline's
     # own prefixes (inbox/, status/, results/, outputs/, models/, cancel/) are refused regardless.
     voice_prefixes: Annotated[tuple[str, ...], NoDecode] = ("voices/",)
@@ -99,7 +108,7 @@ class Settings(BaseSettings):
     cancel_poll_s: float = Field(default=2.0, gt=0)
     shutdown_grace_s: float = Field(default=60.0, ge=0)
 
-    # The console and its OpenAI-compatible API (pipeline/api.py, `tts-pipeline console`): a client
+    # The console and its OpenAI-compatible API (pipeline/web/, `tts-pipeline console`): a client
     # of the bucket, never of a model. Localhost unless told otherwise; TTS_API_KEY set: every /v1
     # request needs `Authorization: Bearer <key>`. A speech request waits at most api_wait_s for
     # its job, then answers 504 with the job id.
@@ -107,6 +116,16 @@ class Settings(BaseSettings):
     console_port: int = Field(default=8080, ge=1, le=65535)
     api_key: SecretStr | None = None
     api_wait_s: float = Field(default=120.0, gt=0)
+    # The front door (pipeline/web/, docs/security.md). Host names the server answers for (others
+    # get 421: DNS rebinding); "*" answers any. The bound address is added when it is a specific one.
+    console_allowed_hosts: Annotated[tuple[str, ...], NoDecode] = ("localhost", "127.0.0.1", "::1")
+    # Binding beyond loopback without TTS_API_KEY is refused unless this says it is meant.
+    console_allow_open: bool = False
+    # Behind a TLS-terminating proxy: believe its X-Forwarded-Proto (the cookie gets Secure).
+    console_trust_proxy: bool = False
+    api_max_concurrent: int = Field(default=32, ge=1, description="speech requests at once; more get 429")
+    # The most a request may read of one job's audio (the API's answer, the console's waveform).
+    console_max_audio_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
 
     # Test and fault-injection hooks (pipeline/faults.py). Off by default; only the worker's own
     # environment can turn them on, never a manifest.
@@ -119,7 +138,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
 
-    @field_validator("voice_prefixes", "lexicon_prefixes", mode="before")
+    @field_validator("voice_prefixes", "lexicon_prefixes", "console_allowed_hosts", mode="before")
     @classmethod
     def _split_prefixes(cls, value: object) -> object:
         if isinstance(value, str):

@@ -33,7 +33,8 @@ MODELS = "models/"
 CANCEL = "cancel/"
 MANIFEST_SUFFIX = ".json"
 
-JOB_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+# Matched with fullmatch: "$" would also accept a trailing newline ("job1\n").
+JOB_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 
 class InvalidJobId(ValueError):
@@ -49,7 +50,7 @@ class InvalidJobId(ValueError):
 
 def is_valid_job_id(job_id: str) -> bool:
     # "." and ".." are legal S3 keys but confusing as file names when outputs are downloaded.
-    return bool(JOB_ID_RE.match(job_id)) and job_id not in {".", ".."}
+    return bool(JOB_ID_RE.fullmatch(job_id)) and job_id not in {".", ".."}
 
 
 def job_id_from_inbox_key(key: str) -> str:
@@ -152,6 +153,26 @@ def s3_uri(bucket: str, key: str) -> str:
 def key_from_uri(bucket: str, uri: str) -> str:
     """The key of an ``s3://<bucket>/<key>`` URI this pipeline wrote (results name outputs so)."""
     return uri.removeprefix(s3_uri(bucket, ""))
+
+
+class UntrustedKey(ValueError):
+    """A key read from a stored document points where that document may not point."""
+
+
+def job_output_key(bucket: str, job_id: str, uri: str) -> str:
+    """The key a result of ``job_id`` names, checked as a manifest's key would be: an
+    ``s3://<bucket>/outputs/<job_id>/...`` URI of this job's own files, normalised. A result is a
+    stored document: whoever could write it must not make a reader fetch, presign or serve another
+    job's audio or any other key of the bucket through it."""
+    prefix = s3_uri(bucket, f"{OUTPUTS}{job_id}/")
+    if not uri.startswith(prefix):
+        raise UntrustedKey(f"{uri!r} is not an output of job {job_id}")
+    key = key_from_uri(bucket, uri)
+    parsed = parse_output_key(key)
+    clean = key == posixpath.normpath(key) and not any(ord(c) < 32 or ord(c) == 127 for c in key)
+    if not clean or parsed is None or parsed[0] != job_id:
+        raise UntrustedKey(f"{uri!r} is not an output of job {job_id}")
+    return key
 
 
 @dataclass  # not frozen: raising sets __traceback__ on the instance

@@ -33,6 +33,7 @@ M = TypeVar("M", bound=BaseModel)
 
 PART_BYTES = 8 * 1024 * 1024  # multipart part size (S3's minimum is 5 MiB)
 _PARTS_IN_FLIGHT = 2  # with one being read: ~24 MiB of a file in memory, whatever its size
+_STREAM_CHUNK = 256 * 1024  # what Store.stream hands over at a time
 _WRITE_TOKEN = "tts-write"  # metadata naming one logical write, identical on all its retries
 _DELETE_BATCH = 1000  # DeleteObjects limit
 
@@ -111,13 +112,7 @@ class Store:
         """Body and ETag; NotFound, or TooLarge before reading a body over ``max_bytes``."""
         async for attempt in self.calls.retrying():
             with attempt:
-                async with asyncio.timeout(self.calls.timeout_s):
-                    try:
-                        resp = await self.s3.get_object(Bucket=self.bucket, Key=key)
-                    except ClientError as e:
-                        if _is_not_found(e):
-                            raise NotFound(key) from None
-                        raise
+                resp = await self._get_object(key)
                 size = resp["ContentLength"]
                 async with resp["Body"] as body:
                     if max_bytes is not None and size > max_bytes:
@@ -126,16 +121,53 @@ class Store:
                         return await body.read(), resp["ETag"]
         raise AssertionError("unreachable")
 
+    @asynccontextmanager
+    async def stream(self, key: str, max_bytes: int | None = None) -> AsyncIterator[tuple[int, AsyncIterator[bytes]]]:
+        """An object's size and its body chunk by chunk, for serving it without holding it whole;
+        NotFound, or TooLarge before reading a body over ``max_bytes``. Each chunk's read is
+        bounded by the call timeout (a stalled body does not hold the caller forever)."""
+        resp = None
+        async for attempt in self.calls.retrying():
+            with attempt:
+                resp = await self._get_object(key)
+        assert resp is not None
+        size = resp["ContentLength"]
+        async with resp["Body"] as body:
+            if max_bytes is not None and size > max_bytes:
+                raise TooLarge(key, size, max_bytes)
+
+            async def chunks() -> AsyncIterator[bytes]:
+                while True:
+                    async with asyncio.timeout(self.calls.timeout_s):
+                        chunk = await body.read(_STREAM_CHUNK)
+                    if not chunk:
+                        return
+                    yield chunk
+
+            yield size, chunks()
+
+    async def _get_object(self, key: str) -> dict[str, Any]:
+        """One GetObject, up to its headers (the body is the caller's to read); NotFound."""
+        async with asyncio.timeout(self.calls.timeout_s):
+            try:
+                return await self.s3.get_object(Bucket=self.bucket, Key=key)
+            except ClientError as e:
+                if _is_not_found(e):
+                    raise NotFound(key) from None
+                raise
+
     async def get_json(self, key: str) -> Any:
         return json.loads(await self.get_bytes(key))
 
-    async def get_model(self, key: str, model: type[M]) -> M | None:
-        return (await self.get_model_etag(key, model))[0]
+    async def get_model(self, key: str, model: type[M], max_bytes: int | None = None) -> M | None:
+        return (await self.get_model_etag(key, model, max_bytes))[0]
 
-    async def get_model_etag(self, key: str, model: type[M]) -> tuple[M | None, str | None]:
+    async def get_model_etag(
+        self, key: str, model: type[M], max_bytes: int | None = None
+    ) -> tuple[M | None, str | None]:
         """The document and its ETag (for a later conditional write), or (None, None)."""
         try:
-            body, etag = await self._get(key)
+            body, etag = await self._get(key, max_bytes)
         except NotFound:
             return None, None
         return model.model_validate_json(body), etag

@@ -116,6 +116,7 @@ def _pack(run: _Run, max_bytes: int) -> list[tuple[Word, ...]]:
 class _Builder:
     sentences: list[SentenceRef] = field(default_factory=list)
     spoken: list[str] = field(default_factory=list)
+    spoken_chars: int = 0
 
 
 def analyse(
@@ -124,7 +125,10 @@ def analyse(
     *,
     max_pause_s: float = 10.0,
     max_total_pause_s: float = 600.0,
+    on_spoken: Callable[[int], None] | None = None,
 ) -> Analysis:
+    """``on_spoken`` sees the spoken characters so far after each run of text is expanded, and may
+    raise to stop the analysis there (the job's work budget: an alias can multiply the text)."""
     turns = manifest.turns
     b = _Builder()
     items: list[list[_Run | _Pause]] = []
@@ -144,6 +148,8 @@ def analyse(
             run = _analyse_run(turn.text, part, t, manifest, lexicon, b)
             if run is not None:
                 turn_items.append(run)
+                if on_spoken is not None:
+                    on_spoken(b.spoken_chars)
         total_pause += turn.pause_after_s
         if not any(isinstance(i, _Run) for i in turn_items):
             raise ScriptError(ErrorCode.TEXT_NOT_SPEAKABLE, f"{where}text has nothing to speak")
@@ -173,6 +179,7 @@ def _analyse_run(
         b.sentences.append(SentenceRef(turn, sent.text_start, sent.text_end))
         sentences.append([Word(tok, index) for tok in sent.tokens])
     b.spoken.append(normalize.spoken_text(tokens))
+    b.spoken_chars += len(b.spoken[-1])
     return _Run(sentences)
 
 

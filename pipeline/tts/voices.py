@@ -8,24 +8,34 @@ A manifest's ``voice`` may be a library name (``"alice"``) instead of a key. A j
 ``ref_text`` on a library voice uses the stored transcript; if there is none yet, the worker runs
 ASR once and writes the transcript back with a conditional write, so every later job, on any
 worker, skips ASR.
+
+A record is a stored document that anyone allowed to write under ``voices/`` can plant: its
+``audio_key`` is untrusted. It is read only through ``VoiceRecord.audio_key_checked`` (the rules
+of a manifest's voice key: never another job's outputs, never pipeline data), and the library only
+ever deletes inside the voice's own folder, ``voices/<name>/``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
+import posixpath
 import re
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from pipeline import keys
 from pipeline.contract import utcnow
-from pipeline.store import NotFound, PreconditionFailed, Store
+from pipeline.store import NotFound, PreconditionFailed, Store, TooLarge
 from pipeline.tts import audio as audio_utils
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+log = logging.getLogger(__name__)
+
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # fullmatch: "$" accepts "alice\n"
 VOICE_FILE = "voice.json"
+MAX_RECORD_BYTES = 64 * 1024  # a record is a few hundred bytes; a planted one is not read whole
 
 
 class VoiceRecord(BaseModel):
@@ -43,13 +53,32 @@ class VoiceRecord(BaseModel):
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
 
+    def audio_key_checked(self, bucket: str, allowed: tuple[str, ...] = keys.DEFAULT_VOICE_PREFIXES) -> str:
+        """``audio_key`` under the rules of a manifest's voice key (``keys.voice_key``): a
+        ``VoiceRefError`` names the record, so a planted one fails its job with a clear message."""
+        try:
+            return keys.voice_key(self.audio_key, bucket, allowed)
+        except keys.VoiceRefError as e:
+            raise keys.VoiceRefError(e.code, f"voice library record {self.name!r}: {e.message}") from None
+
+    def owned_audio_key(self) -> str | None:
+        """``audio_key`` if it lies in the voice's own folder (the only place the library deletes)."""
+        key = self.audio_key
+        folder = f"{keys.VOICES}{self.name}/"
+        inside = key.startswith(folder) and "/" not in key[len(folder) :] and key == posixpath.normpath(key)
+        return key if inside and is_name(self.name) else None
+
 
 class VoiceError(ValueError):
     pass
 
 
+class UnusableRecord(VoiceError):
+    """``voices/<name>/voice.json`` exists but is not a record the library wrote."""
+
+
 def is_name(voice: str) -> bool:
-    return bool(NAME_RE.match(voice))
+    return bool(NAME_RE.fullmatch(voice))
 
 
 def record_key(name: str) -> str:
@@ -65,10 +94,21 @@ class VoiceLibrary:
         self.store = store
 
     async def get(self, name: str) -> tuple[VoiceRecord, str] | None:
+        """The record and its ETag; None if there is none; ``UnusableRecord`` for a record this
+        library did not write (malformed, oversized, or naming another voice)."""
         if not is_name(name):
             return None
-        record, etag = await self.store.get_model_etag(record_key(name), VoiceRecord)
-        return (record, etag) if record is not None and etag is not None else None
+        try:
+            record, etag = await self.store.get_model_etag(record_key(name), VoiceRecord, MAX_RECORD_BYTES)
+        except TooLarge as e:
+            raise UnusableRecord(f"voice {name!r}: its record is {e.size} bytes, not a voice record") from None
+        except ValidationError as e:
+            raise UnusableRecord(f"voice {name!r}: its record is malformed ({e.error_count()} errors)") from None
+        if record is None or etag is None:
+            return None
+        if record.name != name:  # copied or planted under another name
+            raise UnusableRecord(f"voice {name!r}: its record names another voice ({record.name!r})")
+        return record, etag
 
     async def add(self, name: str, data: bytes, ext: str, ref_text: str = "") -> VoiceRecord:
         if not is_name(name):
@@ -77,11 +117,11 @@ class VoiceLibrary:
             info = audio_utils.probe(data)
         except audio_utils.AudioDecodeError as e:
             raise VoiceError(f"{name}: {e}") from None
-        previous = await self.get(name)
+        previous = await self._previous(name)
         key = audio_key(name, ext)
         await self.store.put_bytes(key, data)
         if previous and previous[0].audio_key != key:
-            await self.store.delete(previous[0].audio_key)
+            await self._delete_audio(previous[0])
         record = VoiceRecord(
             name=name,
             audio_key=key,
@@ -101,23 +141,53 @@ class VoiceLibrary:
         for key in await self.store.list_keys(keys.VOICES):
             if key.endswith("/" + VOICE_FILE) and key.count("/") == 2:
                 try:
-                    out.append(VoiceRecord.model_validate_json(await self.store.get_bytes(key)))
-                except NotFound:
-                    continue
+                    record = VoiceRecord.model_validate_json(
+                        await self.store.get_bytes(key, max_bytes=MAX_RECORD_BYTES)
+                    )
+                except (NotFound, TooLarge, ValidationError):
+                    continue  # gone meanwhile, or not a record this library wrote
+                if record_key(record.name) == key:
+                    out.append(record)
         return sorted(out, key=lambda r: r.name)
 
     async def remove(self, name: str) -> bool:
-        found = await self.get(name)
+        if not is_name(name):
+            return False
+        try:
+            found = await self.get(name)
+        except UnusableRecord as e:  # not ours to trust: only the record itself goes
+            log.warning("%s: removing the record only", e)
+            await self.store.delete(record_key(name))
+            return True
         if found is None:
             return False
-        await self.store.delete(found[0].audio_key)
+        await self._delete_audio(found[0])
         await self.store.delete(record_key(name))
         return True
+
+    async def _previous(self, name: str) -> tuple[VoiceRecord, str] | None:
+        try:
+            return await self.get(name)
+        except UnusableRecord as e:
+            log.warning("%s: replaced, its audio left alone", e)
+            return None
+
+    async def _delete_audio(self, record: VoiceRecord) -> None:
+        key = record.owned_audio_key()
+        if key is None:
+            log.warning(
+                "voice %r: its record names %r, outside voices/%s/: not deleted",
+                record.name,
+                record.audio_key,
+                record.name,
+            )
+            return
+        await self.store.delete(key)
 
     async def save_transcript(self, name: str, etag: str, text: str, by: str) -> VoiceRecord | None:
         """Store an ASR transcript unless the record changed meanwhile (another worker stored one,
         or the voice was replaced). Returns the record now in the library."""
-        found = await self.get(name)
+        found = await self._previous(name)
         if found is None:
             return None
         record, current_etag = found

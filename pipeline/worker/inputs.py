@@ -9,6 +9,8 @@ validated where it is used (``pipeline.keys``).
 from __future__ import annotations
 
 import asyncio
+import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +23,8 @@ from pipeline.text import lexicon as lexicons
 from pipeline.text import script
 from pipeline.text.script import Analysis
 from pipeline.tts import audio as audio_utils
-from pipeline.tts.voices import VoiceLibrary, VoiceRecord
+from pipeline.tts.voices import UnusableRecord, VoiceLibrary, VoiceRecord
+from pipeline.worker import budget
 from pipeline.worker.failures import fail
 
 
@@ -35,8 +38,34 @@ class VoiceInput:
     sample_rate: int
     ref_text: str  # what the engine gets: the manifest's, the library's, or "" (transcribe)
     ref_text_source: str  # "manifest" | "voice_library" | "asr" (decided before synthesis)
+    sha256: str  # of the clip's bytes: voices with the same content share one reference
     library: tuple[VoiceRecord, str] | None = None  # (record, etag) for a library voice
     ref_text_from_asr: bool = False  # the library's stored transcript came from an earlier ASR run
+
+
+@dataclass(frozen=True)
+class _Clip:
+    key: str
+    data: bytes
+    sha256: str
+    library: tuple[VoiceRecord, str] | None
+
+
+def _voice_input(name: str, ref_text: str, clip: _Clip, wave: np.ndarray, sr: int) -> VoiceInput:
+    record = clip.library[0] if clip.library is not None else None
+    if not ref_text.strip() and record is not None and record.ref_text:
+        return VoiceInput(
+            name,
+            clip.key,
+            wave,
+            sr,
+            record.ref_text,
+            "voice_library",
+            clip.sha256,
+            clip.library,
+            record.ref_text_source == "asr",
+        )
+    return VoiceInput(name, clip.key, wave, sr, ref_text, "manifest", clip.sha256, clip.library)
 
 
 @dataclass
@@ -57,7 +86,8 @@ class Inputs:
         self.store = store
         self.voices = VoiceLibrary(store)
 
-    async def read(self, job_id: str) -> JobInputs:
+    async def read(self, job_id: str, check: Callable[[], None] = lambda: None) -> JobInputs:
+        """``check`` is the attempt's (cancel, timeout, lost claim): called between downloads."""
         s = self.settings
         try:
             raw = await self.store.get_bytes(keys.manifest_key(job_id), max_bytes=s.max_manifest_bytes)
@@ -70,6 +100,7 @@ class Inputs:
         except ManifestError as e:
             fail(e.code, e.message)
         _check_text(manifest.full_text, s.max_text_chars)
+        budget.check(s, "turns", len(manifest.turns))
         lexicon = await self._lexicon(manifest)
         try:  # 100,000 characters take a moment: off the event loop
             analysis = await asyncio.to_thread(
@@ -78,45 +109,70 @@ class Inputs:
                 lexicon,
                 max_pause_s=s.max_pause_s,
                 max_total_pause_s=s.max_total_pause_s,
+                on_spoken=lambda n: budget.check(s, "spoken", n),
             )
         except script.ScriptError as e:
             fail(e.code, e.message)
-        voices: list[VoiceInput] = []
-        turn_voice: list[int] = []
-        seen: dict[tuple[str, str], int] = {}
+        voices, turn_voice = await self._voices(analysis, check)
+        return JobInputs(manifest, analysis, voices, turn_voice)
+
+    async def _voices(self, analysis: Analysis, check: Callable[[], None]) -> tuple[list[VoiceInput], list[int]]:
+        """One ``VoiceInput`` per distinct (voice, transcript) the turns name, for speaker labels;
+        each voice downloaded once and each clip decoded once, however many turns name it. At most
+        ``max_references`` distinct (clip content, transcript) pairs: each is a reference
+        preparation (and, without a transcript, an ASR run)."""
+        s = self.settings
+        names: list[str] = []
         for turn in analysis.turns:
             voice = turn.voice or s.default_voice
             if not voice:
                 fail(ErrorCode.VOICE_REQUIRED, "manifest names no voice and the worker has no TTS_DEFAULT_VOICE")
-            if (voice, turn.ref_text) not in seen:
-                seen[(voice, turn.ref_text)] = len(voices)
-                voices.append(await self._voice(voice, turn.ref_text))
-            turn_voice.append(seen[(voice, turn.ref_text)])
-        return JobInputs(manifest, analysis, voices, turn_voice)
+            names.append(voice)
+        budget.check(s, "references", len(set(names)), "distinct voices named")  # before any download
+        clips: dict[str, _Clip] = {}
+        decoded: dict[str, tuple[np.ndarray, int]] = {}  # content sha256 -> wave
+        voices: list[VoiceInput] = []
+        turn_voice: list[int] = []
+        index: dict[tuple[str, str], int] = {}
+        for voice, turn in zip(names, analysis.turns, strict=True):
+            if (voice, turn.ref_text) not in index:
+                if voice not in clips:
+                    check()
+                    clips[voice] = await self._clip(voice)
+                    clip = clips[voice]
+                    if clip.sha256 not in decoded:
+                        decoded[clip.sha256] = await asyncio.to_thread(
+                            _decode_voice, clip.data, s.min_voice_seconds, s.max_voice_seconds
+                        )
+                index[(voice, turn.ref_text)] = len(voices)
+                voices.append(_voice_input(voice, turn.ref_text, clips[voice], *decoded[clips[voice].sha256]))
+            turn_voice.append(index[(voice, turn.ref_text)])
+        budget.check(s, "references", len({(v.sha256, v.ref_text) for v in voices}))
+        return voices, turn_voice
 
-    async def _voice(self, voice: str, ref_text: str) -> VoiceInput:
+    async def _clip(self, voice: str) -> _Clip:
+        """A voice's bytes: a library name (``"alice"``) before a plain key. A library record is a
+        stored document anyone who may write under ``voices/`` can plant: its ``audio_key`` passes
+        the rules of a manifest's key before it is read."""
         s = self.settings
-        library = await self.voices.get(voice)  # a library name ("alice") before a plain key
-        if library is not None:
-            vkey = library[0].audio_key
-        else:
-            try:
-                vkey = keys.voice_key(voice, s.bucket, s.voice_prefixes)
-            except keys.VoiceRefError as e:
-                fail(e.code, e.message)
+        try:
+            library = await self.voices.get(voice)
+            vkey = (
+                library[0].audio_key_checked(s.bucket, s.voice_prefixes)
+                if library is not None
+                else keys.voice_key(voice, s.bucket, s.voice_prefixes)
+            )
+        except UnusableRecord as e:
+            fail(ErrorCode.INVALID_VOICE_KEY, str(e))
+        except keys.VoiceRefError as e:
+            fail(e.code, e.message)
         try:
             data = await self.store.get_bytes(vkey, max_bytes=s.max_voice_bytes)
         except NotFound:
             fail(ErrorCode.VOICE_NOT_FOUND, f"voice {voice!r}: no library voice and no object s3://{s.bucket}/{vkey}")
         except TooLarge as e:
             fail(ErrorCode.VOICE_TOO_LARGE, f"voice is {e.size} bytes; the limit is {e.limit}")
-        wave, sr = await asyncio.to_thread(_decode_voice, data, s.min_voice_seconds, s.max_voice_seconds)
-        if not ref_text.strip() and library is not None and library[0].ref_text:
-            record = library[0]
-            return VoiceInput(
-                voice, vkey, wave, sr, record.ref_text, "voice_library", library, record.ref_text_source == "asr"
-            )
-        return VoiceInput(voice, vkey, wave, sr, ref_text, "manifest", library)
+        return _Clip(vkey, data, hashlib.sha256(data).hexdigest(), library)
 
     async def _lexicon(self, manifest: Manifest) -> dict[str, str]:
         """PLS files in order (later wins), then the manifest's own entries over all of them."""

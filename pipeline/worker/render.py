@@ -20,6 +20,7 @@ import asyncio
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -48,7 +49,8 @@ from pipeline.tts import sampler
 from pipeline.tts.align import AlignmentImpossible
 from pipeline.tts.assembler import StreamingAssembler
 from pipeline.tts.engine import CROSS_FADE_S, SAMPLE_RATE, EngineError, Reference, chunk_budget
-from pipeline.tts.voices import VoiceLibrary, VoiceRecord
+from pipeline.tts.voices import VoiceError, VoiceLibrary, VoiceRecord
+from pipeline.worker import budget
 from pipeline.worker.attempt import Attempt
 from pipeline.worker.failures import fail
 from pipeline.worker.inputs import JobInputs
@@ -102,17 +104,24 @@ class Renderer:
 
     # -- synthesis ------------------------------------------------------------------------------
 
-    async def references(self, inputs: JobInputs, model_label: str) -> list[Reference]:
+    async def references(self, inputs: JobInputs, model_label: str, check: Callable[[], None]) -> list[Reference]:
+        """One per ``inputs.voices``; prepared once per distinct (clip content, transcript), with
+        the attempt's ``check`` between preparations (each may be an ASR run)."""
+        prepared: dict[tuple[str, str], Reference] = {}
         refs = []
         for voice in inputs.voices:
-            try:
-                ref = await asyncio.to_thread(
-                    self.engine.prepare_reference, voice.wave, voice.sample_rate, voice.ref_text
-                )
-            except EngineError as e:
-                fail(e.code, f"voice {voice.name!r}: {e}" if inputs.dialogue else str(e))
-            if ref.text_source == "asr" and voice.library is not None:
-                await self._remember_transcript(voice.library, ref.text, model_label)
+            ref = prepared.get((voice.sha256, voice.ref_text))
+            if ref is None:
+                check()
+                try:
+                    ref = await asyncio.to_thread(
+                        self.engine.prepare_reference, voice.wave, voice.sample_rate, voice.ref_text
+                    )
+                except EngineError as e:
+                    fail(e.code, f"voice {voice.name!r}: {e}" if inputs.dialogue else str(e))
+                prepared[(voice.sha256, voice.ref_text)] = ref
+                if ref.text_source == "asr" and voice.library is not None:
+                    await self._remember_transcript(voice.library, ref.text, model_label)
             refs.append(ref)
         return refs
 
@@ -134,13 +143,19 @@ class Renderer:
                 len(refs[inputs.turn_voice[turn]].audio), refs[inputs.turn_voice[turn]].text, speed
             )
         )
+        m = inputs.manifest
+        budget.check_plan(self.settings, pieces, refs, inputs.turn_voice, m.nfe_step, m.cfg_strength)
         run = _Render(self, inputs, refs, pieces, seed, model_label, attempt, workdir, warnings)
         return await run.go()
 
     async def _remember_transcript(self, library: tuple[VoiceRecord, str], text: str, by: str) -> None:
         """First transcription of a library voice: store it so no job anywhere runs ASR on it again."""
         record, etag = library
-        saved = await self.voices.save_transcript(record.name, etag, text, by)
+        try:
+            saved = await self.voices.save_transcript(record.name, etag, text, by)
+        except VoiceError as e:  # replaced by something unusable meanwhile: this job has its text
+            log.warning("voice %s: transcript not stored (%s)", record.name, e)
+            return
         log.info(
             "voice %s: transcript %s", record.name, "stored" if saved and saved.ref_text == text.strip() else "kept"
         )

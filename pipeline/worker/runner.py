@@ -357,7 +357,7 @@ class JobRunner:
         job_id = attempt.job_id
         clock = _Clock()
         label = f"{self.model.name}/{self.model.version}"
-        inputs = await clock.run("download", lambda: self.inputs.read(job_id))
+        inputs = await clock.run("download", lambda: self.inputs.read(job_id, attempt.check))
         manifest = inputs.manifest
         seed = manifest.seed if manifest.seed is not None else derived_seed(job_id)
         attempt.check()
@@ -372,7 +372,7 @@ class JobRunner:
         with tempfile.TemporaryDirectory(prefix=f"tts-{job_id}-") as tmp:
 
             async def synthesis() -> tuple[list[Reference], Rendered]:
-                refs = await self.renderer.references(inputs, label)
+                refs = await self.renderer.references(inputs, label, attempt.check)
                 attempt.check()
                 return refs, await self.renderer.render(inputs, refs, seed, label, attempt, Path(tmp), warnings)
 

@@ -16,7 +16,17 @@ result later with ``tts-pipeline result``), then streams the audio back. It neve
 
 Errors use OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``, so OpenAI's
 clients raise their usual exceptions. With ``TTS_API_KEY`` set every ``/v1`` request needs
-``Authorization: Bearer <key>``; the server binds to 127.0.0.1 unless told otherwise.
+``Authorization: Bearer <key>`` (the console's session cookie is not enough: a request a page can
+make on its own never carries the key); the server binds to 127.0.0.1 unless told otherwise, and
+``pipeline.web.guard`` has refused foreign hosts, cross-site writes and non-JSON bodies before a
+handler runs.
+
+Bounded: at most ``TTS_API_MAX_CONCURRENT`` speech requests at once (more get 429 with
+``Retry-After``); a client that disconnects stops its request's polling (the job itself goes on and
+completes: fetch it by the ``X-Job-Id`` it was given, or retry with the same ``Idempotency-Key``);
+the audio is streamed from S3 as stored (mp3/wav/flac) or transcoded from at most
+``TTS_CONSOLE_MAX_AUDIO_BYTES`` (opus/pcm), and only ever from the job's own outputs
+(``keys.job_output_key``).
 """
 
 from __future__ import annotations
@@ -28,18 +38,17 @@ import io
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import soundfile as sf
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pipeline import client, console, keys
+from pipeline import client, keys
 from pipeline.config import Settings
-from pipeline.contract import JobState, Manifest, OutputFormat
-from pipeline.store import Store
-from pipeline.tts.voices import VoiceLibrary, is_name
+from pipeline.contract import JobResult, JobState, Manifest, OutputFormat
+from pipeline.store import NotFound, Store, TooLarge
+from pipeline.tts.voices import VoiceError, VoiceLibrary, is_name
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +128,7 @@ class SpeechApi:
         self.settings = settings
         self.store = store
         self.voices = VoiceLibrary(store)
+        self.slots = asyncio.Semaphore(settings.api_max_concurrent)
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/audio/speech", self.speech)
@@ -148,12 +158,20 @@ class SpeechApi:
         given = request.headers.get("Authorization", "")
         scheme, _, token = given.partition(" ")
         expected = secret.get_secret_value().encode()
-        if console.request_has_session(request, secret.get_secret_value()):
-            return  # a signed-in console page (pipeline/console.py)
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
             raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
 
-    async def speech(self, request: web.Request) -> web.Response:
+    async def speech(self, request: web.Request) -> web.StreamResponse:
+        if self.slots.locked():
+            raise ApiError(
+                429,
+                f"more than {self.settings.api_max_concurrent} speech requests at once; retry shortly",
+                code="rate_limit_exceeded",
+            )
+        async with self.slots:
+            return await self._speech(request)
+
+    async def _speech(self, request: web.Request) -> web.StreamResponse:
         req = await self._speech_request(request)
         fmt = FORMATS[req.response_format]
         await self._check_voice(req.voice)
@@ -161,7 +179,7 @@ class SpeechApi:
             text=req.input, voice=req.voice, speed=req.speed, output_format=OutputFormat(fmt.worker_format)
         )
         job_id = await self._submit(request, manifest)
-        log.info("speech request: job %s (voice %s, %d chars)", job_id, req.voice, len(req.input))
+        log.info("speech request: job %s (voice %r, %d chars)", job_id, req.voice, len(req.input))
         status = await client.wait(self.store, job_id, timeout_s=self.settings.api_wait_s, poll_s=0.25)
         if not status.state.terminal:
             raise JobTimeout(job_id, self.settings.api_wait_s)
@@ -169,12 +187,39 @@ class SpeechApi:
             err = status.error
             message = f"job {job_id} ended {status.state}" + (f": {err.code}: {err.message}" if err else "")
             code = err.code.lower() if err else status.state.lower()
-            raise ApiError(400 if err and err.code.startswith(("TEXT", "INVALID")) else 500, message, code=code)
+            status_code = 400 if err and err.code.startswith(("TEXT", "INVALID", "JOB_TOO")) else 500
+            raise ApiError(status_code, message, code=code)
         result = await client.get_result(self.store, job_id)
-        audio = await self.store.get_bytes(keys.key_from_uri(self.store.bucket, result.audio.uri))
-        if fmt.transcode is not None:
-            audio = await asyncio.to_thread(fmt.transcode, audio)
-        return web.Response(body=audio, content_type=fmt.content_type, headers={"X-Job-Id": job_id})
+        return await self._audio(request, job_id, result, fmt)
+
+    async def _audio(self, request: web.Request, job_id: str, result: JobResult, fmt: Format) -> web.StreamResponse:
+        """The job's audio: streamed from S3 as stored, or read (bounded) and transcoded."""
+        try:
+            key = keys.job_output_key(self.store.bucket, job_id, result.audio.uri)
+        except keys.UntrustedKey as e:
+            log.warning("job %s: %s: not served", job_id, e)
+            raise ApiError(502, f"job {job_id}'s result names no audio of its own", code="bad_result") from None
+        limit = self.settings.console_max_audio_bytes
+        try:
+            if fmt.transcode is not None:
+                audio = await asyncio.to_thread(fmt.transcode, await self.store.get_bytes(key, max_bytes=limit))
+                return web.Response(body=audio, content_type=fmt.content_type, headers={"X-Job-Id": job_id})
+            async with self.store.stream(key, max_bytes=limit) as (size, chunks):
+                response = web.StreamResponse(headers={"X-Job-Id": job_id, "Content-Type": fmt.content_type})
+                response.content_length = size
+                await response.prepare(request)
+                async for chunk in chunks:
+                    await response.write(chunk)
+                await response.write_eof()
+                return response
+        except NotFound:
+            raise ApiError(502, f"job {job_id}'s audio is gone", code="audio_not_found") from None
+        except TooLarge as e:
+            raise ApiError(
+                413,
+                f"job {job_id}'s audio is {e.size} bytes, over {limit} (TTS_CONSOLE_MAX_AUDIO_BYTES)",
+                code="too_large",
+            ) from None
 
     async def _submit(self, request: web.Request, manifest: Manifest) -> str:
         """A new job; or, for a request carrying an ``Idempotency-Key`` seen before (a client retrying
@@ -222,7 +267,11 @@ class SpeechApi:
 
     async def _check_voice(self, voice: str) -> None:
         """Only library voices, named exactly as the worker names them: never a key or a path."""
-        if not is_name(voice) or await self.voices.get(voice) is None:
+        try:
+            known = is_name(voice) and await self.voices.get(voice) is not None
+        except VoiceError:  # a record the library did not write
+            known = False
+        if not known:
             raise ApiError(
                 400,
                 f"voice {voice!r} is not in the voice library (GET /v1/audio/voices lists it)",
@@ -241,38 +290,3 @@ class SpeechApi:
     async def models(self, request: web.Request) -> web.Response:
         data = [{"id": m, "object": "model", "owned_by": "tts-pipeline"} for m in MODELS]
         return web.json_response({"object": "list", "data": data})
-
-
-async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"ok": True})
-
-
-def make_app(settings: Settings, store: Store) -> web.Application:
-    api = SpeechApi(settings, store)
-    page = console.Console(settings, store)
-    # client_max_size bounds every body read whole; the console's uploads stream (multipart) and
-    # are held to TTS_MAX_VOICE_BYTES part by part (console.Console._read_form).
-    app = web.Application(middlewares=[api.errors, page.middleware], client_max_size=settings.max_manifest_bytes)
-    api.routes(app)
-    page.routes(app)
-    app.router.add_get("/healthz", healthz)
-    return app
-
-
-async def serve(settings: Settings, host: str, port: int, ready: Callable[[str], Any] | None = None) -> None:
-    """Until cancelled (SIGINT/SIGTERM end ``asyncio.run``)."""
-    from pipeline.store import open_store
-
-    async with open_store(settings, "console") as store:
-        runner = web.AppRunner(make_app(settings, store), access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        url = f"http://{host}:{port}"
-        log.info("console listening on %s (API key %s)", url, "required" if settings.api_key else "not set")
-        if ready:
-            ready(url)
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await runner.cleanup()

@@ -2,10 +2,11 @@
 
     GET  /                                   the page (jobs, submit form, voice library)
     GET  /jobs/{job_id}                      the same page, opened on one job
-    GET  /static/...                         its HTML/CSS/JS (pipeline/static/, no build step)
+    GET  /static/...                         its HTML/CSS/JS (pipeline/web/static/, no build step)
     GET  /login, POST /login, POST /logout   only meaningful with TTS_API_KEY set
 
-    GET    /console/api/session                       {auth_required, authenticated, limits}
+    GET    /console/api/session                       {auth_required, authenticated} (+ bucket,
+                                                      limits once signed in)
     GET    /console/api/jobs?state=&offset=&limit=    recent jobs, newest first
     POST   /console/api/jobs                          multipart: text, voice | clip + ref_text, speed,
                                                       output_format, subtitles -> {job_id, status}
@@ -21,30 +22,30 @@
 Like the API, the console is a client of the bucket: it reads and writes only the job prefixes
 (``inbox/``, ``status/``, ``results/``, ``outputs/<job_id>/``, ``cancel/``) and ``voices/``, with
 job ids checked by ``keys.is_valid_job_id`` and voice names by ``voices.is_name`` (the worker's
-rules) before any key is built. Uploaded clips are size- and duration-checked while they stream in,
-before anything is written to S3.
+rules) before any key is built, and every key read from a stored document (a result's outputs, a
+voice record's clip) checked where it is used (``keys.job_output_key``,
+``VoiceRecord.audio_key_checked``). Forms are read part by part within one byte budget and a field
+count, whatever the body's framing (Content-Length or chunked); uploaded clips are size- and
+duration-checked before anything is written to S3.
 
 With ``TTS_API_KEY`` set, the page asks for the key once and then holds a session cookie
-(HttpOnly, SameSite=Strict): a random session id and its expiry, signed with HMAC-SHA256 under the
-key (changing the key ends every session). The JSON endpoints take that cookie or the API's
-``Authorization: Bearer <key>``.
+(HttpOnly, SameSite=Strict, Secure over TLS or behind a trusted proxy's ``X-Forwarded-Proto:
+https``) naming a server-side session (``pipeline.web.sessions``: logout ends it; guesses are
+throttled). The JSON endpoints take that cookie or ``Authorization: Bearer <key>``. The requests
+that reach these handlers have passed ``pipeline.web.guard`` (host allow-list, cross-site writes).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import hmac
 import json
 import logging
 import math
-import secrets
-import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -58,17 +59,18 @@ from pipeline.state import request_cancel
 from pipeline.store import NotFound, Store, TooLarge
 from pipeline.tts import audio as audio_utils
 from pipeline.tts.voices import VoiceError, VoiceLibrary, is_name
+from pipeline.web.sessions import SESSION_S, LoginThrottle, Sessions
 
 log = logging.getLogger(__name__)
 
-STATIC_DIR = Path(str(files("pipeline").joinpath("static")))
+STATIC_DIR = Path(__file__).parent / "static"
 COOKIE = "tts_console"
-SESSION_S = 12 * 3600
 PRESIGN_S = 3600  # the page fetches fresh URLs on every load
 AUDIO_EXTS = {".wav", ".flac", ".mp3", ".ogg"}
-MAX_PEAK_AUDIO_BYTES = 512 * 1024 * 1024
 FORM_OVERHEAD = 256 * 1024  # multipart headers and the small text fields around a clip
+MAX_FORM_FIELDS = 32  # the forms have 8 fields at most; empty ones count too
 PAGE_MAX = 100
+PEAKS = 4000  # computed once per audio at this resolution; a request's ``n`` is drawn from it
 
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -77,37 +79,6 @@ CSP = (
 )
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-# -- sessions -----------------------------------------------------------------------------------
-
-
-def _sign(key: str, payload: str) -> str:
-    mac = hmac.new(key.encode(), payload.encode(), hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(mac).decode().rstrip("=")
-
-
-def new_session(key: str, now: float | None = None) -> str:
-    payload = f"{secrets.token_urlsafe(18)}.{int((now or time.time()) + SESSION_S)}"
-    return f"{payload}.{_sign(key, payload)}"
-
-
-def session_ok(cookie: str | None, key: str, now: float | None = None) -> bool:
-    if not cookie or cookie.count(".") != 2:
-        return False
-    payload, _, mac = cookie.rpartition(".")
-    if not hmac.compare_digest(mac.encode(), _sign(key, payload).encode()):
-        return False
-    try:
-        expires = int(payload.rsplit(".", 1)[1])
-    except ValueError:
-        return False
-    return expires > (now or time.time())
-
-
-def request_has_session(request: web.Request, key: str) -> bool:
-    """The API's auth check uses this too: a signed-in page may call ``/v1``."""
-    return session_ok(request.cookies.get(COOKIE), key)
 
 
 def _bearer_ok(request: web.Request, key: str) -> bool:
@@ -133,9 +104,14 @@ class Console:
         self.settings = settings
         self.store = store
         self.voices = VoiceLibrary(store)
+        self.sessions = Sessions()
+        self.throttle = LoginThrottle()
         self._status_cache: OrderedDict[str, tuple[datetime, JobStatus]] = OrderedDict()
         self._voice_cache: OrderedDict[str, str | None] = OrderedDict()
-        self._peaks_cache: OrderedDict[tuple[str, int], list[float]] = OrderedDict()
+        # key -> peaks at PEAKS resolution; one computation per key at a time, two at most at once
+        self._peaks_cache: OrderedDict[str, list[float]] = OrderedDict()
+        self._peaks_pending: dict[str, asyncio.Future[list[float]]] = {}
+        self._peaks_slots = asyncio.Semaphore(2)
 
     @property
     def key(self) -> str | None:
@@ -165,7 +141,7 @@ class Console:
 
     def authenticated(self, request: web.Request) -> bool:
         key = self.key
-        return key is None or request_has_session(request, key) or _bearer_ok(request, key)
+        return key is None or self.sessions.valid(request.cookies.get(COOKIE)) or _bearer_ok(request, key)
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -219,43 +195,56 @@ class Console:
         key = self.key
         if key is None:
             return _see_other("/")
+        client_addr = request.remote or "?"
+        wait = self.throttle.retry_after(client_addr)
+        if wait is not None:
+            log.warning("login from %r refused: too many wrong keys", client_addr)
+            response = self._login_response(request, status=429, error="Too many wrong keys: try again later.")
+            response.headers["Retry-After"] = str(math.ceil(wait))
+            return response
         form = await request.post()
         given = str(form.get("key", ""))
         if not hmac.compare_digest(given.encode(), key.encode()):
-            await asyncio.sleep(0.5)  # slows guessing down
+            await self.throttle.failed(client_addr)
             return self._login_response(request, status=401, error="That key is not right.")
+        self.throttle.succeeded(client_addr)
         response = _see_other("/")
         response.set_cookie(
             COOKIE,
-            new_session(key),
+            self.sessions.create(),
             max_age=SESSION_S,
             httponly=True,
             samesite="Strict",
-            secure=request.secure,
+            secure=self._over_tls(request),
             path="/",
         )
         return response
 
+    def _over_tls(self, request: web.Request) -> bool:
+        """TLS to us, or to a proxy in front that says so (only when TTS_CONSOLE_TRUST_PROXY)."""
+        if request.secure:
+            return True
+        proto = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+        return self.settings.console_trust_proxy and proto == "https"
+
     async def logout(self, request: web.Request) -> web.StreamResponse:
+        self.sessions.revoke(request.cookies.get(COOKIE))  # the cookie is dead even if kept
         response = _see_other("/login" if self.key else "/")
         response.del_cookie(COOKIE, path="/")
         return response
 
     async def session(self, request: web.Request) -> web.Response:
         s = self.settings
-        return web.json_response(
-            {
-                "auth_required": self.key is not None,
-                "authenticated": self.authenticated(request),
-                "bucket": self.store.bucket,
-                "limits": {
-                    "max_voice_bytes": s.max_voice_bytes,
-                    "max_voice_seconds": s.max_voice_seconds,
-                    "min_voice_seconds": s.min_voice_seconds,
-                    "max_text_chars": s.max_text_chars,
-                },
+        body: dict[str, Any] = {"auth_required": self.key is not None, "authenticated": self.authenticated(request)}
+        if body["authenticated"]:  # nothing about the deployment for anonymous callers
+            body["bucket"] = self.store.bucket
+            body["limits"] = {
+                "max_voice_bytes": s.max_voice_bytes,
+                "max_voice_seconds": s.max_voice_seconds,
+                "min_voice_seconds": s.min_voice_seconds,
+                "max_text_chars": s.max_text_chars,
             }
-        )
+        return web.json_response(body)
 
     # -- jobs
 
@@ -411,12 +400,11 @@ class Console:
 
     def _output_key(self, job_id: str, uri: str) -> str | None:
         """A key the result names, only if it is this job's own output (never another prefix)."""
-        prefix = keys.s3_uri(self.store.bucket, f"{keys.OUTPUTS}{job_id}/")
-        if not uri.startswith(prefix) or ".." in uri or "//" in uri.removeprefix("s3://"):
+        try:
+            return keys.job_output_key(self.store.bucket, job_id, uri)
+        except keys.UntrustedKey:
+            log.warning("job %s: its result names %r, not one of its outputs: not served", job_id, uri)
             return None
-        key = keys.key_from_uri(self.store.bucket, uri)
-        parsed = keys.parse_output_key(key)
-        return key if parsed is not None and parsed[0] == job_id else None
 
     async def _job_voice(self, job_id: str, result: JobResult | None) -> dict[str, Any] | None:
         """The reference voice: its presigned audio and the transcript (used, or known so far)."""
@@ -428,7 +416,10 @@ class Console:
             key = result.voice_key
         elif name and "," not in name:
             if is_name(name):
-                found = await self.voices.get(name)
+                try:
+                    found = await self.voices.get(name)
+                except VoiceError:
+                    found = None
                 if found is not None:
                     key = found[0].audio_key
                     ref_text = ref_text or found[0].ref_text
@@ -452,27 +443,43 @@ class Console:
     async def peaks(self, request: web.Request) -> web.Response:
         job_id = self._job_id(request)
         try:
-            n = min(4000, max(16, int(request.query.get("n", "800"))))
+            n = min(PEAKS, max(16, int(request.query.get("n", "800"))))
         except ValueError:
             raise ConsoleError(400, "n is an integer", "invalid_value") from None
         result = await self._result_or_404(job_id)
         key = self._output_key(job_id, result.audio.uri)
         if key is None:
             raise ConsoleError(404, "the result names no audio of this job", "audio_not_found")
-        cached = self._peaks_cache.get((key, n))
-        if cached is None:
+        peaks = _downsample(await self._peaks_of(key), n)
+        return web.json_response({"job_id": job_id, "duration_s": result.audio.duration_s, "peaks": peaks})
+
+    async def _peaks_of(self, key: str) -> list[float]:
+        """Peaks of one audio object, computed once (whatever ``n`` callers ask for) by one request
+        at a time (the others wait for it), at most two objects at once, each read bounded."""
+        cached = self._peaks_cache.get(key)
+        if cached is not None:
+            return cached
+        pending = self._peaks_pending.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(self._compute_peaks(key))
+            self._peaks_pending[key] = pending
+            pending.add_done_callback(lambda _: self._peaks_pending.pop(key, None))
+        return await asyncio.shield(pending)  # a caller that goes away does not cancel the others'
+
+    async def _compute_peaks(self, key: str) -> list[float]:
+        async with self._peaks_slots:
             try:
-                data = await self.store.get_bytes(key, max_bytes=MAX_PEAK_AUDIO_BYTES)
+                data = await self.store.get_bytes(key, max_bytes=self.settings.console_max_audio_bytes)
             except NotFound:
                 raise ConsoleError(404, "the job's audio is gone", "audio_not_found") from None
             except TooLarge:
                 raise ConsoleError(413, "the audio is too long to draw", "too_large") from None
             try:
-                cached = await asyncio.to_thread(compute_peaks, data, n)
+                peaks = await asyncio.to_thread(compute_peaks, data, PEAKS)
             except audio_utils.AudioDecodeError as e:
                 raise ConsoleError(422, str(e), "audio_unreadable") from None
-            self._remember(self._peaks_cache, (key, n), cached, 64)
-        return web.json_response({"job_id": job_id, "duration_s": result.audio.duration_s, "peaks": cached})
+        self._remember(self._peaks_cache, key, peaks, 64)
+        return peaks
 
     async def subtitles(self, request: web.Request) -> web.Response:
         job_id = self._job_id(request)
@@ -521,7 +528,7 @@ class Console:
             voice = await self._upload_clip(filename, data)
         else:
             voice = form.get("voice", "").strip()
-            if not is_name(voice) or await self.voices.get(voice) is None:
+            if not await self._in_library(voice):
                 raise ConsoleError(400, f"voice {voice!r} is not in the voice library", "voice_not_found")
         fields: dict[str, Any] = {"text": text, "voice": voice}
         if ref_text:
@@ -546,6 +553,12 @@ class Console:
         status = await client.submit(self.store, job_id, manifest)
         log.info("console: submitted %s (voice %s, %d chars)", job_id, voice, len(text))
         return web.json_response({"job_id": job_id, "status": json.loads(status.model_dump_json())}, status=201)
+
+    async def _in_library(self, voice: str) -> bool:
+        try:
+            return is_name(voice) and await self.voices.get(voice) is not None
+        except VoiceError:  # a record the library did not write: not a usable voice
+            return False
 
     async def _upload_clip(self, filename: str, data: bytes) -> str:
         ext = self._check_clip(filename, data)
@@ -574,30 +587,38 @@ class Console:
         return ext
 
     async def _read_form(self, request: web.Request, file_field: str) -> tuple[_Form, tuple[str, bytes] | None]:
-        """Stream a multipart form, refusing (413) a file over TTS_MAX_VOICE_BYTES before it is
-        read whole, and certainly before anything reaches S3. The app's ``client_max_size`` does
-        not apply to a streamed multipart body, so the limit is enforced here, part by part."""
+        """Stream a multipart form within one budget: the file at most TTS_MAX_VOICE_BYTES, every
+        part (file, fields, empty ones) counted against the whole body's budget and the field count,
+        so a chunked body (no Content-Length to check first), unnamed parts or a flood of empty
+        fields cost nothing more than a legitimate form. Refused (413/400) as soon as it is over,
+        and certainly before anything reaches S3. (The app's ``client_max_size`` does not apply
+        to a streamed multipart body.)"""
         limit = self.settings.max_voice_bytes
-        if request.content_length is not None and request.content_length > limit + FORM_OVERHEAD:
+        budget = limit + FORM_OVERHEAD + self.settings.max_manifest_bytes
+        if request.content_length is not None and request.content_length > budget:
             raise ConsoleError(413, f"upload over {limit} bytes", "too_large")
         if not request.content_type.startswith("multipart/form-data"):
             raise ConsoleError(400, "send multipart/form-data", "invalid_body")
         form = _Form()
         clip: tuple[str, bytes] | None = None
-        text_budget = FORM_OVERHEAD + self.settings.max_manifest_bytes
+        fields = 0
         reader = await request.multipart()
         async for part in reader:
+            fields += 1
+            if fields > MAX_FORM_FIELDS:
+                raise ConsoleError(413, f"more than {MAX_FORM_FIELDS} form fields", "too_many_fields")
             if not isinstance(part, BodyPartReader) or not part.name:
-                continue
+                raise ConsoleError(400, "every form part needs a name (no nested multipart)", "invalid_body")
             if part.filename is not None:
-                if part.name != file_field:
+                if part.name != file_field or clip is not None:
                     raise ConsoleError(400, f"unexpected file field {part.name!r}", "invalid_body")
-                data = await _read_limited(part, limit, "too_large", f"upload over {limit} bytes")
+                data = await _read_limited(part, min(limit, budget), "too_large", f"upload over {limit} bytes")
+                budget -= len(data)
                 if data:
                     clip = (part.filename, data)
                 continue
-            value = await _read_limited(part, text_budget, "too_large", "form fields too large")
-            text_budget -= len(value)
+            value = await _read_limited(part, budget, "too_large", "form fields too large")
+            budget -= len(value)
             form.add(part.name, value.decode("utf-8", errors="replace"))
         return form, clip
 
@@ -607,9 +628,8 @@ class Console:
         records = await self.voices.list()
         out = []
         for r in records:
-            url = None
-            if r.audio_key.startswith(f"{keys.VOICES}{r.name}/"):
-                url = await self.store.presign_get(r.audio_key, PRESIGN_S)
+            own = r.owned_audio_key()  # a planted record's key is never presigned
+            url = await self.store.presign_get(own, PRESIGN_S) if own is not None else None
             out.append({**json.loads(r.model_dump_json(exclude={"audio_key"})), "url": url})
         return web.json_response({"voices": out})
 
@@ -688,3 +708,11 @@ def compute_peaks(data: bytes, n: int) -> list[float]:
             peaks.append(float(np.max(np.abs(block))) if block.size else 0.0)
     peaks = [min(1.0, round(p, 4)) for p in peaks[:n]]
     return peaks + [0.0] * (n - len(peaks))
+
+
+def _downsample(peaks: list[float], n: int) -> list[float]:
+    """``n`` peaks from a longer list: the maximum of each of ``n`` equal spans."""
+    if n >= len(peaks):
+        return peaks
+    step = len(peaks) / n
+    return [max(peaks[int(i * step) : max(int(i * step) + 1, int((i + 1) * step))]) for i in range(n)]
