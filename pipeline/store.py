@@ -132,7 +132,8 @@ class Store:
                 resp = await self._get_object(key)
         assert resp is not None
         size = resp["ContentLength"]
-        async with resp["Body"] as body:
+        body = resp["Body"]  # aiobotocore's StreamingBody (its context manager yields the raw response)
+        async with body:
             if max_bytes is not None and size > max_bytes:
                 raise TooLarge(key, size, max_bytes)
 

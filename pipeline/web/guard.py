@@ -8,8 +8,9 @@ A browser is an attacker's client too. A page the operator visits can send reque
   rebound name reaches nothing. ``/healthz`` is exempt (probes use the pod's address; it says
   nothing).
 - **Cross-site writes**: a state-changing request (anything but GET/HEAD/OPTIONS) that a browser
-  marks as coming from another site (``Sec-Fetch-Site`` other than ``same-origin``/``none``), or
-  whose ``Origin`` is not the server's own, is refused 403. Clients that are not browsers send
+  marks as coming from another site (``Sec-Fetch-Site`` other than ``same-origin``/``none``), or,
+  from a browser too old to send that header, whose ``Origin`` is not the server's own, is
+  refused 403. Clients that are not browsers send
   neither header and are judged by the key alone.
 - **JSON means JSON**: ``/v1`` bodies are read only when sent as ``application/json``: a form or
   ``text/plain`` (what a page can send without a CORS preflight) is refused 415. The console's own
@@ -94,11 +95,15 @@ class Guard:
             return _refuse(request, 421, "this server does not answer for that host name", "misdirected_request")
         if request.method in SAFE_METHODS:
             return None
+        # A browser sets Sec-Fetch-Site itself (no page can forge it): where it is present it is the
+        # answer. (A same-origin form under Referrer-Policy: no-referrer says Origin: null.) Older
+        # browsers send only Origin, which must then be this server's own.
         site = request.headers.get("Sec-Fetch-Site")
-        if site is not None and site not in ("same-origin", "none"):
-            return _refuse(request, 403, f"cross-site request refused (Sec-Fetch-Site: {site})", "cross_site")
         origin = request.headers.get("Origin")
-        if origin is not None and not self._own_origin(request, origin):
+        if site is not None:
+            if site not in ("same-origin", "none"):
+                return _refuse(request, 403, f"cross-site request refused (Sec-Fetch-Site: {site})", "cross_site")
+        elif origin is not None and not self._own_origin(request, origin):
             return _refuse(request, 403, "cross-origin request refused", "cross_site")
         if request.path.startswith("/v1/") and request.content_type != "application/json":
             return _refuse(request, 415, "send the request body as application/json", "unsupported_media_type")

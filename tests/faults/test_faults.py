@@ -253,14 +253,18 @@ def test_transient_failures_on_20_percent_of_calls(
     # proxy lost count too, so its worker may never see the last one and leave it QUEUED: the
     # reconciler (run as operators do, past the proxy) ends it either way.
     dlq_depth = wait_until(lambda: _depth(sqs, f"{bucket}-dlq") or None, "doomed's message in the DLQ", 900)
-    reconciled: dict[str, int] = {}
+    reconciled: dict[str, int] = {}  # what the reconciler did to end doomed
+    cleaned: set[str] = set()  # jobs whose outputs it removed
 
     def reconcile_doomed() -> dict[str, Any] | None:
         # Its worker may still be in an attempt (a live lease: the reconciler leaves it alone).
         out = subprocess.run([TTS, "reconcile", "--older-than", "0"], env=stack, capture_output=True, text=True)
         assert out.returncode == 0, out.stderr
-        for action, n in json.loads(out.stdout)["counts"].items():
-            reconciled[action] = reconciled.get(action, 0) + n
+        for a in json.loads(out.stdout)["actions"]:
+            if a["action"] == "outputs_removed":
+                cleaned.add(a["job_id"])
+            else:
+                reconciled[a["action"]] = reconciled.get(a["action"], 0) + 1
         status = get_json(s3, "status/doomed.json", bucket)
         return status if status and status["state"] in ("COMPLETED", "FAILED", "CANCELLED", "EXPIRED") else None
 
@@ -285,6 +289,9 @@ def test_transient_failures_on_20_percent_of_calls(
     assert doomed["state"] == "FAILED" and doomed["error"]["code"] == "RETRIES_EXHAUSTED", doomed
     assert outputs_left(s3, "doomed", [], bucket=bucket) == [] and get_json(s3, "results/doomed.json", bucket) is None
     assert dlq_depth == 1 and reconciled in ({}, {"failed_retries_exhausted": 1}), reconciled
+    # Files of doomed's earlier attempts (each sent a result that never landed, so none could tell
+    # they were unneeded) are the reconciler's to remove; every job that completed cleaned up itself.
+    assert cleaned <= {"doomed"}, cleaned
     job_retries = sum(w.metrics().get("tts_job_retries_total", 0) for w in (a, b))
     assert job_retries >= (retried["attempt"] - 1) + (doomed["attempt"] - 1) > 0
     gens = {j: generations(s3, bucket, j) for j in jobs}

@@ -207,6 +207,8 @@ def test_cross_site_writes_are_refused(path: str, headers: dict[str, str], statu
     [
         {"Content-Type": "application/json"},  # the openai client: no Origin, no Sec-Fetch-*
         {"Content-Type": "application/json", "Origin": "http://127.0.0.1:8080", "Sec-Fetch-Site": "same-origin"},
+        # a same-origin form under Referrer-Policy: no-referrer (the console's) says Origin: null
+        {"Content-Type": "application/json", "Origin": "null", "Sec-Fetch-Site": "same-origin"},
     ],
 )
 def test_same_origin_and_non_browser_writes_pass(headers: dict[str, str]) -> None:
