@@ -19,7 +19,8 @@ What a token covers
 Lexicon
     Applied first and wins over every rule: case-sensitive, whole words (no letter, digit or "_"
     right before or after), longest grapheme first at each position, whitespace inside a grapheme
-    matches any run of whitespace. The alias is then normalized like any text ("version 2" ->
+    matches any run of whitespace (Chinese text, where every character counts as a letter, has
+    its own rules in ``pipeline.text.zh``). The alias is then normalized like any text ("version 2" ->
     "version two") and the punctuation around the match is kept.
 
 English ("eng": every rule below)
@@ -89,10 +90,20 @@ Other languages ("basic")
     percentages and "€"; German and Dutch read bare 1100-1999 as years ("neunzehnhundert...").
     Digits inside other words are read as cardinals, a word of punctuation only is spoken "",
     everything else is left as written (basic rules have no dates, times, units or currencies but €).
-    Chinese and every other language (num2words 0.5.14 has no Chinese) are left unchanged apart
-    from the lexicon. ``SUPPORTED`` lists the languages with the full rules; two-letter codes
-    ("en", "de"...) are accepted too. ``enabled=False`` keeps every word as written (spoken ==
-    source word) and still applies the lexicon, with aliases left as written.
+    Chinese ("zho", "cmn", "zh", "chi": ``CHINESE``) has rules of its own in ``pipeline.text.zh``:
+    word segmentation with rjieba instead of whitespace (one token per Chinese word, run of letters
+    or number expression), numbers, dates, times, currency, units and phone numbers read in Mandarin
+    characters, and a lexicon matched inside Chinese text (see that module). Every other language
+    (num2words 0.5.14 has no Chinese) is left unchanged apart from the lexicon. ``SUPPORTED`` lists
+    the languages with the full rules; two-letter codes ("en", "de"...) are accepted too.
+    ``enabled=False`` keeps every word as written (spoken == source word) and still applies the
+    lexicon, with aliases left as written.
+
+Spoken text
+    ``spoken_text`` joins the spoken forms with single spaces, except where the boundary is Chinese
+    (or other CJK: kana, CJK and fullwidth punctuation) on either side, which joins with nothing:
+    Chinese has no spaces, and F5-TTS reads "你好 世界" differently from "你好世界". Text without CJK
+    characters is joined exactly as before.
 """
 
 from __future__ import annotations
@@ -103,11 +114,14 @@ from functools import lru_cache
 
 from num2words import num2words
 
+from pipeline.text import zh
 from pipeline.text.tokens import Token
 
-__all__ = ["BASIC", "SUPPORTED", "normalize", "spoken_text"]
+__all__ = ["BASIC", "CHINESE", "SUPPORTED", "normalize", "spoken_text"]
 
-SUPPORTED = frozenset({"eng"})
+SUPPORTED = frozenset({"eng", "zho"})
+# Codes that get the Chinese rules (pipeline.text.zh), compared lowercased.
+CHINESE = zh.LANGUAGES
 # ISO 639-3 -> num2words language code, for the "basic" rules (numbers only).
 BASIC: dict[str, str] = {"deu": "de", "fra": "fr", "spa": "es", "ita": "it", "por": "pt", "nld": "nl"}
 
@@ -124,8 +138,9 @@ _TRAIL_SET = frozenset(_TRAIL.replace("\\", ""))
 
 
 def spoken_text(tokens: Sequence[Token]) -> str:
-    """What is said: the non-empty spoken forms joined by single spaces."""
-    return " ".join(t.spoken for t in tokens if t.spoken)
+    """What is said: the non-empty spoken forms joined by single spaces, or by nothing where the
+    boundary is Chinese (or other CJK) on either side ("你好，世界。", "用iPhone十五拍")."""
+    return zh.join_spoken([t.spoken for t in tokens])
 
 
 class _Unit:
@@ -193,6 +208,8 @@ def normalize(
     enabled: bool = True,
 ) -> list[Token]:
     """Tokens covering every non-whitespace character of ``text`` once, in order (see the module doc)."""
+    if (language or "").strip().lower() in CHINESE:
+        return zh.normalize(text, lexicon, enabled=enabled)
     units = _segment(text, lexicon)
     lang = _language(language) if enabled else None
     words: list[str | None] = [None if u.alias is not None else text[u.start : u.end] for u in units]

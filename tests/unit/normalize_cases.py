@@ -1,5 +1,8 @@
-"""English normalization cases: (input, expected spoken text). Shared by tests/unit/test_normalize.py
-and scripts/bench_normalize.py, which runs the same table through NeMo text processing."""
+"""Normalization cases: (input, expected spoken text).
+
+``ENGLISH_CASES`` are shared by tests/unit/test_normalize.py and scripts/bench_normalize.py, which runs
+the same table through NeMo text processing; ``CHINESE_CASES`` by tests/unit/test_normalize_zh.py and
+scripts/bench_normalize_zh.py (cn2an, WeTextProcessing)."""
 
 from __future__ import annotations
 
@@ -102,4 +105,91 @@ ENGLISH_CASES: list[tuple[str, str]] = [
     ("COVID-19 spread.", "COVID nineteen spread."),
     ("It is a well-known fact.", "It is a well-known fact."),
     ("The score was 3:1.", "The score was three to one."),
+]
+
+CHINESE_CASES: list[tuple[str, str]] = [
+    # cardinals: 零 inside, 十 at the start, 两 for a 2 in the thousands place or before a measure word
+    ("我有123个苹果。", "我有一百二十三个苹果。"),
+    ("一共10000人。", "一共一万人。"),
+    ("这里有10500本书。", "这里有一万零五百本书。"),
+    ("全国有1400000000人。", "全国有十四亿人。"),
+    ("约1500000人参加。", "约一百五十万人参加。"),
+    ("共计1,234元。", "共计一千二百三十四元。"),
+    ("他买了2个苹果。", "他买了两个苹果。"),
+    ("人口2000万。", "人口两千万。"),
+    ("一共12000人。", "一共一万两千人。"),
+    ("数字0和110。", "数字零和一百一十。"),
+    ("他跑了15公里。", "他跑了十五公里。"),
+    ("他身高1米8，她2米。", "他身高一米八，她两米。"),
+    # ordinals (第 stays), signs, decimals, fractions
+    ("第3名是他。", "第三名是他。"),
+    ("这是第2次。", "这是第二次。"),
+    ("气温-5度。", "气温负五度。"),
+    ("圆周率是3.14。", "圆周率是三点一四。"),
+    ("加0.5克盐。", "加零点五克盐。"),
+    ("增长了2.5万。", "增长了二点五万。"),
+    ("四分之三写作3/4。", "四分之三写作四分之三。"),
+    ("概率是1/1000。", "概率是一千分之一。"),
+    # percentages
+    ("增长了15%。", "增长了百分之十五。"),
+    ("利率是3.5%。", "利率是百分之三点五。"),
+    ("变化是-5%。", "变化是负百分之五。"),
+    ("涨幅为5-10%。", "涨幅为百分之五到百分之十。"),
+    ("完成了100%。", "完成了百分之一百。"),
+    ("浓度5‰。", "浓度千分之五。"),
+    # dates and years (a four-digit number before 年 is read digit by digit)
+    ("今天是2026年12月1日。", "今天是二零二六年十二月一日。"),
+    ("日期：2026-12-01。", "日期：二零二六年十二月一日。"),
+    ("日期：2026/12/01", "日期：二零二六年十二月一日"),
+    ("截止2026.12.01", "截止二零二六年十二月一日"),
+    ("生于12/25/1990", "生于一九九零年十二月二十五日"),
+    ("1990年代的音乐", "一九九零年代的音乐"),
+    ("90年代的音乐", "九十年代的音乐"),
+    ("他工作了3年。", "他工作了三年。"),
+    ("从2020-2026年", "从二零二零到二零二六年"),
+    ("需要3-5天。", "需要三到五天。"),
+    ("来了2-3个人。", "来了两到三个人。"),
+    # times and ratios
+    ("时间是10:30。", "时间是十点三十分。"),
+    ("10:05出发", "十点零五分出发"),
+    ("会议在14:00开始。", "会议在十四点开始。"),
+    ("凌晨2:30起床", "凌晨两点三十分起床"),
+    ("他在10:30:15到达", "他在十点三十分十五秒到达"),
+    ("我们3pm见", "我们下午三点见"),
+    ("比分是3:1。", "比分是三比一。"),
+    ("10:30-11:30开会", "十点三十分到十一点三十分开会"),
+    # currency: one reading, a decimal and the currency word, trailing zeros dropped
+    ("价格是¥3.50。", "价格是三点五元。"),
+    ("只要3.50元。", "只要三点五元。"),
+    ("这本书$5。", "这本书五美元。"),
+    ("门票€20。", "门票二十欧元。"),
+    ("融资¥3.5亿。", "融资三点五亿元。"),
+    ("只要¥2。", "只要两元。"),
+    # units after a number
+    ("重3kg。", "重三千克。"),
+    ("温度20°C。", "温度二十摄氏度。"),
+    ("气温-10℃。", "气温零下十摄氏度。"),
+    ("限速100km/h。", "限速每小时一百公里。"),
+    ("风速3m/s。", "风速每秒三米。"),
+    ("面积50m²。", "面积五十平方米。"),
+    ("跑了5 km。", "跑了五公里。"),
+    ("电池5000mAh。", "电池五千毫安时。"),
+    # digit by digit: phone numbers, long digit strings, leading zeros; versions; fullwidth digits
+    ("电话13800138000。", "电话一三八零零一三八零零零。"),
+    ("拨打010-12345678。", "拨打零一零一二三四五六七八。"),
+    ("客服400-820-8820", "客服四零零八二零八八二零"),
+    ("请拨+86 13800138000", "请拨加八六一三八零零一三八零零零"),
+    ("编号007", "编号零零七"),
+    ("密码12345678", "密码一二三四五六七八"),
+    ("版本1.2.3", "版本一点二点三"),
+    ("价格１２元", "价格十二元"),
+    # mixed Chinese and English: letters stay as written, no spaces around Chinese
+    ("我用 iPhone 15 Pro 拍的", "我用iPhone十五Pro拍的"),
+    ("5G网络很快", "五G网络很快"),
+    ("COVID-19疫情", "COVID十九疫情"),
+    ("买了iPhone 5s和MP3", "买了iPhone五s和MP三"),
+    ("Hello world，你好！", "Hello world，你好！"),
+    ("他说：“我有2本书。”", "他说：“我有两本书。”"),
+    ("你好 世界", "你好世界"),
+    ("NASA的2号火箭", "NASA的二号火箭"),
 ]
