@@ -100,6 +100,12 @@ def _parser() -> argparse.ArgumentParser:
         help="no transformers weights of the aligner: GPU workers align on CPU",
     )
     c.add_argument("--no-push", action="store_true", help="only build the bundle (needs --out)")
+    c.add_argument(
+        "--languages",
+        default="eng,zho",
+        help="what the model speaks, ISO 639-3, comma-separated (bundle.json `languages`; default: the F5-TTS "
+        "model cards' eng,zho); jobs in other languages fail UNSUPPORTED_LANGUAGE",
+    )
     c.set_defaults(handler=_model_seed)
     c = m_sub.add_parser("verify", help="check a bundle's files against its bundle.json (sizes and sha256)")
     c.add_argument("dir", type=Path, nargs="?", help="a local bundle dir; default: pull NAME/VERSION and check it")
@@ -378,6 +384,7 @@ def _model_seed(args: argparse.Namespace) -> int:
 
     from pipeline.models.cache import ModelCache
     from pipeline.models.seed import Checkpoint, SeedError, seed
+    from pipeline.text.languages import canonical
 
     if args.no_push and args.out is None:
         raise _CliError("--no-push needs --out")
@@ -394,6 +401,7 @@ def _model_seed(args: argparse.Namespace) -> int:
             checkpoint=ckpt,
             with_asr=not args.no_asr,
             with_aligner_torch=not args.no_aligner_torch,
+            languages=tuple(canonical(c) for c in args.languages.split(",") if c.strip()),
         )
         print(f"seeded {bundle.name}/{bundle.version} ({bundle.total_bytes / 1e6:.1f} MB) in {out}")
         if not args.no_push:

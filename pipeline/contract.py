@@ -63,6 +63,7 @@ class ErrorCode(StrEnum):
     TEXT_NOT_SPEAKABLE = "TEXT_NOT_SPEAKABLE"
     INVALID_MARKUP = "INVALID_MARKUP"
     INVALID_LEXICON = "INVALID_LEXICON"
+    UNSUPPORTED_LANGUAGE = "UNSUPPORTED_LANGUAGE"
     JOB_TOO_COSTLY = "JOB_TOO_COSTLY"
     LEXICON_NOT_FOUND = "LEXICON_NOT_FOUND"
     VOICE_REQUIRED = "VOICE_REQUIRED"
@@ -157,8 +158,11 @@ class Manifest(BaseModel):
     word_timings: bool = True
     subtitles: list[SubtitleFormat] = Field(default_factory=list, max_length=2)
     remove_silence: bool = False
-    language: Annotated[str, Field(pattern=r"^[a-z]{3}$")] = Field(
-        default="eng", description="ISO 639-3 code of the text, used for normalization and word alignment."
+    language: Annotated[str, Field(pattern=r"^(?:[a-z]{2,3}|auto)$")] = Field(
+        default="eng",
+        description="Language of the text: an ISO 639-3 code (eng, zho), a two-letter one or an alias (zh, cmn), "
+        "stored as ISO 639-3; or auto: detected sentence by sentence. It picks the normalization rules and the "
+        "word segmentation; the worker's model must speak it (UNSUPPORTED_LANGUAGE otherwise).",
     )
     normalize: bool = Field(
         default=True, description="Write numbers, dates, currency, units and abbreviations out as words."
@@ -181,6 +185,13 @@ class Manifest(BaseModel):
         if v is not None and not v.strip():
             raise ValueError("text is blank")
         return v
+
+    @field_validator("language")
+    @classmethod
+    def _canonical_language(cls, v: str) -> str:
+        from pipeline.text.languages import canonical
+
+        return canonical(v)
 
     @field_validator("subtitles")
     @classmethod
@@ -405,6 +416,7 @@ class SentenceTiming(BaseModel):
     text_end: int = Field(ge=0)
     segment: int | None = None
     speaker: str | None = None
+    language: str | None = Field(default=None, description='ISO 639-3 code, for language "auto" (as detected).')
 
 
 class PauseTiming(BaseModel):
@@ -463,6 +475,10 @@ class JobResult(BaseModel):
     pauses: list[PauseTiming] = Field(default_factory=list, description="Silences asked for, where they are.")
     text: str = Field(description="The manifest's text (a dialogue's turns joined by newlines).")
     normalized_text: str = Field(default="", description="What was spoken: the text after lexicons and normalization.")
+    languages: dict[str, int] = Field(
+        default_factory=dict,
+        description="Characters of the text per language (ISO 639-3): the manifest's, or as detected for auto.",
+    )
     ref_text: str = Field(description="The reference transcript actually used.")
     ref_text_source: Literal["manifest", "voice_library", "asr"] = Field(
         description="manifest: given in the job; voice_library: stored in voices/<name>/voice.json; "

@@ -77,6 +77,9 @@ class Bundle(BaseModel):
     created_at: datetime = Field(default_factory=utcnow)
     random_weights: bool = False
     description: str = ""
+    # What the model speaks (ISO 639-3). F5TTS_v1_Base was trained on Emilia's English and Chinese;
+    # a bundle without the field (written before it existed) is taken to be such a model.
+    languages: list[str] = Field(default_factory=lambda: ["eng", "zho"])
     tts: TtsSpec
     vocoder: VocoderSpec
     aligner: AlignerSpec

@@ -77,6 +77,11 @@ def architecture(name: str, config: Path | None = None) -> tuple[str, dict[str, 
     return model["backbone"], dict(model["arch"]), mel
 
 
+# The F5-TTS model cards: F5TTS_v1_Base, F5TTS_Base and E2TTS_Base were trained on Emilia's
+# Chinese and English speech. A fine-tune in another language says so with `model seed --languages`.
+MODEL_CARD_LANGUAGES = ("eng", "zho")
+
+
 def seed(
     name: str,
     out: Path,
@@ -86,6 +91,7 @@ def seed(
     with_asr: bool = True,
     with_aligner_torch: bool = True,
     cache_dir: Path | None = None,
+    languages: tuple[str, ...] = MODEL_CARD_LANGUAGES,
 ) -> Bundle:
     from huggingface_hub import hf_hub_download, snapshot_download
 
@@ -133,6 +139,7 @@ def seed(
             license=ALIGNER_LICENSE,
         ),
         asr=AsrSpec(dir="asr") if with_asr else None,
+        languages=list(languages),
         files=files,
     )
     bundle.save(out)

@@ -9,7 +9,7 @@ every chunk maps back to exact offsets in the client's text, and it never splits
   utterances). A sentence with no spoken words joins the previous sentence (the next one if it
   comes first), so every token is in exactly one sentence.
 * :func:`pack` groups consecutive whole sentences into chunks of at most ``max_bytes`` bytes of
-  spoken text (UTF-8, joined with single spaces), greedily. A sentence longer than that is split
+  spoken text (UTF-8, joined as ``chunk_spoken`` joins them), greedily. A sentence longer than that is split
   at clause punctuation (``, ; : — –`` and their CJK forms), then at token boundaries; its pieces
   are chunks of their own (never shared with the next sentence). A single token longer than
   ``max_bytes`` is a chunk by itself.
@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from pipeline.text.tokens import Token
+from pipeline.text.zh import join_spoken, joins_tight
 
 __all__ = ["Sentence", "chunk_spoken", "pack", "sentences"]
 
@@ -40,12 +41,13 @@ class Sentence:
     tokens: tuple[Token, ...]
     text_start: int  # tokens[0].start
     text_end: int  # tokens[-1].end
-    spoken: str  # " ".join of the non-empty token.spoken
+    spoken: str  # chunk_spoken(tokens)
 
 
 def chunk_spoken(chunk: Sequence[Token]) -> str:
-    """What is spoken for a chunk: the non-empty spoken forms of its tokens, joined by spaces."""
-    return " ".join(t.spoken for t in chunk if t.spoken)
+    """What is spoken for a chunk: the non-empty spoken forms of its tokens, joined by single
+    spaces, or by nothing where the boundary is CJK (``normalize.spoken_text``)."""
+    return join_spoken([t.spoken for t in chunk])
 
 
 def _ends_with(spoken: str, marks: tuple[str, ...]) -> bool:
@@ -96,12 +98,23 @@ def _nbytes(spoken: str) -> int:
 def _size(tokens: Sequence[Token]) -> int:
     """Bytes of ``chunk_spoken(tokens)``, without building it."""
     n = 0
-    words = 0
+    prev = ""
     for t in tokens:
         if t.spoken:
-            n += _nbytes(t.spoken)
-            words += 1
-    return n + max(words - 1, 0)
+            n += _nbytes(t.spoken) + _sep(prev, t.spoken)
+            prev = t.spoken
+    return n
+
+
+def _sep(left: str, right: str) -> int:
+    """Bytes between two spoken forms once joined (``chunk_spoken``): a space, or none at CJK."""
+    return 0 if not left or not right or joins_tight(left, right) else 1
+
+
+def _edges(tokens: Sequence[Token]) -> tuple[str, str]:
+    """The first and last non-empty spoken forms of ``tokens`` ("" if none)."""
+    said = [t.spoken for t in tokens if t.spoken]
+    return (said[0], said[-1]) if said else ("", "")
 
 
 _Unit = tuple[Sequence[Token], int]  # tokens and the bytes of their spoken text
@@ -116,19 +129,22 @@ def _greedy(
     """Pack consecutive units into chunks of at most ``max_bytes``; hand oversize units on."""
     cur: list[Token] = []
     cur_bytes = 0
+    last = ""  # the last non-empty spoken form in cur
     for tokens, nbytes in units:
         if nbytes > max_bytes:
             if cur:
                 out.append(tuple(cur))
-                cur, cur_bytes = [], 0
+                cur, cur_bytes, last = [], 0, ""
             oversize(tokens, out)
             continue
-        add = nbytes + (1 if cur_bytes and nbytes else 0)
+        first, final = _edges(tokens)
+        add = nbytes + _sep(last, first)
         if cur and cur_bytes + add > max_bytes:
             out.append(tuple(cur))
-            cur, cur_bytes, add = [], 0, nbytes
+            cur, cur_bytes, add, last = [], 0, nbytes, ""
         cur.extend(tokens)
         cur_bytes += add
+        last = final or last
     if cur:
         out.append(tuple(cur))
 

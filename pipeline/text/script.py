@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pipeline.contract import ErrorCode, Manifest, Segment
-from pipeline.text import markup, normalize, plan
+from pipeline.text import languages, markup, normalize, plan
 from pipeline.text.tokens import Token
 
 
@@ -56,7 +56,8 @@ class Piece:
 
     @property
     def spoken(self) -> str:
-        return " ".join(w.token.spoken for w in self.words if w.token.spoken)
+        """What the model is given for this chunk (CJK joined without spaces: ``plan.chunk_spoken``)."""
+        return plan.chunk_spoken([w.token for w in self.words])
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class SentenceRef:
     turn: int
     text_start: int
     text_end: int
+    language: str | None = None  # as detected, for language "auto"
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,7 @@ class Analysis:
     items: list[list[_Run | _Pause]]  # per turn
     sentences: list[SentenceRef]
     normalized_text: str
+    languages: dict[str, int] = field(default_factory=dict)  # characters of the text per language
 
     def plan(self, budget: Callable[[int, float], int]) -> list[Piece]:
         """Pieces in order; ``budget(turn, speed)`` is the max UTF-8 bytes of a chunk for that turn."""
@@ -117,6 +120,7 @@ class _Builder:
     sentences: list[SentenceRef] = field(default_factory=list)
     spoken: list[str] = field(default_factory=list)
     spoken_chars: int = 0
+    languages: dict[str, int] = field(default_factory=dict)
 
 
 def analyse(
@@ -158,7 +162,7 @@ def analyse(
         raise ScriptError(
             ErrorCode.INVALID_MARKUP, f"pauses add up to {total_pause:g}s; the limit is {max_total_pause_s:g}s"
         )
-    return Analysis(turns, items, b.sentences, "\n".join(b.spoken))
+    return Analysis(turns, items, b.sentences, "\n".join(b.spoken), dict(sorted(b.languages.items())))
 
 
 def _analyse_run(
@@ -167,20 +171,29 @@ def _analyse_run(
     piece = text[run.start : run.end]
     if not piece.strip():
         return None
-    tokens = [
-        tok.shifted(run.start)
-        for tok in normalize.normalize(piece, manifest.language, lexicon, enabled=manifest.normalize)
-    ]
+    auto = manifest.language == languages.AUTO
+    spans = languages.detect(piece) if auto else [languages.Span(0, len(piece), manifest.language)]
+    tokens: list[Token] = []
+    for span in spans:
+        part = piece[span.start : span.end]
+        b.languages[span.language] = b.languages.get(span.language, 0) + len(part.strip())
+        found = normalize.normalize(part, span.language, lexicon, enabled=manifest.normalize)
+        tokens.extend(tok.shifted(run.start + span.start) for tok in found)
     if not any(t.spoken for t in tokens):
         return None
     sentences: list[list[Word]] = []
     for sent in plan.sentences(tokens, text):
         index = len(b.sentences)
-        b.sentences.append(SentenceRef(turn, sent.text_start, sent.text_end))
+        lang = _language_at(spans, sent.text_start - run.start) if auto else None
+        b.sentences.append(SentenceRef(turn, sent.text_start, sent.text_end, lang))
         sentences.append([Word(tok, index) for tok in sent.tokens])
     b.spoken.append(normalize.spoken_text(tokens))
     b.spoken_chars += len(b.spoken[-1])
     return _Run(sentences)
+
+
+def _language_at(spans: Sequence[languages.Span], offset: int) -> str:
+    return next((s.language for s in spans if s.start <= offset < s.end), spans[-1].language)
 
 
 def spoken_words(words: Sequence[Word]) -> list[tuple[int, str]]:

@@ -67,7 +67,9 @@ Lexicon
     letter or digit needs a boundary: no letter or digit of a non-Chinese script right next to it
     ("AI" matches in "我们AI的", not in "MAIL"; "5G" not in "15G"). The alias is spoken: normalized
     with these rules ("第2版" 第二版), except an alias that is pinyin with tone numbers, ASCII only and
-    matching ``[a-zA-Z]+[1-5]( [a-zA-Z]+[1-5])*`` ("yin2 hang2"), which is kept verbatim.
+    matching ``[a-zA-Z]+[1-5]( [a-zA-Z]+[1-5])*`` ("yin2 hang2"): that is how a client says which
+    reading of a polyphone (银行 yin2 hang2, 行 xing2) the model is to use, and it is spoken as
+    marked pinyin, "{yin2 hang2}" (``pinyin_marked``), even with ``enabled=False``.
 
 ``enabled=False`` keeps every token's text as written (still segmented, the lexicon still applied,
 aliases as written). ``join_spoken`` (``normalize.spoken_text``) joins spoken forms without a space
@@ -84,7 +86,7 @@ import rjieba
 
 from pipeline.text.tokens import Token
 
-__all__ = ["LANGUAGES", "join_spoken", "normalize"]
+__all__ = ["LANGUAGES", "PINYIN_MARKED", "join_spoken", "normalize", "pinyin_marked"]
 
 LANGUAGES = frozenset({"zho", "cmn", "zh", "chi"})
 
@@ -99,6 +101,11 @@ _HAN = (
 _CJK_JOIN = re.compile(f"[{_HAN}\u3000-\u303f\ufe30-\ufe4f\uff00-\uffef]")
 
 
+def joins_tight(left: str, right: str) -> bool:
+    """Whether two non-empty spoken forms join with no space (CJK on either side of the boundary)."""
+    return bool(_CJK_JOIN.match(left[-1]) or _CJK_JOIN.match(right[0]))
+
+
 def join_spoken(parts: Sequence[str]) -> str:
     """The non-empty spoken forms, joined by one space, or by nothing where either side is CJK."""
     said = [p for p in parts if p]
@@ -108,11 +115,32 @@ def join_spoken(parts: Sequence[str]) -> str:
     out: list[str] = []
     prev = ""
     for p in said:
-        if prev and not (_CJK_JOIN.match(prev[-1]) or _CJK_JOIN.match(p[0])):
+        if prev and not joins_tight(prev, p):
             out.append(" ")
         out.append(p)
         prev = p
     return "".join(out)
+
+
+def for_aligner(word: str) -> str:
+    """A spoken word as the CTC aligner (Latin letters only) is to read it: Chinese characters as
+    toneless pinyin (pypinyin, the reading F5-TTS's own front-end gives them: "银行" -> "yinhang"),
+    marked pinyin without braces and tones ("{yin2" -> "yin"), anything else as it is (the aligner
+    romanizes and filters it). One word in, one word out: timings stay one per spoken word."""
+    if "{" in word or "}" in word:
+        bare = _SYLLABLE.fullmatch(re.sub(r"[^a-z0-9]", "", word))
+        if bare:
+            return bare.group(1)
+    if not _HAN_RE.search(word):
+        return word
+    from pypinyin import Style, lazy_pinyin
+
+    out = "".join(lazy_pinyin(word, style=Style.NORMAL, errors=lambda chars: [c for c in chars if c.isalnum()]))
+    return out or word
+
+
+_SYLLABLE = re.compile(r"([a-z]+)[1-5]")
+_HAN_RE = re.compile(f"[{_HAN}]")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -312,6 +340,7 @@ _PIECE = re.compile(
     re.S,
 )
 _PINYIN = re.compile(r"[a-zA-Z]+[1-5](?: [a-zA-Z]+[1-5])*")
+PINYIN_MARKED = re.compile(r"\{([a-z]+[1-5](?: [a-z]+[1-5])*)\}")  # pinyin_marked's output
 
 _NUMBER_RE = re.compile(_NUMBER)
 _WORD, _PUNCT, _OPENER = 0, 1, 2
@@ -401,7 +430,8 @@ def normalize(text: str, lexicon: Mapping[str, str] | None = None, *, enabled: b
         for m in pattern.finditer(text):
             _atoms(text, ascii_text, pos, m.start(), enabled, atoms)
             alias = table[" ".join(m.group().split())]
-            atoms.append((_WORD, m.start(), m.end(), _alias(alias) if enabled else alias))
+            said = _alias(alias) if enabled or _PINYIN.fullmatch(alias) else alias
+            atoms.append((_WORD, m.start(), m.end(), said))
             pos = m.end()
     _atoms(text, ascii_text, pos, len(text), enabled, atoms)
     return _tokens(text, atoms, enabled)
@@ -450,8 +480,17 @@ def _token(text: str, start: int, end: int, lead_end: int, said: str | None, tra
 @lru_cache(maxsize=1024)
 def _alias(alias: str) -> str:
     if _PINYIN.fullmatch(alias):
-        return alias
+        return pinyin_marked(alias)
     return join_spoken([t.spoken for t in normalize(alias)])
+
+
+def pinyin_marked(syllables: str) -> str:
+    """Pinyin with tone numbers as the model is to read it, marked off from ordinary Latin text:
+    "yin2 hang2" -> "{yin2 hang2}". F5-TTS reads Chinese as pinyin tokens ("yin2"); the sampler
+    (``pipeline.tts.sampler.model_tokens``) turns a marked run into those tokens directly, where
+    f5-tts's own conversion would spell unmarked ASCII letter by letter. The aligner reads it
+    without braces and tones ("yin" "hang")."""
+    return "{" + " ".join(syllables.lower().split()) + "}"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.text.zh import PINYIN_MARKED
+
 HOP_LENGTH = 256
 TARGET_RMS = 0.1
 SWAY_SAMPLING_COEF = -1.0
@@ -56,12 +58,34 @@ class Item:
 
 
 def generated_frames(ref_samples: int, ref_text: str, text: str, speed: float) -> int:
-    """infer_batch_process's duration rule for one chunk (frames generated after the reference)."""
+    """infer_batch_process's duration rule for one chunk (frames generated after the reference).
+    Marked pinyin counts as the Chinese characters it stands for (3 bytes a syllable)."""
     if len(ref_text[-1].encode("utf-8")) == 1:
         ref_text += " "
+    text = PINYIN_MARKED.sub(lambda m: "\u4e00" * len(m.group(1).split()), text)
     local_speed = 0.3 if len(text.encode("utf-8")) < 10 else speed
     ref_frames = ref_samples // HOP_LENGTH
     return int(ref_frames / len(ref_text.encode("utf-8")) * len(text.encode("utf-8")) / local_speed)
+
+
+def model_tokens(text: str, convert: Callable[[list[str]], list[list[str]]]) -> list[str]:
+    """The model's text tokens: f5-tts's ``convert_char_to_pinyin`` (``convert``), except that
+    marked pinyin ("{yin2 hang2}", ``pipeline.text.zh.pinyin_marked``: how a lexicon picks a
+    polyphone's reading) becomes the pinyin tokens f5-tts makes of Chinese characters (" ", "yin2",
+    " ", "hang2") instead of letters. Text without marks goes through ``convert`` unchanged."""
+    if "{" not in text or not PINYIN_MARKED.search(text):
+        return convert([text])[0]
+    out: list[str] = []
+    pos = 0
+    for m in PINYIN_MARKED.finditer(text):
+        if m.start() > pos:
+            out.extend(convert([text[pos : m.start()]])[0])
+        for syllable in m.group(1).split():
+            out.extend((" ", syllable))
+        pos = m.end()
+    if pos < len(text):
+        out.extend(convert([text[pos:]])[0])
+    return out
 
 
 TransformerFn = Callable[..., Any]
@@ -130,7 +154,7 @@ def _sample(
     texts = []
     for it in items:
         ref_text = it.ref_text + " " if len(it.ref_text[-1].encode("utf-8")) == 1 else it.ref_text
-        texts.append(convert_char_to_pinyin([ref_text + it.text])[0])
+        texts.append(model_tokens(ref_text + it.text, convert_char_to_pinyin))
     text = list_str_to_idx(texts, model.vocab_char_map).to(device)
 
     duration = torch.tensor([it.frames for it in items], device=device, dtype=torch.long)

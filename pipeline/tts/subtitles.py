@@ -1,8 +1,10 @@
 """SRT and WebVTT from word timings.
 
 Cues group words until a sentence ends, a pause opens, or the line would get too long to read
-(42 characters, the common broadcast limit), so subtitles follow the speech rather than a fixed
-word count.
+(42 columns, the common broadcast limit; a Chinese, Japanese or fullwidth character takes two), so
+subtitles follow the speech rather than a fixed word count. Cues break between words only: a
+Chinese word (one segmented token) is never split. Chinese words join without spaces, and a
+Chinese line past half its width also ends at clause punctuation (，、；：).
 
 Words may also carry a ``speaker`` (a name) and a ``sentence`` (an int index, from the chunk
 planner's sentences); both are optional and read with ``getattr``. A cue never spans two speakers
@@ -14,9 +16,12 @@ pauses. A speaker is shown as a WebVTT voice span, ``<v Alice>text</v>``, and in
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
+
+from pipeline.text.zh import join_spoken, joins_tight
 
 
 class Timed(Protocol):
@@ -30,10 +35,16 @@ class Timed(Protocol):
     def end(self) -> float: ...
 
 
-MAX_CHARS = 42
+MAX_CHARS = 42  # display columns: a CJK character counts two (21 Chinese characters a line)
 MAX_CUE_S = 6.0
 PAUSE_S = 0.6
 _SENTENCE_END = (".", "!", "?", "…", "。", "！", "？")
+_CLAUSE_END = ("，", "、", "；", "：", ",", ";", ":")
+
+
+def width(text: str) -> int:
+    """Display columns: East Asian wide and fullwidth characters take two."""
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
 
 
 @dataclass(frozen=True)
@@ -61,22 +72,27 @@ def _label(speaker: str | None) -> str:
 def cues(words: Sequence[Timed]) -> list[Cue]:
     out: list[Cue] = []
     cur: list[Timed] = []
-    text_len = 0  # len(" ".join(words of cur)), plus the speaker label and ": " when there is one
+    cols = 0  # width(_join(words of cur)), plus the speaker label and ": " when there is one
     for w in words:
         speaker, sentence = _speaker(w), _sentence(w)
         if cur:
             new_group = speaker != _speaker(cur[-1]) or sentence != _sentence(cur[-1])
-            too_long = text_len + 1 + len(w.word) > MAX_CHARS or w.end - cur[0].start > MAX_CUE_S
+            add = _sep(cur[-1].word, w.word) + width(w.word)
+            too_long = cols + add > MAX_CHARS or w.end - cur[0].start > MAX_CUE_S
             if new_group or too_long or w.start - cur[-1].end > PAUSE_S:
                 out.append(_cue(cur))
                 cur = []
         if not cur:
             label = _label(speaker)
-            text_len = len(label) + 2 + len(w.word) if label else len(w.word)
+            cols = width(label) + 2 + width(w.word) if label else width(w.word)
         else:
-            text_len += 1 + len(w.word)
+            cols += add
         cur.append(w)
         if sentence is None and w.word.endswith(_SENTENCE_END):
+            out.append(_cue(cur))
+            cur = []
+        elif _tight(w.word) and w.word.endswith(_CLAUSE_END) and cols * 2 >= MAX_CHARS:
+            # Chinese runs long between full stops: a line past half full ends at its clause mark
             out.append(_cue(cur))
             cur = []
     if cur:
@@ -84,11 +100,20 @@ def cues(words: Sequence[Timed]) -> list[Cue]:
     return out
 
 
+def _tight(word: str) -> bool:
+    return any(width(c) == 2 for c in word)
+
+
+def _sep(left: str, right: str) -> int:
+    """Columns between two words in a cue: none where either side is CJK, else a space."""
+    return 0 if joins_tight(left, right) else 1
+
+
 def _cue(words: list[Timed]) -> Cue:
     return Cue(
         start=words[0].start,
         end=max(words[-1].end, words[0].start),
-        text=" ".join(w.word for w in words),
+        text=join_spoken([w.word for w in words]),
         speaker=_speaker(words[0]),
         sentence=_sentence(words[0]),
     )

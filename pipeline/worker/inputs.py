@@ -21,6 +21,7 @@ from pipeline.contract import ErrorCode, Manifest, ManifestError, parse_manifest
 from pipeline.store import NotFound, Store, TooLarge
 from pipeline.text import lexicon as lexicons
 from pipeline.text import script
+from pipeline.text.languages import AUTO
 from pipeline.text.script import Analysis
 from pipeline.tts import audio as audio_utils
 from pipeline.tts.voices import UnusableRecord, VoiceLibrary, VoiceRecord
@@ -81,10 +82,11 @@ class JobInputs:
 
 
 class Inputs:
-    def __init__(self, settings: Settings, store: Store) -> None:
+    def __init__(self, settings: Settings, store: Store, languages: tuple[str, ...] = ("eng", "zho")) -> None:
         self.settings = settings
         self.store = store
         self.voices = VoiceLibrary(store)
+        self.languages = languages  # what the worker's model speaks (its bundle's ``languages``)
 
     async def read(self, job_id: str, check: Callable[[], None] = lambda: None) -> JobInputs:
         """``check`` is the attempt's (cancel, timeout, lost claim): called between downloads."""
@@ -100,6 +102,8 @@ class Inputs:
         except ManifestError as e:
             fail(e.code, e.message)
         _check_text(manifest.full_text, s.max_text_chars)
+        if manifest.language != AUTO:
+            self._check_language([manifest.language])
         budget.check(s, "turns", len(manifest.turns))
         lexicon = await self._lexicon(manifest)
         try:  # 100,000 characters take a moment: off the event loop
@@ -113,8 +117,17 @@ class Inputs:
             )
         except script.ScriptError as e:
             fail(e.code, e.message)
+        self._check_language(list(analysis.languages))  # as detected, for "auto"
         voices, turn_voice = await self._voices(analysis, check)
         return JobInputs(manifest, analysis, voices, turn_voice)
+
+    def _check_language(self, found: list[str]) -> None:
+        other = [lang for lang in found if lang not in self.languages]
+        if other:
+            fail(
+                ErrorCode.UNSUPPORTED_LANGUAGE,
+                f"the text is in {', '.join(other)}; this worker's model speaks {', '.join(self.languages)}",
+            )
 
     async def _voices(self, analysis: Analysis, check: Callable[[], None]) -> tuple[list[VoiceInput], list[int]]:
         """One ``VoiceInput`` per distinct (voice, transcript) the turns name, for speaker labels;

@@ -59,6 +59,7 @@ class Outputs:
     ref_text_from_asr: bool
     voice_key: str
     normalized_text: str
+    languages: dict[str, int]
     seed: int
     warnings: list[ResultWarning]
 
@@ -175,6 +176,7 @@ class Publisher:
             subtitles=subs,
             text=manifest.full_text,
             normalized_text=out.normalized_text,
+            languages=out.languages,
             ref_text=out.ref_text,
             ref_text_source=out.ref_text_source,
             ref_text_from_asr=out.ref_text_from_asr,

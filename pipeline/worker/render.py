@@ -43,7 +43,7 @@ from pipeline.contract import (
 )
 from pipeline.faults import NO_FAULTS, FaultHooks
 from pipeline.store import Store
-from pipeline.text import script
+from pipeline.text import script, zh
 from pipeline.text.script import Piece
 from pipeline.tts import sampler
 from pipeline.tts.align import AlignmentImpossible
@@ -331,7 +331,8 @@ class _Render:
         if spec.align_language is not None:
             t0 = time.perf_counter()
             try:
-                spans = await asyncio.to_thread(self.st.aligner.align, audio, SAMPLE_RATE, piece.spoken, m.language)
+                words = " ".join(zh.for_aligner(w) for _, w in script.spoken_words(piece.words))
+                spans = await asyncio.to_thread(self.st.aligner.align, audio, SAMPLE_RATE, words, m.language)
                 record.words = [(s.start, s.end, round(s.score, 4)) for s in spans]
             except AlignmentImpossible as e:
                 record.alignment_error = str(e)
@@ -443,6 +444,7 @@ class _Marks:
                     text_end=ref.text_end,
                     segment=ref.turn if self.dialogue else None,
                     speaker=self._speaker(ref.turn),
+                    language=ref.language,
                 )
             )
         return out

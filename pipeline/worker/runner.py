@@ -390,6 +390,7 @@ class JobRunner:
                 ref_text_from_asr=refs[0].text_source == "asr" or first.ref_text_from_asr,
                 voice_key=first.voice_key,
                 normalized_text=inputs.analysis.normalized_text,
+                languages=inputs.analysis.languages,
                 seed=seed,
                 warnings=warnings,
             )

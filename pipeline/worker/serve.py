@@ -156,7 +156,7 @@ def _worker(
         queue,
         heartbeat,
         lease_store,
-        Inputs(settings, store),
+        Inputs(settings, store, tuple(engine.bundle.languages)),
         Renderer(settings, store, engine, aligner, batcher, faults),
         model,
         stopping,

@@ -220,3 +220,111 @@ def test_dialogue_with_two_library_voices(
     assert f"<v {bob}>" in subs["vtt"] and f"<v {alice}>" in subs["vtt"]
     assert f"{bob}: " in subs["srt"]
     assert json.dumps(result)  # serialisable as stored
+
+
+# -- Chinese (issue 20) ------------------------------------------------------------------------
+
+ZH_TEXT = "你好，世界。今天是2026年12月1日，气温是15度，涨了3.5%。我用 iPhone 15 Pro 去银行拍的。"
+
+
+def test_a_mixed_chinese_english_job_is_spoken_and_timed_word_by_word(
+    aws_env: dict[str, str], s3: Any, worker: WorkerProcess, library: tuple[str, str], tmp_path: Path
+) -> None:
+    """Numbers, a date and a percentage read in Mandarin, English words kept, a polyphone's reading
+    picked with pinyin (银行 yin2 hang2): one timed word per segmented word, each pointing at its
+    characters, no digit left in what was spoken, subtitles that break only between words."""
+    from pipeline.text import normalize
+
+    status = _run(
+        aws_env,
+        s3,
+        worker,
+        tmp_path,
+        "text-zh",
+        text=ZH_TEXT,
+        voice=library[0],
+        language="zh",
+        lexicon={"银行": "yin2 hang2"},
+        subtitles=["srt", "vtt"],
+    )
+    assert status["state"] == "COMPLETED", status
+    result = _result(s3, "text-zh")
+    assert result["languages"] == {"zho": len(ZH_TEXT)}
+    spoken = result["normalized_text"]
+    assert not re.search(r"\d", spoken.replace("{yin2 hang2}", "")), spoken
+    assert "二零二六年十二月一日" in spoken and "百分之三点五" in spoken and "iPhone" in spoken
+    assert "{yin2 hang2}" in spoken
+    # One timing per segmented word (the tokens the front-end made), in order, slicing the source.
+    tokens = [t for t in normalize.normalize(ZH_TEXT, "zho", {"银行": "yin2 hang2"}) if t.spoken]
+    words = result["word_timings"]
+    assert [(w["text_start"], w["text_end"]) for w in words] == [(t.start, t.end) for t in tokens]
+    assert len(words) > 15  # not one timing for a whole sentence
+    assert all(ZH_TEXT[w["text_start"] : w["text_end"]] == w["word"] for w in words)
+    assert all(w["end"] > w["start"] for w in words), [w for w in words if w["end"] <= w["start"]]
+    assert [w["start"] for w in words] == sorted(w["start"] for w in words)
+    bank = next(w for w in words if w["word"].startswith("银行"))
+    assert bank["spoken"].startswith("{yin2 hang2}")
+    for fmt in ("srt", "vtt"):
+        body = s3.get_object(Bucket=BUCKET, Key=result["subtitles"][fmt].removeprefix(f"s3://{BUCKET}/"))
+        cues = _cue_texts(body["Body"].read().decode())
+        assert "".join(c.replace(" ", "") for c in cues) == "".join(w["word"].replace(" ", "") for w in words)
+        source_words = [w["word"] for w in words]
+        for cue in cues:  # each cue is whole words, joined as Chinese is written
+            assert _splits_into(cue.replace(" ", ""), [w.replace(" ", "") for w in source_words]), cue
+
+
+def _cue_texts(doc: str) -> list[str]:
+    """The text lines of an SRT or WebVTT document's cues."""
+    out = []
+    for block in doc.strip().split("\n\n"):
+        lines = [ln for ln in block.splitlines() if ln and "-->" not in ln and not ln.isdigit() and ln != "WEBVTT"]
+        out.extend(lines)
+    return out
+
+
+def _splits_into(cue: str, words: list[str]) -> bool:
+    """``cue`` is a run of consecutive whole ``words``."""
+    for i in range(len(words)):
+        joined = ""
+        for w in words[i:]:
+            joined += w
+            if joined == cue:
+                return True
+            if len(joined) >= len(cue):
+                break
+    return False
+
+
+def test_a_job_in_a_language_the_model_does_not_speak_fails_before_any_model_call(
+    aws_env: dict[str, str], s3: Any, worker: WorkerProcess, library: tuple[str, str], tmp_path: Path
+) -> None:
+    status = _run(
+        aws_env, s3, worker, tmp_path, "text-jpn", text="こんにちは、元気ですか？", voice=library[0], language="jpn"
+    )
+    assert status["state"] == "FAILED" and status["error"]["code"] == "UNSUPPORTED_LANGUAGE", status
+    assert "eng, zho" in status["error"]["message"]
+    assert [h["state"] for h in status["history"]] == ["QUEUED", "PROCESSING", "FAILED"]
+    assert get_json(s3, "results/text-jpn.json") is None
+
+
+def test_auto_detects_the_language_sentence_by_sentence(
+    aws_env: dict[str, str], s3: Any, worker: WorkerProcess, library: tuple[str, str], tmp_path: Path
+) -> None:
+    text = "The meeting starts at 10:30 tomorrow morning. 会议明天上午10:30开始。"
+    status = _run(aws_env, s3, worker, tmp_path, "text-auto", text=text, voice=library[0], language="auto")
+    assert status["state"] == "COMPLETED", status
+    result = _result(s3, "text-auto")
+    assert set(result["languages"]) == {"eng", "zho"}
+    assert [s["language"] for s in result["sentences"]] == ["eng", "zho"]
+    assert "ten thirty" in result["normalized_text"] and "十点三十分" in result["normalized_text"]
+    bad = _run(
+        aws_env,
+        s3,
+        worker,
+        tmp_path,
+        "text-auto-jpn",
+        text="Good morning to you all. こんにちは、お元気ですか？",
+        voice=library[0],
+        language="auto",
+    )
+    assert bad["state"] == "FAILED" and bad["error"]["code"] == "UNSUPPORTED_LANGUAGE", bad

@@ -236,20 +236,20 @@ def test_lexicon_matches_chinese_inside_words_longest_first() -> None:
     assert pairs(text, tokens) == [
         ("中国银行", "中行"),
         ("和", "和"),
-        ("银行", "yin2 hang2"),
+        ("银行", "{yin2 hang2}"),
         ("家", "家"),
         ("都", "都"),
         ("在", "在"),
-        ("银行。", "yin2 hang2。"),
+        ("银行。", "{yin2 hang2}。"),
     ]
-    assert [t.words for t in tokens][2] == ["yin2", "hang2"]
+    assert [t.words for t in tokens][2] == ["{yin2", "hang2}"]
 
 
-def test_pinyin_alias_is_verbatim_and_other_aliases_are_normalized() -> None:
-    assert said("去银行", {"银行": "yin2 hang2"}) == "去yin2 hang2"
+def test_pinyin_alias_is_marked_and_other_aliases_are_normalized() -> None:
+    assert said("去银行", {"银行": "yin2 hang2"}) == "去{yin2 hang2}"
     assert said("用V2", {"V2": "第2版"}) == "用第二版"
     assert said("看WHO报告", {"WHO": "世界卫生组织"}) == "看世界卫生组织报告"
-    assert said("重庆", {"重庆": "chong2 qing4"}) == "chong2 qing4"
+    assert said("重庆", {"重庆": "chong2 qing4"}) == "{chong2 qing4}"
     assert said("重庆", {"重庆": "Chong Qing 2"}) == "Chong Qing二"  # not pinyin: normalized
 
 
@@ -270,7 +270,7 @@ def test_lexicon_with_normalization_disabled() -> None:
     text = "去银行取100元"
     tokens = normalize(text, "zho", {"银行": "yin2 hang2", "100元": "一百块"}, enabled=False)
     assert_offsets(text, tokens)
-    assert pairs(text, tokens) == [("去", "去"), ("银行", "yin2 hang2"), ("取", "取"), ("100元", "一百块")]
+    assert pairs(text, tokens) == [("去", "去"), ("银行", "{yin2 hang2}"), ("取", "取"), ("100元", "一百块")]
     assert normalize("去AI", "zho", {"AI": "第2代"}, enabled=False)[-1].spoken == "第2代"
 
 

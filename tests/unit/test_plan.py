@@ -168,7 +168,7 @@ def test_pack_covers_every_token_once_in_order(parts: list[str], max_bytes: int,
     for i in range(len(chunks) - 1):
         nxt = ss[sentence_of[chunks[i + 1][0].start]]
         if whole[i] and chunks[i + 1][0] == nxt.tokens[0]:
-            size = _nbytes(chunks[i]) + len(nxt.spoken.encode()) + (1 if nxt.spoken and _nbytes(chunks[i]) else 0)
+            size = len(plan.chunk_spoken((*chunks[i], *nxt.tokens)).encode())
             assert size > max(max_bytes, 1)
 
 
