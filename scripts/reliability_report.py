@@ -196,7 +196,8 @@ def _sweep(doc: dict | None) -> list[str]:
     lines = [
         SWEEP,
         f"Last full sweep: {doc['cells']} cells, {doc['failed']} failed ({passed} passed), "
-        f"{len(doc['rows'])} positions, in {doc['seconds'] / 60:.0f} min with {doc['lanes']} lanes side by side.",
+        f"{len(doc['rows'])} positions, in {doc['seconds'] / 60:.0f} min with {doc['lanes']} lanes side by side"
+        + (f", on commit {doc['commit']}." if doc.get("commit") else "."),
         "",
         "| reference | # | position | " + " | ".join(kinds) + " |",
         "|---|---|---|" + "---|" * len(kinds),

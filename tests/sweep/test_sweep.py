@@ -83,5 +83,19 @@ def test_every_request_position_with_every_fault_kind(sweep: Sweep) -> None:
     matrix["seconds"] = round(time.monotonic() - t0)
     matrix["lanes"] = len(sweep.lanes)
     matrix["positions"] = {ref: len(p) for ref, p in sweep.positions.items()}
+    matrix["commit"] = _commit()
     FIGURES_DIR.mkdir(parents=True, exist_ok=True)
     (FIGURES_DIR / "sweep.json").write_text(json.dumps(matrix, indent=1))
+
+
+def _commit() -> str:
+    """The commit the sweep ran on (with "+" if the tree had changes), for the report."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True)
+    except OSError:
+        return "unknown"
+    return head.stdout.strip() + ("+" if dirty.stdout.strip() else "") if head.returncode == 0 else "unknown"
