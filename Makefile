@@ -72,8 +72,13 @@ schemas: venv
 browser:
 	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
 
+# Two test processes (pytest-xdist), each with a LocalStack, workers and buckets of its own; a
+# file's tests stay together (module fixtures), the longest files first (tests/conftest.py).
+# Much of the suite waits on leases, polls and processes: two keep both cores busy.
+TEST_PROCESSES ?= 2
+
 test: setup browser lint
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n $(TEST_PROCESSES) --dist loadfile
 
 unit: venv
 	$(VENV)/bin/pytest tests/unit

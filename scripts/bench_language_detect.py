@@ -36,8 +36,21 @@ CASES = [
     ("مرحبا، كيف حالك اليوم؟", "ara"),
 ]
 
-ISO1 = {"en": "eng", "zh-cn": "zho", "zh-tw": "zho", "ja": "jpn", "ko": "kor", "de": "deu", "fr": "fra",
-        "es": "spa", "it": "ita", "pt": "por", "nl": "nld", "ru": "rus", "ar": "ara"}
+ISO1 = {
+    "en": "eng",
+    "zh-cn": "zho",
+    "zh-tw": "zho",
+    "ja": "jpn",
+    "ko": "kor",
+    "de": "deu",
+    "fr": "fra",
+    "es": "spa",
+    "it": "ita",
+    "pt": "por",
+    "nl": "nld",
+    "ru": "rus",
+    "ar": "ara",
+}
 
 
 def ours(text: str) -> str:
@@ -71,8 +84,11 @@ def langdetect_(text: str) -> str:
 
 def main() -> None:
     rows = []
-    for name, fn in [("ours (script rules + lingua, 12 languages)", ours), ("lingua, all 75 languages", lingua_all),
-                     ("langdetect 1.0.9", langdetect_)]:
+    for name, fn in [
+        ("ours (script rules + lingua, 12 languages)", ours),
+        ("lingua, all 75 languages", lingua_all),
+        ("langdetect 1.0.9", langdetect_),
+    ]:
         t0 = time.perf_counter()
         fn("warm up the models")
         setup = time.perf_counter() - t0

@@ -353,8 +353,11 @@ class Lane:
         return sorted(o["Key"] for o in resp.get("Contents", []))
 
     def drain_notes(self) -> None:
+        # Short polls: LocalStack answers them exactly (no sampled servers, unlike SQS), and the
+        # callers poll again until what they expect has arrived; a late repeat is still caught by
+        # the sweep's last drain. A long poll here cost a second per call, two calls per cell.
         while True:
-            msgs = self.sqs.receive_message(QueueUrl=self.notes_url, MaxNumberOfMessages=10, WaitTimeSeconds=1).get(
+            msgs = self.sqs.receive_message(QueueUrl=self.notes_url, MaxNumberOfMessages=10, WaitTimeSeconds=0).get(
                 "Messages", []
             )
             if not msgs:
