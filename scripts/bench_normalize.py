@@ -23,6 +23,7 @@ import shutil
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -53,18 +54,19 @@ def _loose(s: str) -> str:
     return " ".join(out)
 
 
-def _score(outputs: list[str]) -> dict[str, Any]:
-    exact = [o == e for o, (_, e) in zip(outputs, ENGLISH_CASES, strict=True)]
-    loose = [_loose(o) == _loose(e) for o, (_, e) in zip(outputs, ENGLISH_CASES, strict=True)]
+def score(
+    outputs: list[str], cases: list[tuple[str, str]] = ENGLISH_CASES, loose_form: Callable[[str], str] = _loose
+) -> dict[str, Any]:
+    """Cases right, exactly and loosely (``loose_form`` of both sides equal), and the misses."""
+    exact = [o == e for o, (_, e) in zip(outputs, cases, strict=True)]
+    loose = [loose_form(o) == loose_form(e) for o, (_, e) in zip(outputs, cases, strict=True)]
     misses = [
-        {"input": t, "expected": e, "got": o}
-        for o, (t, e), ok in zip(outputs, ENGLISH_CASES, loose, strict=True)
-        if not ok
+        {"input": t, "expected": e, "got": o} for o, (t, e), ok in zip(outputs, cases, loose, strict=True) if not ok
     ]
-    return {"cases": len(ENGLISH_CASES), "exact": sum(exact), "loose": sum(loose), "misses": misses}
+    return {"cases": len(cases), "exact": sum(exact), "loose": sum(loose), "misses": misses}
 
 
-def _env() -> dict[str, Any]:
+def env() -> dict[str, Any]:
     return {
         "python": platform.python_version(),
         "interpreter": sys.executable,
@@ -110,8 +112,8 @@ def bench_ours() -> dict[str, Any]:
         "per_case_ms": per_case_ms,
         "chars_100k_s": statistics.median(runs),
         "chars_100k_tokens": len(tokens),
-        **_score(outputs),
-        **_env(),
+        **score(outputs),
+        **env(),
     }
 
 
@@ -153,8 +155,8 @@ def bench_nemo() -> dict[str, Any] | None:
         "first_construction_s": first if cold else None,
         "cached_construction_s": cached,
         "per_case_ms": per_case_ms,
-        **_score(outputs),
-        **_env(),
+        **score(outputs),
+        **env(),
     }
 
 

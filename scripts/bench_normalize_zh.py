@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
-import platform
 import random
 import re
 import statistics
@@ -28,12 +26,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench_normalize import env, score  # noqa: E402  (run as scripts/bench_normalize_zh.py)
 
 from tests.unit.normalize_cases import CHINESE_CASES  # noqa: E402
 
@@ -47,27 +46,6 @@ _PUNCT = re.compile(r"[\s\W_]+")
 def _loose(s: str) -> str:
     """Credit an engine for style: punctuation (full or half width), spaces, letter case, 两/二, 幺/一."""
     return _PUNCT.sub("", s).lower().replace("两", "二").replace("幺", "一")
-
-
-def _score(outputs: list[str]) -> dict[str, Any]:
-    exact = [o == e for o, (_, e) in zip(outputs, CHINESE_CASES, strict=True)]
-    loose = [_loose(o) == _loose(e) for o, (_, e) in zip(outputs, CHINESE_CASES, strict=True)]
-    misses = [
-        {"input": t, "expected": e, "got": o}
-        for o, (t, e), ok in zip(outputs, CHINESE_CASES, loose, strict=True)
-        if not ok
-    ]
-    return {"cases": len(CHINESE_CASES), "exact": sum(exact), "loose": sum(loose), "misses": misses}
-
-
-def _env() -> dict[str, Any]:
-    return {
-        "python": platform.python_version(),
-        "interpreter": sys.executable,
-        "machine": platform.machine(),
-        "cpus": os.cpu_count(),
-        "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-    }
 
 
 def _version(dist: str) -> str:
@@ -196,8 +174,8 @@ def bench_ours() -> dict[str, Any]:
         "chars_100k_cold_s": cold,
         "chars_100k_tokens": len(tokens),
         "chars_100k_digits_left": digits_left,
-        **_score(outputs),
-        **_env(),
+        **score(outputs, CHINESE_CASES, _loose),
+        **env(),
     }
 
 
@@ -226,8 +204,8 @@ def bench_cn2an() -> dict[str, Any] | None:
         "first_construction_s": first,
         "per_case_ms": per_case_ms,
         "chars_100k_s": time.perf_counter() - t0,
-        **_score(outputs),
-        **_env(),
+        **score(outputs, CHINESE_CASES, _loose),
+        **env(),
     }
 
 
@@ -263,8 +241,8 @@ def bench_wetext(cold: bool) -> dict[str, Any] | None:
         "first_construction_s": loaded,
         "compile_s": compiled if compiled is not None else previous.get("compile_s"),
         "per_case_ms": per_case_ms,
-        **_score(outputs),
-        **_env(),
+        **score(outputs, CHINESE_CASES, _loose),
+        **env(),
     }
 
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 from xml.parsers import expat
 
-__all__ = ["MAX_ENTRIES", "MAX_LENGTH", "MAX_PLS_BYTES", "LexiconError", "check", "merge", "parse_pls"]
+__all__ = ["MAX_ENTRIES", "MAX_LENGTH", "MAX_PLS_BYTES", "LexiconError", "check", "merge", "parse_pls", "table"]
 
 MAX_ENTRIES = 1000
 MAX_LENGTH = 200  # characters in one grapheme or alias
@@ -136,3 +136,14 @@ def check(lexicon: Mapping[str, str], max_entries: int = MAX_ENTRIES) -> None:
             bad = _control(value)
             if bad:
                 raise LexiconError(f"the lexicon {what} {shown!r} contains a control character ({bad})")
+
+
+def table(items: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    """Grapheme (its whitespace runs folded to one space, as the matchers expect) -> alias; empty
+    graphemes dropped. What ``normalize`` and ``zh`` build their match patterns from."""
+    out: dict[str, str] = {}
+    for grapheme, alias in items:
+        key = " ".join(grapheme.split())
+        if key:
+            out[key] = alias
+    return out

@@ -114,7 +114,7 @@ from functools import lru_cache
 
 from num2words import num2words
 
-from pipeline.text import zh
+from pipeline.text import lexicon, zh
 from pipeline.text.tokens import Token
 
 __all__ = ["BASIC", "CHINESE", "SUPPORTED", "normalize", "spoken_text"]
@@ -154,11 +154,7 @@ class _Unit:
 
 @lru_cache(maxsize=64)
 def _lexicon_re(items: tuple[tuple[str, str], ...]) -> tuple[re.Pattern[str], dict[str, str]] | None:
-    table: dict[str, str] = {}
-    for grapheme, alias in items:
-        key = " ".join(grapheme.split())
-        if key:
-            table[key] = alias
+    table = lexicon.table(items)
     if not table:
         return None
     keys = sorted(table, key=lambda g: (-len(g), g))

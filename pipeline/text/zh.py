@@ -84,6 +84,7 @@ from functools import lru_cache
 
 import rjieba
 
+from pipeline.text import lexicon
 from pipeline.text.tokens import Token
 
 __all__ = ["LANGUAGES", "PINYIN_MARKED", "join_spoken", "normalize", "pinyin_marked"]
@@ -351,11 +352,7 @@ _Atoms = list[tuple[int, int, int, str]]
 
 @lru_cache(maxsize=64)
 def _lexicon_re(items: tuple[tuple[str, str], ...]) -> tuple[re.Pattern[str], dict[str, str]] | None:
-    table: dict[str, str] = {}
-    for grapheme, alias in items:
-        key = " ".join(grapheme.split())
-        if key:
-            table[key] = alias
+    table = lexicon.table(items)
     if not table:
         return None
     edge = rf"[^\W{_HAN}]"  # a letter or digit of a non-Chinese script: needs a boundary
