@@ -36,6 +36,7 @@ import hashlib
 import hmac
 import io
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -53,6 +54,7 @@ from pipeline.tts.voices import VoiceError, VoiceLibrary, is_name
 log = logging.getLogger(__name__)
 
 MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts", "f5-tts")
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
 
 
 @dataclass(frozen=True)
@@ -176,7 +178,13 @@ class SpeechApi:
         fmt = FORMATS[req.response_format]
         await self._check_voice(req.voice)
         manifest = Manifest(
-            text=req.input, voice=req.voice, speed=req.speed, output_format=OutputFormat(fmt.worker_format)
+            text=req.input,
+            voice=req.voice,
+            speed=req.speed,
+            output_format=OutputFormat(fmt.worker_format),
+            # OpenAI's request names no language: text with CJK characters is detected sentence by
+            # sentence (Chinese, mixed with English, is the model's other language); the rest is English.
+            language="auto" if _CJK.search(req.input) else "eng",
         )
         job_id = await self._submit(request, manifest)
         log.info("speech request: job %s (voice %r, %d chars)", job_id, req.voice, len(req.input))

@@ -66,6 +66,18 @@ def test_speech_comes_back_as_24khz_audio(console: str, fmt: str) -> None:
     assert response.response.headers["x-job-id"].startswith("job-")
 
 
+def test_chinese_input_is_spoken_as_chinese(console: str, s3: Any) -> None:
+    """OpenAI's request names no language: input with Chinese characters is detected (language
+    auto), so its numbers are read in Mandarin and its words timed one by one."""
+    text = "你好，世界。今天是2026年12月1日。"
+    response = _client(console).audio.speech.create(model="tts-1", voice=VOICE, input=text, response_format="wav")
+    job_id = response.response.headers["x-job-id"]
+    result = json.loads(s3.get_object(Bucket=BUCKET, Key=f"results/{job_id}.json")["Body"].read())
+    assert result["languages"] == {"zho": len(text)}
+    assert "二零二六年十二月一日" in result["normalized_text"]
+    assert len(result["word_timings"]) > 5
+
+
 def test_voices_are_listed_from_the_library(console: str) -> None:
     req = urllib.request.Request(f"{console}/v1/audio/voices", headers={"Authorization": f"Bearer {KEY}"})
     with urllib.request.urlopen(req, timeout=10) as resp:
