@@ -1,16 +1,17 @@
 """Durable chunks: every synthesised text chunk goes to S3 as soon as it is done.
 
     outputs/<job_id>/chunks/<index>-<digest>.flac   the chunk's audio (PCM16, 24 kHz mono)
-    outputs/<job_id>/chunks/<index>-<digest>.json   ChunkRecord: length and word timings, written
-                                                    after the audio, so it marks a complete chunk
+    outputs/<job_id>/chunks/<index>-<digest>.json   ChunkRecord: length, word timings and place in
+                                                    the job's audio, written after the audio, so
+                                                    it marks a complete chunk
 
 Two uses. A client can list the prefix while the job runs and start listening (the index sorts in
-playing order). And a retried job (its worker died, S3 failed, the worker was shut down) reuses
-every chunk an earlier attempt finished instead of synthesising it again: the digest covers
-everything the chunk's audio depends on (model version, reference audio and transcript, the
-chunk's spoken text, its seed, speed, steps, guidance, silence removal, alignment language), so
-the same key always holds the same content, whichever attempt wrote it, and a chunk whose inputs
-changed is simply not found.
+playing order; the speech API streams them, ``pipeline.web.stream``). And a retried job (its worker
+died, S3 failed, the worker was shut down) reuses every chunk an earlier attempt finished instead
+of synthesising it again: the digest covers everything the chunk's audio depends on (model version,
+reference audio and transcript, the chunk's spoken text, its seed, speed, steps, guidance, silence
+removal, alignment language), so the same key always holds the same content, whichever attempt
+wrote it, and a chunk whose inputs changed is simply not found.
 
 Chunks are stored PCM16, and a fresh chunk is quantised exactly as a stored one decodes, so a
 resumed job's audio is bit-identical to an uninterrupted run's.
@@ -70,6 +71,13 @@ class ChunkRecord(BaseModel):
     # when no timings were asked or alignment was impossible (then ``alignment_error`` says why).
     words: list[tuple[float, float, float]] | None = None
     alignment_error: str | None = None
+    # Where the chunk goes in the job's audio (``pipeline.tts.assembler.Joiner``): which speech
+    # chunk it is, the sample it starts at, and whether it cross-fades into the one before. What
+    # lets the speech API re-join chunks while the job runs (``pipeline.web.stream``); absent in
+    # records written before they existed (the stream then waits for the finished audio).
+    ordinal: int | None = Field(default=None, ge=0)
+    start: int | None = Field(default=None, ge=0)
+    cross_fade: bool = False
 
 
 def quantize(wave: np.ndarray) -> np.ndarray:
@@ -89,11 +97,13 @@ class ChunkStore:
         self.store = store
         self.job_id = job_id
 
-    async def durable(self) -> dict[int, str]:
-        """index -> digest of every complete chunk (its record exists), from one listing."""
+    async def durable(self, after: int | None = None) -> dict[int, str]:
+        """index -> digest of every complete chunk (its record exists), from one listing;
+        ``after``: only chunks with a greater index (the listing starts there)."""
         audio: set[tuple[int, str]] = set()
         records: set[tuple[int, str]] = set()
-        for key in await self.store.list_keys(keys.chunks_prefix(self.job_id)):
+        start = None if after is None else keys.chunk_key(self.job_id, after, "g", "")  # sorts after its keys
+        for key in await self.store.list_keys(keys.chunks_prefix(self.job_id), start):
             parsed = keys.parse_chunk_key(key)
             if parsed is None:
                 continue

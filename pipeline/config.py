@@ -116,6 +116,9 @@ class Settings(BaseSettings):
     console_port: int = Field(default=8080, ge=1, le=65535)
     api_key: SecretStr | None = None
     api_wait_s: float = Field(default=120.0, gt=0)
+    # A streamed answer (pipeline/web/stream.py) looks for new chunks this often; it ends (504
+    # before any audio, cut short after) when no audio arrives for api_wait_s.
+    api_stream_poll_s: float = Field(default=0.1, gt=0, le=5)
     # The front door (pipeline/web/, docs/security.md). Host names the server answers for (others
     # get 421: DNS rebinding); "*" answers any. The bound address is added when it is a specific one.
     console_allowed_hosts: Annotated[tuple[str, ...], NoDecode] = ("localhost", "127.0.0.1", "::1")

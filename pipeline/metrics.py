@@ -51,6 +51,9 @@ BATCH_WAIT_SECONDS = Histogram(
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 BATCH_SPLITS = Counter("tts_batch_splits", "Model calls that failed and were retried in halves", ["kind"])
+STREAM_MISMATCHES = Counter(
+    "tts_stream_mismatches", "Speech API streams whose early samples differed from the finished audio (a bug)"
+)
 MODEL_BUSY_SECONDS = Counter("tts_model_busy_seconds", "Time the model thread (GPU or CPU) spent in calls")
 MODEL_BUSY_FRACTION = Gauge(
     "tts_gpu_busy_fraction", "Fraction of the last 60 s the model thread (the GPU on GPU workers) was in a call"

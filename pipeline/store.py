@@ -184,16 +184,17 @@ class Store:
     async def exists(self, key: str) -> bool:
         return await self.head(key) is not None
 
-    async def list_keys(self, prefix: str) -> list[str]:
-        return [o.key for o in await self.list_objects(prefix)]
+    async def list_keys(self, prefix: str, start_after: str | None = None) -> list[str]:
+        return [o.key for o in await self.list_objects(prefix, start_after)]
 
-    async def list_objects(self, prefix: str) -> list[ObjectInfo]:
-        """Every object under ``prefix``: one LIST request per 1,000 keys. A transient failure on
-        any page restarts the listing (under the shared retry policy, as every other call)."""
+    async def list_objects(self, prefix: str, start_after: str | None = None) -> list[ObjectInfo]:
+        """Every object under ``prefix`` (after ``start_after``, in key order): one LIST request
+        per 1,000 keys. A transient failure on any page restarts the listing (under the shared
+        retry policy, as every other call)."""
         async for attempt in self.calls.retrying():
             with attempt:
                 out: list[ObjectInfo] = []
-                token: dict[str, str] = {}
+                token: dict[str, str] = {"StartAfter": start_after} if start_after else {}
                 while True:
                     async with asyncio.timeout(self.calls.timeout_s):
                         page = await self.s3.list_objects_v2(Bucket=self.bucket, Prefix=prefix, **token)

@@ -161,11 +161,22 @@ def _split_clauses(tokens: Sequence[Token]) -> list[_Unit]:
     return units
 
 
-def pack(sentences: Sequence[Sentence], max_bytes: int) -> list[tuple[Token, ...]]:
+def pack(sentences: Sequence[Sentence], max_bytes: int, first_bytes: int | None = None) -> list[tuple[Token, ...]]:
     """Chunks of consecutive tokens, each at most ``max_bytes`` of spoken UTF-8 unless it is a
-    single oversize token; every token in exactly one chunk, in order; no empty chunk."""
+    single oversize token; every token in exactly one chunk, in order; no empty chunk.
+    ``first_bytes``: the first chunk is the first sentence alone, or its first clauses (then
+    tokens) within ``first_bytes``; what follows is packed as usual."""
     max_bytes = max(1, int(max_bytes))
+    spoken = [s for s in sentences if s.tokens]
+    if first_bytes is None or not spoken:
+        return _pack(spoken, max_bytes)
+    head = spoken[0]
+    lead = _pack([head], max(1, min(int(first_bytes), max_bytes)))[0]
+    rest = list(head.tokens[len(lead) :])
+    return [lead, *_pack(([_sentence(rest)] if rest else []) + spoken[1:], max_bytes)]
 
+
+def _pack(sentences: Sequence[Sentence], max_bytes: int) -> list[tuple[Token, ...]]:
     def single_tokens(tokens: Sequence[Token], out: list[tuple[Token, ...]]) -> None:
         out.extend((t,) for t in tokens)  # one token, over the limit by itself
 

@@ -60,6 +60,10 @@ class Piece:
         return plan.chunk_spoken([w.token for w in self.words])
 
 
+# An interactive job's first chunk gets at most this share of the chunk budget (``Analysis.plan``).
+FIRST_CHUNK_SHARE = 4
+
+
 @dataclass(frozen=True)
 class SentenceRef:
     turn: int
@@ -87,8 +91,11 @@ class Analysis:
     normalized_text: str
     languages: dict[str, int] = field(default_factory=dict)  # characters of the text per language
 
-    def plan(self, budget: Callable[[int, float], int]) -> list[Piece]:
-        """Pieces in order; ``budget(turn, speed)`` is the max UTF-8 bytes of a chunk for that turn."""
+    def plan(self, budget: Callable[[int, float], int], *, first_short: bool = False) -> list[Piece]:
+        """Pieces in order; ``budget(turn, speed)`` is the max UTF-8 bytes of a chunk for that turn.
+        ``first_short``: the job's first chunk is its first sentence or clause, at most a quarter of
+        the budget (``plan.pack``), so its audio exists after a fraction of a full chunk's model
+        time. A pure function of the job's text and budget: a retried job plans the same chunks."""
         pieces: list[Piece] = []
         for t, (turn, items) in enumerate(zip(self.turns, self.items, strict=True)):
             speed = turn.speed if turn.speed is not None else 1.0
@@ -96,14 +103,16 @@ class Analysis:
                 if isinstance(item, _Pause):
                     pieces.append(Piece(len(pieces), t, speed, pause_s=item.seconds, marker=item.marker))
                     continue
-                for chunk in _pack(item, budget(t, speed)):
+                max_bytes = budget(t, speed)
+                lead = max_bytes // FIRST_CHUNK_SHARE if first_short and not any(p.words for p in pieces) else None
+                for chunk in _pack(item, max_bytes, lead):
                     pieces.append(Piece(len(pieces), t, speed, words=chunk))
             if turn.pause_after_s > 0:
                 pieces.append(Piece(len(pieces), t, speed, pause_s=turn.pause_after_s))
         return pieces
 
 
-def _pack(run: _Run, max_bytes: int) -> list[tuple[Word, ...]]:
+def _pack(run: _Run, max_bytes: int, first_bytes: int | None = None) -> list[tuple[Word, ...]]:
     by_token: dict[tuple[int, int], int] = {}
     sents: list[plan.Sentence] = []
     for words in run.sentences:
@@ -112,7 +121,9 @@ def _pack(run: _Run, max_bytes: int) -> list[tuple[Word, ...]]:
         sents.append(plan.Sentence(tokens=toks, text_start=toks[0].start, text_end=toks[-1].end, spoken=spoken))
         for w in words:
             by_token[(w.token.start, w.token.end)] = w.sentence
-    return [tuple(Word(t, by_token[(t.start, t.end)]) for t in chunk) for chunk in plan.pack(sents, max_bytes)]
+    return [
+        tuple(Word(t, by_token[(t.start, t.end)]) for t in chunk) for chunk in plan.pack(sents, max_bytes, first_bytes)
+    ]
 
 
 @dataclass

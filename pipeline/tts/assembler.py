@@ -1,10 +1,16 @@
-"""A job's audio written piece by piece to a file, holding only one cross-fade's worth in memory.
+"""A job's audio joined piece by piece, holding only one cross-fade's worth in memory.
 
 Chunks of one turn are joined with the linear cross-fade F5-TTS uses (``audio.cross_fade`` gives
-the same samples for a whole list); pauses and turn changes are joined end to end. Each ``add``
-returns the sample where its piece starts in the output, which is what shifts a chunk's word
-timings into the job's timeline. A 2-hour chapter therefore needs one chunk and one fade tail in
-RAM, not its 700 MB of float samples.
+the same samples for a whole list); pauses and turn changes are joined end to end. ``Joiner`` is
+the arithmetic alone: it takes pieces and hands back the samples that are final (everything but
+the tail a next cross-fade may still change). Two users, one rule, so they agree sample for sample:
+
+* the worker's ``StreamingAssembler`` writes them to the job's audio file; each ``add`` returns
+  the sample where its piece starts in the output, which shifts a chunk's word timings into the
+  job's timeline. A 2-hour chapter needs one chunk and one fade tail in RAM, not 700 MB of floats;
+* the speech API's stream (``pipeline.web.stream``) re-joins a job's durable chunks while the job
+  runs and sends each final sample as soon as it exists: the bytes a listener hears early are the
+  bytes of the finished file.
 """
 
 from __future__ import annotations
@@ -17,19 +23,29 @@ import soundfile as sf
 from pipeline.tts.audio import ENCODINGS
 
 
-class StreamingAssembler:
-    def __init__(self, path: Path, sample_rate: int, fmt: str, fade_samples: int) -> None:
-        sf_format, subtype, self.content_type = ENCODINGS[fmt]
-        self.path = path
-        self.sample_rate = sample_rate
-        self.fade = max(0, fade_samples)
-        self._file = sf.SoundFile(path, "w", samplerate=sample_rate, channels=1, format=sf_format, subtype=subtype)
-        self._tail = np.zeros(0, dtype=np.float32)  # the last samples, held back for a cross-fade
-        self._written = 0
+def pcm16(wave: np.ndarray) -> np.ndarray:
+    """Final samples as the audio file holds them: the exact inverse of how a PCM16 chunk decodes
+    (k / 32768), so a chunk's samples outside a cross-fade come back unchanged. Done here, not
+    left to the encoder library, so the API's stream computes the file's samples by the same rule.
+    """
+    return np.clip(np.rint(np.asarray(wave, dtype=np.float64) * 32768.0), -32768, 32767).astype(np.int16)
 
-    def add(self, wave: np.ndarray, *, cross_fade: bool) -> int:
-        """Append ``wave``; returns the sample index where it begins in the output."""
+
+class Joiner:
+    def __init__(self, fade_samples: int) -> None:
+        self.fade = max(0, fade_samples)
+        self._tail = np.zeros(0, dtype=np.float32)  # the last samples, held back for a cross-fade
+        self.final = 0  # samples handed out so far
+
+    def start_of(self, length: int, *, cross_fade: bool) -> int:
+        """Where a piece of ``length`` samples would begin if it were added now."""
+        n = min(len(self._tail), length) if cross_fade else 0
+        return self.final + len(self._tail) - n
+
+    def add(self, wave: np.ndarray, *, cross_fade: bool) -> tuple[int, np.ndarray]:
+        """Append ``wave``: (the sample where it begins, the samples that became final)."""
         wave = np.asarray(wave, dtype=np.float32)
+        start = self.start_of(len(wave), cross_fade=cross_fade)
         n = min(len(self._tail), len(wave)) if cross_fade else 0
         if n > 0:
             head = self._tail[:-n]
@@ -37,30 +53,52 @@ class StreamingAssembler:
             buffer = np.concatenate([head, overlap.astype(np.float32), wave[n:]])
         else:
             buffer = np.concatenate([self._tail, wave])
-        start = self._written + len(self._tail) - n
-        self._flush(buffer)
-        return start
-
-    def _flush(self, buffer: np.ndarray) -> None:
         keep = min(self.fade, len(buffer))
         out = buffer[: len(buffer) - keep]
-        if len(out):
-            self._file.write(np.clip(out, -1.0, 1.0))
-            self._written += len(out)
         self._tail = buffer[len(buffer) - keep :].copy()
+        self.final += len(out)
+        return start, np.clip(out, -1.0, 1.0)
+
+    def flush(self) -> np.ndarray:
+        """The held-back tail: the piece added last was the last one."""
+        out, self._tail = self._tail, np.zeros(0, dtype=np.float32)
+        self.final += len(out)
+        return np.clip(out, -1.0, 1.0)
 
     @property
     def samples(self) -> int:
-        return self._written + len(self._tail)
+        return self.final + len(self._tail)
+
+
+class StreamingAssembler:
+    def __init__(self, path: Path, sample_rate: int, fmt: str, fade_samples: int) -> None:
+        sf_format, subtype, self.content_type = ENCODINGS[fmt]
+        self.path = path
+        self.sample_rate = sample_rate
+        self.joiner = Joiner(fade_samples)
+        self._file = sf.SoundFile(path, "w", samplerate=sample_rate, channels=1, format=sf_format, subtype=subtype)
+
+    def start_of(self, length: int, *, cross_fade: bool) -> int:
+        return self.joiner.start_of(length, cross_fade=cross_fade)
+
+    def add(self, wave: np.ndarray, *, cross_fade: bool) -> int:
+        """Append ``wave``; returns the sample index where it begins in the output."""
+        start, out = self.joiner.add(wave, cross_fade=cross_fade)
+        if len(out):
+            self._file.write(pcm16(out))
+        return start
+
+    @property
+    def samples(self) -> int:
+        return self.joiner.samples
 
     def close(self) -> int:
         """Write what is held back and close the file; returns the total samples."""
-        if len(self._tail):
-            self._file.write(np.clip(self._tail, -1.0, 1.0))
-            self._written += len(self._tail)
-            self._tail = np.zeros(0, dtype=np.float32)
+        tail = self.joiner.flush()
+        if len(tail):
+            self._file.write(pcm16(tail))
         self._file.close()
-        return self._written
+        return self.joiner.final
 
     def abort(self) -> None:
         if not self._file.closed:

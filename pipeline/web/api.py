@@ -32,24 +32,26 @@ the audio is streamed from S3 as stored (mp3/wav/flac) or transcoded from at mos
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import hmac
-import io
+import json
 import logging
 import re
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Literal
 
-import numpy as np
-import soundfile as sf
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline import client, keys
 from pipeline.config import Settings
-from pipeline.contract import JobResult, JobState, Manifest, OutputFormat
+from pipeline.contract import JobResult, JobState, JobStatus, Manifest, OutputFormat
+from pipeline.state import request_cancel
 from pipeline.store import NotFound, Store, TooLarge
 from pipeline.tts.voices import VoiceError, VoiceLibrary, is_name
+from pipeline.web import encoders
+from pipeline.web.stream import ChunkFollower, StreamFailed, StreamStalled
 
 log = logging.getLogger(__name__)
 
@@ -57,34 +59,8 @@ MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts", "f5-tts")
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
 
 
-@dataclass(frozen=True)
-class Format:
-    worker_format: str  # what the manifest asks the worker for
-    content_type: str
-    transcode: Callable[[bytes], bytes] | None = None
-
-
-def _to_pcm(wav: bytes) -> bytes:
-    """OpenAI's ``pcm``: raw 24 kHz 16-bit signed little-endian mono, which is what the worker makes."""
-    data, _ = sf.read(io.BytesIO(wav), dtype="int16")
-    return np.asarray(data, dtype="<i2").tobytes()
-
-
-def _to_opus(wav: bytes) -> bytes:
-    data, sr = sf.read(io.BytesIO(wav), dtype="float32")
-    out = io.BytesIO()
-    sf.write(out, data, sr, format="OGG", subtype="OPUS")
-    return out.getvalue()
-
-
-FORMATS: dict[str, Format] = {
-    "mp3": Format("mp3", "audio/mpeg"),
-    "wav": Format("wav", "audio/wav"),
-    "flac": Format("flac", "audio/flac"),
-    "opus": Format("wav", "audio/ogg", _to_opus),
-    "pcm": Format("wav", "audio/pcm", _to_pcm),
-}
 UNSUPPORTED = {"aac": "no AAC encoder is available (libsndfile has none); use mp3, opus, flac, wav or pcm"}
+FORMATS = (*encoders.STREAMED, "flac")
 
 
 class SpeechRequest(BaseModel):
@@ -95,6 +71,10 @@ class SpeechRequest(BaseModel):
     voice: str = Field(min_length=1)
     response_format: str = "mp3"
     speed: float = Field(default=1.0, ge=0.25, le=4.0)
+    stream_format: Literal["audio", "sse"] = "audio"
+    # Ours (OpenAI's client sends it with extra_body): a client that goes away cancels the job.
+    # By default it does not: the job completes and stays fetchable by its X-Job-Id.
+    cancel_on_disconnect: bool = False
 
 
 class ApiError(Exception):
@@ -131,6 +111,7 @@ class SpeechApi:
         self.store = store
         self.voices = VoiceLibrary(store)
         self.slots = asyncio.Semaphore(settings.api_max_concurrent)
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/audio/speech", self.speech)
@@ -175,33 +156,83 @@ class SpeechApi:
 
     async def _speech(self, request: web.Request) -> web.StreamResponse:
         req = await self._speech_request(request)
-        fmt = FORMATS[req.response_format]
         await self._check_voice(req.voice)
+        streamed = req.response_format in encoders.STREAMED
         manifest = Manifest(
             text=req.input,
             voice=req.voice,
             speed=req.speed,
-            output_format=OutputFormat(fmt.worker_format),
+            # Streamed formats are encoded here from the worker's samples; FLAC is the worker's file.
+            output_format=OutputFormat.wav if streamed else OutputFormat(req.response_format),
             # OpenAI's request names no language: text with CJK characters is detected sentence by
             # sentence (Chinese, mixed with English, is the model's other language); the rest is English.
             language="auto" if _CJK.search(req.input) else "eng",
         )
         job_id = await self._submit(request, manifest)
         log.info("speech request: job %s (voice %r, %d chars)", job_id, req.voice, len(req.input))
+        try:
+            if streamed:
+                return await self._stream(request, req, job_id)
+            return await self._whole(request, job_id)
+        except asyncio.CancelledError:
+            # The client went away (aiohttp cancels the handler). The job goes on unless asked.
+            if req.cancel_on_disconnect:
+                log.info("job %s: its client went away: cancelling it (cancel_on_disconnect)", job_id)
+                self._later(self._cancel(job_id))
+            else:
+                log.info("job %s: its client went away: the job goes on (fetch it by its id)", job_id)
+            raise
+
+    async def _stream(self, request: web.Request, req: SpeechRequest, job_id: str) -> web.StreamResponse:
+        """Audio as the job renders (``pipeline.web.stream``), encoded as it arrives. Until the
+        first audio nothing is sent, so a job that fails first still gets an HTTP error; after it,
+        a failure ends an SSE stream with an ``error`` event and cuts an audio stream short (the
+        connection closes without the last chunk: clients report an incomplete body)."""
+        s = self.settings
+        follower = ChunkFollower(
+            self.store, job_id, poll_s=s.api_stream_poll_s, idle_s=s.api_wait_s, max_bytes=s.console_max_audio_bytes
+        )
+        out = _Out(request, job_id, req.response_format, req.stream_format == "sse")
+        try:
+            async for block in follower.blocks():
+                await out.send(out.encoder.encode(block))
+            await out.send(out.encoder.finish(), final=True)
+            await out.done(len(req.input))
+            return out.response  # type: ignore[return-value]
+        except StreamStalled:
+            if out.response is None:
+                raise JobTimeout(job_id, s.api_wait_s) from None
+            return await out.fail("job_timeout", f"no audio from job {job_id} for {s.api_wait_s:g}s")
+        except StreamFailed as e:
+            if out.response is None:
+                raise _job_error(job_id, e.status) from None
+            return await out.fail("job_failed", str(_job_error(job_id, e.status)))
+
+    async def _whole(self, request: web.Request, job_id: str) -> web.StreamResponse:
+        """FLAC: the worker's file once the job is COMPLETED, streamed from S3 as stored."""
         status = await client.wait(self.store, job_id, timeout_s=self.settings.api_wait_s, poll_s=0.25)
         if not status.state.terminal:
             raise JobTimeout(job_id, self.settings.api_wait_s)
         if status.state is not JobState.COMPLETED:
-            err = status.error
-            message = f"job {job_id} ended {status.state}" + (f": {err.code}: {err.message}" if err else "")
-            code = err.code.lower() if err else status.state.lower()
-            status_code = 400 if err and err.code.startswith(("TEXT", "INVALID", "JOB_TOO")) else 500
-            raise ApiError(status_code, message, code=code)
+            raise _job_error(job_id, status)
         result = await client.get_result(self.store, job_id)
-        return await self._audio(request, job_id, result, fmt)
+        return await self._audio(request, job_id, result)
 
-    async def _audio(self, request: web.Request, job_id: str, result: JobResult, fmt: Format) -> web.StreamResponse:
-        """The job's audio: streamed from S3 as stored, or read (bounded) and transcoded."""
+    async def _cancel(self, job_id: str) -> None:
+        try:
+            await request_cancel(self.store, job_id)
+            log.info("job %s: cancelled (its client went away and asked for that)", job_id)
+        except Exception as e:  # the job is unaffected: it completes and stays fetchable
+            log.warning("job %s: could not cancel after the client went away: %s", job_id, e)
+
+    def _later(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` past the request's own cancellation."""
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _audio(self, request: web.Request, job_id: str, result: JobResult) -> web.StreamResponse:
+        """The job's audio, streamed from S3 as stored."""
         try:
             key = keys.job_output_key(self.store.bucket, job_id, result.audio.uri)
         except keys.UntrustedKey as e:
@@ -209,11 +240,10 @@ class SpeechApi:
             raise ApiError(502, f"job {job_id}'s result names no audio of its own", code="bad_result") from None
         limit = self.settings.console_max_audio_bytes
         try:
-            if fmt.transcode is not None:
-                audio = await asyncio.to_thread(fmt.transcode, await self.store.get_bytes(key, max_bytes=limit))
-                return web.Response(body=audio, content_type=fmt.content_type, headers={"X-Job-Id": job_id})
             async with self.store.stream(key, max_bytes=limit) as (size, chunks):
-                response = web.StreamResponse(headers={"X-Job-Id": job_id, "Content-Type": fmt.content_type})
+                response = web.StreamResponse(
+                    headers={"X-Job-Id": job_id, "Content-Type": encoders.CONTENT_TYPES["flac"]}
+                )
                 response.content_length = size
                 await response.prepare(request)
                 async for chunk in chunks:
@@ -260,6 +290,13 @@ class SpeechApi:
             raise ApiError(400, f"{param}: {first['msg']}", param=param, code="invalid_value") from None
         if req.response_format in UNSUPPORTED:
             raise ApiError(400, UNSUPPORTED[req.response_format], param="response_format", code="unsupported_format")
+        if req.stream_format == "sse" and req.response_format not in encoders.STREAMED:
+            raise ApiError(
+                400,
+                f"stream_format sse streams {', '.join(encoders.STREAMED)}",
+                param="response_format",
+                code="unsupported_format",
+            )
         if req.response_format not in FORMATS:
             supported = ", ".join(FORMATS)
             raise ApiError(
@@ -298,3 +335,65 @@ class SpeechApi:
     async def models(self, request: web.Request) -> web.Response:
         data = [{"id": m, "object": "model", "owned_by": "tts-pipeline"} for m in MODELS]
         return web.json_response({"object": "list", "data": data})
+
+
+def _job_error(job_id: str, status: JobStatus | None) -> ApiError:
+    """A job that ended without audio, in OpenAI's error shape: 400 for what the request did."""
+    if status is None:
+        return ApiError(500, f"job {job_id} ended without audio", code="job_failed")
+    err = status.error
+    message = f"job {job_id} ended {status.state}" + (f": {err.code}: {err.message}" if err else "")
+    code = err.code.lower() if err else status.state.lower()
+    status_code = 400 if err and err.code.startswith(("TEXT", "INVALID", "JOB_TOO", "UNSUPPORTED")) else 500
+    return ApiError(status_code, message, code=code)
+
+
+class _Out:
+    """One streamed answer: headers go out with the first bytes; SSE wraps them in OpenAI's events."""
+
+    def __init__(self, request: web.Request, job_id: str, fmt: str, sse: bool) -> None:
+        self.request = request
+        self.job_id = job_id
+        self.sse = sse
+        self.encoder = encoders.for_format(fmt)
+        self.content_type = "text/event-stream" if sse else encoders.CONTENT_TYPES[fmt]
+        self.response: web.StreamResponse | None = None
+
+    async def send(self, data: bytes, *, final: bool = False) -> None:
+        if not data and not final:
+            return
+        if self.response is None:
+            headers = {"X-Job-Id": self.job_id, "Content-Type": self.content_type, "Cache-Control": "no-store"}
+            self.response = web.StreamResponse(headers=headers)
+            await self.response.prepare(self.request)
+        if not data:
+            return
+        if self.sse:
+            await self._event({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
+        else:
+            await self.response.write(data)
+
+    async def done(self, input_chars: int) -> None:
+        if self.sse:
+            # No tokenizer stands behind this model: input_tokens counts the input's characters.
+            usage = {"input_tokens": input_chars, "output_tokens": 0, "total_tokens": input_chars}
+            await self._event({"type": "speech.audio.done", "usage": usage})
+        assert self.response is not None
+        await self.response.write_eof()
+
+    async def fail(self, code: str, message: str) -> web.StreamResponse:
+        assert self.response is not None
+        if not self.sse:
+            # Audio already sent cannot be taken back: close without the final chunk, so the client
+            # sees an incomplete body rather than a short file that looks whole.
+            log.warning("job %s: stream cut short: %s", self.job_id, message)
+            if self.request.transport is not None:
+                self.request.transport.close()
+            return self.response
+        await self._event({"type": "error", "error": {"message": message, "type": "server_error", "code": code}})
+        await self.response.write_eof()
+        return self.response
+
+    async def _event(self, event: dict[str, Any]) -> None:
+        assert self.response is not None
+        await self.response.write(f"data: {json.dumps(event)}\n\n".encode())

@@ -13,6 +13,7 @@
     GET    /console/api/jobs/{job_id}                 status, result (fresh presigned audio URL),
                                                       reference voice (presigned) and transcript
     GET    /console/api/jobs/{job_id}/peaks?n=        waveform peaks of the job's audio
+    GET    /console/api/jobs/{job_id}/live.wav        the audio while the job renders (its chunks)
     GET    /console/api/jobs/{job_id}/subtitles/{fmt} the srt/vtt file, as a download
     POST   /console/api/jobs/{job_id}/cancel          `tts-pipeline cancel` (state.request_cancel)
     GET    /console/api/voices                        the voice library, with presigned audio URLs
@@ -59,7 +60,9 @@ from pipeline.state import request_cancel
 from pipeline.store import NotFound, Store, TooLarge
 from pipeline.tts import audio as audio_utils
 from pipeline.tts.voices import VoiceError, VoiceLibrary, is_name
+from pipeline.web import encoders
 from pipeline.web.sessions import SESSION_S, LoginThrottle, Sessions
+from pipeline.web.stream import ChunkFollower, StreamFailed, StreamStalled
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +73,7 @@ AUDIO_EXTS = {".wav", ".flac", ".mp3", ".ogg"}
 FORM_OVERHEAD = 256 * 1024  # multipart headers and the small text fields around a clip
 MAX_FORM_FIELDS = 32  # the forms have 8 fields at most; empty ones count too
 PAGE_MAX = 100
+LIVE_STREAMS = 16  # live players at once (each polls the job's chunks)
 PEAKS = 4000  # computed once per audio at this resolution; a request's ``n`` is drawn from it
 
 CSP = (
@@ -112,6 +116,7 @@ class Console:
         self._peaks_cache: OrderedDict[str, list[float]] = OrderedDict()
         self._peaks_pending: dict[str, asyncio.Future[list[float]]] = {}
         self._peaks_slots = asyncio.Semaphore(2)
+        self._live_slots = asyncio.Semaphore(LIVE_STREAMS)
 
     @property
     def key(self) -> str | None:
@@ -131,6 +136,7 @@ class Console:
         r.add_post("/console/api/jobs", self.submit)
         r.add_get("/console/api/jobs/{job_id}", self.job)
         r.add_get("/console/api/jobs/{job_id}/peaks", self.peaks)
+        r.add_get("/console/api/jobs/{job_id}/live.wav", self.live)
         r.add_get("/console/api/jobs/{job_id}/subtitles/{fmt}", self.subtitles)
         r.add_post("/console/api/jobs/{job_id}/cancel", self.cancel)
         r.add_get("/console/api/voices", self.list_voices)
@@ -452,6 +458,29 @@ class Console:
             raise ConsoleError(404, "the result names no audio of this job", "audio_not_found")
         peaks = _downsample(await self._peaks_of(key), n)
         return web.json_response({"job_id": job_id, "duration_s": result.audio.duration_s, "peaks": peaks})
+
+    async def live(self, request: web.Request) -> web.StreamResponse:
+        """The job's audio while it renders, from its durable chunks (``pipeline.web.stream``): a
+        WAV of unknown length the page's player plays as it arrives; it ends with the job."""
+        job_id = self._job_id(request)
+        if self._live_slots.locked():
+            raise ConsoleError(429, f"more than {LIVE_STREAMS} live players at once", "rate_limit_exceeded")
+        async with self._live_slots:
+            s = self.settings
+            follower = ChunkFollower(
+                self.store, job_id, poll_s=s.api_stream_poll_s, idle_s=s.api_wait_s, max_bytes=s.console_max_audio_bytes
+            )
+            wav = encoders.Wav()
+            response = web.StreamResponse(headers={"Content-Type": "audio/wav", "Cache-Control": "no-store"})
+            await response.prepare(request)
+            await response.write(wav.finish())  # the header: the player starts at once
+            try:
+                async for block in follower.blocks():
+                    await response.write(wav.encode(block))
+            except (StreamFailed, StreamStalled, client.JobNotFound, keys.UntrustedKey) as e:
+                log.info("live audio of %s ended early: %s", job_id, e)
+            await response.write_eof()
+            return response
 
     async def _peaks_of(self, key: str) -> list[float]:
         """Peaks of one audio object, computed once (whatever ``n`` callers ask for) by one request

@@ -327,7 +327,16 @@ class _Render:
         metrics.CHUNKS.labels("synthesized").inc()
         pcm = chunk_io.quantize(wave)
         audio = chunk_io.dequantize(pcm)
-        record = ChunkRecord(index=piece.index, digest=spec.digest(), samples=len(pcm), sample_rate=SAMPLE_RATE)
+        joins = self._joins(piece, prev)
+        record = ChunkRecord(
+            index=piece.index,
+            digest=spec.digest(),
+            samples=len(pcm),
+            sample_rate=SAMPLE_RATE,
+            ordinal=self.ordinal[piece.index],
+            start=self.asm.start_of(len(audio), cross_fade=joins),
+            cross_fade=joins,
+        )
         if spec.align_language is not None:
             t0 = time.perf_counter()
             try:

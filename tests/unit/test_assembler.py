@@ -12,7 +12,7 @@ import soundfile as sf
 
 from pipeline import chunks as chunk_io
 from pipeline.tts import audio as audio_utils
-from pipeline.tts.assembler import StreamingAssembler
+from pipeline.tts.assembler import Joiner, StreamingAssembler, pcm16
 
 SR = 24000
 
@@ -82,3 +82,23 @@ def test_chunk_digest_changes_with_every_input() -> None:
     digests = {replace(base, **{k: v}).digest() for k, v in fields.items()}
     assert base.digest() not in digests and len(digests) == len(fields)
     assert base.digest() == chunk_io.ChunkSpec(*[getattr(base, f) for f in base.__dataclass_fields__]).digest()
+
+
+def test_the_file_holds_exactly_what_a_joiner_hands_out_and_chunks_come_back_unchanged(tmp_path: Path) -> None:
+    """The speech API's stream re-joins chunks with a Joiner and pcm16: its samples must be the
+    file's, bit for bit, and a chunk's own samples (outside a fade) must be the stored PCM16."""
+    pcms = [chunk_io.quantize(np.random.default_rng(s).normal(0, 0.5, n)) for s, n in [(4, 9000), (5, 7000)]]
+    waves = [chunk_io.dequantize(p) for p in pcms]
+    asm = StreamingAssembler(tmp_path / "a.wav", SR, "wav", 3600)
+    joiner = Joiner(3600)
+    out = []
+    for i, w in enumerate(waves):
+        start, final = joiner.add(w, cross_fade=i > 0)
+        assert asm.add(w, cross_fade=i > 0) == start
+        out.append(pcm16(final))
+    out.append(pcm16(joiner.flush()))
+    asm.close()
+    written, _ = sf.read(tmp_path / "a.wav", dtype="int16")
+    np.testing.assert_array_equal(np.concatenate(out), written)
+    np.testing.assert_array_equal(written[: 9000 - 3600], pcms[0][: 9000 - 3600])
+    np.testing.assert_array_equal(written[9000:], pcms[1][3600:])

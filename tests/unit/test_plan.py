@@ -172,6 +172,32 @@ def test_pack_covers_every_token_once_in_order(parts: list[str], max_bytes: int,
             assert size > max(max_bytes, 1)
 
 
+def test_a_short_first_chunk_is_the_first_sentence_or_its_first_clauses() -> None:
+    text = "Hello there. The second sentence is here. A third one. And a fourth."
+    ss = plan.sentences(_tokens(text), text)
+    assert [plan.chunk_spoken(c) for c in plan.pack(ss, 60, first_bytes=15)] == [
+        "Hello there.",  # alone, although the budget would take more with it
+        "The second sentence is here. A third one. And a fourth.",
+    ]
+    long_first = "One two three, four five six, seven eight. Next sentence."
+    ss = plan.sentences(_tokens(long_first), long_first)
+    assert [plan.chunk_spoken(c) for c in plan.pack(ss, 60, first_bytes=15)] == [
+        "One two three,",  # the first clause; the rest of its sentence packs as usual
+        "four five six, seven eight. Next sentence.",
+    ]
+
+
+@given(st.lists(_words, max_size=60), st.integers(1, 60), st.integers(1, 60))
+def test_a_short_first_chunk_keeps_every_token_once_in_order(parts: list[str], max_bytes: int, first: int) -> None:
+    text = "".join(parts)
+    ss = plan.sentences(_tokens(text), text)
+    chunks = plan.pack(ss, max_bytes, first_bytes=first)
+    assert _flat(chunks) == _tokens(text)
+    if chunks:
+        assert _nbytes(chunks[0]) <= min(first, max_bytes) or len(chunks[0]) == 1
+    assert chunks == plan.pack(ss, max_bytes, first_bytes=first)  # a retried job plans the same
+
+
 def _prose(n_chars: int, seed: int = 7) -> str:
     rng = random.Random(seed)
     words = ["the", "voice", "clone", "naïve", "café", "über", "日本語", "said", "quickly", "and", "then"]

@@ -263,6 +263,7 @@ function jobView(main, jobId) {
   let stopped = false;
   let timer = null;
   let player = null;
+  let live = null;
   const stateEl = stateBadge("…", "job-state");
   const cancelBtn = h("button", { type: "button", class: "danger", id: "cancel", hidden: true, onclick: cancel }, "Cancel job");
   const errorBox = h("div", { id: "job-error", class: "error", role: "alert" });
@@ -333,7 +334,11 @@ function jobView(main, jobId) {
     statusPre.textContent = JSON.stringify(st, null, 2);
     resultPre.textContent = body.result ? JSON.stringify(body.result, null, 2) : "(no result)";
     showVoice(body.voice);
-    if (body.result && !player) player = setupPlayer(playerCard, jobId, body);
+    if (st.state === "PROCESSING" && !live && !player) live = setupLive(playerCard, jobId);
+    if (body.result && !player) {
+      if (live) { live.stop(); live = null; }
+      player = setupPlayer(playerCard, jobId, body);
+    }
     if (!TERMINAL.has(st.state) || (st.state === "COMPLETED" && !body.result)) timer = setTimeout(refresh, JOB_POLL_MS);
   }
 
@@ -352,7 +357,18 @@ function jobView(main, jobId) {
   }
 
   refresh();
-  return { stop() { stopped = true; clearTimeout(timer); if (player) player.stop(); } };
+  return { stop() { stopped = true; clearTimeout(timer); if (player) player.stop(); if (live) live.stop(); } };
+}
+
+// -- live: the job's chunks as they are synthesised, until the finished audio replaces them --------
+
+function setupLive(card, jobId) {
+  const audio = h("audio", { controls: true, autoplay: true, preload: "auto", id: "live-audio", "aria-label": "audio so far",
+    src: `/console/api/jobs/${encodeURIComponent(jobId)}/live.wav` });
+  card.hidden = false;
+  card.replaceChildren(h("h2", {}, "Listen while it renders"), audio,
+    h("p", { class: "muted" }, "Playing the chunks synthesised so far; the finished audio replaces this when the job completes."));
+  return { stop() { audio.pause(); audio.removeAttribute("src"); audio.load(); } };
 }
 
 // -- player: audio, waveform, words highlighted as they are spoken --------------------------------

@@ -1,0 +1,160 @@
+"""A job's audio while it renders: its durable chunks re-joined into the final samples, in order.
+
+How the server learns a chunk is ready: it lists the job's chunk prefix (``pipeline.chunks``)
+every ``TTS_API_STREAM_POLL_S``, starting after the last chunk it has, and reads the status
+alongside. The worker writes a chunk's record last, so a listed record means a complete chunk; the
+record says where the chunk goes (``ordinal``, ``start``, ``cross_fade``), and ``Joiner`` (the
+rule the worker's assembler writes the file with) turns chunks into final samples. The audio a
+listener hears early is therefore the finished file's audio, sample for sample; the fade tail a
+next chunk may still change is held back.
+
+The finished file is the truth: once the job is COMPLETED the rest (trailing pauses, chunks the
+worker removed before they were read, a one-chunk job's only chunk, records of an older worker
+without a place) is read from the result's audio, from the first sample not yet sent. A digest of
+what was sent is compared with the file's prefix then; a mismatch is logged and counted (it would
+be a bug: the listener heard something else).
+
+Why a listing and not an event: the chunks are already written for resume and for listening
+early, so a listing adds no write to the worker's path; one LIST plus one status GET per poll cost
+a few milliseconds on LocalStack (docs/benchmarks.md, "Streaming speech") and a few hundred
+requests for a minute of audio on S3. An SNS/SSE push would save the poll interval's half at
+the price of a second channel whose delivery can be lost. Every key read comes from the job's own
+chunk prefix (listed, parsed by ``keys.parse_chunk_key``), every read is bounded, and every value a
+record gives is checked against what the stream has already placed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import soundfile as sf
+
+from pipeline import chunks as chunk_io
+from pipeline import client, keys, metrics
+from pipeline.chunks import ChunkRecord, ChunkStore
+from pipeline.contract import JobState, JobStatus
+from pipeline.store import Store
+from pipeline.tts.assembler import Joiner, pcm16
+from pipeline.tts.engine import CROSS_FADE_S, SAMPLE_RATE
+
+log = logging.getLogger(__name__)
+
+# A gap between chunks is a pause (SSML <break>, a dialogue's turn pause); longer than this is
+# not one a worker wrote, and the stream waits for the finished audio instead.
+MAX_GAP_S = 600.0
+
+
+class StreamFailed(Exception):
+    """The job ended without audio, or its audio could not be read: ``status`` says which."""
+
+    def __init__(self, message: str, status: JobStatus | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class StreamStalled(Exception):
+    """No new audio and no final state for ``idle_s``."""
+
+
+@dataclass
+class ChunkFollower:
+    """Follows one job: ``blocks()`` yields PCM16 sample blocks of its audio as they become final."""
+
+    store: Store
+    job_id: str
+    poll_s: float = 0.1
+    idle_s: float = 120.0
+    max_bytes: int = 256 * 1024 * 1024  # the finished audio is read at most this large
+    status: JobStatus | None = None  # the last status read (final once blocks() is exhausted)
+    sent: int = 0  # samples yielded
+    from_chunks: int = 0  # chunks placed before the job ended
+    _joiner: Joiner = field(default_factory=lambda: Joiner(int(CROSS_FADE_S * SAMPLE_RATE)))
+    _digest: hashlib._Hash = field(default_factory=hashlib.sha256)
+    _chunks: ChunkStore | None = None
+    _last_index: int | None = None
+    _follow: bool = True  # False once a chunk cannot be placed: wait for the finished audio
+
+    async def blocks(self) -> AsyncIterator[np.ndarray]:
+        self._chunks = ChunkStore(self.store, self.job_id)
+        progressed = time.monotonic()
+        while True:
+            self.status = await client.get_status(self.store, self.job_id)
+            if self.status.state.terminal:
+                break
+            if self._follow:
+                async for block in self._new_chunks():
+                    progressed = time.monotonic()
+                    yield block
+            if time.monotonic() - progressed > self.idle_s:
+                raise StreamStalled(f"job {self.job_id}: no audio and no final state for {self.idle_s:g}s")
+            await asyncio.sleep(self.poll_s)
+        if self.status.state is not JobState.COMPLETED:
+            raise StreamFailed(f"job {self.job_id} ended {self.status.state}", self.status)
+        rest = await self._rest_of_final()
+        if len(rest):
+            yield rest
+
+    async def _new_chunks(self) -> AsyncIterator[np.ndarray]:
+        assert self._chunks is not None
+        for index, digest in (await self._chunks.durable(after=self._last_index)).items():
+            found = await self._chunks.load(index, digest)
+            if found is None:  # removed meanwhile (the job ended): the finished audio has it
+                return
+            record, pcm = found
+            if record.ordinal is None or record.ordinal != self.from_chunks:
+                if record.ordinal is None or record.ordinal < self.from_chunks:
+                    self._follow = False  # not placeable: wait for the finished audio
+                return  # a later chunk listed before an earlier one landed: next poll
+            block = self._place(record, pcm)
+            if block is None:
+                self._follow = False
+                return
+            self._last_index = index
+            self.from_chunks += 1
+            if len(block):
+                yield self._emit(block)
+
+    def _place(self, record: ChunkRecord, pcm: np.ndarray) -> np.ndarray | None:
+        """The samples ``record``'s chunk makes final; None if its stated place is not where the
+        stream stands (an older record, a bug, a record the worker did not write)."""
+        if record.start is None or record.sample_rate != SAMPLE_RATE:
+            return None
+        audio = chunk_io.dequantize(pcm)
+        j = self._joiner
+        blocks = []
+        if not record.cross_fade and record.start > j.samples:
+            gap = record.start - j.samples
+            if gap > MAX_GAP_S * SAMPLE_RATE:
+                return None
+            blocks.append(j.add(np.zeros(gap, dtype=np.float32), cross_fade=False)[1])
+        if j.start_of(len(audio), cross_fade=record.cross_fade) != record.start:
+            return None
+        blocks.append(j.add(audio, cross_fade=record.cross_fade)[1])
+        return pcm16(np.concatenate(blocks))
+
+    def _emit(self, block: np.ndarray) -> np.ndarray:
+        self._digest.update(block.astype("<i2").tobytes())
+        self.sent += len(block)
+        return block
+
+    async def _rest_of_final(self) -> np.ndarray:
+        """The finished audio from the first sample not yet sent (the result names it)."""
+        result = await client.get_result(self.store, self.job_id)
+        key = keys.job_output_key(self.store.bucket, self.job_id, result.audio.uri)  # UntrustedKey if not its own
+        data = await self.store.get_bytes(key, max_bytes=self.max_bytes)
+        pcm, sr = await asyncio.to_thread(sf.read, io.BytesIO(data), dtype="int16")
+        if sr != SAMPLE_RATE or pcm.ndim != 1:
+            raise StreamFailed(f"job {self.job_id}'s audio is not 24 kHz mono", self.status)
+        if hashlib.sha256(pcm[: self.sent].astype("<i2").tobytes()).digest() != self._digest.digest():
+            metrics.STREAM_MISMATCHES.inc()
+            log.error("job %s: the %d samples streamed early differ from the finished audio", self.job_id, self.sent)
+        rest = pcm[self.sent :]
+        self._emit(rest)
+        return rest
