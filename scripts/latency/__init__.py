@@ -1,0 +1,1 @@
+"""Latency benchmarks (``scripts/bench_latency.py`` runs them): CPU, tiny bundle, real LocalStack."""
