@@ -195,8 +195,8 @@ def _normalise(cfg: dict[str, Any]) -> tuple[Any, ...]:
     rules = cfg.get("Filter", {}).get("Key", {}).get("FilterRules", [])
     return (
         cfg.get("QueueArn"),
-        sorted(cfg.get("Events", [])),
-        sorted((r["Name"].lower(), r["Value"]) for r in rules),
+        tuple(sorted(cfg.get("Events", []))),
+        tuple(sorted((r["Name"].lower(), r["Value"]) for r in rules)),
     )
 
 
