@@ -8,10 +8,11 @@ chunks of many jobs. The shape is NVIDIA Triton's dynamic batcher:
 - a batch closes when it holds ``max_batch`` items, or when its oldest item has waited
   ``max_wait_s`` (``TTS_BATCH_WAIT_MS``) for batch-mates; while one batch runs the next one fills,
   so under load batches close full without waiting;
-- the oldest item anchors the next batch (first come, first served across jobs); only items that
-  may share its model call join it (same ``kind`` and ``group``: nfe steps and CFG strength are
-  one value per call), nearest in length first, within ``max_length_ratio`` of each other (padding
-  is wasted work and needs the attention mask);
+- the oldest item of the most urgent priority present anchors the next batch (interactive jobs'
+  chunks lead; first come, first served within a priority); only items that may share its model
+  call join it (same ``kind`` and ``group``: nfe steps and CFG strength are one value per call),
+  the more urgent first, then nearest in length, within ``max_length_ratio`` of each other
+  (padding is wasted work and needs the attention mask);
 - a call that fails is split in halves and each half retried, down to single items, so one bad
   item or an out-of-memory caused by one long item fails only its own job (the CUDA cache is
   emptied before the retry);
@@ -45,6 +46,10 @@ Runner = Callable[[Hashable, Sequence[Any]], Sequence[Any]]
 
 BUSY_WINDOW_S = 60.0
 
+# Work.priority: lower is more urgent (an int, so the batcher needs no job contract).
+INTERACTIVE = 0
+BULK = 1
+
 
 @dataclass(frozen=True)
 class Work:
@@ -54,6 +59,7 @@ class Work:
     owner: str  # the job: for cancellation and fault injection
     payload: Any
     attempt: int = 0  # the job's attempt (what the fault hooks' call log records)
+    priority: int = BULK  # INTERACTIVE items anchor batches before any BULK item
 
 
 @dataclass(eq=False)
@@ -121,7 +127,7 @@ class Batcher:
                 self._arrived.clear()
                 await self._idle()
                 continue
-            anchor = self._queue[0]
+            anchor = min(self._queue, key=lambda p: p.work.priority)  # the first (oldest) of the most urgent
             batch = self._select(anchor)
             wait_s = anchor.enqueued + self.max_wait_s - time.monotonic()
             if len(batch) < self.max_batch and wait_s > 0:
@@ -144,7 +150,7 @@ class Batcher:
     def _select(self, anchor: _Pending) -> list[_Pending]:
         kind, group, size = anchor.work.kind, anchor.work.group, max(anchor.work.size, 1)
         mates = [p for p in self._queue if p is not anchor and p.work.kind == kind and p.work.group == group]
-        mates.sort(key=lambda p: abs(p.work.size - size))
+        mates.sort(key=lambda p: (p.work.priority, abs(p.work.size - size)))
         batch, lo, hi = [anchor], size, size
         for p in mates:
             if len(batch) >= self.max_batch:

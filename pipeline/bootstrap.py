@@ -1,4 +1,10 @@
-"""Create the pipeline's AWS resources, idempotently: bucket, job queue + DLQ, S3 -> SQS notification.
+"""Create the pipeline's AWS resources, idempotently: bucket, job queue + DLQ, S3 -> SQS notification,
+and the interactive lane: ``<queue>-interactive`` notified for ``inbox-interactive/``.
+
+Both queues dead-letter into the one DLQ (``<queue>-dlq``) with the same maxReceiveCount: a job
+is a job whichever lane it came by, so operators, ``dlq list/redrive`` and the reconciler look in
+one place, and a worker's queue-level rules (last delivery, parking what it cannot parse) hold
+for both lanes alike.
 
 One source of truth for the resources, used three ways:
 
@@ -27,6 +33,10 @@ from botocore.exceptions import ClientError
 
 NOTIFICATION_ID = "tts-inbox"
 INBOX_PREFIX = "inbox/"
+INTERACTIVE_NOTIFICATION_ID = "tts-inbox-interactive"
+# Not under inbox/: S3 refuses two configurations of one event type with overlapping prefixes.
+INTERACTIVE_PREFIX = "inbox-interactive/"
+INTERACTIVE_SUFFIX = "-interactive"
 MANIFEST_SUFFIX = ".json"
 VISIBILITY_TIMEOUT_S = 45  # = the workers' default TTS_VISIBILITY_TIMEOUT_S (they pass theirs on receive)
 MAX_RECEIVE_COUNT = 5
@@ -47,29 +57,37 @@ def bootstrap(bucket: str, queue: str, *, s3: Any = None, sqs: Any = None, regio
         sqs, f"{queue}-dlq", {"MessageRetentionPeriod": str(DLQ_RETENTION_S), "SqsManagedSseEnabled": "true"}, changes
     )
     dlq_arn = _queue_arn(sqs, dlq_url)
-    queue_url = _ensure_queue(
-        sqs,
-        queue,
-        {
-            "VisibilityTimeout": str(VISIBILITY_TIMEOUT_S),
-            "MessageRetentionPeriod": str(RETENTION_S),
-            "ReceiveMessageWaitTimeSeconds": "20",
-            "SqsManagedSseEnabled": "true",
-        },
-        changes,
-    )
-    queue_arn = _queue_arn(sqs, queue_url)
+    lanes = {
+        NOTIFICATION_ID: (INBOX_PREFIX, _ensure_lane(sqs, queue, dlq_arn, bucket, changes)),
+        INTERACTIVE_NOTIFICATION_ID: (
+            INTERACTIVE_PREFIX,
+            _ensure_lane(sqs, queue + INTERACTIVE_SUFFIX, dlq_arn, bucket, changes),
+        ),
+    }
+    _ensure_notifications(s3, bucket, lanes, changes)
+    return changes
+
+
+def _ensure_lane(sqs: Any, name: str, dlq_arn: str, bucket: str, changes: list[str]) -> str:
+    """One job queue (bulk or interactive) with the shared DLQ; returns its ARN."""
+    attributes = {
+        "VisibilityTimeout": str(VISIBILITY_TIMEOUT_S),
+        "MessageRetentionPeriod": str(RETENTION_S),
+        "ReceiveMessageWaitTimeSeconds": "20",
+        "SqsManagedSseEnabled": "true",
+    }
+    url = _ensure_queue(sqs, name, attributes, changes)
+    arn = _queue_arn(sqs, url)
     _ensure_queue_attributes(
         sqs,
-        queue_url,
+        url,
         {
             "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": MAX_RECEIVE_COUNT}),
-            "Policy": json.dumps(_queue_policy(queue_arn, bucket)),
+            "Policy": json.dumps(_queue_policy(arn, bucket)),
         },
         changes,
     )
-    _ensure_notification(s3, bucket, queue_arn, changes)
-    return changes
+    return arn
 
 
 def _ensure_bucket(s3: Any, bucket: str, region: str, changes: list[str]) -> None:
@@ -136,39 +154,49 @@ def _queue_policy(queue_arn: str, bucket: str) -> dict[str, Any]:
     }
 
 
-def _ensure_notification(s3: Any, bucket: str, queue_arn: str, changes: list[str]) -> None:
+def _ensure_notifications(s3: Any, bucket: str, lanes: dict[str, tuple[str, str]], changes: list[str]) -> None:
+    """``lanes``: notification id -> (inbox prefix, queue ARN). One PUT for whatever is missing:
+    the configuration is one document, and S3 checks it whole (overlapping prefixes refused)."""
     current = s3.get_bucket_notification_configuration(Bucket=bucket)
     current.pop("ResponseMetadata", None)
-    ours = {
-        "Id": NOTIFICATION_ID,
+    configs = current.get("QueueConfigurations", [])
+    wanted = {nid: _notification(nid, prefix, arn) for nid, (prefix, arn) in lanes.items()}
+    # Equivalent is enough, whatever its Id: CloudFormation cannot set one (S3 assigns it).
+    missing = {nid: c for nid, c in wanted.items() if not any(_normalise(q) == _normalise(c) for q in configs)}
+    if not missing:
+        return
+    ours = {_normalise(c) for c in wanted.values()}
+    others = [q for q in configs if q.get("Id") not in missing and _normalise(q) not in ours]
+    config = {k: v for k, v in current.items() if k != "QueueConfigurations"}
+    config["QueueConfigurations"] = [*others, *(wanted[nid] for nid in lanes if nid not in missing), *missing.values()]
+    s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration=config)
+    for nid in missing:
+        prefix, arn = lanes[nid]
+        changes.append(f"configured s3://{bucket}/{prefix}*{MANIFEST_SUFFIX} -> {arn}")
+
+
+def _notification(nid: str, prefix: str, queue_arn: str) -> dict[str, Any]:
+    return {
+        "Id": nid,
         "QueueArn": queue_arn,
         "Events": ["s3:ObjectCreated:*"],
         "Filter": {
             "Key": {
                 "FilterRules": [
-                    {"Name": "Prefix", "Value": INBOX_PREFIX},
+                    {"Name": "Prefix", "Value": prefix},
                     {"Name": "Suffix", "Value": MANIFEST_SUFFIX},
                 ]
             }
         },
     }
-    configs = current.get("QueueConfigurations", [])
-    # Equivalent is enough, whatever its Id: CloudFormation cannot set one (S3 assigns it).
-    if any(_normalise(q) == _normalise(ours) for q in configs):
-        return
-    others = [q for q in configs if q.get("Id") != NOTIFICATION_ID]
-    config = {k: v for k, v in current.items() if k != "QueueConfigurations"}
-    config["QueueConfigurations"] = [*others, ours]
-    s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration=config)
-    changes.append(f"configured s3://{bucket}/{INBOX_PREFIX}*{MANIFEST_SUFFIX} -> {queue_arn}")
 
 
 def _normalise(cfg: dict[str, Any]) -> tuple[Any, ...]:
     rules = cfg.get("Filter", {}).get("Key", {}).get("FilterRules", [])
     return (
         cfg.get("QueueArn"),
-        sorted(cfg.get("Events", [])),
-        sorted((r["Name"].lower(), r["Value"]) for r in rules),
+        tuple(sorted(cfg.get("Events", []))),
+        tuple(sorted((r["Name"].lower(), r["Value"]) for r in rules)),
     )
 
 

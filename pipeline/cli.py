@@ -234,6 +234,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--job-id", type=_job_id, default=None)
     c.add_argument("--speed", type=float, default=None)
     c.add_argument("--seed", type=int, default=None)
+    c.add_argument(
+        "--priority", choices=["interactive", "bulk"], default=None, help="the inbox to drop it in (default bulk)"
+    )
     c.add_argument("--nfe-step", type=int, default=None)
     c.add_argument("--format", dest="output_format", default=None, choices=["wav", "flac", "mp3", "ogg"])
     c.add_argument("--subtitles", action="append", choices=["srt", "vtt"], default=None)
@@ -744,6 +747,7 @@ def _submit(args: argparse.Namespace) -> int:
                 "ref_text": args.ref_text,
                 "speed": args.speed,
                 "seed": args.seed,
+                "priority": args.priority,
                 "nfe_step": args.nfe_step,
                 "output_format": args.output_format,
                 "subtitles": args.subtitles,

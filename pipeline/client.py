@@ -17,7 +17,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from pipeline import keys
-from pipeline.contract import JobResult, JobState, JobStatus, Manifest, utcnow
+from pipeline.contract import JobResult, JobState, JobStatus, Manifest, Priority, utcnow
 from pipeline.store import Store
 
 VOICE_UPLOADS = keys.VOICES + "uploads/"
@@ -41,15 +41,18 @@ async def upload_voice(store: Store, path: Path) -> str:
 
 
 async def submit(store: Store, job_id: str, manifest: Manifest) -> JobStatus:
-    """Write the QUEUED status, then the manifest (whose upload triggers the worker)."""
+    """Write the QUEUED status, then the manifest (whose upload triggers the worker) into the inbox
+    its ``priority`` names: the inbox, not the field, is what the worker goes by."""
     if not keys.is_valid_job_id(job_id):
         raise ValueError(f"invalid job id {job_id!r}: use [A-Za-z0-9._-]{{1,128}}")
-    if await store.exists(keys.manifest_key(job_id)):
-        raise ValueError(f"job {job_id} already exists ({keys.manifest_key(job_id)}); job ids are single-use")
+    for key in keys.manifest_keys(job_id):  # one job-id namespace across both inboxes
+        if await store.exists(key):
+            raise ValueError(f"job {job_id} already exists ({key}); job ids are single-use")
     status = JobStatus.new(job_id, note="submitted with tts-pipeline submit")
+    status.priority = manifest.priority
     await store.put_json(keys.status_key(job_id), status)
     await store.put_bytes(
-        keys.manifest_key(job_id),
+        keys.manifest_key(job_id, manifest.priority),
         manifest.model_dump_json(exclude_defaults=True).encode(),
         "application/json",
     )
@@ -66,11 +69,14 @@ async def get_status(store: Store, job_id: str) -> JobStatus:
     status = await store.get_model(keys.status_key(job_id), JobStatus, MAX_STATUS_BYTES)
     if status is not None:
         return status
-    head = await store.head(keys.manifest_key(job_id))
-    if head is None:
-        raise JobNotFound(f"no job {job_id}: neither {keys.status_key(job_id)} nor {keys.manifest_key(job_id)} exist")
-    # Uploaded with the AWS CLI and not picked up yet: the manifest's presence is the QUEUED state.
-    return JobStatus.new(job_id, created_at=head["LastModified"], note="manifest in inbox; not picked up yet")
+    for priority in (Priority.bulk, Priority.interactive):
+        head = await store.head(keys.manifest_key(job_id, priority))
+        if head is not None:
+            # Uploaded with the AWS CLI and not picked up yet: the manifest's presence is the QUEUED state.
+            status = JobStatus.new(job_id, created_at=head["LastModified"], note="manifest in inbox; not picked up yet")
+            status.priority = priority
+            return status
+    raise JobNotFound(f"no job {job_id}: neither {keys.status_key(job_id)} nor a manifest in either inbox exist")
 
 
 async def get_result(store: Store, job_id: str, *, presign_s: int | None = None) -> JobResult:
@@ -123,7 +129,7 @@ async def recent_jobs(
 ) -> JobListing:
     """The ``limit`` most recently updated jobs (in ``state``, if given), newest first.
 
-    One listing of ``status/`` and ``inbox/`` (a manifest without a status yet is a QUEUED job, as
+    One listing of ``status/`` and of both inboxes (a manifest without a status yet is a QUEUED job, as
     ``get_status`` says), ordered by the objects' LastModified; then status documents are read from
     the newest down until ``limit`` match, at most ``max_reads`` of them (default ``10 * limit``),
     so a filter that matches little cannot read a whole bucket: older matches are then not
@@ -131,12 +137,14 @@ async def recent_jobs(
     if limit < 1:
         raise ValueError("limit must be at least 1")
     budget = 10 * limit if max_reads is None else max_reads
-    statuses, manifests = await asyncio.gather(store.list_objects(keys.STATUS), store.list_objects(keys.INBOX))
+    statuses, *inboxes = await asyncio.gather(
+        store.list_objects(keys.STATUS), *(store.list_objects(prefix) for prefix in keys.INBOXES.values())
+    )
     has_status = {o.key for o in statuses}
     # (last modified, key, status key?)
     candidates = [(o.last_modified, o.key, True) for o in statuses if o.key.endswith(".json")]
-    for o in manifests:
-        job_id = keys.job_id_from_key(o.key, keys.INBOX)
+    for o in (m for listing in inboxes for m in listing):
+        job_id = keys.job_id_from_any_inbox(o.key)
         if job_id is not None and keys.status_key(job_id) not in has_status:
             candidates.append((o.last_modified, job_id, False))
     candidates.sort(key=lambda c: (c[0], c[1]), reverse=True)

@@ -74,6 +74,16 @@ class Settings(BaseSettings):
     # max_batch unset: 8 on a GPU (batching amortises kernel launches: 2-4x measured), 1 on a CPU
     # (compute-bound: a batch only adds padding; see docs/benchmarks.md).
     max_jobs_in_flight: int = Field(default=4, ge=1, le=256)
+    # The interactive lane (<queue>-interactive, fed by inbox-interactive/): received by a loop of
+    # its own into a room of its own, on top of max_jobs_in_flight, so an interactive job never
+    # waits behind bulk work for a receive slot. Small: it is for one-sentence requests.
+    interactive_max_in_flight: int = Field(default=2, ge=1, le=64)
+    # Bulk messages received but not started, kept invisible by the heartbeat, from which the next
+    # bulk job is picked round-robin across submitters (docs/operations.md, "Priority and fair
+    # share"). 64: the window one submitter's backlog cannot hide another's jobs behind, at the
+    # cost of ~7 ChangeMessageVisibilityBatch requests per beat, and of messages a second worker
+    # cannot take while they wait here. 0: no look-ahead (receive only what can start).
+    bulk_lookahead: int = Field(default=64, ge=0, le=1024)
     max_batch: int | None = Field(default=None, ge=1, le=256)
     batch_wait_ms: float = Field(default=20.0, ge=0, le=3_600_000)
     batch_max_length_ratio: float = Field(default=2.0, ge=1.0)
@@ -162,6 +172,11 @@ class Settings(BaseSettings):
             if prefix.startswith(PIPELINE_PREFIXES) or any(p.startswith(prefix) for p in PIPELINE_PREFIXES):
                 raise ValueError(f"{name}: {prefix!r} overlaps the pipeline's own data")
         return value
+
+    @property
+    def interactive_queue(self) -> str:
+        """The interactive lane's queue: the job queue's name + ``-interactive``."""
+        return f"{self.queue}-interactive"
 
     def calls(self, agent: str) -> Calls:
         """How the calls of one client are made; ``agent`` is who makes them (worker, lease,

@@ -43,6 +43,9 @@ class Message:
     receive_count: int
     sent_at_ms: int | None
     attributes: dict[str, str] | None = None
+    # The queue it came from: its acknowledgements (delete, visibility, extensions) go there,
+    # whichever Queue object makes them (one worker receives from two queues on one client).
+    queue_url: str | None = None
 
 
 class Queue:
@@ -107,15 +110,27 @@ class Queue:
         self.url, self.dlq_url, self.name = other.url, other.dlq_url, other.name
         self.max_receive_count, self.retention_s = other.max_receive_count, other.retention_s
 
+    async def other(self, name: str) -> Queue | None:
+        """Queue ``name`` on this client, resolved; None if it does not exist (the interactive
+        lane's queue in a deployment made before it existed)."""
+        queue = Queue(self.sqs, None, name=name, calls=self.calls)
+        try:
+            await queue.resolve()
+        except Exception as e:
+            if not aws.is_missing_resource(e):
+                raise
+            return None
+        return queue
+
     def sibling(self, url: str | None, name: str) -> Queue:
         """Another queue (the DLQ) on the same client, with the same call policy."""
         return Queue(self.sqs, url, name=name, calls=self.calls)
 
-    async def _call(self, op: str, *, extra_s: float = 0.0, **kwargs: Any) -> Any:
+    async def _call(self, op: str, *, extra_s: float = 0.0, url: str | None = None, **kwargs: Any) -> Any:
         async for attempt in self.calls.retrying():
             with attempt:
                 async with asyncio.timeout(self.calls.timeout_s + extra_s):
-                    return await getattr(self.sqs, op)(QueueUrl=self.url, **kwargs)
+                    return await getattr(self.sqs, op)(QueueUrl=url or self.url, **kwargs)
         raise AssertionError("unreachable")
 
     async def receive(self, *, max_messages: int = 1, wait_s: int = 20, visibility_s: int = 300) -> list[Message]:
@@ -139,6 +154,7 @@ class Queue:
                     receive_count=int(attrs.get("ApproximateReceiveCount", 1)),
                     sent_at_ms=int(attrs["SentTimestamp"]) if "SentTimestamp" in attrs else None,
                     attributes={k: v.get("StringValue", "") for k, v in m.get("MessageAttributes", {}).items()},
+                    queue_url=self.url,
                 )
             )
         return out
@@ -155,7 +171,7 @@ class Queue:
         deleted or delivered again meanwhile (a worker paused past its visibility): it is no longer
         this delivery's to act on, which is not an error."""
         try:
-            await self._call(op, ReceiptHandle=msg.receipt_handle, **kwargs)
+            await self._call(op, url=msg.queue_url, ReceiptHandle=msg.receipt_handle, **kwargs)
         except ClientError as e:
             code = e.response.get("Error", {}).get("Code", "")
             if code not in _STALE_RECEIPT:
@@ -167,15 +183,19 @@ class Queue:
         SQS refused, with its reason (e.g. a message deleted meanwhile)."""
         seconds = int(min(max(seconds, 0), MAX_VISIBILITY_S))
         failed: dict[str, str] = {}
-        for i in range(0, len(msgs), _BATCH):
-            batch = msgs[i : i + _BATCH]
-            entries = [
-                {"Id": str(n), "ReceiptHandle": m.receipt_handle, "VisibilityTimeout": seconds}
-                for n, m in enumerate(batch)
-            ]
-            resp = await self._call("change_message_visibility_batch", Entries=entries)
-            for f in resp.get("Failed", []):
-                failed[batch[int(f["Id"])].id] = f"{f.get('Code', '?')}: {f.get('Message', '')}"
+        by_queue: dict[str | None, list[Message]] = {}
+        for m in msgs:  # a batch request names one queue
+            by_queue.setdefault(m.queue_url, []).append(m)
+        for url, of_queue in by_queue.items():
+            for i in range(0, len(of_queue), _BATCH):
+                batch = of_queue[i : i + _BATCH]
+                entries = [
+                    {"Id": str(n), "ReceiptHandle": m.receipt_handle, "VisibilityTimeout": seconds}
+                    for n, m in enumerate(batch)
+                ]
+                resp = await self._call("change_message_visibility_batch", url=url, Entries=entries)
+                for f in resp.get("Failed", []):
+                    failed[batch[int(f["Id"])].id] = f"{f.get('Code', '?')}: {f.get('Message', '')}"
         return failed
 
     async def send(self, body: str, attributes: dict[str, str] | None = None) -> None:

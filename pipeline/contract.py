@@ -51,6 +51,14 @@ class JobState(StrEnum):
         return self not in (JobState.QUEUED, JobState.PROCESSING)
 
 
+class Priority(StrEnum):
+    """Which lane a job runs in. ``interactive`` jobs are received from their own queue and their
+    chunks lead every model call; ``bulk`` jobs share the rest fairly among submitters."""
+
+    interactive = "interactive"
+    bulk = "bulk"
+
+
 class ErrorCode(StrEnum):
     """Why a job failed. Stable strings: clients switch on them."""
 
@@ -125,6 +133,12 @@ class Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     version: Literal[1] = Field(default=1, description="Manifest schema version.")
+    priority: Priority = Field(
+        default=Priority.bulk,
+        description="Which inbox a client should drop the manifest in (tts-pipeline submit does): interactive -> "
+        "inbox-interactive/, bulk -> inbox/. The job's effective priority is the inbox it was dropped in (the one "
+        "IAM can restrict), recorded as status.priority; this field only says what the client asked for.",
+    )
     text: str | None = Field(
         default=None,
         min_length=1,
@@ -327,6 +341,11 @@ class JobStatus(BaseModel):
         default=None,
         description="The SQS message whose delivery holds the job (set by each claim). Other messages for the "
         "same job are duplicates: they are dropped, and their dead letters never end the job.",
+    )
+    priority: Priority | None = Field(
+        default=None,
+        description="The effective priority: the inbox the manifest was dropped in (set by submit and by each "
+        "claim); null on statuses written before priorities existed.",
     )
     notified_at: datetime | None = Field(
         default=None,

@@ -1,9 +1,13 @@
 """Parsing S3 event notifications as they arrive in SQS message bodies.
 
 Handles what S3 actually sends: the ``s3:TestEvent`` written when a notification is configured,
-several records per message, URL-encoded keys (``+`` is a space, ``%2B`` is a plus), and the same
-event wrapped in an SNS envelope (S3 -> SNS -> SQS fan-out). Anything else is ``Unrecognised``:
-the consumer must not delete what it does not understand (it goes to the DLQ instead).
+several records per message, URL-encoded keys (``+`` is a space, ``%2B`` is a plus), the same
+event wrapped in an SNS envelope (S3 -> SNS -> SQS fan-out), and S3's EventBridge event
+(``"source": "aws.s3"``, ``"detail-type": "Object Created"``; S3 -> EventBridge rule -> SQS), whose
+key is NOT URL-encoded (AWS's documented example carries ``:`` as is). Each ``ObjectCreated``
+carries the uploader (``principal``: ``userIdentity.principalId``, or EventBridge's
+``detail.requester``), which the worker shares bulk work fairly among. Anything else is
+``Unrecognised``: the consumer must not delete what it does not understand (it goes to the DLQ).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ class ObjectCreated:
     size: int | None = None
     etag: str | None = None
     sequencer: str | None = None
+    principal: str | None = None  # who uploaded it: the submitter bulk work is shared fairly among
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,9 @@ def parse_message_body(body: str) -> ParsedMessage:
     # S3 -> SNS -> SQS: the S3 event is a string inside the SNS envelope.
     if doc.get("Type") == "Notification" and isinstance(doc.get("Message"), str):
         return parse_message_body(doc["Message"])
+
+    if doc.get("source") == "aws.s3" and "detail-type" in doc:
+        return _eventbridge(doc)
 
     if doc.get("Event") == "s3:TestEvent":
         return ParsedMessage(test_event=True)
@@ -83,7 +91,37 @@ def _object_created(rec: dict) -> ObjectCreated:
         size=obj.get("size"),
         etag=obj.get("eTag"),
         sequencer=obj.get("sequencer"),
+        principal=_str((rec.get("userIdentity") or {}).get("principalId")),
     )
+
+
+def _eventbridge(doc: dict) -> ParsedMessage:
+    """One S3 event as EventBridge delivers it: one object per event, its key as written."""
+    if doc["detail-type"] != "Object Created":
+        return ParsedMessage(ignored=1)  # Object Deleted, Restore ...: not a submission
+    try:
+        detail = doc["detail"]
+        bucket = detail["bucket"]["name"]
+        obj = detail["object"]
+        key = obj["key"]
+    except (KeyError, TypeError) as e:
+        raise UnrecognisedMessage(f"EventBridge S3 event lacks {e}") from None
+    if not isinstance(key, str) or not isinstance(bucket, str):
+        raise UnrecognisedMessage("EventBridge S3 event has a non-string bucket or key")
+    created = ObjectCreated(
+        bucket=bucket,
+        key=key,
+        event_time=_parse_time(doc.get("time")),
+        size=obj.get("size"),
+        etag=obj.get("etag"),
+        sequencer=obj.get("sequencer"),
+        principal=_str(detail.get("requester")),
+    )
+    return ParsedMessage(created=[created])
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def _parse_time(value: object) -> datetime | None:

@@ -1,6 +1,10 @@
 """The S3 key layout: the one place that knows where each object lives in the bucket.
 
-inbox/<job_id>.json            manifest, uploaded by clients (this upload creates the job)
+inbox/<job_id>.json            manifest, uploaded by clients (this upload creates the job): bulk
+inbox-interactive/<job_id>.json
+                               the same for interactive jobs (its own S3 notification and queue;
+                               not a sub-prefix of inbox/: S3 refuses overlapping prefixes for one
+                               event type). One job-id namespace: status/results are shared.
 status/<job_id>.json           status, written by `submit` (QUEUED) and the worker
 results/<job_id>.json          result, written once the outputs are durable
 outputs/<job_id>/attempt-<n>.<ext>
@@ -22,9 +26,12 @@ import posixpath
 import re
 from dataclasses import dataclass
 
-from pipeline.contract import ErrorCode
+from pipeline.contract import ErrorCode, Priority
 
 INBOX = "inbox/"
+INBOX_INTERACTIVE = "inbox-interactive/"
+# The inbox a manifest is dropped in is its job's effective priority (IAM can restrict a prefix).
+INBOXES: dict[Priority, str] = {Priority.bulk: INBOX, Priority.interactive: INBOX_INTERACTIVE}
 STATUS = "status/"
 RESULTS = "results/"
 OUTPUTS = "outputs/"
@@ -45,7 +52,8 @@ class InvalidJobId(ValueError):
         self.key = key
         self.reason = reason
         # Mirror the inbox path under status/ so the uploader can find the verdict by analogy.
-        self.status_key = STATUS + key.removeprefix(INBOX)
+        inbox = inbox_of(key)
+        self.status_key = STATUS + key.removeprefix(INBOXES[inbox] if inbox else INBOX)
 
 
 def is_valid_job_id(job_id: str) -> bool:
@@ -53,17 +61,34 @@ def is_valid_job_id(job_id: str) -> bool:
     return bool(JOB_ID_RE.fullmatch(job_id)) and job_id not in {".", ".."}
 
 
+def inbox_of(key: str) -> Priority | None:
+    """The priority of the inbox ``key`` is in; None outside both inboxes."""
+    return next((p for p, prefix in INBOXES.items() if key.startswith(prefix)), None)
+
+
 def job_id_from_inbox_key(key: str) -> str:
-    if not key.startswith(INBOX) or not key.endswith(MANIFEST_SUFFIX):
-        raise InvalidJobId(key, f"manifest keys look like {INBOX}<job_id>{MANIFEST_SUFFIX}")
-    job_id = key[len(INBOX) : -len(MANIFEST_SUFFIX)]
+    inbox = inbox_of(key)
+    if inbox is None or not key.endswith(MANIFEST_SUFFIX):
+        raise InvalidJobId(key, f"manifest keys look like {INBOX}<job_id>{MANIFEST_SUFFIX} (or {INBOX_INTERACTIVE})")
+    job_id = key[len(INBOXES[inbox]) : -len(MANIFEST_SUFFIX)]
     if not is_valid_job_id(job_id):
         raise InvalidJobId(key, "job id must match [A-Za-z0-9._-]{1,128} (taken from the manifest key)")
     return job_id
 
 
-def manifest_key(job_id: str) -> str:
-    return f"{INBOX}{job_id}{MANIFEST_SUFFIX}"
+def manifest_key(job_id: str, priority: Priority | str | None = Priority.bulk) -> str:
+    return f"{INBOXES[Priority(priority or Priority.bulk)]}{job_id}{MANIFEST_SUFFIX}"
+
+
+def manifest_keys(job_id: str) -> list[str]:
+    """Where a manifest of ``job_id`` may be, bulk inbox first (readers that know only the id)."""
+    return [manifest_key(job_id, p) for p in (Priority.bulk, Priority.interactive)]
+
+
+def job_id_from_any_inbox(key: str) -> str | None:
+    """The job id of a manifest key in either inbox; None if not one (listings)."""
+    inbox = inbox_of(key)
+    return job_id_from_key(key, INBOXES[inbox], MANIFEST_SUFFIX) if inbox else None
 
 
 def status_key(job_id: str) -> str:
@@ -186,7 +211,7 @@ class VoiceRefError(ValueError):
 
 # Prefixes a voice may never come from, whatever TTS_VOICE_PREFIXES says: job documents, model
 # files, and other jobs' outputs (whoever can write a manifest must not clone a produced voice).
-PIPELINE_PREFIXES = (INBOX, STATUS, RESULTS, OUTPUTS, MODELS, CANCEL)
+PIPELINE_PREFIXES = (INBOX, INBOX_INTERACTIVE, STATUS, RESULTS, OUTPUTS, MODELS, CANCEL)
 DEFAULT_VOICE_PREFIXES = (VOICES,)
 
 

@@ -7,8 +7,9 @@ read, so it is safe next to workers and next to another reconciler: the claims d
 ==========================================================  =========================================
 Found                                                       Done
 ==========================================================  =========================================
-manifest in ``inbox/`` with no status, older than the       status QUEUED (``If-None-Match``), then an
-threshold (its S3 event never reached the queue)            S3-event message for it is sent
+manifest in ``inbox/`` or ``inbox-interactive/`` with no    status QUEUED (``If-None-Match``), then an
+status, older than the threshold (its S3 event never        S3-event message for it is sent, to the
+reached the queue)                                          queue of its inbox
 status QUEUED, unchanged for longer than the threshold      QUEUED again (new ``updated_at``), message
 (its message vanished: retention, deletion, a lost send)    sent; a duplicate is harmless (claims)
 status PROCESSING whose lease lapsed more than the          ``attempt`` < max attempts: re-enqueued as
@@ -36,7 +37,7 @@ job: the job's own message still carries it. A job FAILED from the DLQ keeps its
 ``tts-pipeline dlq redrive`` puts both back. Every job the reconciler ends is notified
 (``pipeline.notify``), like any other.
 
-Cost per run, with bounded S3 LIST use: one LIST per 1,000 keys of ``inbox/``, ``status/``,
+Cost per run, with bounded S3 LIST use: one LIST per 1,000 keys of both inboxes, ``status/``,
 ``results/`` and ``outputs/``; GETs only for jobs without a result whose status has not changed
 for the threshold (a running job's status changes with every heartbeat) and for outputs of jobs
 with more than one attempt or no result; objects older than the look-back window (TTL + 1 day
@@ -62,7 +63,7 @@ from typing import Any
 from pipeline import keys, metrics
 from pipeline.config import Settings
 from pipeline.consumer import Message, Queue
-from pipeline.contract import ErrorCode, JobErrorInfo, JobResult, JobState, JobStatus, utcnow
+from pipeline.contract import ErrorCode, JobErrorInfo, JobResult, JobState, JobStatus, Priority, utcnow
 from pipeline.dlq import drain, jobs_of
 from pipeline.notify import Notifier, ensure_notified, record_in
 from pipeline.outputs import named_keys, unneeded
@@ -118,12 +119,14 @@ class Reconciler:
         scan_all: bool = False,
         dlq_limit: int = 1000,
         notifier: Notifier | None = None,
+        interactive: Queue | None = None,
     ) -> None:
         if older_than_s < 0:
             raise ValueError("older_than_s must be >= 0")
         self.settings = settings
         self.store = store
         self.queue = queue
+        self.interactive = interactive  # the interactive lane's queue; None: an old deployment without one
         self.notifier = notifier or Notifier(None, None, settings.bucket)
         self.older_than = timedelta(seconds=older_than_s)
         ttl = settings.job_ttl_s
@@ -138,7 +141,7 @@ class Reconciler:
         now = now or utcnow()
         report = Report()
         inbox, status, results, outputs = await asyncio.gather(
-            self._listing(keys.INBOX, now),
+            self._inboxes(now),
             self._listing(keys.STATUS, now),
             self._listing(keys.RESULTS, now),
             self.store.list_objects(keys.OUTPUTS),
@@ -190,6 +193,12 @@ class Reconciler:
             if job_id is not None and self._in_window(obj, now):
                 out[job_id] = obj
         return out
+
+    async def _inboxes(self, now: datetime) -> dict[str, ObjectInfo]:
+        """Manifests of both inboxes by job id (one namespace; the bulk one wins a clash, as the
+        worker would meet either first and the claim decides)."""
+        interactive, bulk = await asyncio.gather(*(self._listing(keys.INBOXES[p], now) for p in Priority))
+        return {**interactive, **bulk}
 
     def _in_window(self, obj: ObjectInfo, now: datetime) -> bool:
         return self.lookback is None or obj.last_modified >= now - self.lookback
@@ -251,7 +260,7 @@ class Reconciler:
             )
         except PreconditionFailed:
             return
-        await self._send(job_id, None)
+        await self._send(job_id, None, current.priority)
         report.add(Action.REENQUEUED, job_id, why)
 
     async def _dead_letters(self, report: Report, now: datetime) -> int:
@@ -350,10 +359,11 @@ class Reconciler:
             report.add(action, job_id, why)
         await self._notify(new, new_etag, report)
 
-    async def _send(self, job_id: str, manifest: ObjectInfo | None) -> None:
-        await self.queue.send(
-            s3_event(self.settings.bucket, keys.manifest_key(job_id), manifest), {"tts-sent-by": WORKER}
-        )
+    async def _send(self, job_id: str, manifest: ObjectInfo | None, priority: Priority | None = None) -> None:
+        """An S3-shaped event for the job's manifest, on the queue of the inbox it is in."""
+        key = manifest.key if manifest is not None else keys.manifest_key(job_id, priority)
+        lane = self.interactive if keys.inbox_of(key) is Priority.interactive and self.interactive else self.queue
+        await lane.send(s3_event(self.settings.bucket, key, manifest), {"tts-sent-by": WORKER})
 
     # -- outputs ---------------------------------------------------------------------------------
 
@@ -422,6 +432,7 @@ async def reconcile_once(
         Queue.open(settings.queue, calls=calls) as queue,
         Notifier.open(settings.notify_topic_arn, settings.bucket, calls) as notifier,
     ):
+        interactive = await queue.other(settings.interactive_queue)
         reconciler = Reconciler(
             settings,
             store,
@@ -430,5 +441,6 @@ async def reconcile_once(
             lookback_s=lookback_s,
             scan_all=scan_all,
             notifier=notifier,
+            interactive=interactive,
         )
         return await reconciler.run(now=now)

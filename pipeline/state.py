@@ -29,7 +29,7 @@ from datetime import datetime, timedelta
 from enum import Enum
 
 from pipeline import keys
-from pipeline.contract import JobErrorInfo, JobState, JobStatus, Progress, utcnow
+from pipeline.contract import JobErrorInfo, JobState, JobStatus, Priority, Progress, utcnow
 from pipeline.store import PreconditionFailed, Store
 
 log = logging.getLogger(__name__)
@@ -79,10 +79,11 @@ class Ledger:
         return await self.store.get_model_etag(keys.status_key(job_id), JobStatus)
 
     async def claim(
-        self, job_id: str, created_at: datetime | None, message_id: str | None = None
+        self, job_id: str, created_at: datetime | None, message_id: str | None = None, priority: Priority | None = None
     ) -> tuple[ClaimResult, Claim | Seen]:
         """``message_id``: the SQS message this delivery came with; the claim records it, so that
-        other messages for the job can be told apart as duplicates."""
+        other messages for the job can be told apart as duplicates. ``priority``: the inbox the
+        delivery's manifest key is in (the effective priority), recorded in the status."""
         key = keys.status_key(job_id)
         for _ in range(_CLAIM_ROUNDS):
             status, etag = await self.read(job_id)
@@ -98,6 +99,7 @@ class Ledger:
             base = status or JobStatus.new(job_id, created_at=created_at or now)
             new = base.moved_to(JobState.PROCESSING, worker=self.worker_id, note=note, lease_s=self.lease_s, at=now)
             new.message_id = message_id
+            new.priority = priority or new.priority
             try:
                 new_etag = await self._write(key, new, etag)
             except PreconditionFailed:

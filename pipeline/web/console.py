@@ -271,8 +271,8 @@ class Console:
         except ValueError:
             raise ConsoleError(400, "offset and limit are integers", "invalid_value") from None
 
-        manifests, statuses = await asyncio.gather(
-            self.store.list_objects(keys.INBOX), self.store.list_objects(keys.STATUS)
+        statuses, *inboxes = await asyncio.gather(
+            self.store.list_objects(keys.STATUS), *(self.store.list_objects(p) for p in keys.INBOXES.values())
         )
         created: dict[str, datetime] = {}
         status_lm: dict[str, datetime] = {}
@@ -281,8 +281,8 @@ class Console:
             if job_id:
                 status_lm[job_id] = o.last_modified
                 created[job_id] = o.last_modified
-        for o in manifests:
-            job_id = keys.job_id_from_key(o.key, keys.INBOX)
+        for o in (m for listing in inboxes for m in listing):
+            job_id = keys.job_id_from_any_inbox(o.key)
             if job_id:
                 created[job_id] = o.last_modified
         order = sorted(created, key=lambda j: (created[j], j), reverse=True)
@@ -333,12 +333,21 @@ class Console:
             self._remember(self._status_cache, job_id, (last_modified, status), 5000)
         return status
 
+    async def _manifest(self, job_id: str) -> bytes:
+        """The job's manifest from whichever inbox holds it (NotFound if neither)."""
+        for key in keys.manifest_keys(job_id):
+            try:
+                return await self.store.get_bytes(key, max_bytes=self.settings.max_manifest_bytes)
+            except NotFound:
+                continue
+        raise NotFound(keys.manifest_key(job_id))
+
     async def _manifest_voice(self, job_id: str) -> str | None:
         if job_id in self._voice_cache:
             return self._voice_cache[job_id]
         voice: str | None = None
         try:
-            raw = await self.store.get_bytes(keys.manifest_key(job_id), max_bytes=self.settings.max_manifest_bytes)
+            raw = await self._manifest(job_id)
             doc = json.loads(raw)
             if isinstance(doc, dict):
                 if isinstance(doc.get("voice"), str):

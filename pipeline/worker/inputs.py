@@ -16,8 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline import keys
+from pipeline.batcher import BULK, INTERACTIVE
 from pipeline.config import Settings
-from pipeline.contract import ErrorCode, Manifest, ManifestError, parse_manifest
+from pipeline.contract import ErrorCode, Manifest, ManifestError, Priority, parse_manifest
 from pipeline.store import NotFound, Store, TooLarge
 from pipeline.text import lexicon as lexicons
 from pipeline.text import script
@@ -75,6 +76,12 @@ class JobInputs:
     analysis: Analysis
     voices: list[VoiceInput]
     turn_voice: list[int]  # turn -> index into voices
+    priority: Priority = Priority.bulk  # effective: the inbox the manifest was dropped in
+
+    @property
+    def batch_priority(self) -> int:
+        """Where the job's chunks stand in the batcher's queue (interactive ones lead)."""
+        return INTERACTIVE if self.priority is Priority.interactive else BULK
 
     @property
     def dialogue(self) -> bool:
@@ -88,13 +95,17 @@ class Inputs:
         self.voices = VoiceLibrary(store)
         self.languages = languages  # what the worker's model speaks (its bundle's ``languages``)
 
-    async def read(self, job_id: str, check: Callable[[], None] = lambda: None) -> JobInputs:
-        """``check`` is the attempt's (cancel, timeout, lost claim): called between downloads."""
+    async def read(
+        self, job_id: str, check: Callable[[], None] = lambda: None, priority: Priority = Priority.bulk
+    ) -> JobInputs:
+        """``check`` is the attempt's (cancel, timeout, lost claim): called between downloads.
+        ``priority``: the inbox the manifest was dropped in (its event's key said which)."""
         s = self.settings
+        key = keys.manifest_key(job_id, priority)
         try:
-            raw = await self.store.get_bytes(keys.manifest_key(job_id), max_bytes=s.max_manifest_bytes)
+            raw = await self.store.get_bytes(key, max_bytes=s.max_manifest_bytes)
         except NotFound:
-            fail(ErrorCode.MANIFEST_NOT_FOUND, f"{keys.manifest_key(job_id)} no longer exists")
+            fail(ErrorCode.MANIFEST_NOT_FOUND, f"{key} no longer exists")
         except TooLarge as e:
             fail(ErrorCode.MANIFEST_TOO_LARGE, f"manifest is {e.size} bytes; the limit is {e.limit}")
         try:
@@ -119,7 +130,7 @@ class Inputs:
             fail(e.code, e.message)
         self._check_language(list(analysis.languages))  # as detected, for "auto"
         voices, turn_voice = await self._voices(analysis, check)
-        return JobInputs(manifest, analysis, voices, turn_voice)
+        return JobInputs(manifest, analysis, voices, turn_voice, priority)
 
     def _check_language(self, found: list[str]) -> None:
         other = [lang for lang in found if lang not in self.languages]

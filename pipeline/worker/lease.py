@@ -17,6 +17,10 @@ An attempt leaves the heartbeat (``tracking`` exits) before its message is ackno
 once its ending (final status, cleanup, notification) is done: the message stays invisible and
 the lease alive until then. Leaving waits for an extension in progress that includes its message,
 so an extension never lands after the attempt's own ``ChangeMessageVisibility`` or ``DeleteMessage``.
+
+Messages waiting in the bulk lane's waiting room (``pipeline.worker.fair``: received, not started)
+are extended by the same batch call (``wait``/``let_go``), whichever of the worker's queues they
+came from (each message names its own): a dead worker's waiting messages reappear within one lease.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import time
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
-from pipeline.consumer import Queue
+from pipeline.consumer import Message, Queue
 from pipeline.faults import NO_FAULTS, FaultHooks
 from pipeline.logs import job_id_var
 from pipeline.state import Ledger, LostClaim
@@ -63,6 +67,24 @@ class Heartbeat:
         self._tasks: dict[tuple[int, str], asyncio.Task[None]] = {}
         self._extension: asyncio.Task[None] | None = None
         self._extending: set[str] = set()  # message ids in the extension in flight
+        self._waiting: dict[str, Message] = {}  # received, not started: kept invisible, no lease yet
+
+    def wait(self, msg: Message) -> None:
+        """Keep ``msg`` invisible while it waits for a job slot."""
+        self._waiting[msg.id] = msg
+
+    def unwait(self, msg: Message) -> None:
+        """``msg`` starts now (its attempt, if any, is tracked from its claim on)."""
+        self._waiting.pop(msg.id, None)
+
+    async def let_go(self, msgs: list[Message]) -> None:
+        """Stop extending ``msgs`` (to be handed back), and wait for an extension in flight that
+        includes them: it must not land after their hand-back and hide them for a whole lease."""
+        for m in msgs:
+            self._waiting.pop(m.id, None)
+        extension = self._extension
+        if extension is not None and not extension.done() and self._extending & {m.id for m in msgs}:
+            await asyncio.wait({extension})  # bounded: the extension has its own deadline
 
     @contextlib.asynccontextmanager
     async def tracking(self, attempt: Attempt) -> AsyncIterator[Attempt]:
@@ -86,14 +108,14 @@ class Heartbeat:
             self.faults.crash_point("heartbeat")
             now = time.monotonic()
             attempts = list(self._attempts.values())
-            if not attempts:
+            if not attempts and not self._waiting:
                 next_beat = now + self.interval_s
                 continue
             beat = now >= next_beat
             live = [a for a in attempts if a.abort.reason is not AbortReason.LOST_CLAIM]
-            if beat and live:
+            if beat and (live or self._waiting):
                 next_beat = now + self.interval_s
-                self._extend(live)
+                self._extend([a.msg for a in live] + list(self._waiting.values()))
             for a in live:  # an attempt that lost its claim keeps nothing alive: the job is another's
                 if a.abort.reason is None and not a.ending:
                     a.deadline.tick(now)
@@ -129,10 +151,9 @@ class Heartbeat:
         await self.ledger.renew(attempt.claim, attempt.progress.document())
         attempt.progress.sent(value, now)
 
-    def _extend(self, attempts: list[Attempt]) -> None:
+    def _extend(self, msgs: list[Message]) -> None:
         if self._extension is not None and not self._extension.done():
             return  # the previous beat's extension is still in flight
-        msgs = [a.msg for a in attempts]
         self._extending = {m.id for m in msgs}
 
         async def extend() -> None:

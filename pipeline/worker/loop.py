@@ -1,6 +1,14 @@
 """The message loop: a bounded number of SQS messages in hand, each handled by its own task, and
 the worker's background tasks (the heartbeat, the batcher) under supervision.
 
+Two lanes. The interactive lane (``<queue>-interactive``) has a receive loop and a room of its own
+(``TTS_INTERACTIVE_MAX_IN_FLIGHT``, on top of ``TTS_MAX_JOBS_IN_FLIGHT``): its messages start as
+soon as they arrive and never wait behind bulk work for a receive slot. The bulk lane receives
+ahead into a waiting room (``TTS_BULK_LOOKAHEAD``, ``pipeline.worker.fair``) and starts its next
+job round-robin across submitters. Without the interactive queue (an old deployment) the worker
+says so once and runs the bulk lane only. Every acknowledgement goes to the queue its message
+came from (``Message.queue_url``).
+
 Acknowledgement policy: a message is deleted only once its job's outcome is durable (or it was
 never ours to run), made visible again after a delay for a retry, left alone when another worker
 owns the job, and kept in flight when the attempt running here already holds it. A stop request
@@ -25,6 +33,7 @@ from pipeline.aws import is_missing_resource, is_transient
 from pipeline.config import Settings
 from pipeline.consumer import Message, Queue
 from pipeline.events import UnrecognisedMessage, parse_message_body
+from pipeline.worker.fair import WaitingRoom, submitter_of
 from pipeline.worker.runner import Ack, Decision, JobRunner
 
 log = logging.getLogger(__name__)
@@ -44,14 +53,20 @@ class Worker:
         runner: JobRunner,
         background: dict[str, Coroutine[Any, Any, None]],
         stopping: asyncio.Event | None = None,
+        interactive: Queue | None = None,
     ) -> None:
         self.settings = settings
         self.queue = queue
+        self.interactive = interactive  # the interactive lane's queue; None: bulk only
         self.runner = runner
         self._background = background  # name -> coroutine that must run as long as the worker
         self._stopping = stopping or asyncio.Event()
         self.jobs_done = 0  # jobs this worker ran or rejected; duplicates and deferrals do not count
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()  # every message in hand
+        self._bulk: set[asyncio.Task[None]] = set()  # ... of them, the bulk lane's
+        self._fast: set[asyncio.Task[None]] = set()  # ... and the interactive lane's
+        self._waiting = WaitingRoom()
+        self._idle_since = time.monotonic()
         self._fatal: BaseException | None = None
 
     async def run(self, *, max_jobs: int | None = None, idle_exit_s: float | None = None) -> int:
@@ -61,9 +76,10 @@ class Worker:
         watcher = asyncio.create_task(self._supervise(supervised), name="supervisor")
         try:
             try:
-                await self._receive_loop(max_jobs, idle_exit_s)
+                await self._lanes(max_jobs, idle_exit_s)
             except Exception as e:  # the loop itself failed: the jobs in hand go back before we exit
                 self._die(e, hand_back=True)
+            await self._hand_back_waiting()
             if self._tasks:
                 log.info("waiting for %d message(s) in hand", len(self._tasks))
                 # Their endings still need the heartbeat and the clients: both outlive this wait.
@@ -96,70 +112,150 @@ class Worker:
         if hand_back:
             self.runner.hand_back_all()
 
-    async def _receive_loop(self, max_jobs: int | None, idle_exit_s: float | None) -> None:
+    async def _lanes(self, max_jobs: int | None, idle_exit_s: float | None) -> None:
+        """The bulk lane decides when the worker stops receiving; the interactive one runs beside it."""
+        if self.interactive is None:
+            await self._bulk_loop(max_jobs, idle_exit_s)
+            return
+        fast = asyncio.create_task(self._interactive_loop(max_jobs), name="interactive-lane")
+        fast.add_done_callback(self._lane_done)
+        try:
+            await self._bulk_loop(max_jobs, idle_exit_s)
+        finally:
+            # A poll cancelled before it answered leaves its messages queued; any SQS handed out
+            # as it was cancelled come back after one visibility timeout.
+            fast.cancel()
+            await asyncio.gather(fast, return_exceptions=True)
+
+    def _lane_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self._die(task.exception(), hand_back=True)  # type: ignore[arg-type]
+
+    def _budget(self, max_jobs: int | None) -> int:
+        """Messages ``--max-jobs`` still lets this worker take (every lane's, waiting ones included)."""
+        if max_jobs is None:
+            return 1 << 30
+        return max_jobs - self.jobs_done - len(self._tasks) - len(self._waiting)
+
+    async def _bulk_loop(self, max_jobs: int | None, idle_exit_s: float | None) -> None:
         s = self.settings
-        idle_since = time.monotonic()
         while not self._stopping.is_set():
-            room = s.max_jobs_in_flight - len(self._tasks)
-            if max_jobs is not None:
-                room = min(room, max_jobs - self.jobs_done - len(self._tasks))
-                if self.jobs_done >= max_jobs:
-                    return
+            if max_jobs is not None and self.jobs_done >= max_jobs:
+                return
+            room = s.max_jobs_in_flight + s.bulk_lookahead - len(self._bulk) - len(self._waiting)
+            room = min(room, self._budget(max_jobs))
             if room <= 0:  # full (or the last countable jobs are in hand): wait for one to end
                 await self._wait_for({*self._tasks})
                 continue
             wait_s = s.receive_wait_s
-            if idle_exit_s is not None and not self._tasks:
-                remaining = idle_exit_s - (time.monotonic() - idle_since)
+            if idle_exit_s is not None and not self._tasks and not len(self._waiting):
+                remaining = idle_exit_s - (time.monotonic() - self._idle_since)
                 if remaining <= 0:
                     log.info("idle for %.0fs: exiting", idle_exit_s)
                     return
                 wait_s = max(0, min(wait_s, int(remaining + 0.999)))
-            metrics.RECEIVES.inc()
-            receive = asyncio.create_task(
-                self.queue.receive(max_messages=min(room, 10), wait_s=wait_s, visibility_s=s.visibility_timeout_s)
-            )
-            await self._wait_for({receive})
-            if not receive.done():
-                # Shutting down: a poll cancelled before it answered leaves its messages queued;
-                # any SQS handed out as it was cancelled come back after one visibility timeout.
-                receive.cancel()
+            messages = await self._receive(self.queue, room, wait_s)
+            if messages is None:
                 return
-            try:
-                messages = receive.result()
-            except Exception as e:
-                if is_missing_resource(e):
-                    await self._queue_gone(e)
-                    continue
-                if not is_transient(e):
-                    raise
-                # SQS unreachable even after our retries: keep the worker, try again shortly.
-                log.warning("receive failed: %s; retrying in %.0fs", e, RECEIVE_BACKOFF_S)
-                await asyncio.sleep(RECEIVE_BACKOFF_S)
-                continue
             for msg in messages:
-                task = asyncio.create_task(self._handle(msg), name=f"message-{msg.id}")
-                self._tasks.add(task)
-                task.add_done_callback(self._task_done)
+                self._waiting.add(msg, submitter_of(msg))
+                self.runner.lease.wait(msg)  # invisible while it waits, like any message in hand
+            self._start_waiting()
             if messages or self._tasks:
-                idle_since = time.monotonic()
+                self._idle_since = time.monotonic()
 
-    async def _queue_gone(self, e: Exception) -> None:
+    async def _interactive_loop(self, max_jobs: int | None) -> None:
+        """Receive interactive messages whenever this lane has room, and start them at once."""
+        s = self.settings
+        assert self.interactive is not None
+        while not self._stopping.is_set():
+            room = min(s.interactive_max_in_flight - len(self._fast), self._budget(max_jobs))
+            if room <= 0:
+                await self._wait_for({*self._fast} or {*self._tasks})
+                continue
+            messages = await self._receive(self.interactive, room, s.receive_wait_s)
+            if messages is None:
+                return
+            for msg in messages:
+                self._spawn(msg, self._fast)
+            if messages:
+                self._idle_since = time.monotonic()
+
+    async def _receive(self, queue: Queue, room: int, wait_s: int) -> list[Message] | None:
+        """One poll of ``queue``; [] after an error it waited out; None when stopping."""
+        metrics.RECEIVES.inc()
+        receive = asyncio.create_task(
+            queue.receive(max_messages=min(room, 10), wait_s=wait_s, visibility_s=self.settings.visibility_timeout_s)
+        )
+        await self._wait_for({receive})
+        if not receive.done():
+            # Shutting down: a poll cancelled before it answered leaves its messages queued;
+            # any SQS handed out as it was cancelled come back after one visibility timeout.
+            receive.cancel()
+            return None
+        try:
+            return receive.result()
+        except Exception as e:
+            if is_missing_resource(e):
+                await self._queue_gone(queue, e)
+                return []
+            if not is_transient(e):
+                raise
+            # SQS unreachable even after our retries: keep the worker, try again shortly.
+            log.warning("receive from %s failed: %s; retrying in %.0fs", queue.name, e, RECEIVE_BACKOFF_S)
+            await asyncio.sleep(RECEIVE_BACKOFF_S)
+            return []
+
+    def _start_waiting(self) -> None:
+        """Start waiting bulk messages while the bulk lane has room: the next submitter's turn."""
+        while not self._stopping.is_set() and len(self._bulk) < self.settings.max_jobs_in_flight:
+            msg = self._waiting.next()
+            if msg is None:
+                return
+            self.runner.lease.unwait(msg)
+            self._spawn(msg, self._bulk)
+
+    def _spawn(self, msg: Message, lane: set[asyncio.Task[None]]) -> None:
+        task = asyncio.create_task(self._handle(msg), name=f"message-{msg.id}")
+        self._tasks.add(task)
+        lane.add(task)
+        task.add_done_callback(self._task_done)
+
+    async def _hand_back_waiting(self) -> None:
+        """Messages still waiting go back to their queue at once (visibility 0), for any worker."""
+        msgs = self._waiting.take_all()
+        if not msgs:
+            return
+        await self.runner.lease.let_go(msgs)
+        log.info("handing back %d waiting message(s)", len(msgs))
+        try:
+            failed = await self.queue.extend_visibility(msgs, 0)
+        except Exception as e:  # not lost: they come back when their visibility lapses
+            log.warning("could not hand back %d waiting message(s) (%s): they return within a lease", len(msgs), e)
+            return
+        for msg_id, reason in failed.items():
+            log.warning("waiting message %s not handed back: %s", msg_id, reason)
+
+    async def _queue_gone(self, queue: Queue, e: Exception) -> None:
         """The queue no longer exists (deleted; a LocalStack restarted without its state). Exiting
         would only restart the worker into the same situation, minus its loaded model: wait,
         unready, until it exists again (re-created by bootstrap), then consume as before. Jobs in
-        hand find their status gone and stop without publishing (a lost claim)."""
-        log.error("queue %s is gone (%s): waiting for it to be created again", self.queue.name, e)
-        metrics.set_ready(False)
+        hand find their status gone and stop without publishing (a lost claim). The interactive
+        queue gone leaves the worker ready: its bulk lane still serves."""
+        main = queue is self.queue
+        log.error("queue %s is gone (%s): waiting for it to be created again", queue.name, e)
+        if main:
+            metrics.set_ready(False)
         await asyncio.sleep(RECEIVE_BACKOFF_S)
         try:
-            await self.queue.resolve()
+            await queue.resolve()
         except Exception as again:
             if not (is_missing_resource(again) or is_transient(again)):
                 raise
             return
-        log.info("queue %s exists again: consuming", self.queue.name)
-        metrics.set_ready(True)
+        log.info("queue %s exists again: consuming", queue.name)
+        if main:
+            metrics.set_ready(True)
 
     async def _wait_for(self, tasks: set[asyncio.Task]) -> None:
         """Until one of ``tasks`` ends or a stop is requested."""
@@ -169,6 +265,10 @@ class Worker:
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
+        self._fast.discard(task)
+        if task in self._bulk:
+            self._bulk.discard(task)
+            self._start_waiting()  # its slot goes to the next submitter's waiting message
         if not task.cancelled() and task.exception() is not None:
             # A bug, not a job's failure (those end in a status): stop taking work and re-raise it.
             self._die(task.exception(), hand_back=False)  # type: ignore[arg-type]

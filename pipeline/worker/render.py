@@ -295,7 +295,8 @@ class _Render:
             ref_audio=ref.audio, ref_text=ref.text, text=piece.spoken, speed=piece.speed, seed=spec.seed
         )
         a = self.attempt
-        work = Work("synthesis", (m.nfe_step, m.cfg_strength), item.frames, a.job_id, item, a.number)
+        group = (m.nfe_step, m.cfg_strength)
+        work = Work("synthesis", group, item.frames, a.job_id, item, a.number, self.inputs.batch_priority)
         return self.st.batcher.submit(work)
 
     async def _wait(self, fut: asyncio.Future[np.ndarray], k: int, total: int) -> np.ndarray:

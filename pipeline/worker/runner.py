@@ -55,6 +55,7 @@ from pipeline.contract import (
     JobState,
     JobStatus,
     ModelInfo,
+    Priority,
     ResultWarning,
     StageTimings,
     WarningCode,
@@ -198,7 +199,7 @@ class JobRunner:
             attempt.shutdown.now()
 
     async def process_record(self, record: ObjectCreated, msg: Message) -> Decision:
-        if record.bucket != self.settings.bucket or not record.key.startswith(keys.INBOX):
+        if record.bucket != self.settings.bucket or keys.inbox_of(record.key) is None:
             log.warning("ignoring event for s3://%s/%s (not this pipeline's inbox)", record.bucket, record.key)
             return DELETE
         try:
@@ -239,7 +240,8 @@ class JobRunner:
 
     async def _deliver(self, job_id: str, record: ObjectCreated, msg: Message) -> Decision:
         try:
-            outcome, found = await self.ledger.claim(job_id, record.event_time, msg.id)
+            priority = keys.inbox_of(record.key)  # the inbox is the job's effective priority
+            outcome, found = await self.ledger.claim(job_id, record.event_time, msg.id, priority)
         finally:
             self._claiming.pop(job_id, None)
         if isinstance(found, Seen):
@@ -357,7 +359,8 @@ class JobRunner:
         job_id = attempt.job_id
         clock = _Clock()
         label = f"{self.model.name}/{self.model.version}"
-        inputs = await clock.run("download", lambda: self.inputs.read(job_id, attempt.check))
+        priority = attempt.claim.status.priority or Priority.bulk
+        inputs = await clock.run("download", lambda: self.inputs.read(job_id, attempt.check, priority))
         manifest = inputs.manifest
         seed = manifest.seed if manifest.seed is not None else derived_seed(job_id)
         attempt.check()

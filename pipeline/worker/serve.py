@@ -95,12 +95,14 @@ async def serve(settings: Settings, *, max_jobs: int | None = None, idle_exit_s:
                 raise _StoppedDuringStartup
             lease_queue.follow(queue)
             check_retention(settings, queue)
+            interactive = await _interactive_queue(queue, settings)
             worker = _worker(
                 settings, started, aligner, batcher, faults, stopping, store, lease_store, queue, lease_queue, notifier
             )
+            worker.interactive = interactive
             log.info(
-                "worker %s ready: model %s (%s) on %s (compile %s, aligner %s), up to %d jobs in flight, "
-                "batches of up to %d; cold start %s",
+                "worker %s ready: model %s (%s) on %s (compile %s, aligner %s), up to %d jobs in flight "
+                "(+%d interactive, %d bulk waiting), batches of up to %d; cold start %s",
                 settings.worker_id,
                 started.model,
                 started.cache_state,
@@ -108,6 +110,8 @@ async def serve(settings: Settings, *, max_jobs: int | None = None, idle_exit_s:
                 started.compile_mode,
                 aligner.backend,
                 settings.max_jobs_in_flight,
+                settings.interactive_max_in_flight if interactive else 0,
+                settings.bulk_lookahead,
                 started.max_batch,
                 " ".join(f"{k}={v:.2f}s" for k, v in started.phases.items()),
             )
@@ -282,6 +286,22 @@ def check_retention(settings: Settings, queue: Queue) -> None:
             f"({retention}s): jobs would vanish from SQS before they expire. Raise the retention "
             f"(`tts-pipeline bootstrap` sets the SQS maximum, 14 days) or lower TTS_JOB_TTL_S."
         )
+
+
+async def _interactive_queue(queue: Queue, settings: Settings) -> Queue | None:
+    """The interactive lane's queue, on the job queue's client; None (said once, here) when it
+    does not exist: a deployment made before the lane existed runs its bulk lane only."""
+    name = settings.interactive_queue
+    try:
+        lane = await queue.other(name)
+    except Exception as e:
+        if not is_transient(e):
+            raise
+        log.warning("queue %s unreachable at start-up (%s): bulk lane only until a restart", name, e)
+        return None
+    if lane is None:
+        log.warning("queue %s does not exist (deployed before the interactive lane): bulk lane only", name)
+    return lane
 
 
 async def _resolve_queue(queue: Queue, stopping: asyncio.Event) -> bool:

@@ -156,3 +156,47 @@ async def test_the_busy_history_stays_bounded_without_a_metrics_scrape(monkeypat
     for i in range(300):
         await _run(batcher, [Work("synthesis", "g", 1, f"job-{i}", i)])
     assert len(batcher._busy) <= batcher_module.BUSY_WINDOW_S + 1
+
+
+async def test_interactive_items_anchor_calls_before_older_bulk_items(engine: F5Engine, ref: Reference) -> None:
+    """Issue 19: the next call is anchored on the oldest item of the most urgent priority present,
+    so an interactive job's chunk queued behind bulk chunks runs first; within a priority it is
+    still first come, first served, and settings still never mix in one call."""
+    from dataclasses import replace
+
+    from pipeline.batcher import INTERACTIVE
+
+    rec = Recording(engine)
+    batcher = Batcher({"synthesis": rec}, max_batch=1, max_wait_s=0)
+    bulk = [_work(ref, f"Bulk chunk number {n}.", f"b{n}") for n in range(3)]
+    urgent = [
+        replace(_work(ref, "Interactive first.", "i1", nfe=3), priority=INTERACTIVE),
+        replace(_work(ref, "Interactive second.", "i2"), priority=INTERACTIVE),
+    ]
+    results = await _run(batcher, [*bulk, *urgent])  # bulk queued first
+    assert all(isinstance(r, np.ndarray) for r in results)
+    order = [texts[0] for _, texts in rec.calls]
+    assert order == ["Interactive first.", "Interactive second.", *(w.payload.text for w in bulk)]
+    assert rec.calls[0][0] == (3, 2.0)  # the interactive item's own settings: it anchored the call
+
+
+async def test_interactive_mates_join_before_bulk_mates(engine: F5Engine, ref: Reference) -> None:
+    """Batch-mates: the more urgent first, then nearest in length; a bulk anchor never forms while
+    an interactive item waits."""
+    from dataclasses import replace
+
+    from pipeline.batcher import INTERACTIVE
+
+    rec = Recording(engine)
+    batcher = Batcher({"synthesis": rec}, max_batch=2, max_wait_s=0, max_length_ratio=100)
+    works = [
+        _work(ref, "Bulk one.", "b1"),
+        _work(ref, "Bulk two.", "b2"),
+        replace(_work(ref, "Urgent one, a little longer.", "i1"), priority=INTERACTIVE),
+        replace(_work(ref, "Urgent two, much longer than the bulk ones are.", "i2"), priority=INTERACTIVE),
+    ]
+    await _run(batcher, works)
+    assert sorted(rec.calls[0][1]) == sorted(
+        ["Urgent one, a little longer.", "Urgent two, much longer than the bulk ones are."]
+    )
+    assert sorted(rec.calls[1][1]) == ["Bulk one.", "Bulk two."]

@@ -123,3 +123,32 @@ def test_a_bad_scaledobject_is_rejected_by_the_schema() -> None:
     except jsonschema.ValidationError:
         return
     raise AssertionError("schema accepted queueLength 'four'")
+
+
+def test_every_lane_has_its_queue_notification_and_scaler_trigger() -> None:
+    """Issue 19: the interactive inbox is notified to its own queue (same DLQ), its prefix does
+    not overlap inbox/ (S3 refuses that), the worker may consume both queues and KEDA scales on
+    both backlogs."""
+    resources = _template()["Resources"]
+    interactive = resources["InteractiveQueue"]["Properties"]
+    assert interactive["QueueName"] == "!Sub ${QueueName}-interactive"
+    assert interactive["RedrivePolicy"] == resources["JobQueue"]["Properties"]["RedrivePolicy"]
+    configs = resources["JobBucket"]["Properties"]["NotificationConfiguration"]["QueueConfigurations"]
+    prefixes = {
+        c["Queue"]: next(r["Value"] for r in c["Filter"]["S3Key"]["Rules"] if r["Name"] == "prefix") for c in configs
+    }
+    assert prefixes == {"!GetAtt JobQueue.Arn": "inbox/", "!GetAtt InteractiveQueue.Arn": "inbox-interactive/"}
+    assert not any(a != b and a.startswith(b) for a in prefixes.values() for b in prefixes.values())
+    consume = next(
+        s
+        for s in resources["WorkerPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+        if isinstance(s, dict) and s["Sid"] == "ConsumeJobs"
+    )
+    assert sorted(consume["Resource"]) == ["!GetAtt InteractiveQueue.Arn", "!GetAtt JobQueue.Arn"]
+    scaled = next(
+        d
+        for d in yaml.safe_load_all((ROOT / "infra/k8s/keda-scaledobject.yaml").read_text())
+        if d["kind"] == "ScaledObject"
+    )
+    urls = [t["metadata"]["queueURL"].rsplit("/", 1)[-1] for t in scaled["spec"]["triggers"]]
+    assert urls == ["tts-jobs", "tts-jobs-interactive"]

@@ -124,3 +124,17 @@ def test_lexicon_keys_follow_the_voice_rules_under_their_own_prefixes() -> None:
         with pytest.raises(keys.VoiceRefError) as e:
             keys.lexicon_key(bad, "b")
         assert e.value.code == "INVALID_LEXICON"
+
+
+def test_both_inboxes_name_jobs_of_one_namespace() -> None:
+    """Issue 19: inbox-interactive/ is the interactive lane's inbox; it does not overlap inbox/
+    (S3 refuses overlapping notification prefixes) and its job ids are the same namespace."""
+    assert keys.manifest_key("j", "interactive") == "inbox-interactive/j.json"
+    assert keys.job_id_from_inbox_key("inbox-interactive/j.json") == "j"
+    assert keys.inbox_of("inbox-interactive/j.json") == "interactive" and keys.inbox_of("inbox/j.json") == "bulk"
+    assert keys.inbox_of("status/j.json") is None
+    assert not keys.INBOX_INTERACTIVE.startswith(keys.INBOX)
+    assert keys.manifest_keys("j") == ["inbox/j.json", "inbox-interactive/j.json"]
+    with pytest.raises(keys.InvalidJobId) as info:
+        keys.job_id_from_inbox_key("inbox-interactive/has space.json")
+    assert info.value.status_key == "status/has space.json"
