@@ -46,7 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline import client, keys
 from pipeline.config import Settings
-from pipeline.contract import JobResult, JobState, JobStatus, Manifest, OutputFormat
+from pipeline.contract import JobResult, JobState, JobStatus, Manifest, OutputFormat, Priority
 from pipeline.state import request_cancel
 from pipeline.store import NotFound, Store, TooLarge
 from pipeline.tts.voices import VoiceError, VoiceLibrary, is_name
@@ -167,6 +167,9 @@ class SpeechApi:
             # OpenAI's request names no language: text with CJK characters is detected sentence by
             # sentence (Chinese, mixed with English, is the model's other language); the rest is English.
             language="auto" if _CJK.search(req.input) else "eng",
+            # Someone is waiting: the interactive lane (received first, chunks lead the batcher,
+            # a short first chunk).
+            priority=Priority.interactive,
         )
         job_id = await self._submit(request, manifest)
         log.info("speech request: job %s (voice %r, %d chars)", job_id, req.voice, len(req.input))

@@ -35,6 +35,7 @@ from pipeline.config import Settings
 from pipeline.contract import (
     ErrorCode,
     PauseTiming,
+    Priority,
     ResultWarning,
     SegmentTiming,
     SentenceTiming,
@@ -138,10 +139,14 @@ class Renderer:
         """Every piece in order: durable chunks reused, the rest synthesised through the batcher
         (``max_batch`` of this job's chunks in flight, so a long text cannot crowd out other jobs),
         each new chunk aligned and made durable, and the audio streamed to a file."""
+        # An interactive job's first chunk is short: its first audio exists after a fraction of a
+        # full chunk's model time (the API streams it at once). Planned from the inbox the job was
+        # dropped in, so every attempt plans the same chunks.
         pieces = inputs.analysis.plan(
             lambda turn, speed: chunk_budget(
                 len(refs[inputs.turn_voice[turn]].audio), refs[inputs.turn_voice[turn]].text, speed
-            )
+            ),
+            first_short=inputs.priority is Priority.interactive,
         )
         m = inputs.manifest
         budget.check_plan(self.settings, pieces, refs, inputs.turn_voice, m.nfe_step, m.cfg_strength)
