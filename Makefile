@@ -5,7 +5,7 @@ VENV := .venv
 LS_VENV := localstack/.venv
 TTS := $(VENV)/bin/tts-pipeline
 
-.PHONY: help setup browser console venv localstack-venv demo test unit integration faults sweep reliability bench bench-gpu lint format schemas clean image-check
+.PHONY: help setup browser console venv localstack-venv demo test unit integration faults sweep reliability bench bench-latency bench-gpu lint format schemas clean image-check
 
 help:
 	@echo "make demo    set up, start LocalStack, run one voice-cloning job end to end, print the result"
@@ -47,6 +47,11 @@ bench: setup
 	$(VENV)/bin/python scripts/bench_cold_start.py
 	$(VENV)/bin/python scripts/bench_voice_cache.py
 	$(VENV)/bin/python scripts/bench_report.py
+
+# Issue 19's latency figures (streaming, priority, fair share, per-job overhead) on CPU with the
+# tiny bundle: docs/bench/latency-cpu.json.
+bench-latency: setup
+	$(VENV)/bin/python scripts/bench_latency.py
 
 # Throughput (jobs in flight, batching, compile, alignment): full-size random bundle on a GPU,
 # the tiny bundle on CPU. Writes docs/bench/throughput-<label>.json and docs/benchmarks.md.

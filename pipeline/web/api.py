@@ -207,9 +207,10 @@ class SpeechApi:
                 raise JobTimeout(job_id, s.api_wait_s) from None
             return await out.fail("job_timeout", f"no audio from job {job_id} for {s.api_wait_s:g}s")
         except StreamFailed as e:
+            error = ApiError(e.http, str(e), code=e.code) if e.code else _job_error(job_id, e.status)
             if out.response is None:
-                raise _job_error(job_id, e.status) from None
-            return await out.fail("job_failed", str(_job_error(job_id, e.status)))
+                raise error from None
+            return await out.fail(error.code or "job_failed", error.message)
 
     async def _whole(self, request: web.Request, job_id: str) -> web.StreamResponse:
         """FLAC: the worker's file once the job is COMPLETED, streamed from S3 as stored."""

@@ -40,7 +40,7 @@ from pipeline import chunks as chunk_io
 from pipeline import client, keys, metrics
 from pipeline.chunks import ChunkRecord, ChunkStore
 from pipeline.contract import JobState, JobStatus
-from pipeline.store import Store
+from pipeline.store import NotFound, Store, TooLarge
 from pipeline.tts.assembler import Joiner, pcm16
 from pipeline.tts.engine import CROSS_FADE_S, SAMPLE_RATE
 
@@ -52,11 +52,14 @@ MAX_GAP_S = 600.0
 
 
 class StreamFailed(Exception):
-    """The job ended without audio, or its audio could not be read: ``status`` says which."""
+    """The job ended without audio (``status`` says how), or its finished audio could not be
+    served (``code``: ``bad_result``, ``audio_not_found``, ``too_large``; ``http``: the answer)."""
 
-    def __init__(self, message: str, status: JobStatus | None = None) -> None:
+    def __init__(self, message: str, status: JobStatus | None = None, *, code: str | None = None, http: int = 500):
         super().__init__(message)
         self.status = status
+        self.code = code
+        self.http = http
 
 
 class StreamStalled(Exception):
@@ -146,12 +149,24 @@ class ChunkFollower:
 
     async def _rest_of_final(self) -> np.ndarray:
         """The finished audio from the first sample not yet sent (the result names it)."""
-        result = await client.get_result(self.store, self.job_id)
-        key = keys.job_output_key(self.store.bucket, self.job_id, result.audio.uri)  # UntrustedKey if not its own
-        data = await self.store.get_bytes(key, max_bytes=self.max_bytes)
-        pcm, sr = await asyncio.to_thread(sf.read, io.BytesIO(data), dtype="int16")
+        job = self.job_id
+        result = await client.get_result(self.store, job)
+        try:
+            key = keys.job_output_key(self.store.bucket, job, result.audio.uri)
+            data = await self.store.get_bytes(key, max_bytes=self.max_bytes)
+            pcm, sr = await asyncio.to_thread(sf.read, io.BytesIO(data), dtype="int16")
+        except keys.UntrustedKey as e:
+            log.warning("job %s: %s: not served", job, e)
+            raise StreamFailed(f"job {job}'s result names no audio of its own", code="bad_result", http=502) from None
+        except NotFound:
+            raise StreamFailed(f"job {job}'s audio is gone", code="audio_not_found", http=502) from None
+        except TooLarge as e:
+            message = f"job {job}'s audio is {e.size} bytes, over {self.max_bytes} (TTS_CONSOLE_MAX_AUDIO_BYTES)"
+            raise StreamFailed(message, code="too_large", http=413) from None
+        except (sf.LibsndfileError, RuntimeError) as e:
+            raise StreamFailed(f"job {job}'s audio does not decode: {e}", code="bad_result", http=502) from None
         if sr != SAMPLE_RATE or pcm.ndim != 1:
-            raise StreamFailed(f"job {self.job_id}'s audio is not 24 kHz mono", self.status)
+            raise StreamFailed(f"job {job}'s audio is not 24 kHz mono", code="bad_result", http=502)
         if hashlib.sha256(pcm[: self.sent].astype("<i2").tobytes()).digest() != self._digest.digest():
             metrics.STREAM_MISMATCHES.inc()
             log.error("job %s: the %d samples streamed early differ from the finished audio", self.job_id, self.sent)

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 import yaml
 
-from pipeline.contract import JobState, JobStatus, utcnow
+from pipeline.contract import JobState, JobStatus, Priority, utcnow
 from tests.faults.conftest import FAST
 from tests.faults.proxy import ProxyProcess
 from tests.helpers import (
@@ -80,6 +80,7 @@ def _arns(bucket: str, queue: str) -> dict[str, str]:
     return {
         "JobBucket.Arn": f"arn:aws:s3:::{bucket}",
         "JobQueue.Arn": f"arn:aws:sqs:{REGION}:{ACCOUNT}:{queue}",
+        "InteractiveQueue.Arn": f"arn:aws:sqs:{REGION}:{ACCOUNT}:{queue}-interactive",
         "DeadLetterQueue.Arn": f"arn:aws:sqs:{REGION}:{ACCOUNT}:{queue}-dlq",
         "NotificationTopic": f"arn:aws:sns:{REGION}:{ACCOUNT}:{queue}-events",
     }
@@ -225,6 +226,22 @@ def _worker_paths(
     assert done["state"] == "COMPLETED"
     result = json.loads(s3.get_object(Bucket=NAME, Key="results/pol-done.json")["Body"].read())
     assert http_request(result["audio"]["url"])[0] == 200
+    # Interactive: its own inbox and queue; held until the heartbeat kept its message invisible on
+    # that queue (ChangeMessageVisibility), then completed and deleted there.
+    holds.hold("pol-fast", after_chunks=1)
+    fast = _manifest(text=LONG_TEXT, priority="interactive")
+    s3.put_object(Bucket=NAME, Key="inbox-interactive/pol-fast.json", Body=json.dumps(fast).encode())
+    holds.wait_held("pol-fast")
+    wait_until(
+        lambda: any(
+            e["op"].startswith("SQS ChangeMessageVisibility") and e.get("queue") == f"{NAME}-interactive"
+            for e in proxy.trace()
+        ),
+        "the interactive message's visibility extended",
+        120,
+    )
+    holds.release("pol-fast")
+    assert wait_for_state(s3, "pol-fast", bucket=NAME)["state"] == "COMPLETED"
     # A library voice with no transcript yet: transcribed and stored by the worker.
     s3.upload_file(str(reference_voice_path()), NAME, "voices/pol-asr/audio.wav")
     record = {
@@ -293,6 +310,12 @@ def _console_paths(url: str, s3: Any) -> None:
     assert http_request(f"{url}/console/api/jobs")[0] == 200
     code, resp, _ = http_request(f"{url}/console/api/jobs/pol-done/cancel", "POST", b"", mutate)
     assert code < 500, resp[:300]  # too late to cancel: refused, but the status was read
+    # The speech API: an interactive job (inbox-interactive/), its audio streamed from its chunks.
+    speech = json.dumps({"model": "tts-1", "input": LONG_TEXT, "voice": "pol-lib", "response_format": "pcm"})
+    code, resp, _ = http_request(
+        f"{url}/v1/audio/speech", "POST", speech.encode(), {"Content-Type": "application/json"}
+    )
+    assert code == 200 and len(resp) > 0, resp[:300]
     code, resp, _ = http_request(f"{url}/console/api/voices/pol-lib", "DELETE", None, mutate)
     assert code in (200, 204), resp[:300]
     code, resp, _ = http_request(f"{url}/v1/voices")
@@ -324,8 +347,10 @@ def _reconciler_paths(stack: dict[str, str], proxy: ProxyProcess, topic: str, s3
     # A result whose final status write was lost.
     status("pol-half", JobState.PROCESSING)
     s3.copy_object(Bucket=NAME, Key="results/pol-half.json", CopySource=f"{NAME}/results/pol-done.json")
-    # A stuck job (re-enqueued), and outputs of a job that ended without a result.
+    # A stuck job (re-enqueued), one of each lane, and outputs of a job that ended without a result.
     status("pol-stuck", JobState.PROCESSING)
+    s3.put_object(Bucket=NAME, Key="inbox-interactive/pol-stuck-fast.json", Body=json.dumps(_manifest()).encode())
+    status("pol-stuck-fast", JobState.PROCESSING, priority=Priority.interactive)  # as its claim recorded it
     status("pol-failed", JobState.FAILED)
     s3.put_object(Bucket=NAME, Key="outputs/pol-failed/attempt-1.wav", Body=b"RIFF")
     env = _env(stack, proxy, "reconciler-key", topic)
@@ -333,6 +358,7 @@ def _reconciler_paths(stack: dict[str, str], proxy: ProxyProcess, topic: str, s3
     assert out.returncode == 0, out.stderr
     counts = json.loads(out.stdout)["counts"]
     assert {"failed_worker_crashed", "completed_from_result", "reenqueued", "outputs_removed"} <= set(counts), counts
+    assert counts["reenqueued"] >= 2, counts  # one job per lane
 
 
 # -- the checks --------------------------------------------------------------------------------

@@ -87,12 +87,12 @@ def test_voices_are_listed_from_the_library(console: str) -> None:
 
 @pytest.mark.parametrize("voice", ["nobody", "../voices/alice.wav", "voices/alice.wav", "s3://other/v.wav"])
 def test_a_voice_outside_the_library_is_a_400_in_openais_shape(console: str, s3: Any, voice: str) -> None:
-    before = s3.list_objects_v2(Bucket=BUCKET, Prefix="inbox/").get("KeyCount", 0)
+    before = s3.list_objects_v2(Bucket=BUCKET, Prefix="inbox").get("KeyCount", 0)
     with pytest.raises(openai.BadRequestError) as e:
         _client(console).audio.speech.create(model="tts-1", voice=voice, input="Hi.")
     error = e.value.response.json()["error"]
     assert e.value.status_code == 400 and error["code"] == "voice_not_found" and error["param"] == "voice"
-    assert s3.list_objects_v2(Bucket=BUCKET, Prefix="inbox/").get("KeyCount", 0) == before  # no job made
+    assert s3.list_objects_v2(Bucket=BUCKET, Prefix="inbox").get("KeyCount", 0) == before  # no job made
 
 
 def test_an_unsupported_format_is_a_400(console: str) -> None:
@@ -133,8 +133,10 @@ def test_retries_with_an_idempotency_key_make_one_job(stalled: tuple[str, dict[s
             model="tts-1", voice=VOICE, input="Once only.", extra_headers={"Idempotency-Key": "req-42"}
         )
     job_id = e.value.response.headers["x-job-id"]
-    manifests = [o["Key"] for o in s3.list_objects_v2(Bucket=STALLED, Prefix="inbox/").get("Contents", [])]
-    assert manifests.count(f"inbox/{job_id}.json") == 1
+    # Speech requests are interactive: their manifests go to the interactive inbox.
+    manifests = [o["Key"] for o in s3.list_objects_v2(Bucket=STALLED, Prefix="inbox").get("Contents", [])]
+    assert manifests.count(f"inbox-interactive/{job_id}.json") == 1
+    assert f"inbox/{job_id}.json" not in manifests
     assert (
         sum(
             1

@@ -99,6 +99,9 @@ def locked_door(door_env: dict[str, str], tmp_path_factory: pytest.TempPathFacto
     yield from _console(door_env, tmp_path_factory.mktemp("locked-door"), api_key=KEY)
 
 
+INBOXES = "inbox"  # inbox/ and inbox-interactive/ (the speech API submits to the latter)
+
+
 def _keys(s3: Any, bucket: str, prefix: str) -> list[str]:
     return sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", []))
 
@@ -267,7 +270,7 @@ def test_a_rebound_host_name_reaches_nothing(open_door: str) -> None:
 
 
 def test_a_cross_site_speech_request_makes_no_job(open_door: str, s3: Any) -> None:
-    before = _keys(s3, DOOR, "inbox/")
+    before = _keys(s3, DOOR, INBOXES)
     body = json.dumps({"model": "tts-1", "input": "pwned", "voice": VOICE}).encode()
     attempts = [
         {"Content-Type": "text/plain", "Origin": "http://evil.example"},  # a page's simple request
@@ -288,18 +291,18 @@ def test_a_cross_site_speech_request_makes_no_job(open_door: str, s3: Any) -> No
         {"Content-Type": ctype, "X-Console": "1", "Origin": "http://evil.example"},
     )
     assert code == 403
-    assert _keys(s3, DOOR, "inbox/") == before
+    assert _keys(s3, DOOR, INBOXES) == before
 
 
 def test_the_console_cookie_does_not_open_the_api(locked_door: str, s3: Any) -> None:
     cookie = _login(locked_door)
-    before = _keys(s3, DOOR, "inbox/")
+    before = _keys(s3, DOOR, INBOXES)
     body = json.dumps({"model": "tts-1", "input": "Hi.", "voice": VOICE}).encode()
     code, _ = _raw(
         locked_door, "POST", "/v1/audio/speech", body, {"Content-Type": "application/json", "Cookie": cookie}
     )
     assert code == 401
-    assert _keys(s3, DOOR, "inbox/") == before
+    assert _keys(s3, DOOR, INBOXES) == before
 
 
 def _login(url: str) -> str:
@@ -360,7 +363,7 @@ def test_key_guesses_are_throttled(door_env: dict[str, str], tmp_path: Path) -> 
 
 
 def test_form_floods_and_chunked_bodies_are_refused_before_s3(open_door: str, s3: Any) -> None:
-    before = _keys(s3, DOOR, "voices/") + _keys(s3, DOOR, "inbox/")
+    before = _keys(s3, DOOR, "voices/") + _keys(s3, DOOR, INBOXES)
     boundary = "b0undary"
     ctype = f"multipart/form-data; boundary={boundary}"
     empty_fields = "".join(
@@ -392,7 +395,7 @@ def test_form_floods_and_chunked_bodies_are_refused_before_s3(open_door: str, s3
         {"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
     )
     assert code in (413, 0)
-    assert _keys(s3, DOOR, "voices/") + _keys(s3, DOOR, "inbox/") == before
+    assert _keys(s3, DOOR, "voices/") + _keys(s3, DOOR, INBOXES) == before
 
 
 @pytest.mark.parametrize(
@@ -484,23 +487,23 @@ def test_speech_requests_beyond_the_limit_get_429_and_a_dropped_one_frees_its_sl
         f"POST /v1/audio/speech HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
-    before = set(_keys(s3, DOOR, "inbox/"))
+    before = set(_keys(s3, DOOR, INBOXES))
     first = socket.create_connection((parts.hostname, parts.port))
     first.sendall(request)
-    wait_until(lambda: len(set(_keys(s3, DOOR, "inbox/")) - before) == 1, "the first request's job")
+    wait_until(lambda: len(set(_keys(s3, DOOR, INBOXES)) - before) == 1, "the first request's job")
     code, resp = _raw(open_door, "POST", "/v1/audio/speech", body, {"Content-Type": "application/json"})
     assert code == 429 and json.loads(resp)["error"]["code"] == "rate_limit_exceeded"
     first.close()  # the client goes away
 
     def next_gets_in() -> bool:
         """One more request: True once its job appears (it got past the limit), False on a 429."""
-        jobs = set(_keys(s3, DOOR, "inbox/"))
+        jobs = set(_keys(s3, DOOR, INBOXES))
         s = socket.create_connection((parts.hostname, parts.port))
         try:
             s.sendall(request)
             s.setblocking(False)
             while True:
-                if len(set(_keys(s3, DOOR, "inbox/")) - jobs) == 1:
+                if len(set(_keys(s3, DOOR, INBOXES)) - jobs) == 1:
                     return True
                 try:
                     if s.recv(64):
