@@ -48,7 +48,7 @@ BUSY_WINDOW_S = 60.0
 
 @dataclass(frozen=True)
 class Work:
-    kind: str  # which runner: "synthesis" | "emissions"
+    kind: str  # which runner: "synthesis" | "emissions" | "transcription" (the quality gate)
     group: Hashable  # items of one call must share it
     size: int  # length for grouping (frames, samples)
     owner: str  # the job: for cancellation and fault injection
