@@ -7,8 +7,9 @@ made durable or joined, is judged:
 - **signal checks** (cheap, numpy, every chunk): non-finite or empty audio, clipping (more than
   ``CLIP_FRACTION`` of the samples at full scale), a chunk with no voiced frame at all, a long
   inner silence (``LONG_SILENCE_S``), and the speech rate: text bytes per voiced second against
-  the reference voice's own, times the speed, for texts of ``RATE_MIN_BYTES`` or more (F5-TTS allots a chunk's duration from its text
-  length, so a skipped or mumbled phrase shows as voiced time missing from that duration);
+  the reference voice's own, times the speed, for texts of ``RATE_MIN_BYTES`` or more (F5-TTS
+  allots a chunk's duration from its text length, so a skipped or mumbled phrase shows as voiced
+  time missing from that duration);
 - **ASR** (when the policy says so): the chunk is transcribed by the bundle's Whisper, through the
   batcher (work of kind ``"transcription"``: chunks of many jobs share a call on the model's
   device), and compared with what was meant to be spoken: the chunk's normalized spoken text

@@ -154,3 +154,66 @@ def test_transcription_runs_through_the_batcher_and_leaves_the_audio_as_it_was_a
         got, _ = sf.read(io.BytesIO(s3.get_object(Bucket=NAME, Key=f"outputs/{job}/attempt-1.wav")["Body"].read()))
         assert len(got) == len(alone.audio)
         assert np.abs(got - np.clip(alone.audio, -1, 1)).max() <= 2 / 32768
+
+
+def test_a_resumed_job_reuses_its_chunks_with_their_verdicts_and_plans_the_same_seeds(
+    make_stack: Any, s3: Any, faults: Path, tmp_path: Path
+) -> None:
+    """Chunk 0 fails its first try and is kept from the second; the worker is killed (-9) after two
+    chunks. The successor reuses both durable chunks with their verdicts (chunk 0 is not judged
+    again: with the hook gone it would now pass on its first try) and synthesises only chunk 2,
+    with the seed an uninterrupted run gives it."""
+    import signal
+
+    name = "quality-resume"
+    env = make_stack(name)
+    aws(env, "s3", "cp", str(reference_voice_path()), f"s3://{name}/voices/alice.wav")
+    job = "qg-resume"
+    (faults / "silence" / job).write_text(json.dumps({"chunks": [0], "tries": [0]}))
+    (faults / "hold").mkdir(exist_ok=True)
+    (faults / "hold" / job).write_text(json.dumps({"after_chunks": 2, "attempts": [1]}))
+    settings = {"fault_dir": str(faults), "visibility_timeout_s": 5, "heartbeat_interval_s": 1}
+    w1 = start_worker(env, tmp_path / "w1.log", **settings)
+    w2 = None
+    try:
+        wait_ready(w1)
+        manifest = {"text": TEXT, "voice": "voices/alice.wav", "ref_text": REF_TEXT, "nfe_step": 4, "seed": SEED}
+        drop_manifest(env, tmp_path, job, manifest, bucket=name)
+        marker = faults / "held" / job
+        from tests.helpers import wait_until
+
+        wait_until(lambda: marker.exists(), f"{job} held", 600, w1)
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket=name, Prefix=f"outputs/{job}/chunks/")["Contents"]]
+        records = [json.loads(s3.get_object(Bucket=name, Key=k)["Body"].read()) for k in keys if k.endswith(".json")]
+        assert sorted((r["ordinal"], r["quality"]["tries"], r["quality"]["kept"]) for r in records) == [
+            (0, 2, 1),
+            (1, 1, 0),
+        ]
+        w1.proc.send_signal(signal.SIGKILL)
+        w1.proc.wait()
+        (faults / "silence" / job).unlink()
+        marker.unlink()
+        w2 = start_worker(env, tmp_path / "w2.log", **settings)
+        wait_ready(w2)
+        status = wait_for_state(s3, job, bucket=name, worker=w2, timeout_s=600)
+        assert status["state"] == "COMPLETED" and status["attempt"] == 2, status
+        result = get_json(s3, f"results/{job}.json", name)
+        assert result is not None and result["chunks_reused"] == 2
+        chunks = result["quality"]["chunks"]
+        assert [(c["tries"], c["kept"], c["seed"]) for c in chunks] == [
+            (2, 1, retry_seed(SEED, 0, 1)),
+            (1, 0, SEED + 1),
+            (1, 0, SEED + 2),
+        ]
+        assert result["quality"]["chunks_regenerated"] == 1
+        second = {}
+        for line in (faults / "calls.jsonl").read_text().splitlines():
+            call = json.loads(line)
+            if job in call["jobs"] and "2" in call["jobs"][job]:
+                second[call["kind"]] = second.get(call["kind"], 0) + call["jobs"][job]["2"]
+        assert second == {"synthesis": 1}  # only chunk 2, once
+    finally:
+        (faults / "hold" / job).unlink(missing_ok=True)
+        for w in (w1, w2):
+            if w is not None and w.proc.poll() is None:
+                stop_worker(w)

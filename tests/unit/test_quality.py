@@ -137,7 +137,7 @@ class _Attempt:
     job_id = "job"
     number = 1
 
-    class abort:  # noqa: N801
+    class abort:
         event = asyncio.Event()
 
     def check(self) -> None:
@@ -167,7 +167,7 @@ def test_a_chunk_that_stays_bad_keeps_its_first_try_and_says_why() -> None:
     async def again(seed: int) -> np.ndarray:
         raise AssertionError("max_retries 0: never")
 
-    wave, verdict = _settle(q.Policy(False, None, 0), np.zeros(SR, np.float32), again)
+    _, verdict = _settle(q.Policy(False, None, 0), np.zeros(SR, np.float32), again)
     assert verdict.tries == 1 and verdict.kept == 0 and verdict.seed == 8 and verdict.problems == ["silent"]
     assert not verdict.passed
 
