@@ -53,7 +53,7 @@ BULK = 1
 
 @dataclass(frozen=True)
 class Work:
-    kind: str  # which runner: "synthesis" | "emissions"
+    kind: str  # which runner: "synthesis" | "emissions" | "transcription" (the quality gate)
     group: Hashable  # items of one call must share it
     size: int  # length for grouping (frames, samples)
     owner: str  # the job: for cancellation and fault injection

@@ -10,8 +10,15 @@ playing order; the speech API streams them, ``pipeline.web.stream``). And a retr
 died, S3 failed, the worker was shut down) reuses every chunk an earlier attempt finished instead
 of synthesising it again: the digest covers everything the chunk's audio depends on (model version,
 reference audio and transcript, the chunk's spoken text, its seed, speed, steps, guidance, silence
-removal, alignment language), so the same key always holds the same content, whichever attempt
-wrote it, and a chunk whose inputs changed is simply not found.
+removal, alignment language, and the quality gate's policy), so the same key always holds the same
+content, whichever attempt wrote it, and a chunk whose inputs changed is simply not found.
+
+The quality gate (``pipeline.worker.quality``) may synthesise a chunk several times with seeds
+derived from the spec's; which try was kept is an *outcome*, not an input, so it lives in the record
+(``quality``: tries, kept try, its seed, score, transcript), not in the digest. The gate's policy
+(threshold, retries, ASR or not) is an input: it is in the digest, so a resumed attempt under the
+same policy reuses exactly the chunk an uninterrupted run would have kept, and one under another
+policy makes its own.
 
 Chunks are stored PCM16, and a fresh chunk is quantised exactly as a stored one decodes, so a
 resumed job's audio is bit-identical to an uninterrupted run's.
@@ -31,6 +38,7 @@ import soundfile as sf
 from pydantic import BaseModel, Field
 
 from pipeline import keys
+from pipeline.contract import ChunkQuality
 from pipeline.store import NotFound, Store, TooLarge
 
 log = logging.getLogger(__name__)
@@ -57,9 +65,13 @@ class ChunkSpec:
     cfg_strength: float
     remove_silence: bool
     align_language: str | None  # None: no word timings asked
+    quality: str = ""  # the quality gate's policy (``quality.Policy.tag``); "": gate off
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:32]
+        fields = asdict(self)
+        if not fields["quality"]:  # gate off: the digest chunks had before the gate existed
+            del fields["quality"]
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:32]
 
 
 class ChunkRecord(BaseModel):
@@ -78,6 +90,8 @@ class ChunkRecord(BaseModel):
     ordinal: int | None = Field(default=None, ge=0)
     start: int | None = Field(default=None, ge=0)
     cross_fade: bool = False
+    # The quality gate's verdict on the kept try (absent: the gate was off, or an older record).
+    quality: ChunkQuality | None = None
 
 
 def quantize(wave: np.ndarray) -> np.ndarray:

@@ -94,6 +94,16 @@ class Settings(BaseSettings):
     # Word-timing scoring (pipeline/tts/align.py): auto = torch on the model's GPU when the bundle
     # has the aligner's transformers weights, else onnx (onnxruntime on the CPU, aligner process).
     aligner: Literal["auto", "onnx", "torch"] = "auto"
+    # The quality gate (pipeline/worker/quality.py): every chunk checked before it ships, a failing
+    # one synthesised again (another seed) up to quality_max_retries times, the best try kept. A
+    # manifest's `quality` overrides these per job. quality_asr = auto: chunks are transcribed (and
+    # held to quality_max_wer) where the bundle has an ASR model with real weights; a bundle with
+    # random weights (the tiny test bundle hears noise) gets the cheap signal checks only, unless
+    # the job sets max_wer. on: transcribe whenever the bundle has ASR; off: never.
+    quality: bool = True
+    quality_asr: Literal["auto", "on", "off"] = "auto"
+    quality_max_wer: float = Field(default=0.2, ge=0.0)
+    quality_max_retries: int = Field(default=2, ge=0, le=5)
 
     # Queue consumption and reliability. A job's lease lasts as long as its message's invisibility:
     # both are renewed by the heartbeat, and both lapse together when a worker dies, so another

@@ -94,11 +94,34 @@ class ErrorCode(StrEnum):
 class WarningCode(StrEnum):
     ALIGNMENT_SKIPPED = "ALIGNMENT_SKIPPED"
     RANDOM_WEIGHTS = "RANDOM_WEIGHTS"
+    QUALITY_BELOW_THRESHOLD = "QUALITY_BELOW_THRESHOLD"
 
 
 # --------------------------------------------------------------------------------------------
 # Manifest (what a client uploads to inbox/<job_id>.json)
 # --------------------------------------------------------------------------------------------
+
+
+class QualitySpec(BaseModel):
+    """A job's quality gate (``pipeline/worker/quality.py``); an unset field takes the worker's
+    ``TTS_QUALITY_*`` default."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    max_wer: float | None = Field(
+        default=None,
+        ge=0.0,
+        description="Highest word error rate (character error rate for Chinese) a chunk may have, its ASR "
+        "transcript against what was meant to be spoken. Setting it asks for transcription even where the "
+        "worker would not transcribe by default (a bundle with random weights); unset: TTS_QUALITY_MAX_WER "
+        "where the bundle's ASR is real, signal checks only otherwise.",
+    )
+    max_retries: int | None = Field(
+        default=None,
+        ge=0,
+        le=5,
+        description="Times a failing chunk is synthesised again. Unset: TTS_QUALITY_MAX_RETRIES.",
+    )
 
 
 class Segment(BaseModel):
@@ -191,6 +214,12 @@ class Manifest(BaseModel):
         max_length=8,
         description="W3C PLS lexicon files in the job bucket (keys under TTS_LEXICON_PREFIXES, lexicons/ by "
         "default); later files win.",
+    )
+    quality: bool | QualitySpec | None = Field(
+        default=None,
+        description="The quality gate: every chunk checked (signal checks; ASR against the text where the bundle "
+        "has a real ASR model), a failing one synthesised again with another seed, the best try kept. Unset or "
+        "true: the worker's defaults (TTS_QUALITY_*); false: off; an object: those settings for this job.",
     )
 
     @field_validator("text")
@@ -455,6 +484,47 @@ class SegmentTiming(BaseModel):
     end: float = Field(ge=0)
 
 
+class ChunkQuality(BaseModel):
+    """The quality gate's verdict on one speech chunk (the kept try), in the result and in the
+    chunk's durable record."""
+
+    chunk: int = Field(ge=0, description="Speech chunk, in playing order (0-based).")
+    start: float | None = Field(default=None, ge=0, description="Seconds from the start of the audio.")
+    end: float | None = Field(default=None, ge=0)
+    text: str = Field(default="", description="What was meant to be spoken (the chunk's normalized text).")
+    score: float | None = Field(
+        default=None, description="Error rate of the transcript (0 is perfect); null when not transcribed."
+    )
+    metric: Literal["wer", "cer"] | None = Field(default=None, description="wer: words; cer: characters (Chinese).")
+    transcript: str | None = Field(default=None, description="What the ASR model heard in the kept try.")
+    problems: list[str] = Field(
+        default_factory=list,
+        description="Checks the kept try failed: error_rate, silent, speech_rate, long_silence, clipping, non_finite, "
+        "empty. Empty: it passed.",
+    )
+    tries: int = Field(default=1, ge=1, description="Times the chunk was synthesised.")
+    kept: int = Field(default=0, ge=0, description="Which try was kept (0: the first).")
+    seed: int = Field(description="The kept try's seed.")
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
+
+
+class QualitySummary(BaseModel):
+    transcribed: bool = Field(description="Chunks were transcribed by ASR (false: signal checks only).")
+    max_wer: float | None = Field(description="The threshold applied (null: no transcription).")
+    max_retries: int
+    mean_score: float | None = Field(
+        default=None, description="Mean error rate over the chunks (null: none transcribed)."
+    )
+    worst_score: float | None = None
+    chunks_checked: int = 0
+    chunks_regenerated: int = Field(default=0, description="Chunks synthesised more than once.")
+    chunks_failed: int = Field(default=0, description="Chunks still failing a check after their retries.")
+    chunks: list[ChunkQuality] = Field(default_factory=list)
+
+
 class ModelInfo(BaseModel):
     name: str
     version: str
@@ -512,6 +582,9 @@ class JobResult(BaseModel):
     worker: str
     timings_ms: StageTimings
     warnings: list[ResultWarning] = Field(default_factory=list)
+    quality: QualitySummary | None = Field(
+        default=None, description="The quality gate's summary and per-chunk verdicts; null when the gate was off."
+    )
     completed_at: datetime
 
 

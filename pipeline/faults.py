@@ -21,6 +21,13 @@ directory of the worker process: no manifest field and no S3 object can turn any
 ``oom/<job_id>``
     Every model call that carries one of this job's items raises an out-of-memory error, as a
     CUDA OOM would: the batcher splits the call and retries, so only this job fails.
+``silence/<job_id>``
+    The quality gate (``pipeline.worker.quality``) sees silence instead of what the model made for
+    some of that job's speech chunks: as a chunk the model botched, deterministically (the tiny test
+    model's audio is noise, which no transcript can judge). JSON (empty means ``{}``): ``chunks``
+    (0-based speech chunks, default ``[0]``), ``tries`` (which tries of them, default ``[0]``: the
+    first try fails the signal check and a retry passes; ``"all"``: every try, so the chunk stays
+    bad) and ``attempts`` (default: every attempt).
 ``hold/_startup``
     Hold the worker's start-up after its signal handlers are installed and the model cache is
     synced, before the engine loads; marker ``held/_startup``. A stop request ends the hold.
@@ -135,6 +142,29 @@ class FaultHooks:
                 return
             except TimeoutError:
                 continue
+
+    # -- the quality gate ------------------------------------------------------------------------
+
+    def chunk_audio(self, job_id: str, attempt: int, chunk: int, attempt_try: int, wave: Any) -> Any:
+        """``wave``, or silence of its length where ``silence/<job_id>`` says so."""
+        if self.root is None:
+            return wave
+        try:
+            text = (self.root / "silence" / job_id).read_text()
+        except (FileNotFoundError, NotADirectoryError):
+            return wave
+        try:
+            spec = json.loads(text) if text.strip() else {}
+        except json.JSONDecodeError:
+            spec = {}
+        spec = spec if isinstance(spec, dict) else {}
+        tries = spec.get("tries", [0])
+        if not _for_attempt(spec, attempt) or chunk not in spec.get("chunks", [0]):
+            return wave
+        if tries != "all" and attempt_try not in tries:
+            return wave
+        log.info("fault hook: chunk %d try %d replaced by silence", chunk, attempt_try)
+        return wave * 0.0
 
     # -- on the model thread -------------------------------------------------------------------
 

@@ -54,6 +54,13 @@ BATCH_SPLITS = Counter("tts_batch_splits", "Model calls that failed and were ret
 STREAM_MISMATCHES = Counter(
     "tts_stream_mismatches", "Speech API streams whose early samples differed from the finished audio (a bug)"
 )
+QUALITY_SCORE = Histogram(
+    "tts_quality_score",
+    "Error rate (WER, or CER for Chinese) of each kept chunk's ASR transcript",
+    buckets=(0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0),
+)
+QUALITY_REGENERATIONS = Counter("tts_quality_regenerations", "Chunks synthesised again by the quality gate")
+QUALITY_CHUNKS = Counter("tts_quality_chunks", "Chunks judged by the quality gate, by verdict", ["verdict"])
 MODEL_BUSY_SECONDS = Counter("tts_model_busy_seconds", "Time the model thread (GPU or CPU) spent in calls")
 MODEL_BUSY_FRACTION = Gauge(
     "tts_gpu_busy_fraction", "Fraction of the last 60 s the model thread (the GPU on GPU workers) was in a call"

@@ -254,6 +254,12 @@ class F5Engine:
         )
         return _SoundfileAsr(pipe)
 
+    @property
+    def asr(self) -> Any:
+        """The bundle's transformers ASR pipeline on the model's device (None: the bundle has none)."""
+        wrapped = self._ui.asr_pipe
+        return None if wrapped is None else getattr(wrapped, "pipe", None)
+
     # ----------------------------------------------------------------------------------------
     # Reference voices
     # ----------------------------------------------------------------------------------------

@@ -188,5 +188,6 @@ class Publisher:
             worker=self.settings.worker_id,
             timings_ms=timings,
             warnings=out.warnings,
+            quality=r.quality,
             completed_at=utcnow(),
         )

@@ -33,9 +33,11 @@ from pipeline.batcher import Batcher, Work
 from pipeline.chunks import ChunkRecord, ChunkSpec, ChunkStore
 from pipeline.config import Settings
 from pipeline.contract import (
+    ChunkQuality,
     ErrorCode,
     PauseTiming,
     Priority,
+    QualitySummary,
     ResultWarning,
     SegmentTiming,
     SentenceTiming,
@@ -51,7 +53,7 @@ from pipeline.tts.align import AlignmentImpossible
 from pipeline.tts.assembler import StreamingAssembler
 from pipeline.tts.engine import CROSS_FADE_S, SAMPLE_RATE, EngineError, Reference, chunk_budget
 from pipeline.tts.voices import VoiceError, VoiceLibrary, VoiceRecord
-from pipeline.worker import budget
+from pipeline.worker import budget, quality
 from pipeline.worker.attempt import Attempt
 from pipeline.worker.failures import fail
 from pipeline.worker.inputs import JobInputs
@@ -81,6 +83,7 @@ class Rendered:
     chunks: int
     reused: int
     stage_ms: dict[str, float] = field(default_factory=dict)  # alignment/encode/upload inside synthesis
+    quality: QualitySummary | None = None  # the quality gate's verdicts (None: gate off)
 
 
 class Renderer:
@@ -195,6 +198,13 @@ class _Render:
         self.durable = len(self.speech) > 1
         self.ordinal = {p.index: k for k, p in enumerate(self.speech)}
         self.specs: dict[int, ChunkSpec] = {}
+        policy = quality.resolve(renderer.settings, m.quality, renderer.engine.bundle)
+        self.gate = (
+            None
+            if policy is None
+            else quality.Gate(policy, renderer.batcher, attempt, seed, SAMPLE_RATE, renderer.faults)
+        )
+        self.verdicts: list[ChunkQuality] = []
         shas = [hashlib.sha256(r.audio.tobytes()).hexdigest() for r in refs]
         for p in self.speech:
             v = inputs.turn_voice[p.turn]
@@ -209,6 +219,7 @@ class _Render:
                 cfg_strength=m.cfg_strength,
                 remove_silence=m.remove_silence,
                 align_language=m.language if m.needs_alignment else None,
+                quality=policy.tag if policy is not None else "",
             )
         self.asm = StreamingAssembler(
             workdir / f"audio.{m.output_format.value}",
@@ -271,6 +282,16 @@ class _Render:
                 for fut in pending.values():
                     fut.cancel()
         samples = await asyncio.to_thread(self.asm.close)
+        summary = None if self.gate is None else quality.summary(self.gate.policy, self.verdicts)
+        if summary is not None and summary.chunks_failed:
+            bad = [c.chunk + 1 for c in summary.chunks if c.problems]
+            self.warnings.append(
+                ResultWarning(
+                    code=WarningCode.QUALITY_BELOW_THRESHOLD,
+                    message=f"{len(bad)} of {total} chunks failed the quality gate after their retries: "
+                    f"chunk {', '.join(map(str, bad[:10]))}{' ...' if len(bad) > 10 else ''}",
+                )
+            )
         if self.skipped:
             self.warnings.append(
                 ResultWarning(
@@ -290,14 +311,19 @@ class _Render:
             chunks=total,
             reused=self.reused,
             stage_ms=self.ms,
+            quality=summary,
         )
 
-    def _submit(self, piece: Piece) -> asyncio.Future[np.ndarray]:
+    def _submit(self, piece: Piece, seed: int | None = None) -> asyncio.Future[np.ndarray]:
         m = self.inputs.manifest
         ref = self.refs[self.inputs.turn_voice[piece.turn]]
         spec = self.specs[piece.index]
         item = sampler.Item(
-            ref_audio=ref.audio, ref_text=ref.text, text=piece.spoken, speed=piece.speed, seed=spec.seed
+            ref_audio=ref.audio,
+            ref_text=ref.text,
+            text=piece.spoken,
+            speed=piece.speed,
+            seed=spec.seed if seed is None else seed,
         )
         a = self.attempt
         group = (m.nfe_step, m.cfg_strength)
@@ -328,6 +354,9 @@ class _Render:
         spec = self.specs[piece.index]
         if m.remove_silence:
             wave = await asyncio.to_thread(self.st.engine.remove_silence, wave)
+        verdict = None
+        if self.gate is not None:
+            wave, verdict = await self._gate(piece, wave)
         if wave.size == 0 or not np.all(np.isfinite(wave)):
             fail(ErrorCode.SYNTHESIS_FAILED, f"chunk {self.ordinal[piece.index] + 1} produced no usable audio")
         metrics.CHUNKS.labels("synthesized").inc()
@@ -342,6 +371,7 @@ class _Render:
             ordinal=self.ordinal[piece.index],
             start=self.asm.start_of(len(audio), cross_fade=joins),
             cross_fade=joins,
+            quality=verdict,
         )
         if spec.align_language is not None:
             t0 = time.perf_counter()
@@ -360,6 +390,25 @@ class _Render:
             self.ms["upload"] += (time.perf_counter() - t0) * 1000
         self._place(piece, prev, audio, record)
 
+    async def _gate(self, piece: Piece, wave: np.ndarray) -> tuple[np.ndarray, ChunkQuality]:
+        """The quality gate (``pipeline.worker.quality``): the kept try and its verdict."""
+        assert self.gate is not None
+        m, k = self.inputs.manifest, self.ordinal[piece.index]
+        v = self.inputs.turn_voice[piece.turn]
+        ref = self.refs[v]
+        sentence = piece.words[0].sentence if piece.words else None
+        language = (self.inputs.analysis.sentences[sentence].language if sentence is not None else None) or m.language
+
+        async def again(seed: int) -> np.ndarray:
+            out = await self._wait(self._submit(piece, seed), k, len(self.speech))
+            if m.remove_silence:
+                out = await asyncio.to_thread(self.st.engine.remove_silence, out)
+            return out
+
+        ref_rate = self.gate.reference_rate(v, ref.audio, ref.text)
+        seed = self.specs[piece.index].seed
+        return await self.gate.settle(k, piece.spoken, language, piece.speed, ref_rate, wave, seed, again)
+
     async def _reuse(self, piece: Piece, prev: Piece | None) -> bool:
         spec = self.specs[piece.index]
         t0 = time.perf_counter()
@@ -377,6 +426,9 @@ class _Render:
         self.ms["encode"] += (time.perf_counter() - t0) * 1000
         offset = start / SAMPLE_RATE
         self.marks.chunk(piece, offset, offset + len(audio) / SAMPLE_RATE)
+        if self.gate is not None and record.quality is not None:
+            end = round(offset + len(audio) / SAMPLE_RATE, 3)
+            self.verdicts.append(record.quality.model_copy(update={"start": round(offset, 3), "end": end}))
         if record.alignment_error is not None:
             self.skipped.append(f"chunk {self.ordinal[piece.index] + 1}: {record.alignment_error}")
         elif record.words is not None and not self.marks.words_of(piece, offset, record.words):

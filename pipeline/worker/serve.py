@@ -244,6 +244,10 @@ async def _load_models(
     engine = await loop.run_in_executor(gpu, F5Engine.load, report.path, settings.device)
     check_stop()
     runners: dict[str, Runner] = {"synthesis": engine.batch_runner()}
+    if engine.asr is not None:  # the quality gate's transcriptions (pipeline/worker/quality.py)
+        from pipeline.worker.quality import asr_runner
+
+        runners["transcription"] = asr_runner(engine.asr)
     torch_dir = _aligner_torch_dir(settings, report.bundle, engine.device)
     if torch_dir is not None:
         ctc = await loop.run_in_executor(gpu, load_ctc_model, report.path / torch_dir, engine.device)

@@ -76,6 +76,7 @@ def test_chunk_digest_changes_with_every_input() -> None:
         "cfg_strength": 2.5,
         "remove_silence": True,
         "align_language": None,
+        "quality": "signal/r2",
     }
     from dataclasses import replace
 
