@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from tests.helpers import (
     get_json,
     reference_voice,
     reference_voice_path,
+    start_console,
     start_worker,
     stop_worker,
     wait_for_state,
@@ -129,6 +131,29 @@ def test_a_chunk_that_stays_bad_completes_the_job_with_a_warning(
     warning = next(w for w in result["warnings"] if w["code"] == "QUALITY_BELOW_THRESHOLD")
     assert "chunk 3" in warning["message"]
     assert _calls(faults, "qg-bad").get("synthesis") == 3
+
+
+def test_the_console_marks_the_chunk_that_stayed_bad(
+    env: dict[str, str], s3: Any, worker: WorkerProcess, faults: Path, tmp_path: Path
+) -> None:
+    """A person listens to the marked chunks only: the job page lists them, with a seek button."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    (faults / "silence" / "qg-page").write_text(json.dumps({"chunks": [1], "tries": "all"}))
+    _run(env, s3, worker, tmp_path, "qg-page", quality={"max_retries": 0})
+    proc, url = start_console(env, tmp_path / "console.log")
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium")
+            page = browser.new_page()
+            page.goto(f"{url}/jobs/qg-page")
+            marked = page.locator("#quality li.bad-chunk")
+            sync_api.expect(marked).to_have_count(1, timeout=60_000)
+            assert marked.get_attribute("data-chunk") == "1"
+            assert "silent" in marked.inner_text()
+            browser.close()
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0
 
 
 def test_transcription_runs_through_the_batcher_and_leaves_the_audio_as_it_was_alone(

@@ -371,6 +371,26 @@ function setupLive(card, jobId) {
   return { stop() { audio.pause(); audio.removeAttribute("src"); audio.load(); } };
 }
 
+// -- the quality gate's verdict: the chunks a person should listen to ------------------------------
+
+function badChunks(result, seek) {
+  const q = result.quality;
+  const bad = q && q.chunks ? q.chunks.filter((c) => c.problems && c.problems.length) : [];
+  if (!q) return null;
+  if (!bad.length) {
+    return h("p", { id: "quality", class: "muted" }, `Quality: all ${q.chunks_checked} chunks passed` +
+      (q.transcribed ? ` (worst error rate ${q.worst_score === null ? "n/a" : q.worst_score.toFixed(2)})` : " the signal checks") +
+      (q.chunks_regenerated ? `; ${q.chunks_regenerated} regenerated` : "") + ".");
+  }
+  return h("div", { id: "quality", role: "region", "aria-label": "Chunks to listen to" },
+    h("h3", {}, `Listen to these ${bad.length} chunk${bad.length > 1 ? "s" : ""}: still failing after ${q.max_retries} retr${q.max_retries === 1 ? "y" : "ies"}`),
+    h("ul", {}, ...bad.map((c) => h("li", { class: "bad-chunk", "data-chunk": String(c.chunk) },
+      h("button", { type: "button", onclick: () => seek(c.start || 0) }, `${secs(c.start || 0)}`), " ",
+      h("strong", {}, `chunk ${c.chunk + 1}`), `: ${c.problems.join(", ")}`,
+      c.transcript !== null && c.transcript !== undefined ? ` — heard “${c.transcript}”` : "",
+      h("div", { class: "muted" }, c.text)))));
+}
+
 // -- player: audio, waveform, words highlighted as they are spoken --------------------------------
 
 function placeWords(text, words) {
@@ -482,7 +502,8 @@ function setupPlayer(card, jobId, body) {
   card.hidden = false;
   card.replaceChildren(h("h2", {}, "Audio"), audio, canvas,
     h("p", { class: "muted" }, "Words light up as they are spoken; select a word to jump to it."),
-    transcript, subs.length ? h("p", { id: "subtitles" }, ...subs.flatMap((a) => [a, " "])) : null);
+    transcript, subs.length ? h("p", { id: "subtitles" }, ...subs.flatMap((a) => [a, " "])) : null,
+    badChunks(result, (t) => { audio.currentTime = t; highlight(); }));
   draw();
   return { stop() { cancelAnimationFrame(raf); window.removeEventListener("resize", draw); audio.pause(); } };
 }
