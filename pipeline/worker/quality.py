@@ -48,7 +48,7 @@ import numpy as np
 from rapidfuzz.distance import Levenshtein
 
 from pipeline import metrics
-from pipeline.batcher import Batcher, Work
+from pipeline.batcher import BULK, Batcher, Work
 from pipeline.contract import ChunkQuality, QualitySpec, QualitySummary
 from pipeline.faults import NO_FAULTS, FaultHooks
 from pipeline.text import normalize, zh
@@ -251,9 +251,11 @@ class Gate:
         job_seed: int,
         sample_rate: int,
         faults: FaultHooks = NO_FAULTS,
+        priority: int = BULK,
     ) -> None:
         self.policy = policy
         self.batcher = batcher
+        self.priority = priority  # the job's place in the batcher's queue, as for its synthesis
         self.attempt = attempt
         self.job_seed = job_seed
         self.sample_rate = sample_rate
@@ -326,7 +328,7 @@ class Gate:
         """The transcript (None: the call failed, logged; the chunk is then judged by its signal)."""
         audio16 = await asyncio.to_thread(audio_utils.resample, wave, self.sample_rate, ASR_SAMPLE_RATE)
         a = self.attempt
-        work = Work("transcription", WHISPER_LANGUAGES.get(language), 1, a.job_id, audio16, a.number)
+        work = Work("transcription", WHISPER_LANGUAGES.get(language), 1, a.job_id, audio16, a.number, self.priority)
         fut = self.batcher.submit(work)
         aborted = asyncio.ensure_future(a.abort.event.wait())
         try:

@@ -202,7 +202,9 @@ class _Render:
         self.gate = (
             None
             if policy is None
-            else quality.Gate(policy, renderer.batcher, attempt, seed, SAMPLE_RATE, renderer.faults)
+            else quality.Gate(
+                policy, renderer.batcher, attempt, seed, SAMPLE_RATE, renderer.faults, inputs.batch_priority
+            )
         )
         self.verdicts: list[ChunkQuality] = []
         shas = [hashlib.sha256(r.audio.tobytes()).hexdigest() for r in refs]
