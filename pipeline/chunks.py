@@ -90,6 +90,7 @@ class ChunkRecord(BaseModel):
     ordinal: int | None = Field(default=None, ge=0)
     start: int | None = Field(default=None, ge=0)
     cross_fade: bool = False
+    after: str | None = None  # the digest of the speech chunk before it in the plan (None: the first)
     # The quality gate's verdict on the kept try (absent: the gate was off, or an older record).
     quality: ChunkQuality | None = None
 
@@ -111,8 +112,8 @@ class ChunkStore:
         self.store = store
         self.job_id = job_id
 
-    async def durable(self, after: int | None = None) -> dict[int, str]:
-        """index -> digest of every complete chunk (its record exists), from one listing;
+    async def listed(self, after: int | None = None) -> dict[int, list[str]]:
+        """index -> the digests of its complete chunks, in index order, from one listing;
         ``after``: only chunks with a greater index (the listing starts there)."""
         audio: set[tuple[int, str]] = set()
         records: set[tuple[int, str]] = set()
@@ -123,7 +124,10 @@ class ChunkStore:
                 continue
             index, digest, ext = parsed
             (audio if ext == AUDIO_EXT else records).add((index, digest))
-        return dict(sorted(audio & records))
+        out: dict[int, list[str]] = {}
+        for index, digest in sorted(audio & records):
+            out.setdefault(index, []).append(digest)
+        return out
 
     def keys(self, record: ChunkRecord) -> tuple[str, str]:
         """The chunk's audio and record keys."""

@@ -198,6 +198,28 @@ class Queue:
                     failed[batch[int(f["Id"])].id] = f"{f.get('Code', '?')}: {f.get('Message', '')}"
         return failed
 
+    async def requeue(self, msgs: list[Message], delay_s: int = 0) -> int:
+        """Put never-started messages back as new ones (a copy sent, then the original deleted,
+        10 per request): SQS counts a receive for a message made visible again, and a message that
+        only waited must not creep towards the DLQ. ``delay_s``: the copies stay hidden that long
+        (a stopping worker's own long poll, cancelled on our side, may still be open on SQS's and
+        would take them). Returns how many were put back; a message whose copy was not sent is left
+        as it is (it returns when its visibility lapses)."""
+        done = 0
+        delay = {"DelaySeconds": min(max(int(delay_s), 0), 900)} if delay_s else {}
+        for i in range(0, len(msgs), _BATCH):
+            batch = msgs[i : i + _BATCH]
+            entries = [
+                {"Id": str(n), "MessageBody": m.body, **delay, **_attrs(m.attributes)} for n, m in enumerate(batch)
+            ]
+            resp = await self._call("send_message_batch", Entries=entries)
+            sent = [batch[int(ok["Id"])] for ok in resp.get("Successful", [])]
+            if sent:
+                gone = [{"Id": str(n), "ReceiptHandle": m.receipt_handle} for n, m in enumerate(sent)]
+                await self._call("delete_message_batch", Entries=gone)  # a failed delete: a duplicate, harmless
+            done += len(sent)
+        return done
+
     async def send(self, body: str, attributes: dict[str, str] | None = None) -> None:
         attrs = {k: {"DataType": "String", "StringValue": v[:1000]} for k, v in (attributes or {}).items()}
         await self._call("send_message", MessageBody=body, **({"MessageAttributes": attrs} if attrs else {}))
@@ -216,6 +238,12 @@ class Queue:
         )
         await self.delete(msg)
         return True
+
+
+def _attrs(attributes: dict[str, str] | None) -> dict[str, Any]:
+    if not attributes:
+        return {}
+    return {"MessageAttributes": {k: {"DataType": "String", "StringValue": v} for k, v in attributes.items()}}
 
 
 async def _queue_url_from_arn(sqs: Any, arn: str | None) -> str | None:

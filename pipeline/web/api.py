@@ -197,9 +197,9 @@ class SpeechApi:
         )
         out = _Out(request, job_id, req.response_format, req.stream_format == "sse")
         try:
-            async for block in follower.blocks():
-                await out.send(out.encoder.encode(block))
-            await out.send(out.encoder.finish(), final=True)
+            async for block in follower.blocks():  # encoding is CPU work: off the event loop
+                await out.send(await asyncio.to_thread(out.encoder.encode, block))
+            await out.send(await asyncio.to_thread(out.encoder.finish), final=True)
             await out.done(len(req.input))
             return out.response  # type: ignore[return-value]
         except StreamStalled:

@@ -485,7 +485,7 @@ class Console:
             await response.write(wav.finish())  # the header: the player starts at once
             try:
                 async for block in follower.blocks():
-                    await response.write(wav.encode(block))
+                    await response.write(await asyncio.to_thread(wav.encode, block))
             except (StreamFailed, StreamStalled, client.JobNotFound, keys.UntrustedKey) as e:
                 log.info("live audio of %s ended early: %s", job_id, e)
             await response.write_eof()

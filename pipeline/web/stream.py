@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 # A gap between chunks is a pause (SSML <break>, a dialogue's turn pause); longer than this is
 # not one a worker wrote, and the stream waits for the finished audio instead.
 MAX_GAP_S = 600.0
+REST_BLOCK = SAMPLE_RATE  # the finished file's remainder is handed out a second at a time
+LOSSLESS = ("wav", "flac")
 
 
 class StreamFailed(Exception):
@@ -82,32 +84,40 @@ class ChunkFollower:
     _digest: hashlib._Hash = field(default_factory=hashlib.sha256)
     _chunks: ChunkStore | None = None
     _last_index: int | None = None
+    _last_digest: str | None = None  # the chunk placed last: the next one must name it as ``after``
     _follow: bool = True  # False once a chunk cannot be placed: wait for the finished audio
 
     async def blocks(self) -> AsyncIterator[np.ndarray]:
         self._chunks = ChunkStore(self.store, self.job_id)
-        progressed = time.monotonic()
+        progressed, seen = time.monotonic(), None
         while True:
             self.status = await client.get_status(self.store, self.job_id)
             if self.status.state.terminal:
                 break
+            # Progress is audio sent or the job's own status moving (a job rendering while the
+            # stream waits for its finished file is not stalled).
+            if self.status.updated_at != seen:
+                progressed, seen = time.monotonic(), self.status.updated_at
             if self._follow:
                 async for block in self._new_chunks():
                     progressed = time.monotonic()
                     yield block
             if time.monotonic() - progressed > self.idle_s:
-                raise StreamStalled(f"job {self.job_id}: no audio and no final state for {self.idle_s:g}s")
+                raise StreamStalled(f"job {self.job_id}: no progress and no final state for {self.idle_s:g}s")
             await asyncio.sleep(self.poll_s)
         if self.status.state is not JobState.COMPLETED:
             raise StreamFailed(f"job {self.job_id} ended {self.status.state}", self.status)
         rest = await self._rest_of_final()
-        if len(rest):
-            yield rest
+        for i in range(0, len(rest), REST_BLOCK):  # a second at a time: each is encoded off the loop
+            yield rest[i : i + REST_BLOCK]
 
     async def _new_chunks(self) -> AsyncIterator[np.ndarray]:
         assert self._chunks is not None
-        for index, digest in (await self._chunks.durable(after=self._last_index)).items():
-            found = await self._chunks.load(index, digest)
+        for index, digests in (await self._chunks.listed(after=self._last_index)).items():
+            if len(digests) > 1:  # attempts that planned differently: which is this job's is unknown
+                self._follow = False
+                return
+            found = await self._chunks.load(index, digests[0])
             if found is None:  # removed meanwhile (the job ended): the finished audio has it
                 return
             record, pcm = found
@@ -115,14 +125,19 @@ class ChunkFollower:
                 if record.ordinal is None or record.ordinal < self.from_chunks:
                     self._follow = False  # not placeable: wait for the finished audio
                 return  # a later chunk listed before an earlier one landed: next poll
-            block = self._place(record, pcm)
+            # The chain: a chunk follows the very chunk its plan put before it (an attempt that
+            # planned otherwise, e.g. a new model version, is never spliced onto this one's).
+            if record.after != self._last_digest:
+                self._follow = False
+                return
+            block = await asyncio.to_thread(self._place, record, pcm)
             if block is None:
                 self._follow = False
                 return
-            self._last_index = index
+            self._last_index, self._last_digest = index, record.digest
             self.from_chunks += 1
             if len(block):
-                yield self._emit(block)
+                yield await asyncio.to_thread(self._emit, block)
 
     def _place(self, record: ChunkRecord, pcm: np.ndarray) -> np.ndarray | None:
         """The samples ``record``'s chunk makes final; None if its stated place is not where the
@@ -167,9 +182,16 @@ class ChunkFollower:
             raise StreamFailed(f"job {job}'s audio does not decode: {e}", code="bad_result", http=502) from None
         if sr != SAMPLE_RATE or pcm.ndim != 1:
             raise StreamFailed(f"job {job}'s audio is not 24 kHz mono", code="bad_result", http=502)
+        lossless = result.audio.format.value in LOSSLESS  # an mp3/ogg job (the console's) decodes near, not equal
+        await asyncio.to_thread(self._check_prefix, pcm, lossless)
+        rest = pcm[self.sent :]
+        await asyncio.to_thread(self._emit, rest)
+        return rest
+
+    def _check_prefix(self, pcm: np.ndarray, lossless: bool) -> None:
+        """What was sent early is the finished file's start (a mismatch would be a bug)."""
+        if not lossless or not self.sent:
+            return
         if hashlib.sha256(pcm[: self.sent].astype("<i2").tobytes()).digest() != self._digest.digest():
             metrics.STREAM_MISMATCHES.inc()
             log.error("job %s: the %d samples streamed early differ from the finished audio", self.job_id, self.sent)
-        rest = pcm[self.sent :]
-        self._emit(rest)
-        return rest

@@ -222,19 +222,22 @@ class Worker:
         task.add_done_callback(self._task_done)
 
     async def _hand_back_waiting(self) -> None:
-        """Messages still waiting go back to their queue at once (visibility 0), for any worker."""
+        """Messages still waiting go back to their queue at once, for any worker, as new messages:
+        made visible again they would count one more receive each time a worker stops (a rolling
+        deploy, scale-in), and a backlog that outlives five of them would reach the DLQ unrun."""
         msgs = self._waiting.take_all()
         if not msgs:
             return
         await self.runner.lease.let_go(msgs)
         log.info("handing back %d waiting message(s)", len(msgs))
         try:
-            failed = await self.queue.extend_visibility(msgs, 0)
+            # Hidden until any long poll of ours that SQS may still hold open has ended.
+            done = await self.queue.requeue(msgs, delay_s=self.settings.receive_wait_s + 1)
         except Exception as e:  # not lost: they come back when their visibility lapses
             log.warning("could not hand back %d waiting message(s) (%s): they return within a lease", len(msgs), e)
             return
-        for msg_id, reason in failed.items():
-            log.warning("waiting message %s not handed back: %s", msg_id, reason)
+        if done < len(msgs):
+            log.warning("%d waiting message(s) not handed back: they return within a lease", len(msgs) - done)
 
     async def _queue_gone(self, queue: Queue, e: Exception) -> None:
         """The queue no longer exists (deleted; a LocalStack restarted without its state). Exiting

@@ -256,6 +256,9 @@ class Gate:
         self.policy = policy
         self.batcher = batcher
         self.priority = priority  # the job's place in the batcher's queue, as for its synthesis
+        # Model work regenerations may still spend: TTS_MAX_MODEL_WORK less the plan's (the
+        # renderer sets it; a resumed job charges its reused chunks' tries in the same order).
+        self.regen_left = 0
         self.attempt = attempt
         self.job_seed = job_seed
         self.sample_rate = sample_rate
@@ -277,8 +280,10 @@ class Gate:
         first: np.ndarray,
         first_seed: int,
         again: Callable[[int], Awaitable[np.ndarray]],
+        cost: int = 0,
     ) -> tuple[np.ndarray, ChunkQuality]:
-        """The kept wave and its verdict; ``again(seed)`` synthesises the chunk once more."""
+        """The kept wave and its verdict; ``again(seed)`` synthesises the chunk once more, which
+        costs ``cost`` model work from the job's regeneration budget (``regen_left``)."""
         best: tuple[_Try, np.ndarray] | None = None
         wave, seed, t = first, first_seed, 0
         while True:
@@ -288,6 +293,10 @@ class Gate:
                 best = (judged, wave)
             if not judged.problems or t >= self.policy.max_retries:
                 break
+            if cost > self.regen_left:  # the job's TTS_MAX_MODEL_WORK is spent: keep the best so far
+                log.warning("chunk %d: no model-work budget left to synthesise it again", chunk + 1)
+                break
+            self.regen_left -= cost
             t += 1
             seed = retry_seed(self.job_seed, chunk, t)
             metrics.QUALITY_REGENERATIONS.inc()

@@ -152,8 +152,10 @@ class Renderer:
             first_short=inputs.priority is Priority.interactive,
         )
         m = inputs.manifest
-        budget.check_plan(self.settings, pieces, refs, inputs.turn_voice, m.nfe_step, m.cfg_strength)
+        work = budget.check_plan(self.settings, pieces, refs, inputs.turn_voice, m.nfe_step, m.cfg_strength)
         run = _Render(self, inputs, refs, pieces, seed, model_label, attempt, workdir, warnings)
+        if run.gate is not None:  # regenerations share the job's model-work limit with its plan
+            run.gate.regen_left = max(0, self.settings.max_model_work - work)
         return await run.go()
 
     async def _remember_transcript(self, library: tuple[VoiceRecord, str], text: str, by: str) -> None:
@@ -237,8 +239,8 @@ class _Render:
     async def go(self) -> Rendered:
         attempt, total = self.attempt, len(self.speech)
         # A first attempt knows no earlier one left chunks: no LIST.
-        durable = await self.chunks.durable() if self.durable and attempt.number > 1 else {}
-        reuse = {i for i, spec in self.specs.items() if durable.get(i) == spec.digest()}
+        durable = await self.chunks.listed() if self.durable and attempt.number > 1 else {}
+        reuse = {i for i, spec in self.specs.items() if spec.digest() in durable.get(i, ())}
         pending: dict[int, asyncio.Future[np.ndarray]] = {}
         next_submit = done = 0
         prev: Piece | None = None
@@ -279,10 +281,12 @@ class _Render:
             self.asm.abort()
             raise
         finally:
-            if pending:  # aborted or failed: give the model's time to other jobs
+            # Aborted or failed: give the model's time to other jobs (the gate's retries of a
+            # chunk are queued too, outside ``pending``).
+            if pending or self.gate is not None:
                 self.st.batcher.cancel(attempt.job_id)
-                for fut in pending.values():
-                    fut.cancel()
+            for fut in pending.values():
+                fut.cancel()
         samples = await asyncio.to_thread(self.asm.close)
         summary = None if self.gate is None else quality.summary(self.gate.policy, self.verdicts)
         if summary is not None and summary.chunks_failed:
@@ -373,6 +377,9 @@ class _Render:
             ordinal=self.ordinal[piece.index],
             start=self.asm.start_of(len(audio), cross_fade=joins),
             cross_fade=joins,
+            after=self.specs[self.speech[self.ordinal[piece.index] - 1].index].digest()
+            if self.ordinal[piece.index]
+            else None,
             quality=verdict,
         )
         if spec.align_language is not None:
@@ -409,7 +416,12 @@ class _Render:
 
         ref_rate = self.gate.reference_rate(v, ref.audio, ref.text)
         seed = self.specs[piece.index].seed
-        return await self.gate.settle(k, piece.spoken, language, piece.speed, ref_rate, wave, seed, again)
+        cost = self._cost(piece)
+        return await self.gate.settle(k, piece.spoken, language, piece.speed, ref_rate, wave, seed, again, cost)
+
+    def _cost(self, piece: Piece) -> int:
+        m = self.inputs.manifest
+        return budget.model_work([piece], self.refs, self.inputs.turn_voice, m.nfe_step, m.cfg_strength)
 
     async def _reuse(self, piece: Piece, prev: Piece | None) -> bool:
         spec = self.specs[piece.index]
@@ -419,6 +431,9 @@ class _Render:
         if found is None:
             return False
         record, pcm = found
+        if self.gate is not None and record.quality is not None and record.quality.tries > 1:
+            # Its regenerations were paid for once; the budget runs down as in an uninterrupted run.
+            self.gate.regen_left = max(0, self.gate.regen_left - (record.quality.tries - 1) * self._cost(piece))
         self._place(piece, prev, chunk_io.dequantize(pcm), record)
         return True
 

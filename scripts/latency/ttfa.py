@@ -72,7 +72,7 @@ async def _poll_cost(s: Stack, rounds: int = 100) -> dict[str, float]:
         times = []
         for _ in range(rounds):
             t0 = time.perf_counter()
-            await chunks.durable(after=3)
+            await chunks.listed(after=3)
             await client.get_status(store, job)
             times.append((time.perf_counter() - t0) * 1000)
     return {"poll_ms_mean": statistics.mean(times), "poll_ms_p95": sorted(times)[int(0.95 * len(times))]}

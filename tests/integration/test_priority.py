@@ -185,3 +185,41 @@ def test_a_second_submitter_is_served_in_turn_and_eventbridge_events_run_jobs(
         started[job] = status["started_at"]
     order = sorted(started, key=lambda j: started[j])
     assert order == ["a-0", "a-1", "b-0", "a-2", "b-1", "a-3", "a-4", "a-5"], order
+
+
+def test_a_stopping_worker_hands_its_waiting_messages_back_as_new_ones(
+    make_stack: Any, holds: Holds, tmp_path: Path, s3: Any, sqs: Any
+) -> None:
+    """A message that only waited must not creep towards the DLQ: handed back on SIGTERM, it is
+    received next with a receive count of 1 (the job in hand, handed back, counts its receive)."""
+    name = "prio-handback"
+    env = _stack(make_stack, name)
+    jobs = [f"hb{i}" for i in range(4)]
+    for job in jobs:
+        holds.hold(job)  # whichever starts first is held; the rest wait in the look-ahead
+    worker = start_worker(env, tmp_path / "worker.log", **holds.settings, max_jobs_in_flight="1", shutdown_grace_s="1")
+    wait_ready(worker)
+    for job in jobs:
+        _put(s3, name, f"inbox/{job}.json")
+    held = wait_until(lambda: next((j for j in jobs if holds.held(j)), None), "a job held", worker=worker)
+    wait_until(lambda: queue_depth(sqs, name) == (0, 4), "all four messages in the worker's hands", worker=worker)
+    assert stop_worker(worker) == 0, worker.log()[-3000:]
+    url = sqs.get_queue_url(QueueName=name)["QueueUrl"]
+    counts: dict[str, int] = {}
+
+    def receive_all() -> bool:
+        for m in sqs.receive_message(
+            QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1, MessageSystemAttributeNames=["All"]
+        ).get("Messages", []):
+            key = json.loads(m["Body"])["Records"][0]["s3"]["object"]["key"]
+            job = key.removeprefix("inbox/").removesuffix(".json")
+            assert job not in counts, f"{job} is on the queue twice"
+            counts[job] = int(m["Attributes"]["ApproximateReceiveCount"])
+        return len(counts) == 4
+
+    wait_until(receive_all, "the four messages back on the queue")
+    # In hand: handed back (visibility 0), its receive counted (and once more if the stopping
+    # worker's own long poll, still open on SQS's side, caught it on its way back).
+    assert counts.pop(held) >= 2
+    assert set(counts.values()) == {1}, counts  # waited: put back as new messages
+    assert "handing back 3 waiting message(s)" in worker.log()

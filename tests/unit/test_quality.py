@@ -163,6 +163,22 @@ def test_a_failing_chunk_is_made_again_with_derived_seeds_and_the_best_try_is_ke
     assert np.array_equal(wave, _speech(3.0, asked[1]))
 
 
+def test_regenerations_stop_when_the_jobs_model_work_budget_is_spent() -> None:
+    """Regenerations share TTS_MAX_MODEL_WORK with the plan: a manifest asking for many retries at
+    an impossible threshold cannot multiply what a job costs."""
+    asked: list[int] = []
+
+    async def again(seed: int) -> np.ndarray:
+        asked.append(seed)
+        return np.zeros(SR, np.float32)  # never passes
+
+    gate = q.Gate(q.Policy(False, None, 5), None, _Attempt(), 7, SR, FaultHooks(None))  # type: ignore[arg-type]
+    gate.regen_left = 250  # room for two regenerations of cost 100
+    text = "This is a sentence of moderate length."
+    _, verdict = asyncio.run(gate.settle(1, text, "eng", 1.0, None, np.zeros(SR, np.float32), 8, again, 100))
+    assert len(asked) == 2 and verdict.tries == 3 and gate.regen_left == 50 and not verdict.passed
+
+
 def test_a_chunk_that_stays_bad_keeps_its_first_try_and_says_why() -> None:
     async def again(seed: int) -> np.ndarray:
         raise AssertionError("max_retries 0: never")
