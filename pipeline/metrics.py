@@ -52,6 +52,10 @@ BATCH_WAIT_SECONDS = Histogram(
 )
 BATCH_SPLITS = Counter("tts_batch_splits", "Model calls that failed and were retried in halves", ["kind"])
 MODEL_BUSY_SECONDS = Counter("tts_model_busy_seconds", "Time the model thread (GPU or CPU) spent in calls")
+MODEL_CPU_SECONDS = Counter(
+    "tts_model_cpu_seconds",
+    "CPU time of the model thread in calls (with one torch thread: all of the engine's CPU)",
+)
 MODEL_BUSY_FRACTION = Gauge(
     "tts_gpu_busy_fraction", "Fraction of the last 60 s the model thread (the GPU on GPU workers) was in a call"
 )
