@@ -132,11 +132,11 @@ def _failed(code: ErrorCode | str, message: str) -> Outcome:
     return Outcome(JobState.FAILED, error=JobErrorInfo(code=str(code), message=message))
 
 
-@dataclass
 class _CancelledBeforeStart(Exception):
     """The cancel marker was there when the attempt started."""
 
 
+@dataclass
 class _Clock:
     """Per-stage stopwatch for result.timings_ms."""
 
