@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import contextlib
 import json
 import os
 import shutil
@@ -50,6 +51,7 @@ TTS = str(BIN / "tts-pipeline")
 REF_TEXT = "Some call me nature, others call me mother nature."
 PIPE, FLOOR = "ovh-pipe", "ovh-floor"
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "EXPIRED")
+WORD_TIMINGS = [False]  # run(word_timings=True): as the 200-job load test's jobs (the default)
 
 
 def _free_port() -> int:
@@ -66,7 +68,7 @@ def manifest(i: int) -> bytes:
             "ref_text": REF_TEXT,
             "nfe_step": 2,
             "seed": i,
-            "word_timings": False,
+            "word_timings": WORD_TIMINGS[0],
         }
     ).encode()
 
@@ -106,12 +108,18 @@ class Worker:
                     return float(line.split()[1])
         return 0.0
 
-    def cpu(self) -> tuple[float, float]:
-        """(the worker process's CPU seconds, the engine's CPU seconds) so far."""
+    def cpu(self) -> tuple[float, float, float]:
+        """(the worker process's CPU seconds, the engine's, its child processes' (the aligner)) so far."""
         import psutil
 
-        t = psutil.Process(self.proc.pid).cpu_times()
-        return t.user + t.system, self.metric("tts_model_cpu_seconds_total")
+        proc = psutil.Process(self.proc.pid)
+        t = proc.cpu_times()
+        children = 0.0
+        for child in proc.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                c = child.cpu_times()
+                children += c.user + c.system
+        return t.user + t.system, self.metric("tts_model_cpu_seconds_total"), children
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -278,6 +286,7 @@ def _drain(s3: Any, sqs: Any, bucket: str, prefix: str, jobs: int, cpu: Any = No
         after = cpu()
         proc, engine = (after[0] - before[0]) / jobs, (after[1] - before[1]) / jobs
         out.update(
+            child_processes_cpu_ms_per_job=round(1000 * (after[2] - before[2]) / jobs, 1),
             cpu_ms_per_job=round(1000 * proc, 1),
             engine_cpu_ms_per_job=round(1000 * engine, 1),
             outside_engine_cpu_ms_per_job=round(1000 * (proc - engine), 1),
@@ -303,8 +312,10 @@ def run(
     profile: Path | None = None,
     workdir: Path | None = None,
     torch_threads: int = 1,
+    word_timings: bool = False,
 ) -> dict[str, Any]:
     """Start a LocalStack, push the tiny bundle, measure floor and pipeline; returns the figures."""
+    WORD_TIMINGS[0] = word_timings
     own_tmp = workdir is None
     work = Path(tempfile.mkdtemp(prefix="overhead-")) if workdir is None else workdir
     work.mkdir(parents=True, exist_ok=True)
@@ -387,7 +398,8 @@ def run(
     figures: dict[str, Any] = {
         "machine": (
             f"{os.cpu_count()} CPU cores (shared), tiny random bundle on CPU, "
-            f"torch threads {torch_threads or 'default'}, nfe 2, one sentence, no word timings, "
+            f"torch threads {torch_threads or 'default'}, nfe 2, one sentence, "
+            f"{'with' if word_timings else 'no'} word timings, "
             f"{concurrency} jobs in flight / floor threads"
         ),
         "floor": floor_fig,
@@ -431,6 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", type=Path, help="py-spy the worker during the drain into this folder")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     ap.add_argument("--torch-threads", type=int, default=1, help="the worker's torch threads (0: torch's default)")
+    ap.add_argument("--word-timings", action="store_true", help="jobs ask for word timings (the load test's do)")
     ap.add_argument("--workdir", type=Path, help="keep LocalStack's state and logs here (default: a temp dir)")
     args = ap.parse_args(argv)
     figures = run(
@@ -441,6 +454,7 @@ def main(argv: list[str] | None = None) -> int:
         profile=args.profile,
         workdir=args.workdir,
         torch_threads=args.torch_threads,
+        word_timings=args.word_timings,
     )
     text = json.dumps(figures, indent=2)
     print(text)
