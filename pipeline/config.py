@@ -74,6 +74,11 @@ class Settings(BaseSettings):
     # max_batch unset: 8 on a GPU (batching amortises kernel launches: 2-4x measured), 1 on a CPU
     # (compute-bound: a batch only adds padding; see docs/benchmarks.md).
     max_jobs_in_flight: int = Field(default=4, ge=1, le=256)
+    # Torch's intra-op threads on the model thread. Unset: 1 on a CPU device, where the event
+    # loop, the aligner process and (in tests) LocalStack share the cores, and torch's default pool
+    # of one spinning thread per core cost more than it gave (docs/benchmarks.md, "Per-job
+    # overhead": 0.6 vs 4 short jobs/s on 2 cores); torch's own default on a GPU.
+    torch_threads: int | None = Field(default=None, ge=1, le=1024)
     max_batch: int | None = Field(default=None, ge=1, le=256)
     batch_wait_ms: float = Field(default=20.0, ge=0, le=3_600_000)
     batch_max_length_ratio: float = Field(default=2.0, ge=1.0)
@@ -167,6 +172,12 @@ class Settings(BaseSettings):
             beat = self.heartbeat_interval_s
             return Calls(agent, timeout_s=min(self.call_timeout_s, beat / 2), deadline_s=beat)
         return Calls(agent, timeout_s=self.call_timeout_s)
+
+    def torch_threads_on(self, device: str) -> int | None:
+        """TTS_TORCH_THREADS, or its default for ``device`` (None: leave torch's own)."""
+        if self.torch_threads is not None:
+            return self.torch_threads
+        return None if device.startswith("cuda") else 1
 
     def max_batch_on(self, device: str) -> int:
         """TTS_MAX_BATCH, or its default for ``device``."""

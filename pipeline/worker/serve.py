@@ -238,6 +238,9 @@ async def _load_models(
     loop = asyncio.get_running_loop()
     t0 = time.perf_counter()
     engine = await loop.run_in_executor(gpu, F5Engine.load, report.path, settings.device)
+    threads = settings.torch_threads_on(engine.device)
+    if threads is not None:
+        await loop.run_in_executor(gpu, _set_torch_threads, threads)
     check_stop()
     runners: dict[str, Runner] = {"synthesis": engine.batch_runner()}
     torch_dir = _aligner_torch_dir(settings, report.bundle, engine.device)
@@ -254,6 +257,14 @@ async def _load_models(
         await loop.run_in_executor(gpu, compiler.warm_up, engine, max_batch, runners.get("emissions"))
     check_stop()
     return engine, runners, mode, loaded
+
+
+def _set_torch_threads(n: int) -> None:
+    """On the model thread (OpenMP's thread count is a per-thread setting)."""
+    import torch
+
+    torch.set_num_threads(n)
+    log.info("torch intra-op threads: %d", n)
 
 
 def _aligner_torch_dir(settings: Settings, bundle: Bundle, device: str) -> str | None:
