@@ -202,7 +202,9 @@ async def _start_up(
     onnx = report.path / bundle.aligner.model
 
     def aligner(batcher: Batcher, loop: asyncio.AbstractEventLoop) -> Aligner:
-        return Aligner(onnx, BatchedEmitter(batcher, loop) if "emissions" in runners else None)
+        # On a CPU worker the aligner shares the cores with the model (one torch thread): one thread.
+        threads = 1 if settings.torch_threads_on(engine.device) == 1 else None
+        return Aligner(onnx, BatchedEmitter(batcher, loop) if "emissions" in runners else None, threads=threads)
 
     return _Started(
         engine=engine,
