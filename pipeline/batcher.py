@@ -188,6 +188,13 @@ class Batcher:
 
     def _run_split(self, kind: str, group: Hashable, works: list[Work]) -> list[Any]:
         """On the model thread: one call; on failure, halves, down to single items."""
+        cpu = time.thread_time()
+        try:
+            return self._run_split_inner(kind, group, works)
+        finally:
+            metrics.MODEL_CPU_SECONDS.inc(time.thread_time() - cpu)
+
+    def _run_split_inner(self, kind: str, group: Hashable, works: list[Work]) -> list[Any]:
         try:
             owners = {w.owner for w in works}
             self.calls += 1
@@ -207,7 +214,7 @@ class Batcher:
                 "%s call of %d items failed (%s: %s): retrying in halves", kind, len(works), type(e).__name__, e
             )
             mid = len(works) // 2
-            return self._run_split(kind, group, works[:mid]) + self._run_split(kind, group, works[mid:])
+            return self._run_split_inner(kind, group, works[:mid]) + self._run_split_inner(kind, group, works[mid:])
 
     def busy_fraction(self) -> float:
         """Fraction of the last minute the model thread spent in calls."""

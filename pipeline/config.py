@@ -84,6 +84,11 @@ class Settings(BaseSettings):
     # cost of ~7 ChangeMessageVisibilityBatch requests per beat, and of messages a second worker
     # cannot take while they wait here. 0: no look-ahead (receive only what can start).
     bulk_lookahead: int = Field(default=64, ge=0, le=1024)
+    # Torch's intra-op threads on the model thread. Unset: 1 on a CPU device, where the event
+    # loop, the aligner process and (in tests) LocalStack share the cores, and torch's default pool
+    # of one spinning thread per core cost more than it gave (docs/benchmarks.md, "Per-job
+    # overhead": 0.6 vs 4 short jobs/s on 2 cores); torch's own default on a GPU.
+    torch_threads: int | None = Field(default=None, ge=1, le=1024)
     max_batch: int | None = Field(default=None, ge=1, le=256)
     batch_wait_ms: float = Field(default=20.0, ge=0, le=3_600_000)
     batch_max_length_ratio: float = Field(default=2.0, ge=1.0)
@@ -195,6 +200,12 @@ class Settings(BaseSettings):
             beat = self.heartbeat_interval_s
             return Calls(agent, timeout_s=min(self.call_timeout_s, beat / 2), deadline_s=beat)
         return Calls(agent, timeout_s=self.call_timeout_s)
+
+    def torch_threads_on(self, device: str) -> int | None:
+        """TTS_TORCH_THREADS, or its default for ``device`` (None: leave torch's own)."""
+        if self.torch_threads is not None:
+            return self.torch_threads
+        return None if device.startswith("cuda") else 1
 
     def max_batch_on(self, device: str) -> int:
         """TTS_MAX_BATCH, or its default for ``device``."""

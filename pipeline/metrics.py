@@ -62,6 +62,10 @@ QUALITY_SCORE = Histogram(
 QUALITY_REGENERATIONS = Counter("tts_quality_regenerations", "Chunks synthesised again by the quality gate")
 QUALITY_CHUNKS = Counter("tts_quality_chunks", "Chunks judged by the quality gate, by verdict", ["verdict"])
 MODEL_BUSY_SECONDS = Counter("tts_model_busy_seconds", "Time the model thread (GPU or CPU) spent in calls")
+MODEL_CPU_SECONDS = Counter(
+    "tts_model_cpu_seconds",
+    "CPU time of the model thread in calls (with one torch thread: all of the engine's CPU)",
+)
 MODEL_BUSY_FRACTION = Gauge(
     "tts_gpu_busy_fraction", "Fraction of the last 60 s the model thread (the GPU on GPU workers) was in a call"
 )

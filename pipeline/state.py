@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -55,10 +56,16 @@ class Claim:
     # The heartbeat and the job itself both write through one claim: one write at a time, each
     # built from the status the previous one left, or the second would fail its If-Match.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+    # When this worker's last successful write of the status (claim or renewal) was made, on its
+    # own monotonic clock, taken before the write: the lease it wrote runs from no earlier.
+    written_at: float = field(default_factory=time.monotonic, repr=False)
 
     @property
     def key(self) -> str:
         return keys.status_key(self.job_id)
+
+    def written_within(self, seconds: float) -> bool:
+        return time.monotonic() - self.written_at < seconds
 
 
 @dataclass(frozen=True)
@@ -87,7 +94,7 @@ class Ledger:
         key = keys.status_key(job_id)
         for _ in range(_CLAIM_ROUNDS):
             status, etag = await self.read(job_id)
-            now = utcnow()
+            started, now = time.monotonic(), utcnow()
             if status is not None and status.state.terminal:
                 return ClaimResult.DONE, Seen(status, etag)
             note = None
@@ -104,7 +111,7 @@ class Ledger:
                 new_etag = await self._write(key, new, etag)
             except PreconditionFailed:
                 continue  # someone moved first: look again
-            return ClaimResult.CLAIMED, Claim(job_id, new, new_etag)
+            return ClaimResult.CLAIMED, Claim(job_id, new, new_etag, written_at=started)
         raise LostClaim(f"{job_id}: status kept changing while claiming")
 
     async def renew(self, claim: Claim, progress: Progress | None = None) -> None:
@@ -151,6 +158,7 @@ class Ledger:
 
     async def _transition(self, claim: Claim, change: Callable[[JobStatus], JobStatus]) -> JobStatus:
         async with claim.lock:
+            started = time.monotonic()
             new = change(claim.status)
             if new is claim.status:
                 return new
@@ -159,6 +167,7 @@ class Ledger:
             except PreconditionFailed:
                 claim.etag = await self._rewrite_over_own(claim, new)
             claim.status = new
+            claim.written_at = started
             return new
 
     async def _rewrite_over_own(self, claim: Claim, new: JobStatus) -> str:

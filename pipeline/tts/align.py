@@ -76,11 +76,13 @@ class Aligner:
     with one (``BatchedEmitter``, the torch path) the calling thread scores it and the child only
     aligns."""
 
-    def __init__(self, onnx_path: Path | None, emitter: Emitter | None = None) -> None:
+    def __init__(self, onnx_path: Path | None, emitter: Emitter | None = None, *, threads: int | None = None) -> None:
+        """``threads``: onnxruntime's intra-op threads (None: its default, one per core)."""
         if onnx_path is None and emitter is None:
             raise ValueError("an aligner needs an ONNX model or an emitter")
         self.onnx_path = onnx_path if emitter is None else None
         self.emitter = emitter
+        self.threads = threads
         self._lock = threading.Lock()
         self._pool = self._start()
 
@@ -91,7 +93,7 @@ class Aligner:
     def _start(self) -> ProcessPoolExecutor:
         onnx = str(self.onnx_path) if self.onnx_path else None
         pool = ProcessPoolExecutor(
-            max_workers=1, mp_context=mp.get_context("spawn"), initializer=_child_init, initargs=(onnx,)
+            max_workers=1, mp_context=mp.get_context("spawn"), initializer=_child_init, initargs=(onnx, self.threads)
         )
         pool.submit(_child_ping).result()  # load the model now, not on the first job
         return pool
@@ -122,7 +124,7 @@ _session = None
 _PARENT_POLL_S = 0.5
 
 
-def _child_init(onnx_path: str | None) -> None:
+def _child_init(onnx_path: str | None, threads: int | None = None) -> None:
     global _session
     _die_with_parent()
     import ctc_forced_aligner  # noqa: F401  (loads the native extension now, not on the first job)
@@ -131,7 +133,13 @@ def _child_init(onnx_path: str | None) -> None:
         return  # emissions come from the parent (torch path)
     import onnxruntime as ort
 
-    _session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    # No spinning: its threads would busy-wait after every call, on cores the worker's event loop
+    # and model share (measured: half the aligner's CPU per short job, docs/benchmarks.md).
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    _session = ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
 
 
 def _die_with_parent() -> None:

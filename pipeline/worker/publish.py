@@ -91,7 +91,10 @@ class Publisher:
         # Re-assert the claim first: a worker that lost its lease does not even start uploading. One
         # paused after this point uploads to its own attempt's keys; its result can then only land
         # before a successor's (which adopts it) or be refused by it (If-None-Match).
-        await self.ledger.renew(attempt.claim)
+        # A claim written less than one heartbeat interval ago (at most half the lease, the slack
+        # the heartbeat itself relies on) cannot have lapsed yet: a short job skips that PUT.
+        if not attempt.claim.written_within(self.settings.heartbeat_interval_s):
+            await self.ledger.renew(attempt.claim)
         await self.faults.hold_before_publish(job_id, number)
         audio_key = keys.output_key(job_id, number, out.manifest.output_format.value)
         subs = await timed("upload", lambda: self.upload(attempt, out, audio_key))

@@ -133,6 +133,10 @@ def _failed(code: ErrorCode | str, message: str) -> Outcome:
     return Outcome(JobState.FAILED, error=JobErrorInfo(code=str(code), message=message))
 
 
+class _CancelledBeforeStart(Exception):
+    """The cancel marker was there when the attempt started."""
+
+
 @dataclass
 class _Clock:
     """Per-stage stopwatch for result.timings_ms."""
@@ -350,17 +354,33 @@ class JobRunner:
         age_s = (utcnow() - attempt.claim.status.created_at).total_seconds()
         if s.job_ttl_s is not None and age_s > s.job_ttl_s:
             return Outcome(JobState.EXPIRED, note=f"dequeued {age_s:.0f}s after submission (TTL {s.job_ttl_s:g}s)")
-        if await self.store.exists(keys.cancel_key(job_id)):
+        # The cancel marker is looked for while the inputs download (one round trip less before
+        # the model); it decides before anything they tell, as when it was looked for first.
+        cancel = asyncio.ensure_future(self.store.exists(keys.cancel_key(job_id)))
+        try:
+            published = await self._run(attempt, queue_wait_ms, cancel)
+        except _CancelledBeforeStart:
             return Outcome(JobState.CANCELLED, note="cancelled before start")
-        published = await self._run(attempt, queue_wait_ms)
+        finally:
+            if not cancel.done():
+                cancel.cancel()
+            elif not cancel.cancelled():
+                cancel.exception()  # retrieved: an error here was the attempt's to raise, not the loop's to log
         return Outcome(JobState.COMPLETED, note=None if published else "result already published")
 
-    async def _run(self, attempt: Attempt, queue_wait_ms: float) -> bool:
+    async def _run(self, attempt: Attempt, queue_wait_ms: float, cancel: asyncio.Future[bool]) -> bool:
         job_id = attempt.job_id
         clock = _Clock()
         label = f"{self.model.name}/{self.model.version}"
         priority = attempt.claim.status.priority or Priority.bulk
-        inputs = await clock.run("download", lambda: self.inputs.read(job_id, attempt.check, priority))
+        try:
+            inputs = await clock.run("download", lambda: self.inputs.read(job_id, attempt.check, priority))
+        except JobFailed:
+            if await cancel:
+                raise _CancelledBeforeStart from None
+            raise
+        if await cancel:
+            raise _CancelledBeforeStart
         manifest = inputs.manifest
         seed = manifest.seed if manifest.seed is not None else derived_seed(job_id)
         attempt.check()

@@ -206,7 +206,9 @@ async def _start_up(
     onnx = report.path / bundle.aligner.model
 
     def aligner(batcher: Batcher, loop: asyncio.AbstractEventLoop) -> Aligner:
-        return Aligner(onnx, BatchedEmitter(batcher, loop) if "emissions" in runners else None)
+        # On a CPU worker the aligner shares the cores with the model (one torch thread): one thread.
+        threads = 1 if settings.torch_threads_on(engine.device) == 1 else None
+        return Aligner(onnx, BatchedEmitter(batcher, loop) if "emissions" in runners else None, threads=threads)
 
     return _Started(
         engine=engine,
@@ -242,6 +244,9 @@ async def _load_models(
     loop = asyncio.get_running_loop()
     t0 = time.perf_counter()
     engine = await loop.run_in_executor(gpu, F5Engine.load, report.path, settings.device)
+    threads = settings.torch_threads_on(engine.device)
+    if threads is not None:
+        await loop.run_in_executor(gpu, _set_torch_threads, threads)
     check_stop()
     runners: dict[str, Runner] = {"synthesis": engine.batch_runner()}
     if engine.asr is not None:  # the quality gate's transcriptions (pipeline/worker/quality.py)
@@ -262,6 +267,14 @@ async def _load_models(
         await loop.run_in_executor(gpu, compiler.warm_up, engine, max_batch, runners.get("emissions"))
     check_stop()
     return engine, runners, mode, loaded
+
+
+def _set_torch_threads(n: int) -> None:
+    """On the model thread (OpenMP's thread count is a per-thread setting)."""
+    import torch
+
+    torch.set_num_threads(n)
+    log.info("torch intra-op threads: %d", n)
 
 
 def _aligner_torch_dir(settings: Settings, bundle: Bundle, device: str) -> str | None:

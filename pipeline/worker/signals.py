@@ -112,6 +112,10 @@ class Progress:
         self._next_at = time.monotonic()
 
     def set(self, done: int, total: int, reused: int = 0) -> None:
+        if self.value is None and total <= 1:
+            # "0 of 1 chunks" tells a client nothing PROCESSING does not: a one-chunk job (most
+            # jobs) publishes progress on the interval only, which it usually finishes before.
+            self._next_at = max(self._next_at, time.monotonic() + self.interval_s)
         self.value = (done, total, reused)
 
     def due(self, now: float) -> bool:
