@@ -186,7 +186,8 @@ class Queue:
         by_queue: dict[str | None, list[Message]] = {}
         for m in msgs:  # a batch request names one queue
             by_queue.setdefault(m.queue_url, []).append(m)
-        for url, of_queue in by_queue.items():
+
+        async def one_queue(url: str | None, of_queue: list[Message]) -> None:
             for i in range(0, len(of_queue), _BATCH):
                 batch = of_queue[i : i + _BATCH]
                 entries = [
@@ -196,6 +197,16 @@ class Queue:
                 resp = await self._call("change_message_visibility_batch", url=url, Entries=entries)
                 for f in resp.get("Failed", []):
                     failed[batch[int(f["Id"])].id] = f"{f.get('Code', '?')}: {f.get('Message', '')}"
+
+        # Each queue on its own: one lane's queue failing or hanging (deleted, throttled) must not
+        # leave the other lane's messages unextended until their leases lapse.
+        outcomes = await asyncio.gather(*(one_queue(u, q) for u, q in by_queue.items()), return_exceptions=True)
+        errors = [o for o in outcomes if isinstance(o, BaseException)]
+        if errors and len(errors) == len(outcomes):
+            raise errors[0]
+        for (_, of_queue), outcome in zip(by_queue.items(), outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                failed.update({m.id: f"{type(outcome).__name__}: {outcome}" for m in of_queue})
         return failed
 
     async def requeue(self, msgs: list[Message], delay_s: int = 0) -> int:
