@@ -16,12 +16,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +28,6 @@ sys.path.insert(0, str(ROOT))
 
 import boto3  # noqa: E402
 
-from pipeline import localstack_host  # noqa: E402
 from pipeline.contract import utcnow  # noqa: E402
 
 TTS = str(ROOT / ".venv" / "bin" / "tts-pipeline")
@@ -160,41 +156,16 @@ def measure(
     lookaheads: tuple[int, ...] = (64, 256),
 ) -> dict[str, Any]:
     """Start LocalStack, bootstrap, push the tiny bundle, run both phases; returns the figures."""
-    work = Path(tempfile.mkdtemp(prefix="bench-prio-"))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    inst = localstack_host.start(port=port, state_dir=work / "localstack")
-    env = {
-        **os.environ,
-        "AWS_ENDPOINT_URL": inst.endpoint,
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_REGION": "us-east-1",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "TTS_BUCKET": BUCKET,
-        "TTS_QUEUE": BUCKET,
-        "TTS_MODEL_NAME": "f5tts-tiny",
-        "TTS_DEVICE": "cpu",
-        "TTS_CACHE_DIR": str(work / "cache"),
-        "TTS_RECEIVE_WAIT_S": "1",
-        "TTS_SHUTDOWN_GRACE_S": "1",
-    }
-    os.environ.update({k: v for k, v in env.items() if k.startswith("AWS_")})
-    try:
-        for cmd in (["bootstrap"], ["model", "build-tiny", str(work / "tiny")], ["model", "push", str(work / "tiny")]):
-            subprocess.run([TTS, *cmd], env=env, check=True, capture_output=True)
-        from tests.helpers import reference_voice_path
+    from scripts.latency.common import reference_clip, stack
 
-        boto3.client("s3").upload_file(str(reference_voice_path()), BUCKET, "voices/ref.wav")
-        b = Bench(work, env)
+    with stack(BUCKET, receive_wait_s="1", shutdown_grace_s="1") as st:
+        os.environ.update({k: v for k, v in st.env.items() if k.startswith("AWS_")})
+        boto3.client("s3").upload_file(str(reference_clip()), BUCKET, "voices/ref.wav")
+        b = Bench(st.work, st.env)
         result: dict[str, Any] = {"machine": f"{os.cpu_count()} CPU cores, tiny random bundle, one worker"}
         result["interactive"] = interactive_phase(b, requests, queued)
         result["fair_share"] = [fairness_phase(b, backlog, fair_requests, la) for la in lookaheads]
         return result
-    finally:
-        localstack_host.stop(work / "localstack")
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def main() -> int:
