@@ -499,8 +499,8 @@ class ChunkQuality(BaseModel):
     transcript: str | None = Field(default=None, description="What the ASR model heard in the kept try.")
     problems: list[str] = Field(
         default_factory=list,
-        description="Checks the kept try failed: error_rate, silent, speech_rate, long_silence, clipping, non_finite, "
-        "empty. Empty: it passed.",
+        description="Checks the kept try failed: error_rate, not_transcribed (the ASR call failed), silent, "
+        "speech_rate, long_silence, clipping, non_finite, empty. Empty: it passed.",
     )
     tries: int = Field(default=1, ge=1, description="Times the chunk was synthesised.")
     kept: int = Field(default=0, ge=0, description="Which try was kept (0: the first).")

@@ -331,10 +331,14 @@ class Gate:
                 assert self.policy.max_wer is not None
                 if score > self.policy.max_wer or math.isnan(score):
                     problems = ["error_rate", *problems]
+            else:
+                # Not silently "passed": the chunk is marked for a person to listen to (and, like any
+                # failing chunk, tried again, which also retries the transcription).
+                problems = ["not_transcribed", *problems]
         return _Try(t, seed, problems, score, metric, transcript)
 
     async def _transcribe(self, wave: np.ndarray, language: str) -> str | None:
-        """The transcript (None: the call failed, logged; the chunk is then judged by its signal)."""
+        """The transcript (None: the call failed, logged; the chunk is marked ``not_transcribed``)."""
         audio16 = await asyncio.to_thread(audio_utils.resample, wave, self.sample_rate, ASR_SAMPLE_RATE)
         a = self.attempt
         work = Work("transcription", WHISPER_LANGUAGES.get(language), 1, a.job_id, audio16, a.number, self.priority)
@@ -350,7 +354,7 @@ class Gate:
         try:
             return str(fut.result())
         except Exception as e:
-            log.warning("transcription of a chunk failed (%s: %s): judged by its signal only", type(e).__name__, e)
+            log.warning("transcription of a chunk failed (%s: %s): marked not_transcribed", type(e).__name__, e)
             return None
 
 

@@ -229,3 +229,24 @@ def test_summary() -> None:
     s = q.summary(q.Policy(True, 0.2, 2), chunks)
     assert (s.mean_score, s.worst_score, s.chunks_checked, s.chunks_regenerated, s.chunks_failed) == (0.2, 0.5, 3, 2, 1)
     assert q.summary(q.Policy(False, None, 2), [ChunkQuality(chunk=0, seed=1)]).mean_score is None
+
+
+class _FailingAsr:
+    """A batcher whose transcription calls fail (a device out of memory, say)."""
+
+    def submit(self, work: Any) -> asyncio.Future[str]:
+        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        fut.set_exception(RuntimeError("CUDA out of memory"))
+        return fut
+
+
+def test_a_chunk_the_asr_could_not_transcribe_is_marked_not_passed() -> None:
+    """A failed transcription must not read as a pass: the chunk is marked for a person."""
+
+    async def again(seed: int) -> np.ndarray:
+        raise AssertionError("max_retries 0: never")
+
+    gate = q.Gate(q.Policy(True, 0.2, 0), _FailingAsr(), _Attempt(), 7, SR, FaultHooks(None))  # type: ignore[arg-type]
+    text = "This is a sentence of moderate length."
+    _, verdict = asyncio.run(gate.settle(1, text, "eng", 1.0, None, _speech(3.0), 8, again))
+    assert verdict.problems == ["not_transcribed"] and verdict.transcript is None and not verdict.passed
