@@ -168,6 +168,8 @@ class Worker:
         """Receive interactive messages whenever this lane has room, and start them at once."""
         s = self.settings
         assert self.interactive is not None
+        if self.interactive.url is None and not await self._find_lane(self.interactive):
+            return
         while not self._stopping.is_set():
             room = min(s.interactive_max_in_flight - len(self._fast), self._budget(max_jobs))
             if room <= 0:
@@ -180,6 +182,23 @@ class Worker:
                 self._spawn(msg, self._fast)
             if messages:
                 self._idle_since = time.monotonic()
+
+    async def _find_lane(self, queue: Queue) -> bool:
+        """Resolve the interactive queue that SQS did not answer for at start-up; False when it
+        turns out not to exist (bulk lane only) or the worker stops first."""
+        while not self._stopping.is_set():
+            try:
+                await queue.resolve()
+                log.info("queue %s found: the interactive lane is consuming", queue.name)
+                return True
+            except Exception as e:
+                if is_missing_resource(e):
+                    log.warning("queue %s does not exist: bulk lane only", queue.name)
+                    return False
+                if not is_transient(e):
+                    raise
+                await asyncio.sleep(RECEIVE_BACKOFF_S)
+        return False
 
     async def _receive(self, queue: Queue, room: int, wait_s: int) -> list[Message] | None:
         """One poll of ``queue``; [] after an error it waited out; None when stopping."""

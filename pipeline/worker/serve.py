@@ -314,8 +314,10 @@ async def _interactive_queue(queue: Queue, settings: Settings) -> Queue | None:
     except Exception as e:
         if not is_transient(e):
             raise
-        log.warning("queue %s unreachable at start-up (%s): bulk lane only until a restart", name, e)
-        return None
+        # One SQS blip at start-up must not leave a worker without its interactive lane until a
+        # restart: the lane keeps trying to find its queue (``Worker._find_lane``).
+        log.warning("queue %s unreachable at start-up (%s): the interactive lane keeps trying", name, e)
+        return queue.sibling(None, name)
     if lane is None:
         log.warning("queue %s does not exist (deployed before the interactive lane): bulk lane only", name)
     return lane
