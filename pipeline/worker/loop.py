@@ -221,7 +221,7 @@ class Worker:
             if not is_transient(e):
                 raise
             # SQS unreachable even after our retries: keep the worker, try again shortly.
-            log.warning("receive from %s failed: %s; retrying in %.0fs", queue.name, e, RECEIVE_BACKOFF_S)
+            log.warning("receive failed (%s): %s; retrying in %.0fs", queue.name, e, RECEIVE_BACKOFF_S)
             await asyncio.sleep(RECEIVE_BACKOFF_S)
             return []
 
