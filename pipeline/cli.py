@@ -3,7 +3,7 @@ that need a model (``worker``, ``model build-tiny``); ``status``, ``result``, ``
 and ``jobs`` are plain S3 calls.
 
 For people and for scripts: on a terminal ``status``, ``wait``, ``submit`` and ``jobs`` print a
-summary or a table and waiting shows a progress bar (``pipeline.progress``); when stdout is not a
+summary or a table and waiting shows a progress bar (``pipeline.client.progress``); when stdout is not a
 terminal, or with ``--json``, they print the JSON documents exactly as before (and waiting writes
 plain progress lines to stderr). Exit codes do not depend on either."""
 
@@ -27,7 +27,7 @@ T = TypeVar("T")
 
 def _job_id(value: str) -> str:
     """Job ids are checked with the worker's own rule before any S3 call is made with them."""
-    from pipeline import keys
+    from pipeline.jobs import keys
 
     if not keys.is_valid_job_id(value):
         raise argparse.ArgumentTypeError(f"{value!r} is not a job id (letters, digits, '.', '_', '-'; 1-128)")
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     settings = get_settings()
-    from pipeline import logs
+    from pipeline.runtime import logs
 
     logs.setup(settings.log_level, settings.log_format)
     handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
@@ -145,7 +145,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="print the status JSON even on a terminal")
     c.set_defaults(handler=_status)
 
-    from pipeline.contract import JobState
+    from pipeline.jobs.contract import JobState
 
     c = sub.add_parser(
         "jobs",
@@ -316,13 +316,13 @@ def _say(entries: list[str] | None) -> dict[str, str] | None:
 
 
 def _state_dir(args: argparse.Namespace) -> Path:
-    from pipeline import localstack_host
+    from pipeline.ops import localstack_host
 
     return args.state_dir or localstack_host.DEFAULT_STATE_DIR
 
 
 def _ls_start(args: argparse.Namespace) -> int:
-    from pipeline import localstack_host
+    from pipeline.ops import localstack_host
 
     try:
         inst = localstack_host.start(port=args.port, state_dir=_state_dir(args))
@@ -333,7 +333,7 @@ def _ls_start(args: argparse.Namespace) -> int:
 
 
 def _ls_stop(args: argparse.Namespace) -> int:
-    from pipeline import localstack_host
+    from pipeline.ops import localstack_host
 
     stopped = localstack_host.stop(_state_dir(args))
     print("LocalStack stopped" if stopped else "LocalStack was not running")
@@ -341,7 +341,7 @@ def _ls_stop(args: argparse.Namespace) -> int:
 
 
 def _ls_status(args: argparse.Namespace) -> int:
-    from pipeline import localstack_host
+    from pipeline.ops import localstack_host
 
     inst = localstack_host.running(_state_dir(args))
     print(f"running at {inst.endpoint} (pid {inst.pid})" if inst else "not running")
@@ -352,7 +352,7 @@ def _ls_status(args: argparse.Namespace) -> int:
 
 
 def _bootstrap(args: argparse.Namespace) -> int:
-    from pipeline.bootstrap import bootstrap
+    from pipeline.ops.bootstrap import bootstrap
 
     s = get_settings()
     changes = bootstrap(s.bucket, s.queue)
@@ -473,7 +473,7 @@ def _model_pull(args: argparse.Namespace) -> int:
 
 
 def _voices_add(args: argparse.Namespace) -> int:
-    from pipeline.store import open_store
+    from pipeline.cloud.store import open_store
     from pipeline.tts.voices import VoiceError, VoiceLibrary
 
     if not args.file.is_file():
@@ -493,7 +493,7 @@ def _voices_add(args: argparse.Namespace) -> int:
 
 
 def _voices_list(args: argparse.Namespace) -> int:
-    from pipeline.store import open_store
+    from pipeline.cloud.store import open_store
     from pipeline.tts.voices import VoiceLibrary
 
     async def go() -> list[str]:
@@ -506,7 +506,7 @@ def _voices_list(args: argparse.Namespace) -> int:
 
 
 def _voices_rm(args: argparse.Namespace) -> int:
-    from pipeline.store import open_store
+    from pipeline.cloud.store import open_store
     from pipeline.tts.voices import VoiceLibrary
 
     async def go() -> bool:
@@ -540,8 +540,8 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from pipeline import client
-    from pipeline.store import open_store
+    from pipeline.client import jobs as client
+    from pipeline.cloud.store import open_store
 
     if not _human(args):
 
@@ -554,8 +554,8 @@ def _status(args: argparse.Namespace) -> int:
 
     from rich.console import Console
 
-    from pipeline.contract import JobResult, JobStatus
-    from pipeline.progress import status_summary
+    from pipeline.client.progress import status_summary
+    from pipeline.jobs.contract import JobResult, JobStatus
 
     async def summary() -> tuple[JobStatus, JobResult | None]:
         async with open_store(get_settings()) as store:
@@ -569,8 +569,8 @@ def _status(args: argparse.Namespace) -> int:
 
 async def _completed_result(store: Any, status: Any) -> Any:
     """The result of a COMPLETED job for a summary, or None (not COMPLETED, or not readable)."""
-    from pipeline import client
-    from pipeline.contract import JobState
+    from pipeline.client import jobs as client
+    from pipeline.jobs.contract import JobState
 
     if status.state is not JobState.COMPLETED:
         return None
@@ -582,15 +582,15 @@ async def _completed_result(store: Any, status: Any) -> Any:
 
 def _exit_code(state: Any) -> int:
     """``wait`` and ``submit --wait``: 0 if COMPLETED, 1 for another final state, 3 on a timeout."""
-    from pipeline.contract import JobState
+    from pipeline.jobs.contract import JobState
 
     return 0 if state is JobState.COMPLETED else (1 if state.terminal else 3)
 
 
 def _jobs(args: argparse.Namespace) -> int:
-    from pipeline import client
-    from pipeline.contract import JobState
-    from pipeline.store import open_store
+    from pipeline.client import jobs as client
+    from pipeline.cloud.store import open_store
+    from pipeline.jobs.contract import JobState
 
     state = JobState(args.state) if args.state else None
 
@@ -602,7 +602,7 @@ def _jobs(args: argparse.Namespace) -> int:
     if _human(args):
         from rich.console import Console
 
-        from pipeline.progress import jobs_table
+        from pipeline.client.progress import jobs_table
 
         console = Console()
         if listing.jobs:
@@ -621,9 +621,9 @@ def _jobs(args: argparse.Namespace) -> int:
 
 
 def _cancel(args: argparse.Namespace) -> int:
-    from pipeline import client
-    from pipeline.state import request_cancel
-    from pipeline.store import open_store
+    from pipeline.client import jobs as client
+    from pipeline.cloud.store import open_store
+    from pipeline.jobs.state import request_cancel
 
     async def go() -> str:
         async with open_store(get_settings()) as store:
@@ -636,7 +636,7 @@ def _cancel(args: argparse.Namespace) -> int:
 
 
 def _dlq_list(args: argparse.Namespace) -> int:
-    from pipeline import dlq
+    from pipeline.ops import dlq
 
     for entry in asyncio.run(dlq.peek(get_settings().queue, args.max)):
         print(json.dumps(entry))
@@ -644,7 +644,7 @@ def _dlq_list(args: argparse.Namespace) -> int:
 
 
 def _dlq_redrive(args: argparse.Namespace) -> int:
-    from pipeline import dlq
+    from pipeline.ops import dlq
 
     s = get_settings()
     report = asyncio.run(dlq.redrive(s, args.max, include_unrecognised=args.include_unrecognised))
@@ -653,8 +653,8 @@ def _dlq_redrive(args: argparse.Namespace) -> int:
 
 
 def _reconcile(args: argparse.Namespace) -> int:
-    from pipeline import metrics
-    from pipeline.reconcile import reconcile_once
+    from pipeline.ops.reconcile import reconcile_once
+    from pipeline.runtime import metrics
 
     s = get_settings()
     if args.every is not None and s.metrics_port is not None:
@@ -672,10 +672,10 @@ def _reconcile(args: argparse.Namespace) -> int:
 
 
 def _wait(args: argparse.Namespace) -> int:
-    from pipeline import client
-    from pipeline.contract import JobResult, JobStatus
-    from pipeline.progress import wait_view
-    from pipeline.store import open_store
+    from pipeline.client import jobs as client
+    from pipeline.client.progress import wait_view
+    from pipeline.cloud.store import open_store
+    from pipeline.jobs.contract import JobResult, JobStatus
 
     human = _human(args)
 
@@ -692,7 +692,7 @@ def _wait(args: argparse.Namespace) -> int:
     if human:
         from rich.console import Console
 
-        from pipeline.progress import status_summary
+        from pipeline.client.progress import status_summary
 
         Console().print(status_summary(status, result))
     else:
@@ -701,8 +701,8 @@ def _wait(args: argparse.Namespace) -> int:
 
 
 def _result(args: argparse.Namespace) -> int:
-    from pipeline import client
-    from pipeline.store import open_store
+    from pipeline.client import jobs as client
+    from pipeline.cloud.store import open_store
 
     s = get_settings()
 
@@ -720,10 +720,10 @@ def _result(args: argparse.Namespace) -> int:
 def _submit(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from pipeline import client
-    from pipeline.contract import JobState, Manifest
-    from pipeline.progress import wait_view
-    from pipeline.store import open_store
+    from pipeline.client import jobs as client
+    from pipeline.client.progress import wait_view
+    from pipeline.cloud.store import open_store
+    from pipeline.jobs.contract import JobState, Manifest
 
     s = get_settings()
     job_id = args.job_id or client.new_job_id()
@@ -784,21 +784,21 @@ def _submit(args: argparse.Namespace) -> int:
 def _print_doc(status: Any, result: Any, human: bool, *, audio_path: Path | None = None) -> None:
     """``submit``'s last word: the result JSON (or the status JSON when there is no result), or,
     for a person, a summary of both."""
-    from pipeline import client
+    from pipeline.client import jobs as client
 
     if not human:
         print(client.dump(result if result is not None else status))
         return
     from rich.console import Console
 
-    from pipeline.progress import status_summary
+    from pipeline.client.progress import status_summary
 
     Console().print(status_summary(status, result, audio_path=audio_path))
 
 
 def _run_job_call(fn: Callable[[], Coroutine[object, object, T]]) -> T:
-    from pipeline.client import JobNotFound
-    from pipeline.keys import UntrustedKey
+    from pipeline.client.jobs import JobNotFound
+    from pipeline.jobs.keys import UntrustedKey
 
     try:
         return asyncio.run(fn())
@@ -839,7 +839,7 @@ def _stop_on_sigterm() -> Callable[[Awaitable[None]], Awaitable[None]]:
 
 
 def _schema(args: argparse.Namespace) -> int:
-    from pipeline.contract import json_schemas
+    from pipeline.jobs.contract import json_schemas
 
     schemas = json_schemas()
     if args.out is None:

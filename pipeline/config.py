@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from pipeline.aws import Calls
+from pipeline.cloud.aws import Calls
 
 
 def _default_worker_id() -> str:
@@ -70,7 +70,7 @@ class Settings(BaseSettings):
 
     # Throughput. A worker holds up to max_jobs_in_flight jobs; their text chunks share model calls
     # of up to max_batch items, closed when full or when the oldest item has waited batch_wait_ms
-    # (pipeline/batcher.py). Items in one call stay within batch_max_length_ratio of each other.
+    # (pipeline/tts/batcher.py). Items in one call stay within batch_max_length_ratio of each other.
     # max_batch unset: 8 on a GPU (batching amortises kernel launches: 2-4x measured), 1 on a CPU
     # (compute-bound: a batch only adds padding; see docs/benchmarks.md).
     max_jobs_in_flight: int = Field(default=4, ge=1, le=256)
@@ -155,7 +155,7 @@ class Settings(BaseSettings):
     # The most a request may read of one job's audio (the API's answer, the console's waveform).
     console_max_audio_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
 
-    # Test and fault-injection hooks (pipeline/faults.py). Off by default; only the worker's own
+    # Test and fault-injection hooks (pipeline/runtime/faults.py). Off by default; only the worker's own
     # environment can turn them on, never a manifest.
     fault_dir: Path | None = None
     fault_chunk_delay_s: float = Field(default=0.0, ge=0)
@@ -176,7 +176,7 @@ class Settings(BaseSettings):
     @field_validator("voice_prefixes", "lexicon_prefixes")
     @classmethod
     def _check_prefixes(cls, value: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
-        from pipeline.keys import PIPELINE_PREFIXES
+        from pipeline.jobs.keys import PIPELINE_PREFIXES
 
         name = f"TTS_{(info.field_name or '').upper()}"
         if not value:

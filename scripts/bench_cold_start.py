@@ -32,9 +32,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline import localstack_host  # noqa: E402
-from pipeline.bootstrap import bootstrap  # noqa: E402
 from pipeline.models.bundle import Bundle, content_version, inventory  # noqa: E402
+from pipeline.ops import localstack_host  # noqa: E402
+from pipeline.ops.bootstrap import bootstrap  # noqa: E402
 
 BUCKET = "bench-models"
 OUT = ROOT / ".cache" / "bench" / "cold_start.json"

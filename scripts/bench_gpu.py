@@ -9,7 +9,7 @@ Measures, in one process and one run (so ratios are fair):
 2. the project's engine on the same job at batch 1: eager, compiled (``torch.compile`` default
    mode) and with CUDA graphs (``reduce-overhead``; GPU only);
 3. jobs/hour and RTF per job with 1, 4, 8 and 16 jobs in flight through the batcher (each job:
-   plan, chunks through ``pipeline.batcher``, assemble: what ``pipeline.worker.render`` does per job), on
+   plan, chunks through ``pipeline.tts.batcher``, assemble: what ``pipeline.worker.render`` does per job), on
    12 s jobs and on a mix of 3-33 word jobs;
 4. word-alignment scoring of 10 s of audio: onnxruntime on the CPU (CPU workers) vs the same
    model in torch on the model's device (GPU workers);
@@ -50,8 +50,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.batcher import Batcher, Work  # noqa: E402
 from pipeline.tts import compiler  # noqa: E402
+from pipeline.tts.batcher import Batcher, Work  # noqa: E402
 from pipeline.tts.engine import F5Engine, Reference, SynthesisRequest  # noqa: E402
 from pipeline.tts.sampler import Item  # noqa: E402
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pipeline import localstack_host
+from pipeline.ops import localstack_host
 from tests.helpers import (
     BUCKET,
     QUEUE,
@@ -116,14 +116,14 @@ def aws_env(localstack: localstack_host.Instance, tmp_path_factory: pytest.TempP
 
 @pytest.fixture(scope="session")
 def s3(aws_env: dict[str, str]) -> Any:
-    from pipeline.aws import sync_client
+    from pipeline.cloud.aws import sync_client
 
     return sync_client("s3")
 
 
 @pytest.fixture(scope="session")
 def sqs(aws_env: dict[str, str]) -> Any:
-    from pipeline.aws import sync_client
+    from pipeline.cloud.aws import sync_client
 
     return sync_client("sqs")
 

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from pipeline import localstack_host
+from pipeline.ops import localstack_host
 
 BIN = Path(sys.executable).parent
 TTS = str(BIN / "tts-pipeline")
@@ -46,7 +46,7 @@ def reference_voice_path() -> Path:
 
 def s3_event(bucket: str, key: str) -> str:
     """An S3 ObjectCreated notification body, as S3 puts it on the queue (for duplicate deliveries)."""
-    from pipeline.contract import utcnow
+    from pipeline.jobs.contract import utcnow
 
     record = {
         "eventSource": "aws:s3",
@@ -58,7 +58,7 @@ def s3_event(bucket: str, key: str) -> str:
 
 
 class Holds:
-    """The test side of pipeline/faults.py: hold a job at a chunk boundary until released, so a
+    """The test side of pipeline/runtime/faults.py: hold a job at a chunk boundary until released, so a
     test acts on a running job without depending on how fast this machine synthesises."""
 
     def __init__(self, root: Path) -> None:
@@ -255,7 +255,7 @@ def start_console(env: dict[str, str], log: Path, **settings: str) -> tuple[subp
 
 def outputs_left(s3: Any, job_id: str, want: list[str], bucket: str = BUCKET, timeout_s: float = 120) -> list[str]:
     """The keys under ``outputs/<job_id>/`` once the job's ending has removed what it no longer
-    needs: that removal comes right after the final status (pipeline/outputs.py), so a test that
+    needs: that removal comes right after the final status (pipeline/jobs/outputs.py), so a test that
     has just seen the status waits for the listing to become ``want`` (a hang guard, not a timer)."""
 
     def listing() -> list[str]:

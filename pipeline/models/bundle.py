@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.contract import utcnow
+from pipeline.jobs.contract import utcnow
 
 BUNDLE_FILE = "bundle.json"
 _CHUNK = 8 * 1024 * 1024

@@ -46,8 +46,9 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from pipeline import aws, keys
+from pipeline.cloud import aws
 from pipeline.config import Settings, sse_params
+from pipeline.jobs import keys
 from pipeline.models.bundle import BUNDLE_FILE, Bundle, sha256_file, verify
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ voice is downloaded:
   turn. Pure and cheap; raises ``ScriptError`` with the job's error code.
 - ``Analysis.plan``: packs each run's sentences into chunks within the voice's budget and lays
   pauses between them. The plan is deterministic: the same manifest and voices always give the
-  same pieces, which is what lets a retried job find its earlier attempt's chunks (``pipeline.chunks``).
+  same pieces, which is what lets a retried job find its earlier attempt's chunks (``pipeline.jobs.chunks``).
 
 Offsets in tokens are into the turn's own text (for a plain ``text`` job, the manifest's text).
 """
@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from pipeline.contract import ErrorCode, Manifest, Segment
+from pipeline.jobs.contract import ErrorCode, Manifest, Segment
 from pipeline.text import languages, markup, normalize, plan
 from pipeline.text.tokens import Token
 

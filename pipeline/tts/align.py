@@ -9,7 +9,7 @@ over fixed 34 s windows):
 - **onnx** (CPU workers, CI): onnxruntime on the CPU, inside the aligner's child process.
 - **torch** (GPU workers): the same model as transformers weights (the bundle's
   ``aligner.torch_dir``) on the model's device. ``generate_emissions`` itself still cuts the windows
-  and assembles the emissions; its ``session.run`` goes to the batcher (``pipeline.batcher``), which
+  and assembles the emissions; its ``session.run`` goes to the batcher (``pipeline.tts.batcher``), which
   scores windows of several jobs in one call (every window has the same length, so a job's
   emissions cannot depend on its batch-mates). Measured for a model of this size: 0.02 s per 10 s
   of audio on an H100 in fp16, vs 0.6-1.9 s on CPU.
@@ -44,7 +44,7 @@ import numpy as np
 from pipeline.tts import audio as audio_utils
 
 if TYPE_CHECKING:
-    from pipeline.batcher import Batcher
+    from pipeline.tts.batcher import Batcher
 
 log = logging.getLogger(__name__)
 
@@ -221,8 +221,8 @@ class BatchedEmitter:
 
     def run(self, output_names: list[str], inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         """The part of ``onnxruntime.InferenceSession`` that ``generate_emissions`` uses."""
-        from pipeline.batcher import Work
-        from pipeline.logs import job_id_var
+        from pipeline.runtime.logs import job_id_var
+        from pipeline.tts.batcher import Work
 
         owner = job_id_var.get()  # copied into this thread by asyncio.to_thread
 

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline import metrics
+from pipeline.runtime import metrics
 from pipeline.tts import sampler
 
 if TYPE_CHECKING:

@@ -11,7 +11,7 @@ differences a queue worker needs:
   ``plan`` (a job's text chunks, chunk ``i`` seeded ``seed + i``), ``run_batch`` (any chunks with
   the same nfe/cfg, one CFM call with per-item noise and masked padding: ``pipeline.tts.sampler``)
   and ``assemble`` (a job's chunks cross-faded exactly as F5-TTS joins them). The worker drives
-  them through ``pipeline.batcher``; ``synthesize`` runs one request on its own.
+  them through ``pipeline.tts.batcher``; ``synthesize`` runs one request on its own.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from typing import Any, Literal
 import numpy as np
 import soundfile as sf
 
-from pipeline import metrics
 from pipeline.models.bundle import Bundle
+from pipeline.runtime import metrics
 from pipeline.tts import audio as audio_utils
 from pipeline.tts import sampler
 
@@ -385,7 +385,7 @@ class F5Engine:
         self, requests: Sequence[SynthesisRequest], progress: ProgressFn | None = None, *, max_batch: int = 1
     ) -> list[SynthesisResult]:
         """Each request on its own, its chunks ``max_batch`` at a time (1: chunk by chunk, progress
-        after each). The worker goes through ``pipeline.batcher`` instead, which batches across jobs."""
+        after each). The worker goes through ``pipeline.tts.batcher`` instead, which batches across jobs."""
         out = []
         with self._lock:
             for req in requests:

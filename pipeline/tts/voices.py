@@ -26,9 +26,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
-from pipeline import keys
-from pipeline.contract import utcnow
-from pipeline.store import NotFound, PreconditionFailed, Store, TooLarge
+from pipeline.cloud.store import NotFound, PreconditionFailed, Store, TooLarge
+from pipeline.jobs import keys
+from pipeline.jobs.contract import utcnow
 from pipeline.tts import audio as audio_utils
 
 log = logging.getLogger(__name__)

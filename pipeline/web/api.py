@@ -44,11 +44,12 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pipeline import client, keys
+from pipeline.client import jobs as client
+from pipeline.cloud.store import NotFound, Store, TooLarge
 from pipeline.config import Settings
-from pipeline.contract import JobResult, JobState, JobStatus, Manifest, OutputFormat, Priority
-from pipeline.state import request_cancel
-from pipeline.store import NotFound, Store, TooLarge
+from pipeline.jobs import keys
+from pipeline.jobs.contract import JobResult, JobState, JobStatus, Manifest, OutputFormat, Priority
+from pipeline.jobs.state import request_cancel
 from pipeline.tts.voices import VoiceError, VoiceLibrary, is_name
 from pipeline.web import encoders
 from pipeline.web.stream import ChunkFollower, StreamFailed, StreamStalled

@@ -14,8 +14,8 @@ from typing import Any
 
 from aiohttp import web
 
+from pipeline.cloud.store import Store
 from pipeline.config import Settings
-from pipeline.store import Store
 from pipeline.web.api import SpeechApi
 from pipeline.web.console import Console
 from pipeline.web.guard import Guard, allowed_hosts, is_loopback
@@ -62,7 +62,7 @@ def check_binding(settings: Settings, host: str) -> None:
 
 async def serve(settings: Settings, host: str, port: int, ready: Callable[[str], Any] | None = None) -> None:
     """Until cancelled (SIGINT/SIGTERM end ``asyncio.run``)."""
-    from pipeline.store import open_store
+    from pipeline.cloud.store import open_store
 
     check_binding(settings, host)
     async with open_store(settings, "console") as store:

@@ -53,11 +53,12 @@ from typing import Any
 from aiohttp import BodyPartReader, web
 from pydantic import ValidationError
 
-from pipeline import client, keys
+from pipeline.client import jobs as client
+from pipeline.cloud.store import NotFound, Store, TooLarge
 from pipeline.config import Settings
-from pipeline.contract import JobResult, JobState, JobStatus, Manifest, utcnow
-from pipeline.state import request_cancel
-from pipeline.store import NotFound, Store, TooLarge
+from pipeline.jobs import keys
+from pipeline.jobs.contract import JobResult, JobState, JobStatus, Manifest, utcnow
+from pipeline.jobs.state import request_cancel
 from pipeline.tts import audio as audio_utils
 from pipeline.tts.voices import VoiceError, VoiceLibrary, is_name
 from pipeline.web import encoders

@@ -1,6 +1,6 @@
 """A job's audio while it renders: its durable chunks re-joined into the final samples, in order.
 
-How the server learns a chunk is ready: it lists the job's chunk prefix (``pipeline.chunks``)
+How the server learns a chunk is ready: it lists the job's chunk prefix (``pipeline.jobs.chunks``)
 every ``TTS_API_STREAM_POLL_S``, starting after the last chunk it has, and reads the status
 alongside. The worker writes a chunk's record last, so a listed record means a complete chunk; the
 record says where the chunk goes (``ordinal``, ``start``, ``cross_fade``), and ``Joiner`` (the
@@ -36,11 +36,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import soundfile as sf
 
-from pipeline import chunks as chunk_io
-from pipeline import client, keys, metrics
-from pipeline.chunks import ChunkRecord, ChunkStore
-from pipeline.contract import JobState, JobStatus
-from pipeline.store import NotFound, Store, TooLarge
+from pipeline.client import jobs as client
+from pipeline.cloud.store import NotFound, Store, TooLarge
+from pipeline.jobs import chunks as chunk_io
+from pipeline.jobs import keys
+from pipeline.jobs.chunks import ChunkRecord, ChunkStore
+from pipeline.jobs.contract import JobState, JobStatus
+from pipeline.runtime import metrics
 from pipeline.tts.assembler import Joiner, pcm16
 from pipeline.tts.engine import CROSS_FADE_S, SAMPLE_RATE
 

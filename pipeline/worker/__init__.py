@@ -14,8 +14,8 @@
 ``failures``              ``JobFailed``: a job that cannot be done, with its error code
 ========================  ======================================================================
 
-Shared with the rest of the pipeline: the ledger (``pipeline.state``), the outputs rule
-(``pipeline.outputs``), notifications (``pipeline.notify``), durable chunks (``pipeline.chunks``).
+Shared with the rest of the pipeline: the ledger (``pipeline.jobs.state``), the outputs rule
+(``pipeline.jobs.outputs``), notifications (``pipeline.cloud.notify``), durable chunks (``pipeline.jobs.chunks``).
 """
 
 from pipeline.worker.serve import ConfigError, check_retention, serve

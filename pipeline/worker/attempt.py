@@ -4,7 +4,7 @@ An ``Attempt`` is made when a claim succeeds and dropped when its message is ack
 holds the claim (the status it wrote and its ETag), the SQS delivery that carries the job (the
 receipt handle is refreshed if the same message is delivered to this worker again), the signals
 that may stop it early, and what it has written so far, which decides what its ending may remove
-(``pipeline.outputs``):
+(``pipeline.jobs.outputs``):
 
 - ``uploaded``: its own files (``outputs/<job>/attempt-<n>.*``) that it began to write;
 - ``chunks``: the durable chunks it wrote;
@@ -21,10 +21,10 @@ import asyncio
 from dataclasses import dataclass, field
 from enum import Enum
 
+from pipeline.cloud.consumer import Message
+from pipeline.cloud.store import Store
 from pipeline.config import Settings
-from pipeline.consumer import Message
-from pipeline.state import Claim
-from pipeline.store import Store
+from pipeline.jobs.state import Claim
 from pipeline.worker.signals import Abort, CancelPoll, Deadline, Progress, ShutdownGrace
 
 

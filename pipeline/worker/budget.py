@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pipeline.config import Settings
-from pipeline.contract import ErrorCode
+from pipeline.jobs.contract import ErrorCode
 from pipeline.text.script import Piece
 from pipeline.tts.engine import Reference
 from pipeline.tts.sampler import HOP_LENGTH, generated_frames

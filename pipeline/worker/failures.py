@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import NoReturn
 
-from pipeline.contract import ErrorCode
+from pipeline.jobs.contract import ErrorCode
 
 
 class JobFailed(Exception):

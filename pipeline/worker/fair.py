@@ -16,8 +16,8 @@ from __future__ import annotations
 import bisect
 from collections import deque
 
-from pipeline.consumer import Message
-from pipeline.events import UnrecognisedMessage, parse_message_body
+from pipeline.cloud.consumer import Message
+from pipeline.cloud.events import UnrecognisedMessage, parse_message_body
 
 ANONYMOUS = ""
 

@@ -3,7 +3,7 @@ analysis, and the reference voices.
 
 Every check that can fail a job fails it here, with a specific code, before the expensive work.
 Every key comes from a client (the manifest) or a stored document (a voice library record) and is
-validated where it is used (``pipeline.keys``).
+validated where it is used (``pipeline.jobs.keys``).
 """
 
 from __future__ import annotations
@@ -15,16 +15,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline import keys
-from pipeline.batcher import BULK, INTERACTIVE
+from pipeline.cloud.store import NotFound, Store, TooLarge
 from pipeline.config import Settings
-from pipeline.contract import ErrorCode, Manifest, ManifestError, Priority, parse_manifest
-from pipeline.store import NotFound, Store, TooLarge
+from pipeline.jobs import keys
+from pipeline.jobs.contract import ErrorCode, Manifest, ManifestError, Priority, parse_manifest
 from pipeline.text import lexicon as lexicons
 from pipeline.text import script
 from pipeline.text.languages import AUTO
 from pipeline.text.script import Analysis
 from pipeline.tts import audio as audio_utils
+from pipeline.tts.batcher import BULK, INTERACTIVE
 from pipeline.tts.voices import UnusableRecord, VoiceLibrary, VoiceRecord
 from pipeline.worker import budget
 from pipeline.worker.failures import fail

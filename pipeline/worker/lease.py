@@ -32,10 +32,10 @@ import time
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
-from pipeline.consumer import Message, Queue
-from pipeline.faults import NO_FAULTS, FaultHooks
-from pipeline.logs import job_id_var
-from pipeline.state import Ledger, LostClaim
+from pipeline.cloud.consumer import Message, Queue
+from pipeline.jobs.state import Ledger, LostClaim
+from pipeline.runtime.faults import NO_FAULTS, FaultHooks
+from pipeline.runtime.logs import job_id_var
 from pipeline.worker.attempt import Attempt
 from pipeline.worker.signals import AbortReason
 

@@ -28,11 +28,11 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
-from pipeline import metrics
-from pipeline.aws import is_missing_resource, is_transient
+from pipeline.cloud.aws import is_missing_resource, is_transient
+from pipeline.cloud.consumer import Message, Queue
+from pipeline.cloud.events import UnrecognisedMessage, parse_message_body
 from pipeline.config import Settings
-from pipeline.consumer import Message, Queue
-from pipeline.events import UnrecognisedMessage, parse_message_body
+from pipeline.runtime import metrics
 from pipeline.worker.fair import WaitingRoom, submitter_of
 from pipeline.worker.runner import Ack, Decision, JobRunner
 

@@ -1,10 +1,10 @@
 """Publishing a finished job: audio and subtitles, then the result, in that order.
 
-The order is the exactly-once guarantee's last half (the claim in ``pipeline.state`` is the
+The order is the exactly-once guarantee's last half (the claim in ``pipeline.jobs.state`` is the
 first): outputs are durable before the result names them, and the result is written with
 ``If-None-Match: *``, so the first result is the only result. The result is the commit point:
 from the moment it exists the job is COMPLETED, whatever happens to the status write after it,
-and the outputs it names are never removed (``pipeline.outputs``).
+and the outputs it names are never removed (``pipeline.jobs.outputs``).
 
 Before uploading, the claim is re-asserted (a worker paused past its lease must not even start).
 Each output is created once (``Store.put_new``): a retry that meets what its own lost try wrote is
@@ -21,9 +21,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeVar
 
-from pipeline import keys
+from pipeline.cloud.store import PreconditionFailed, Store
 from pipeline.config import Settings
-from pipeline.contract import (
+from pipeline.jobs import keys
+from pipeline.jobs.contract import (
     AudioInfo,
     JobResult,
     Manifest,
@@ -34,10 +35,9 @@ from pipeline.contract import (
     WordTiming,
     utcnow,
 )
-from pipeline.faults import NO_FAULTS, FaultHooks
-from pipeline.outputs import named_keys, unneeded
-from pipeline.state import Ledger
-from pipeline.store import PreconditionFailed, Store
+from pipeline.jobs.outputs import named_keys, unneeded
+from pipeline.jobs.state import Ledger
+from pipeline.runtime.faults import NO_FAULTS, FaultHooks
 from pipeline.tts import subtitles
 from pipeline.worker.attempt import Attempt, ResultState
 from pipeline.worker.render import Rendered

@@ -24,7 +24,7 @@ the fewest failed checks, then the earliest). Try 0 keeps the chunk's usual seed
 chunks pass is the job it was without the gate. Everything is deterministic: a resumed attempt
 re-plans the same seeds, and a chunk made durable carries its verdict (``ChunkRecord.quality``:
 tries, kept try, seed, score, transcript), reused as is. The policy (``Policy.tag``) is part of the
-chunk's digest (``pipeline.chunks.ChunkSpec``); the kept try is not: it is an outcome, recorded.
+chunk's digest (``pipeline.jobs.chunks.ChunkSpec``); the kept try is not: it is an outcome, recorded.
 
 The policy: a manifest's ``quality`` (false: off; an object: its fields) over the worker's
 ``TTS_QUALITY_*``. By default chunks are transcribed only where the bundle's ASR model has real
@@ -47,12 +47,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from rapidfuzz.distance import Levenshtein
 
-from pipeline import metrics
-from pipeline.batcher import BULK, Batcher, Work
-from pipeline.contract import ChunkQuality, QualitySpec, QualitySummary
-from pipeline.faults import NO_FAULTS, FaultHooks
+from pipeline.jobs.contract import ChunkQuality, QualitySpec, QualitySummary
+from pipeline.runtime import metrics
+from pipeline.runtime.faults import NO_FAULTS, FaultHooks
 from pipeline.text import normalize, zh
 from pipeline.tts import audio as audio_utils
+from pipeline.tts.batcher import BULK, Batcher, Work
 
 if TYPE_CHECKING:
     from pipeline.config import Settings

@@ -1,10 +1,10 @@
 """Rendering one job: reference preparation, then synthesis, alignment and encoding, chunk by chunk.
 
 Rendering walks the job's pieces (``pipeline.text.script``: chunks of speech and pauses) in order.
-Chunks go through the batcher (``pipeline.batcher``), at most ``max_batch`` of a job in flight so a
+Chunks go through the batcher (``pipeline.tts.batcher``), at most ``max_batch`` of a job in flight so a
 long text cannot crowd out other jobs. Each finished chunk is aligned on its own (word timings
 shifted into the job's timeline, so alignment cost and memory stay per chunk), made durable in S3
-(``pipeline.chunks``: listen early, resume after a crash) and streamed into the output file
+(``pipeline.jobs.chunks``: listen early, resume after a crash) and streamed into the output file
 (``pipeline.tts.assembler``): memory stays bounded however long the text. Chunks an earlier
 attempt made durable are reused instead of synthesised. Everything else runs off the event loop in
 threads, so heartbeats, other jobs' downloads and the next batch's assembly overlap the model.
@@ -27,12 +27,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline import chunks as chunk_io
-from pipeline import memory, metrics
-from pipeline.batcher import Batcher, Work
-from pipeline.chunks import ChunkRecord, ChunkSpec, ChunkStore
+from pipeline.cloud.store import Store
 from pipeline.config import Settings
-from pipeline.contract import (
+from pipeline.jobs import chunks as chunk_io
+from pipeline.jobs.chunks import ChunkRecord, ChunkSpec, ChunkStore
+from pipeline.jobs.contract import (
     ChunkQuality,
     ErrorCode,
     PauseTiming,
@@ -44,13 +43,14 @@ from pipeline.contract import (
     WarningCode,
     WordTiming,
 )
-from pipeline.faults import NO_FAULTS, FaultHooks
-from pipeline.store import Store
+from pipeline.runtime import memory, metrics
+from pipeline.runtime.faults import NO_FAULTS, FaultHooks
 from pipeline.text import script, zh
 from pipeline.text.script import Piece
 from pipeline.tts import sampler
 from pipeline.tts.align import AlignmentImpossible
 from pipeline.tts.assembler import StreamingAssembler
+from pipeline.tts.batcher import Batcher, Work
 from pipeline.tts.engine import CROSS_FADE_S, SAMPLE_RATE, EngineError, Reference, chunk_budget
 from pipeline.tts.voices import VoiceError, VoiceLibrary, VoiceRecord
 from pipeline.worker import budget, quality
@@ -64,7 +64,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Long jobs give freed chunk buffers back to the OS every this many chunks (pipeline/memory.py).
+# Long jobs give freed chunk buffers back to the OS every this many chunks (pipeline/runtime/memory.py).
 TRIM_EVERY = 8
 
 

@@ -17,8 +17,8 @@ died: looked at again when the lease would lapse). Otherwise the claim makes an 
    (``render``), then publishing (``publish``): outputs, then the result, the commit point;
 3. the ending, still under the heartbeat (the lease renewed, the message invisible): the final
    status, conditional on the claim (a worker that lost the job writes nothing and removes
-   nothing), then what the job no longer needs is removed (``pipeline.outputs``), then the
-   notification (``pipeline.notify``). Or, for a shutdown or a transient error with deliveries
+   nothing), then what the job no longer needs is removed (``pipeline.jobs.outputs``), then the
+   notification (``pipeline.cloud.notify``). Or, for a shutdown or a transient error with deliveries
    left, the job is handed back (QUEUED) with a delay.
 
 What becomes of the SQS message is returned as a ``Decision``: the loop (``pipeline.worker.loop``)
@@ -45,11 +45,14 @@ from enum import Enum
 from pathlib import Path
 from typing import TypeVar
 
-from pipeline import keys, metrics
-from pipeline.aws import is_missing_resource, is_transient
+from pipeline.cloud.aws import is_missing_resource, is_transient
+from pipeline.cloud.consumer import Message, Queue
+from pipeline.cloud.events import ObjectCreated
+from pipeline.cloud.notify import Notifier, ensure_notified, record_in
+from pipeline.cloud.store import PreconditionFailed, Store
 from pipeline.config import Settings
-from pipeline.consumer import Message, Queue
-from pipeline.contract import (
+from pipeline.jobs import keys
+from pipeline.jobs.contract import (
     ErrorCode,
     JobErrorInfo,
     JobState,
@@ -61,12 +64,10 @@ from pipeline.contract import (
     WarningCode,
     utcnow,
 )
-from pipeline.events import ObjectCreated
-from pipeline.logs import job_id_var
-from pipeline.notify import Notifier, ensure_notified, record_in
-from pipeline.outputs import JobOutputs
-from pipeline.state import ClaimResult, Ledger, LostClaim, Seen
-from pipeline.store import PreconditionFailed, Store
+from pipeline.jobs.outputs import JobOutputs
+from pipeline.jobs.state import ClaimResult, Ledger, LostClaim, Seen
+from pipeline.runtime import metrics
+from pipeline.runtime.logs import job_id_var
 from pipeline.tts.engine import Reference
 from pipeline.worker.attempt import Attempt, ResultState
 from pipeline.worker.failures import JobFailed

@@ -22,16 +22,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pipeline import metrics
-from pipeline.aws import is_transient
-from pipeline.batcher import Batcher, Runner, model_thread
+from pipeline.cloud.aws import is_transient
+from pipeline.cloud.consumer import Queue
+from pipeline.cloud.notify import Notifier
+from pipeline.cloud.store import open_store
 from pipeline.config import Settings
-from pipeline.consumer import Queue
-from pipeline.contract import ModelInfo
-from pipeline.faults import FaultHooks
-from pipeline.notify import Notifier
-from pipeline.state import Ledger
-from pipeline.store import open_store
+from pipeline.jobs.contract import ModelInfo
+from pipeline.jobs.state import Ledger
+from pipeline.runtime import metrics
+from pipeline.runtime.faults import FaultHooks
+from pipeline.tts.batcher import Batcher, Runner, model_thread
 from pipeline.worker.inputs import Inputs
 from pipeline.worker.lease import Heartbeat
 from pipeline.worker.loop import RECEIVE_BACKOFF_S, Worker
@@ -41,9 +41,9 @@ from pipeline.worker.runner import JobRunner
 if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor
 
+    from pipeline.cloud.store import Store
     from pipeline.models.bundle import Bundle
     from pipeline.models.cache import SyncReport
-    from pipeline.store import Store
     from pipeline.tts.align import Aligner
     from pipeline.tts.engine import F5Engine
 

@@ -17,9 +17,9 @@ import logging
 import time
 from enum import Enum
 
-from pipeline import keys
-from pipeline.contract import Progress as ProgressDoc
-from pipeline.store import Store
+from pipeline.cloud.store import Store
+from pipeline.jobs import keys
+from pipeline.jobs.contract import Progress as ProgressDoc
 
 log = logging.getLogger(__name__)
 

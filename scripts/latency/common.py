@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
 
-from pipeline import localstack_host
+from pipeline.ops import localstack_host
 
 TTS = str(Path(sys.executable).parent / "tts-pipeline")
 VOICE = "bench-voice"

@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from pipeline import localstack_host  # noqa: E402
+from pipeline.ops import localstack_host  # noqa: E402
 
 BIN = Path(sys.executable).parent
 TTS = str(BIN / "tts-pipeline")
@@ -210,7 +210,7 @@ class Floor:
     """The minimal calls of one job, on ``threads`` threads, as fast as they go."""
 
     def __init__(self, bucket: str, queue: str, bodies: dict[str, bytes], threads: int) -> None:
-        from pipeline.aws import sync_client
+        from pipeline.cloud.aws import sync_client
 
         self.bucket, self.bodies = bucket, bodies
         self.s3, self.sqs = sync_client("s3"), sync_client("sqs")
@@ -340,8 +340,8 @@ def run(
     try:
         from importlib.resources import files
 
-        from pipeline.aws import sync_client
-        from pipeline.bootstrap import bootstrap
+        from pipeline.cloud.aws import sync_client
+        from pipeline.ops.bootstrap import bootstrap
 
         s3, sqs = sync_client("s3"), sync_client("sqs")
         voice = Path(str(files("f5_tts").joinpath("infer/examples/basic/basic_ref_en.wav"))).read_bytes()

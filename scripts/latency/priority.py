@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 import boto3  # noqa: E402
 
-from pipeline.contract import utcnow  # noqa: E402
+from pipeline.jobs.contract import utcnow  # noqa: E402
 
 TTS = str(ROOT / ".venv" / "bin" / "tts-pipeline")
 OUT = ROOT / ".cache" / "bench" / "priority.json"

@@ -58,10 +58,10 @@ def _request(openai: Any, url: str, fmt: str, s: Stack) -> dict[str, float]:
 async def _poll_cost(s: Stack, rounds: int = 100) -> dict[str, float]:
     import os
 
-    from pipeline import client
-    from pipeline.chunks import ChunkStore
+    from pipeline.client import jobs as client
+    from pipeline.cloud.store import open_store
     from pipeline.config import Settings
-    from pipeline.store import open_store
+    from pipeline.jobs.chunks import ChunkStore
 
     os.environ.update({k: v for k, v in s.env.items() if k.startswith(("AWS_", "TTS_"))})
     settings = Settings()

@@ -66,7 +66,7 @@ _HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length
 KINDS = {"dropped": 0.4, "reset": 0.2, "lost": 0.2, "truncated": 0.2}
 BEFORE_KINDS = ("dropped", "reset", "brownout")
 AFTER_KINDS = ("lost", "truncated", "hang", "kill", "stop")
-BROWNOUT_COUNT = 6  # pipeline.aws.MAX_ATTEMPTS: one call's whole retry budget
+BROWNOUT_COUNT = 6  # pipeline.cloud.aws.MAX_ATTEMPTS: one call's whole retry budget
 _AGENT_RE = re.compile(r"tts-pipeline/(\w+)")
 _KEY_ID_RE = re.compile(r"Credential=([^/,\s]+)/")
 _JOB_KEY_RE = re.compile(r"^(?:inbox|status|results)/([^/]+)\.json$|^(?:outputs|voices)/([^/]+)/|^cancel/([^/]+)$")

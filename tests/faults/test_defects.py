@@ -195,7 +195,7 @@ def test_d4_a_job_cancelled_while_queued_and_one_the_reconciler_expires_are_noti
     CANCELLED at once), and a manifest whose event was lost is expired by the reconciler. Both
     final states reach the topic's subscriber, once each, whoever meets them first (the
     reconciler's pass, or the worker that meets the cancelled job's message when it starts)."""
-    from pipeline.aws import sync_client
+    from pipeline.cloud.aws import sync_client
 
     bucket = stack["TTS_BUCKET"]
     topic, read = _notifications(sqs, sync_client("sns"), f"{bucket}-events")

@@ -25,7 +25,7 @@ import soundfile as sf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.contract import ErrorCode
+from pipeline.jobs.contract import ErrorCode
 from tests.faults.conftest import audio_key, generations, queue_drained, versions, visible_outputs
 from tests.helpers import (
     REF_TEXT,
@@ -329,8 +329,8 @@ async def test_connection_resets_and_truncated_bodies_are_retried(
     connection is reset twice, a download whose body is cut in half twice (after LocalStack
     served it), an SQS send reset once and answered-then-lost once. Each call succeeds on its
     own retries with the right bytes, and the proxy saw every fault."""
-    from pipeline.consumer import Queue
-    from pipeline.store import Store
+    from pipeline.cloud.consumer import Queue
+    from pipeline.cloud.store import Store
 
     bucket = stack["TTS_BUCKET"]
     endpoint, stats_file = proxy(0.0)
@@ -675,7 +675,7 @@ def test_bad_input_corpus_each_fails_with_a_specific_code_and_the_worker_stays_u
 
 @pytest.fixture(scope="module")
 def fuzz_env(make_stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from pipeline.aws import sync_client
+    from pipeline.cloud.aws import sync_client
     from tests.faults.conftest import FAST, FIGURES_DIR
     from tests.helpers import aws, reference_voice_path, start_worker, stop_worker, wait_ready
 

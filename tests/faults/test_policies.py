@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 import yaml
 
-from pipeline.contract import JobState, JobStatus, Priority, utcnow
+from pipeline.jobs.contract import JobState, JobStatus, Priority, utcnow
 from tests.faults.conftest import FAST
 from tests.faults.proxy import ProxyProcess
 from tests.helpers import (
@@ -176,7 +176,7 @@ def _manifest(**fields: Any) -> dict[str, Any]:
 def traced(
     make_stack: Any, localstack: Any, s3: Any, sqs: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[list[dict[str, Any]], dict[str, str]]]:
-    from pipeline.aws import sync_client
+    from pipeline.cloud.aws import sync_client
 
     tmp = tmp_path_factory.mktemp("policies")
     stack = make_stack(NAME)

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from pipeline import localstack_host
+from pipeline.ops import localstack_host
 from tests.helpers import (
     REF_TEXT,
     TTS,
@@ -39,7 +39,7 @@ NAME = "cfn-jobs"
 
 @pytest.fixture(scope="module")
 def stack(aws_env: dict[str, str], tiny_bundle: Path) -> dict[str, str]:
-    from pipeline.aws import sync_client
+    from pipeline.cloud.aws import sync_client
 
     cfn = sync_client("cloudformation")
     cfn.create_stack(
@@ -74,7 +74,7 @@ def test_bootstrap_finds_nothing_to_change_on_a_stack_from_the_template(stack: d
 @pytest.fixture(scope="module")
 def notifications(stack: dict[str, str], sqs: Any) -> str:
     """An SQS queue subscribed to the stack's SNS topic (raw delivery), as a consumer would."""
-    from pipeline.aws import sync_client
+    from pipeline.cloud.aws import sync_client
 
     url = sqs.create_queue(QueueName="cfn-notifications")["QueueUrl"]
     arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
@@ -141,8 +141,8 @@ def test_presigned_urls_expire_when_signatures_are_checked(tmp_path: Path, aws_e
     import asyncio
     import os
 
-    from pipeline.bootstrap import bootstrap
-    from pipeline.store import Store
+    from pipeline.cloud.store import Store
+    from pipeline.ops.bootstrap import bootstrap
 
     state = tmp_path / "ls-sig"
     os.environ["S3_SKIP_SIGNATURE_VALIDATION"] = "0"

@@ -426,7 +426,7 @@ def test_voice_names_with_control_characters_are_refused(open_door: str, s3: Any
 
 def _plant_result(s3: Any, job: str, audio_key: str) -> None:
     """A COMPLETED status and a well-formed result whose outputs are another job's."""
-    from pipeline.contract import AudioInfo, JobResult, JobState, JobStatus, ModelInfo, StageTimings, utcnow
+    from pipeline.jobs.contract import AudioInfo, JobResult, JobState, JobStatus, ModelInfo, StageTimings, utcnow
 
     status = JobStatus.new(job).moved_to(JobState.PROCESSING, worker="w").moved_to(JobState.COMPLETED)
     uri = f"s3://{DOOR}/{audio_key}"

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.contract import utcnow
+from pipeline.jobs.contract import utcnow
 from tests.helpers import (
     REF_TEXT,
     TTS,

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from pipeline.config import Settings
-from pipeline.contract import JobState, JobStatus, utcnow
-from pipeline.reconcile import reconcile_once
+from pipeline.jobs.contract import JobState, JobStatus, utcnow
+from pipeline.ops.reconcile import reconcile_once
 from tests.helpers import (
     REF_TEXT,
     TTS,
@@ -173,7 +173,7 @@ def test_only_a_jobs_own_dead_letter_ends_it_and_a_result_completes_it_notified_
     letter ends it RETRIES_EXHAUSTED; a job whose result exists but whose final status write was
     lost ends COMPLETED. The two jobs it ends reach the topic's subscriber, once each, and a second
     pass publishes nothing more."""
-    from pipeline.aws import sync_client
+    from pipeline.cloud.aws import sync_client
 
     name = stack["TTS_BUCKET"]
     sns = sync_client("sns")
@@ -290,7 +290,7 @@ def _result(fields: dict[str, Any]) -> dict[str, Any]:
 def test_the_queue_keeps_messages_longer_than_the_ttl(stack: dict[str, str], sqs: Any) -> None:
     """Bootstrap sets SQS's maximum retention (its default, 4 days, is shorter than the 7-day TTL);
     the worker reads it at start-up and refuses a TTL longer than it."""
-    from pipeline.consumer import Queue
+    from pipeline.cloud.consumer import Queue
     from pipeline.worker import ConfigError, check_retention
 
     name = stack["TTS_QUEUE"]

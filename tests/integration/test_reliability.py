@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.contract import JobErrorInfo, JobState, JobStatus, utcnow
+from pipeline.jobs.contract import JobErrorInfo, JobState, JobStatus, utcnow
 from tests.helpers import (
     REF_TEXT,
     TTS,

@@ -7,10 +7,10 @@ from datetime import timedelta
 
 import pytest
 
-from pipeline import keys
-from pipeline.contract import JobErrorInfo, JobState, JobStatus, Progress, utcnow
-from pipeline.state import Claim, ClaimResult, Ledger, LostClaim, request_cancel
-from pipeline.store import PreconditionFailed, Store
+from pipeline.cloud.store import PreconditionFailed, Store
+from pipeline.jobs import keys
+from pipeline.jobs.contract import JobErrorInfo, JobState, JobStatus, Progress, utcnow
+from pipeline.jobs.state import Claim, ClaimResult, Ledger, LostClaim, request_cancel
 from tests.helpers import BUCKET
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,7 @@ FoundationDB's simulation and Jepsen, the faults go to *positions*:
    writes, the state written, with an occurrence number (the 2nd ``PutObject status→PROCESSING``
    is the re-assertion before publishing); and each kind of request the heartbeat makes (agent
    ``lease``: renewal, visibility extension, cancel poll), whose first occurrence is made certain
-   by holding the job (``pipeline/faults.py``) until it has happened.
+   by holding the job (``pipeline/runtime/faults.py``) until it has happened.
 2. **Cells.** For a position and a fault kind, the same job runs afresh (a job id of its own) with
    one fault point armed in the proxy: ``dropped``, ``reset``, ``lost``, ``truncated``,
    ``brownout`` (every retry of that call fails, then it recovers), ``hang`` (the answer never
@@ -61,9 +61,9 @@ from typing import Any
 import psutil
 import soundfile as sf
 
-from pipeline.aws import sync_client
+from pipeline.cloud.aws import sync_client
 from pipeline.config import Settings
-from pipeline.reconcile import reconcile_once
+from pipeline.ops.reconcile import reconcile_once
 from tests.faults.conftest import FAST
 from tests.faults.proxy import ProxyProcess
 from tests.helpers import (

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipeline.batcher import Batcher
 from pipeline.tts.align import Aligner, AlignmentImpossible, BatchedEmitter, ctc_runner, load_ctc_model
+from pipeline.tts.batcher import Batcher
 
 TEXT = "Hello world, this is a test of the pipeline."
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pipeline import chunks as chunk_io
+from pipeline.jobs import chunks as chunk_io
 from pipeline.tts import audio as audio_utils
 from pipeline.tts.assembler import Joiner, StreamingAssembler, pcm16
 

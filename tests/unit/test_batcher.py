@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipeline.batcher import Batcher, Work
-from pipeline.faults import FaultHooks, InjectedOutOfMemory
+from pipeline.runtime.faults import FaultHooks, InjectedOutOfMemory
+from pipeline.tts.batcher import Batcher, Work
 from pipeline.tts.engine import F5Engine, Reference
 from pipeline.tts.sampler import Item
 from tests.helpers import reference_voice
@@ -143,7 +143,7 @@ async def test_the_busy_history_stays_bounded_without_a_metrics_scrape(monkeypat
     """Issue 17, defect 9: metrics are off by default, so nothing reads the busy fraction; the
     history of model calls must still forget calls older than its window. 300 calls, one a
     (simulated) second, keep at most one window's worth."""
-    from pipeline import batcher as batcher_module
+    from pipeline.tts import batcher as batcher_module
 
     clock = [1000.0]
     monkeypatch.setattr(batcher_module.time, "monotonic", lambda: clock[0])
@@ -164,7 +164,7 @@ async def test_interactive_items_anchor_calls_before_older_bulk_items(engine: F5
     still first come, first served, and settings still never mix in one call."""
     from dataclasses import replace
 
-    from pipeline.batcher import INTERACTIVE
+    from pipeline.tts.batcher import INTERACTIVE
 
     rec = Recording(engine)
     batcher = Batcher({"synthesis": rec}, max_batch=1, max_wait_s=0)
@@ -185,7 +185,7 @@ async def test_interactive_mates_join_before_bulk_mates(engine: F5Engine, ref: R
     an interactive item waits."""
     from dataclasses import replace
 
-    from pipeline.batcher import INTERACTIVE
+    from pipeline.tts.batcher import INTERACTIVE
 
     rec = Recording(engine)
     batcher = Batcher({"synthesis": rec}, max_batch=2, max_wait_s=0, max_length_ratio=100)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from pipeline.contract import ManifestError, parse_manifest
+from pipeline.jobs.contract import ManifestError, parse_manifest
 from pipeline.models.bundle import Bundle
 from pipeline.text import languages, normalize, plan, script, zh
 from pipeline.tts import subtitles

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.contract import (
+from pipeline.jobs.contract import (
     ErrorCode,
     JobState,
     JobStatus,

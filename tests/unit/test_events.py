@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pipeline.events import UnrecognisedMessage, parse_message_body
+from pipeline.cloud.events import UnrecognisedMessage, parse_message_body
 
 
 def _record(key: str, event: str = "ObjectCreated:Put", bucket: str = "tts-jobs") -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from pipeline.consumer import Message
+from pipeline.cloud.consumer import Message
 from pipeline.worker.fair import ANONYMOUS, WaitingRoom, submitter_of
 
 

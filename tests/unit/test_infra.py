@@ -32,8 +32,8 @@ def test_compose_file_matches_the_compose_spec() -> None:
 def test_compose_mounts_the_same_init_hook_as_host_mode() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     mounts = compose["services"]["localstack"]["volumes"]
-    assert "./pipeline/bootstrap.py:/etc/localstack/init/ready.d/10_tts_bootstrap.py:ro" in mounts
-    assert (ROOT / "localstack/init/ready.d/10_tts_bootstrap.py").resolve() == (ROOT / "pipeline/bootstrap.py")
+    assert "./pipeline/ops/bootstrap.py:/etc/localstack/init/ready.d/10_tts_bootstrap.py:ro" in mounts
+    assert (ROOT / "localstack/init/ready.d/10_tts_bootstrap.py").resolve() == (ROOT / "pipeline/ops/bootstrap.py")
     gpu = compose["services"]["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["capabilities"] == ["gpu"] and compose["services"]["worker-gpu"]["profiles"] == ["gpu"]
 

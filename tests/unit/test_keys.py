@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline import keys
 from pipeline.config import Settings
-from pipeline.contract import ErrorCode
+from pipeline.jobs import keys
+from pipeline.jobs.contract import ErrorCode
 
 
 def test_layout() -> None:

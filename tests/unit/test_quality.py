@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from pipeline.config import Settings
-from pipeline.contract import Manifest, QualitySpec
-from pipeline.faults import FaultHooks
+from pipeline.jobs.contract import Manifest, QualitySpec
 from pipeline.models.bundle import AlignerSpec, AsrSpec, Bundle, TtsSpec, VocoderSpec
+from pipeline.runtime.faults import FaultHooks
 from pipeline.worker import quality as q
 
 SR = 24000
@@ -219,7 +219,7 @@ def test_the_silence_hook_acts_only_where_told(tmp_path: Path) -> None:
 
 
 def test_summary() -> None:
-    from pipeline.contract import ChunkQuality
+    from pipeline.jobs.contract import ChunkQuality
 
     chunks = [
         ChunkQuality(chunk=0, score=0.1, metric="wer", seed=1),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.contract import ErrorCode, Manifest
+from pipeline.jobs.contract import ErrorCode, Manifest
 from pipeline.text import script
 
 
@@ -94,7 +94,7 @@ def test_total_pause_limit_counts_pause_after() -> None:
 
 
 def test_a_manifest_needs_text_or_segments_not_both() -> None:
-    from pipeline.contract import ManifestError, parse_manifest
+    from pipeline.jobs.contract import ManifestError, parse_manifest
 
     for body in (b'{"voice": "v"}', b'{"text": "a", "segments": [{"text": "b"}]}'):
         with pytest.raises(ManifestError, match="either text or segments"):

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from aiohttp.test_utils import make_mocked_request
 
-from pipeline import keys
 from pipeline.config import Settings
-from pipeline.contract import ErrorCode, parse_manifest
-from pipeline.logs import _TextFormatter, escape_controls
+from pipeline.jobs import keys
+from pipeline.jobs.contract import ErrorCode, parse_manifest
+from pipeline.runtime.logs import _TextFormatter, escape_controls
 from pipeline.text import script
 from pipeline.tts.engine import Reference, chunk_budget
 from pipeline.tts.voices import VoiceRecord, is_name

@@ -29,8 +29,8 @@ def test_cli_checks_job_ids_with_the_workers_rule_before_any_s3_call(capsys: pyt
 
 
 def test_a_ttl_longer_than_the_queue_retention_is_refused() -> None:
+    from pipeline.cloud.consumer import Queue
     from pipeline.config import Settings
-    from pipeline.consumer import Queue
     from pipeline.worker import ConfigError, check_retention
 
     queue = Queue(sqs=None, url="u", name="jobs")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.contract import WordTiming
+from pipeline.jobs.contract import WordTiming
 from pipeline.tts import subtitles
 
 

@@ -1,1 +1,1 @@
-../../../pipeline/bootstrap.py
+../../../pipeline/ops/bootstrap.py

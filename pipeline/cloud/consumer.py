@@ -19,7 +19,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from pipeline import aws
+from pipeline.cloud import aws
 
 log = logging.getLogger(__name__)
 

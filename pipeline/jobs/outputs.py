@@ -25,9 +25,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from pipeline import keys
-from pipeline.contract import JobResult
-from pipeline.store import Store
+from pipeline.cloud.store import Store
+from pipeline.jobs import keys
+from pipeline.jobs.contract import JobResult
 
 log = logging.getLogger(__name__)
 

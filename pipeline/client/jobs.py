@@ -16,9 +16,9 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from pipeline import keys
-from pipeline.contract import JobResult, JobState, JobStatus, Manifest, Priority, utcnow
-from pipeline.store import Store
+from pipeline.cloud.store import Store
+from pipeline.jobs import keys
+from pipeline.jobs.contract import JobResult, JobState, JobStatus, Manifest, Priority, utcnow
 
 VOICE_UPLOADS = keys.VOICES + "uploads/"
 

@@ -36,8 +36,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline import metrics
-from pipeline.faults import NO_FAULTS, FaultHooks
+from pipeline.runtime import metrics
+from pipeline.runtime.faults import NO_FAULTS, FaultHooks
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Async access to the job bucket (aioboto3), with the shared retry policy.
 
 Everything the pipeline reads or writes in S3 goes through ``Store``; key names come from
-``pipeline.keys``. Every attempt of every call is bounded by the store's ``Calls.timeout_s``
+``pipeline.jobs.keys``. Every attempt of every call is bounded by the store's ``Calls.timeout_s``
 (a hung connection is a transient failure, retried), and every store says who it is in the
 User-Agent (``Calls.agent``).
 
@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 from botocore.exceptions import ClientError
 from pydantic import BaseModel
 
-from pipeline import aws
+from pipeline.cloud import aws
 from pipeline.config import Settings, sse_params
 
 M = TypeVar("M", bound=BaseModel)
@@ -69,7 +69,7 @@ def _is_not_found(e: ClientError) -> bool:
 
 
 def _is_precondition(e: ClientError) -> bool:
-    # Not ConditionalRequestConflict (409): that one is transient (pipeline/aws.py).
+    # Not ConditionalRequestConflict (409): that one is transient (pipeline/cloud/aws.py).
     return _code(e) in {"PreconditionFailed", "412"}
 
 

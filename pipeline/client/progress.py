@@ -31,7 +31,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from pipeline.contract import JobResult, JobState, JobStatus, utcnow
+from pipeline.jobs.contract import JobResult, JobState, JobStatus, utcnow
 
 STATE_STYLE = {
     JobState.QUEUED: "yellow",

@@ -27,7 +27,7 @@ any of the above, or a manifest without status, whose       EXPIRED
 job is older than ``TTS_JOB_TTL_S``
 a final status whose notification was never recorded        notification published, then recorded
 (``notified_at`` null: its writer died or SNS failed)
-outputs ``pipeline.outputs`` finds unneeded: of a job with  deleted
+outputs ``pipeline.jobs.outputs`` finds unneeded: of a job with  deleted
 a result, whatever it does not name; of a job that ended
 without one, everything
 ==========================================================  =========================================
@@ -35,7 +35,7 @@ without one, everything
 A dead letter that is not the job's own message (a duplicate S3 event, a re-enqueue) never ends a
 job: the job's own message still carries it. A job FAILED from the DLQ keeps its DLQ message:
 ``tts-pipeline dlq redrive`` puts both back. Every job the reconciler ends is notified
-(``pipeline.notify``), like any other.
+(``pipeline.cloud.notify``), like any other.
 
 Cost per run, with bounded S3 LIST use: one LIST per 1,000 keys of both inboxes, ``status/``,
 ``results/`` and ``outputs/``; GETs only for jobs without a result whose status has not changed
@@ -60,14 +60,15 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from pipeline import keys, metrics
+from pipeline.cloud.consumer import Message, Queue
+from pipeline.cloud.notify import Notifier, ensure_notified, record_in
+from pipeline.cloud.store import ObjectInfo, PreconditionFailed, Store
 from pipeline.config import Settings
-from pipeline.consumer import Message, Queue
-from pipeline.contract import ErrorCode, JobErrorInfo, JobResult, JobState, JobStatus, Priority, utcnow
-from pipeline.dlq import drain, jobs_of
-from pipeline.notify import Notifier, ensure_notified, record_in
-from pipeline.outputs import named_keys, unneeded
-from pipeline.store import ObjectInfo, PreconditionFailed, Store
+from pipeline.jobs import keys
+from pipeline.jobs.contract import ErrorCode, JobErrorInfo, JobResult, JobState, JobStatus, Priority, utcnow
+from pipeline.jobs.outputs import named_keys, unneeded
+from pipeline.ops.dlq import drain, jobs_of
+from pipeline.runtime import metrics
 
 log = logging.getLogger(__name__)
 
@@ -424,7 +425,7 @@ async def reconcile_once(
     scan_all: bool = False,
     now: datetime | None = None,
 ) -> Report:
-    from pipeline.store import open_store
+    from pipeline.cloud.store import open_store
 
     calls = settings.calls(WORKER)
     async with (

@@ -12,7 +12,7 @@ One source of truth for the resources, used three ways:
 - as LocalStack's ready-hook (``localstack/init/ready.d/10_tts_bootstrap.py`` links here), which
   LocalStack ``exec``s inside its own process: hence only stdlib + boto3, no dataclasses, and the
   ``__name__`` check at the bottom;
-- ``python pipeline/bootstrap.py`` anywhere boto3 is installed.
+- ``python pipeline/ops/bootstrap.py`` anywhere boto3 is installed.
 
 ``infra/cloudformation.yaml`` declares the same resources for production (plus encryption,
 lifecycle, TLS-only policy, SNS topic and the worker's IAM policy); a test deploys it to LocalStack

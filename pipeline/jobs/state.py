@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import Enum
 
-from pipeline import keys
-from pipeline.contract import JobErrorInfo, JobState, JobStatus, Priority, Progress, utcnow
-from pipeline.store import PreconditionFailed, Store
+from pipeline.cloud.store import PreconditionFailed, Store
+from pipeline.jobs import keys
+from pipeline.jobs.contract import JobErrorInfo, JobState, JobStatus, Priority, Progress, utcnow
 
 log = logging.getLogger(__name__)
 

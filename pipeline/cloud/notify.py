@@ -27,9 +27,10 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from pipeline import aws, keys
-from pipeline.contract import JobStatus, utcnow
-from pipeline.store import PreconditionFailed, Store
+from pipeline.cloud import aws
+from pipeline.cloud.store import PreconditionFailed, Store
+from pipeline.jobs import keys
+from pipeline.jobs.contract import JobStatus, utcnow
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 LOCALSTACK_DIR = REPO_ROOT / "localstack"
 DEFAULT_STATE_DIR = REPO_ROOT / ".localstack"
 SERVICES = "s3,sqs,sns,sts,iam,cloudformation"
@@ -96,7 +96,7 @@ def _prepare(state_dir: Path) -> Path:
     hooks.mkdir(parents=True)
     for hook in sorted((LOCALSTACK_DIR / "init" / "ready.d").iterdir()):
         dst = hooks / hook.name
-        shutil.copyfile(hook, dst)  # follows the symlink to pipeline/bootstrap.py
+        shutil.copyfile(hook, dst)  # follows the symlink to pipeline/ops/bootstrap.py
         dst.chmod(0o755)
     for sub in ("config", "home", "tmp"):
         (state_dir / sub).mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ import posixpath
 import re
 from dataclasses import dataclass
 
-from pipeline.contract import ErrorCode, Priority
+from pipeline.jobs.contract import ErrorCode, Priority
 
 INBOX = "inbox/"
 INBOX_INTERACTIVE = "inbox-interactive/"
@@ -112,7 +112,7 @@ CHUNKS_DIR = "chunks"
 
 
 def chunks_prefix(job_id: str) -> str:
-    """A job's durable chunks (``pipeline.chunks``), shared by all its attempts."""
+    """A job's durable chunks (``pipeline.jobs.chunks``), shared by all its attempts."""
     return f"{OUTPUTS}{job_id}/{CHUNKS_DIR}/"
 
 

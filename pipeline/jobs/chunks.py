@@ -37,9 +37,9 @@ import numpy as np
 import soundfile as sf
 from pydantic import BaseModel, Field
 
-from pipeline import keys
-from pipeline.contract import ChunkQuality
-from pipeline.store import NotFound, Store, TooLarge
+from pipeline.cloud.store import NotFound, Store, TooLarge
+from pipeline.jobs import keys
+from pipeline.jobs.contract import ChunkQuality
 
 log = logging.getLogger(__name__)
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from pipeline import keys
+from pipeline.cloud.consumer import Message, Queue
+from pipeline.cloud.events import UnrecognisedMessage, parse_message_body
+from pipeline.cloud.store import PreconditionFailed, Store, open_store
 from pipeline.config import Settings
-from pipeline.consumer import Message, Queue
-from pipeline.contract import JobState, JobStatus
-from pipeline.events import UnrecognisedMessage, parse_message_body
-from pipeline.store import PreconditionFailed, Store, open_store
+from pipeline.jobs import keys
+from pipeline.jobs.contract import JobState, JobStatus
 
 _HOLD_S = 60  # messages stay invisible this long while we look at them
 

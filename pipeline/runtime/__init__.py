@@ -1,0 +1,1 @@
+"""What every process shares: logging, metrics and probes, memory hand-back, the fault hooks."""
