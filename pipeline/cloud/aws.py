@@ -96,6 +96,36 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, ConnectionError | TimeoutError)
 
 
+_ACCESS_DENIED_CODES = {"AccessDenied", "AccessDeniedException", "Forbidden", "AllAccessDisabled"}
+
+
+def is_access_denied(exc: BaseException) -> bool:
+    """AWS refused the call (the role's policy, a bucket policy, a KMS key): not transient, and the
+    job did nothing wrong; the operator has a permission to grant."""
+    if not isinstance(exc, ClientError):
+        return False
+    err = exc.response.get("Error", {})
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    return err.get("Code") in _ACCESS_DENIED_CODES or (status == 403 and err.get("Code") in (None, "", "403"))
+
+
+def describe(exc: BaseException) -> str:
+    """An S3/SQS failure in the project's words, for a job's status or an API answer: the call, the
+    error code AWS gave (``SlowDown``, ``AccessDenied``) and the HTTP status, or the kind of network
+    failure. Never the error's message text: AWS's messages name the role's ARN and the account id,
+    and library messages name hosts and internals. The full error goes to the log with the job id."""
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        code = err.get("Code") or "an error"
+        return f"{exc.operation_name} answered {code}" + (f" (HTTP {status})" if status else "")
+    if isinstance(exc, TimeoutError):
+        return "no answer from S3/SQS in time"
+    if isinstance(exc, (*_NETWORK_ERRORS, ConnectionError)):
+        return f"could not reach S3/SQS ({type(exc).__name__})"
+    return type(exc).__name__
+
+
 def _policy(deadline_s: float | None = None) -> dict[str, Any]:
     stop = stop_after_attempt(MAX_ATTEMPTS)
     if deadline_s is not None:  # give up rather than start a try that would end past the deadline

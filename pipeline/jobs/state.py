@@ -162,10 +162,15 @@ class Ledger:
             new = change(claim.status)
             if new is claim.status:
                 return new
-            try:
-                claim.etag = await self._write(claim.key, new, claim.etag)
-            except PreconditionFailed:
-                claim.etag = await self._rewrite_over_own(claim, new)
+            # The store's deadline bounds when a retry may start, not when the last try ends, and a
+            # stale ETag chains a read and a second write: the whole transition, which holds the
+            # lock every renewal of this lease waits on, gets the deadline as a hard total bound.
+            # Ending early raises TimeoutError: transient, like the store's own last failure.
+            async with asyncio.timeout(self.store.calls.deadline_s):
+                try:
+                    claim.etag = await self._write(claim.key, new, claim.etag)
+                except PreconditionFailed:
+                    claim.etag = await self._rewrite_over_own(claim, new)
             claim.status = new
             claim.written_at = started
             return new

@@ -15,6 +15,8 @@ the tail a next cross-fade may still change). Two users, one rule, so they agree
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -71,35 +73,53 @@ class Joiner:
 
 
 class StreamingAssembler:
+    """The job's audio file, written as its pieces arrive. Encoding is CPU work (an mp3 or ogg
+    chunk of 20 s takes ~0.1 s): it runs on a thread, never on the event loop that beats every
+    job's lease. The arithmetic (``Joiner``) stays on the caller's side, so ``add`` still answers
+    where a piece begins at once; writes go to the file one at a time, in the order added."""
+
     def __init__(self, path: Path, sample_rate: int, fmt: str, fade_samples: int) -> None:
         sf_format, subtype, self.content_type = ENCODINGS[fmt]
         self.path = path
         self.sample_rate = sample_rate
         self.joiner = Joiner(fade_samples)
         self._file = sf.SoundFile(path, "w", samplerate=sample_rate, channels=1, format=sf_format, subtype=subtype)
+        self._order = asyncio.Lock()  # FIFO: pieces reach the file in the order they were added
+        self._io = threading.Lock()  # libsndfile is not thread-safe: one write, close or abort at a time
 
     def start_of(self, length: int, *, cross_fade: bool) -> int:
         return self.joiner.start_of(length, cross_fade=cross_fade)
 
-    def add(self, wave: np.ndarray, *, cross_fade: bool) -> int:
+    async def add(self, wave: np.ndarray, *, cross_fade: bool) -> int:
         """Append ``wave``; returns the sample index where it begins in the output."""
         start, out = self.joiner.add(wave, cross_fade=cross_fade)
         if len(out):
-            self._file.write(pcm16(out))
+            async with self._order:
+                await asyncio.to_thread(self._write, out)
         return start
+
+    def _write(self, out: np.ndarray) -> None:
+        with self._io:
+            if not self._file.closed:  # aborted meanwhile: the file is being thrown away
+                self._file.write(pcm16(out))
 
     @property
     def samples(self) -> int:
         return self.joiner.samples
 
     def close(self) -> int:
-        """Write what is held back and close the file; returns the total samples."""
+        """Write what is held back and close the file; returns the total samples. Blocking: call
+        it on a thread."""
         tail = self.joiner.flush()
-        if len(tail):
-            self._file.write(pcm16(tail))
-        self._file.close()
+        with self._io:
+            if len(tail):
+                self._file.write(pcm16(tail))
+            self._file.close()
         return self.joiner.final
 
     def abort(self) -> None:
-        if not self._file.closed:
-            self._file.close()
+        """Close the file without finishing it; waits for a write in progress on its thread (a
+        cancelled ``add`` leaves its write running) rather than closing under it."""
+        with self._io:
+            if not self._file.closed:
+                self._file.close()

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from botocore.exceptions import ClientError
 
+from pipeline.cloud.aws import is_access_denied
 from pipeline.cloud.store import NotFound, Store, TooLarge
 from pipeline.config import Settings
 from pipeline.jobs import keys
@@ -28,6 +31,8 @@ from pipeline.tts.batcher import BULK, INTERACTIVE
 from pipeline.tts.voices import UnusableRecord, VoiceLibrary, VoiceRecord
 from pipeline.worker import budget
 from pipeline.worker.failures import fail
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -196,6 +201,9 @@ class Inputs:
             fail(ErrorCode.VOICE_NOT_FOUND, f"voice {voice!r}: no library voice and no object s3://{s.bucket}/{vkey}")
         except TooLarge as e:
             fail(ErrorCode.VOICE_TOO_LARGE, f"voice is {e.size} bytes; the limit is {e.limit}")
+        except ClientError as e:
+            _denied(e, f"voice {voice!r}", s.bucket, vkey)
+            raise
         return _Clip(vkey, data, hashlib.sha256(data).hexdigest(), library)
 
     async def _lexicon(self, manifest: Manifest) -> dict[str, str]:
@@ -215,12 +223,26 @@ class Inputs:
                 fail(ErrorCode.INVALID_LEXICON, f"lexicon {ref!r} is {e.size} bytes; the limit is {e.limit}")
             except lexicons.LexiconError as e:
                 fail(ErrorCode.INVALID_LEXICON, f"lexicon {ref!r}: {e}")
+            except ClientError as e:
+                _denied(e, f"lexicon {ref!r}", s.bucket, key)
+                raise
         merged = lexicons.merge(*found, manifest.lexicon)
         try:
             lexicons.check(merged)
         except lexicons.LexiconError as e:
             fail(ErrorCode.INVALID_LEXICON, f"lexicon: {e}")
         return merged
+
+
+def _denied(e: ClientError, what: str, bucket: str, key: str) -> None:
+    """An input the worker's role may not read fails the job with the input's name, in our words
+    (AWS's AccessDenied message names the role's ARN and the account: it stays in the log)."""
+    if is_access_denied(e):
+        log.error("%s: access denied reading s3://%s/%s: %s", what, bucket, key, e)
+        fail(
+            ErrorCode.ACCESS_DENIED,
+            f"{what}: the worker may not read s3://{bucket}/{key} (its IAM role needs s3:GetObject there)",
+        )
 
 
 def _check_text(text: str, max_chars: int) -> None:

@@ -299,6 +299,12 @@ class Worker:
         try:
             await self.handle_message(msg)
         except Exception as e:
+            if is_missing_resource(e):
+                # The queue was deleted (or re-created: a new queue, other receipts) while the job
+                # ran: there is no delivery left to acknowledge. The job's status is the record;
+                # the receive loop waits for the queue to exist again (``_queue_gone``).
+                log.warning("message %s not acknowledged: its queue is gone (%s)", msg.id, e)
+                return
             if not is_transient(e):
                 raise
             # Could not acknowledge (SQS unreachable): the message comes back; its job's status

@@ -262,7 +262,7 @@ class _Render:
                         pending[nxt.index] = self._submit(nxt)
                     next_submit += 1
                 if piece.is_pause:
-                    self._pause(piece)
+                    await self._pause(piece)
                 else:
                     if piece.index in reuse and await self._reuse(piece, prev):
                         self.reused += 1
@@ -349,9 +349,9 @@ class _Render:
         """Chunks of one turn cross-fade as F5-TTS joins them; pauses and turn changes butt-join."""
         return prev is not None and not prev.is_pause and prev.turn == piece.turn
 
-    def _pause(self, piece: Piece) -> None:
+    async def _pause(self, piece: Piece) -> None:
         t0 = time.perf_counter()
-        start = self.asm.add(np.zeros(round(piece.pause_s * SAMPLE_RATE), dtype=np.float32), cross_fade=False)
+        start = await self.asm.add(np.zeros(round(piece.pause_s * SAMPLE_RATE), dtype=np.float32), cross_fade=False)
         self.ms["encode"] += (time.perf_counter() - t0) * 1000
         self.marks.pause(piece, start / SAMPLE_RATE, (start + round(piece.pause_s * SAMPLE_RATE)) / SAMPLE_RATE)
 
@@ -397,7 +397,7 @@ class _Render:
             self.attempt.chunks.update(self.chunks.keys(record))  # before: a lost answer may still land
             await self.chunks.save(record, pcm)
             self.ms["upload"] += (time.perf_counter() - t0) * 1000
-        self._place(piece, prev, audio, record)
+        await self._place(piece, prev, audio, record)
 
     async def _gate(self, piece: Piece, wave: np.ndarray) -> tuple[np.ndarray, ChunkQuality]:
         """The quality gate (``pipeline.worker.quality``): the kept try and its verdict."""
@@ -434,12 +434,12 @@ class _Render:
         if self.gate is not None and record.quality is not None and record.quality.tries > 1:
             # Its regenerations were paid for once; the budget runs down as in an uninterrupted run.
             self.gate.regen_left = max(0, self.gate.regen_left - (record.quality.tries - 1) * self._cost(piece))
-        self._place(piece, prev, chunk_io.dequantize(pcm), record)
+        await self._place(piece, prev, chunk_io.dequantize(pcm), record)
         return True
 
-    def _place(self, piece: Piece, prev: Piece | None, audio: np.ndarray, record: ChunkRecord) -> None:
+    async def _place(self, piece: Piece, prev: Piece | None, audio: np.ndarray, record: ChunkRecord) -> None:
         t0 = time.perf_counter()
-        start = self.asm.add(audio, cross_fade=self._joins(piece, prev))
+        start = await self.asm.add(audio, cross_fade=self._joins(piece, prev))
         self.ms["encode"] += (time.perf_counter() - t0) * 1000
         offset = start / SAMPLE_RATE
         self.marks.chunk(piece, offset, offset + len(audio) / SAMPLE_RATE)
@@ -561,8 +561,10 @@ def _chunk_result(fut: asyncio.Future[np.ndarray], i: int, total: int, device: s
     except EngineError as e:
         fail(e.code, str(e))
     except MemoryError as e:  # torch.OutOfMemoryError is a RuntimeError; MemoryError: host RAM, injected
-        fail(ErrorCode.SYNTHESIS_FAILED, f"chunk {i + 1}/{total}: out of memory on {device}: {e}")
+        log.error("chunk %d/%d: out of memory: %s", i + 1, total, e)
+        fail(ErrorCode.SYNTHESIS_FAILED, f"chunk {i + 1}/{total}: out of memory on {device}")
     except (RuntimeError, ValueError) as e:
         oom = "out of memory" in str(e).lower()
         what = f"out of memory on {device}" if oom else f"{type(e).__name__}"
-        fail(ErrorCode.SYNTHESIS_FAILED, f"chunk {i + 1}/{total}: synthesis failed: {what}: {e}")
+        log.error("chunk %d/%d: synthesis failed: %s", i + 1, total, e)  # the library's words stay in the log
+        fail(ErrorCode.SYNTHESIS_FAILED, f"chunk {i + 1}/{total}: synthesis failed: {what}")

@@ -45,7 +45,7 @@ from enum import Enum
 from pathlib import Path
 from typing import TypeVar
 
-from pipeline.cloud.aws import is_missing_resource, is_transient
+from pipeline.cloud.aws import describe, is_access_denied, is_missing_resource, is_transient
 from pipeline.cloud.consumer import Message, Queue
 from pipeline.cloud.events import ObjectCreated
 from pipeline.cloud.notify import Notifier, ensure_notified, record_in
@@ -341,8 +341,17 @@ class JobRunner:
                 return Outcome(JobState.COMPLETED)  # the result exists: nothing after it can undo that
             if is_transient(e):
                 return self._transient(attempt, e)
+            if is_access_denied(e):  # the operator has a grant to add; the log has AWS's own words
+                log.error("access denied: %s", e)
+                return _failed(
+                    ErrorCode.ACCESS_DENIED,
+                    f"the worker was refused access ({describe(e)}): its IAM role lacks a permission this job needs",
+                )
             log.exception("unexpected error")
-            return _failed(ErrorCode.INTERNAL_ERROR, f"{type(e).__name__}: {e}")
+            return _failed(
+                ErrorCode.INTERNAL_ERROR,
+                f"internal error in the worker ({type(e).__name__}); its log has the details under this job id",
+            )
 
     async def _attempt(self, attempt: Attempt, queue_wait_ms: float) -> Outcome:
         s = self.settings
@@ -433,7 +442,7 @@ class JobRunner:
     def _transient(self, attempt: Attempt, e: Exception) -> Outcome:
         s, msg = self.settings, attempt.msg
         metrics.RETRIES.inc()
-        what = f"{type(e).__name__}: {e}"
+        what = describe(e)  # AWS's message text stays in the log
         if self.queue.is_last_delivery(msg, s.max_attempts):
             return _failed(
                 ErrorCode.RETRIES_EXHAUSTED, f"gave up after {msg.receive_count} deliveries; last error: {what}"
@@ -529,7 +538,7 @@ class JobRunner:
         delay = self.settings.retry_base_s
         log.warning("could not write the final status (%s): the job comes back in %.0fs", e, delay)
         try:
-            await self.ledger.release(attempt.claim, note=f"final status not written: {type(e).__name__}: {e}")
+            await self.ledger.release(attempt.claim, note=f"final status not written: {describe(e)}")
         except LostClaim:
             return Decision(Ack.LEAVE)
         except Exception as again:

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pipeline.cloud.aws import is_transient
+from pipeline.cloud.aws import is_missing_resource, is_transient
 from pipeline.cloud.consumer import Queue
 from pipeline.cloud.notify import Notifier
 from pipeline.cloud.store import open_store
@@ -324,15 +324,24 @@ async def _interactive_queue(queue: Queue, settings: Settings) -> Queue | None:
 
 
 async def _resolve_queue(queue: Queue, stopping: asyncio.Event) -> bool:
-    """Look the queue up once SQS answers: an outage at start-up waits instead of crashing."""
+    """Look the queue up once SQS answers: an outage at start-up waits instead of crashing, and so
+    does a queue that does not exist (yet): exiting would only restart the worker into the same
+    situation in a loop, reloading its model each time. It waits unready until ``bootstrap`` (or
+    the stack) creates the queue, as a running worker does when its queue goes (``_queue_gone``)."""
+    said = False
     while not stopping.is_set():
         try:
             await queue.resolve()
             return True
         except Exception as e:
-            if not is_transient(e):
+            if is_missing_resource(e):
+                if not said:
+                    log.error("queue %s does not exist: waiting for it to be created", queue.name)
+                    said = True
+            elif is_transient(e):
+                log.warning("queue %s unreachable (%s); retrying in %.0fs", queue.name, e, RECEIVE_BACKOFF_S)
+            else:
                 raise
-            log.warning("queue %s unreachable (%s); retrying in %.0fs", queue.name, e, RECEIVE_BACKOFF_S)
             await asyncio.sleep(RECEIVE_BACKOFF_S)
     return False
 

@@ -31,7 +31,8 @@ DeleteMessage``...), agent, key (a regular expression one of its keys matches) a
 status-document state (each optional but ``op`` and ``kind``). Kinds:
 
 - before the request reaches LocalStack: ``dropped``, ``reset``, ``brownout`` (``dropped`` for
-  ``count`` consecutive matching requests: by default 6, every retry of the client's budget);
+  ``count`` consecutive matching requests: by default 6, every retry of the client's budget),
+  ``denied`` (a 403 ``AccessDenied`` whose message names a role ARN and an account, as AWS's do);
 - after LocalStack performed it: ``lost``, ``truncated``, ``hang`` (the answer is held back for
   ``hang_s``, longer than any client waits), ``kill`` (the process that sent it, found from the
   TCP connection, gets SIGKILL before the answer), ``stop`` (it gets SIGSTOP before the answer;
@@ -64,7 +65,7 @@ from aiohttp import ClientSession, ClientTimeout, web
 
 _HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "host", "content-encoding"}
 KINDS = {"dropped": 0.4, "reset": 0.2, "lost": 0.2, "truncated": 0.2}
-BEFORE_KINDS = ("dropped", "reset", "brownout")
+BEFORE_KINDS = ("dropped", "reset", "brownout", "denied")
 AFTER_KINDS = ("lost", "truncated", "hang", "kill", "stop")
 BROWNOUT_COUNT = 6  # pipeline.cloud.aws.MAX_ATTEMPTS: one call's whole retry budget
 _AGENT_RE = re.compile(r"tts-pipeline/(\w+)")
@@ -78,6 +79,21 @@ def _error(request: web.Request) -> web.Response:
         return web.Response(status=503, body=body.encode(), content_type="application/x-amz-json-1.0")
     body = "<?xml version='1.0'?><Error><Code>ServiceUnavailable</Code><Message>injected fault</Message></Error>"
     return web.Response(status=503, body=body.encode(), content_type="application/xml")
+
+
+# What AWS says when a role lacks a permission: its message names the role's ARN and the account.
+DENIED_MESSAGE = (
+    "User: arn:aws:sts::123456789012:assumed-role/tts-worker/i-0fa1 is not authorized to perform: "
+    "s3:GetObject because no identity-based policy allows the s3:GetObject action"
+)
+
+
+def _denied(request: web.Request) -> web.Response:
+    if request.headers.get("X-Amz-Target", "").startswith("AmazonSQS"):
+        body = json.dumps({"__type": "com.amazonaws.sqs#AccessDenied", "message": DENIED_MESSAGE})
+        return web.Response(status=403, body=body.encode(), content_type="application/x-amz-json-1.0")
+    body = f"<?xml version='1.0'?><Error><Code>AccessDenied</Code><Message>{DENIED_MESSAGE}</Message></Error>"
+    return web.Response(status=403, body=body.encode(), content_type="application/xml")
 
 
 def _abort(request: web.Request) -> web.Response:
@@ -369,10 +385,10 @@ def make_app(
             stats[f"faults.{fault}"] += 1
             entry["fault"] = fault
             save()
-        if fault in ("dropped", "reset"):
-            entry["status"] = 503 if fault == "dropped" else None
+        if fault in ("dropped", "reset", "denied"):
+            entry["status"] = {"dropped": 503, "denied": 403}.get(fault)
             _write(trace, entry)
-            return _error(request) if fault == "dropped" else _abort(request)
+            return {"dropped": _error, "denied": _denied}.get(fault, _abort)(request)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
         headers["Host"] = request.host  # keep the client's host: it is part of what it signed
         async with session.request(

@@ -56,6 +56,11 @@ FAILURE_ONLY = {
     ("WorkerPolicy", "s3:AbortMultipartUpload", "outputs/*"): "a multipart upload of a long job's audio that failed",
 }
 LONG_TEXT = "This is a sentence of moderate length. " * 12  # three chunks
+PLS = (
+    b'<?xml version="1.0" encoding="UTF-8"?><lexicon version="1.0" '
+    b'xmlns="http://www.w3.org/2005/01/pronunciation-lexicon" alphabet="ipa" xml:lang="en-US">'
+    b"<lexeme><grapheme>GIF</grapheme><alias>jif</alias></lexeme></lexicon>"
+)
 
 
 # -- the template --------------------------------------------------------------------------------
@@ -256,10 +261,23 @@ def _worker_paths(
     s3.put_object(Bucket=NAME, Key="voices/pol-asr/voice.json", Body=json.dumps(record).encode())
     put("pol-asr", {"text": "Heard once.", "voice": "pol-asr", "nfe_step": 2})
     assert wait_for_state(s3, "pol-asr", bucket=NAME)["state"] == "COMPLETED"
-    # Cancelled while it runs (chunks written, then removed).
+    # A job that reads a PLS lexicon (lexicons/*): every optional input a job may read is read here.
+    s3.put_object(Bucket=NAME, Key="lexicons/pol.pls", Body=PLS)
+    put("pol-lexicon", _manifest(text="A GIF for you.", lexicons=["lexicons/pol.pls"]))
+    assert wait_for_state(s3, "pol-lexicon", bucket=NAME)["state"] == "COMPLETED"
+    # Cancelled while it runs (chunks written, then removed). Held until the heartbeat has extended
+    # its message's visibility on the bulk queue: whether a short job lives long enough for a beat
+    # must not depend on the machine's speed (the grant would look unused on a fast one).
     holds.hold("pol-cancel", after_chunks=1)
     put("pol-cancel", _manifest(text=LONG_TEXT))
     holds.wait_held("pol-cancel")
+    wait_until(
+        lambda: any(
+            e["op"].startswith("SQS ChangeMessageVisibility") and e.get("queue") == NAME for e in proxy.trace()
+        ),
+        "the bulk message's visibility extended",
+        120,
+    )
     s3.put_object(Bucket=NAME, Key="cancel/pol-cancel", Body=b"")
     assert wait_for_state(s3, "pol-cancel", bucket=NAME)["state"] == "CANCELLED"
     # Killed after its second chunk, and (another job) after its result: the next attempts read

@@ -3,7 +3,9 @@ and says where each piece starts; durable chunks round-trip bit-exactly."""
 
 from __future__ import annotations
 
+import asyncio
 import io
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -22,12 +24,16 @@ def _waves(seed: int, lengths: list[int]) -> list[np.ndarray]:
     return [chunk_io.dequantize(chunk_io.quantize(rng.uniform(-0.5, 0.5, n).astype(np.float32))) for n in lengths]
 
 
+def _add(asm: StreamingAssembler, wave: np.ndarray, *, cross_fade: bool) -> int:
+    return asyncio.run(asm.add(wave, cross_fade=cross_fade))
+
+
 @pytest.mark.parametrize("lengths", [[5000], [5000, 7000, 6000], [100, 5000, 50, 4000], [3600, 3600], [10, 20, 30]])
 def test_same_samples_as_cross_fade_of_the_whole_list(tmp_path: Path, lengths: list[int]) -> None:
     waves = _waves(1, lengths)
     fade = 3600
     asm = StreamingAssembler(tmp_path / "a.wav", SR, "wav", fade)
-    starts = [asm.add(w, cross_fade=True) for w in waves]
+    starts = [_add(asm, w, cross_fade=True) for w in waves]
     total = asm.close()
     written, sr = sf.read(tmp_path / "a.wav", dtype="float32")
     expected = audio_utils.cross_fade(list(waves), fade)
@@ -43,9 +49,9 @@ def test_pauses_and_turn_changes_join_end_to_end(tmp_path: Path) -> None:
     a, b = _waves(2, [8000, 9000])
     silence = np.zeros(SR // 2, dtype=np.float32)
     asm = StreamingAssembler(tmp_path / "a.flac", SR, "flac", 3600)
-    assert asm.add(a, cross_fade=True) == 0
-    assert asm.add(silence, cross_fade=False) == len(a)
-    assert asm.add(b, cross_fade=False) == len(a) + len(silence)
+    assert _add(asm, a, cross_fade=True) == 0
+    assert _add(asm, silence, cross_fade=False) == len(a)
+    assert _add(asm, b, cross_fade=False) == len(a) + len(silence)
     assert asm.close() == len(a) + len(silence) + len(b)
     written, _ = sf.read(tmp_path / "a.flac", dtype="float32")
     assert np.all(written[len(a) : len(a) + len(silence)] == 0)
@@ -95,7 +101,7 @@ def test_the_file_holds_exactly_what_a_joiner_hands_out_and_chunks_come_back_unc
     out = []
     for i, w in enumerate(waves):
         start, final = joiner.add(w, cross_fade=i > 0)
-        assert asm.add(w, cross_fade=i > 0) == start
+        assert _add(asm, w, cross_fade=i > 0) == start
         out.append(pcm16(final))
     out.append(pcm16(joiner.flush()))
     asm.close()
@@ -103,3 +109,62 @@ def test_the_file_holds_exactly_what_a_joiner_hands_out_and_chunks_come_back_unc
     np.testing.assert_array_equal(np.concatenate(out), written)
     np.testing.assert_array_equal(written[: 9000 - 3600], pcms[0][: 9000 - 3600])
     np.testing.assert_array_equal(written[9000:], pcms[1][3600:])
+
+
+@pytest.mark.parametrize("fmt", ["mp3", "ogg", "flac"])
+async def test_encoding_runs_off_the_event_loop_in_the_order_added(tmp_path: Path, fmt: str) -> None:
+    """Issue 25, defect 5: an mp3 or ogg chunk's encoding (~0.1 s) must not stop the loop that
+    beats every job's lease. Every write of the file happens on another thread, and pieces added
+    concurrently still reach the file in the order they were added."""
+    loop_thread = threading.get_ident()
+    asm = StreamingAssembler(tmp_path / f"a.{fmt}", SR, fmt, 0)
+    writers: list[int] = []
+    real = asm._file.write
+
+    def spy(data: np.ndarray) -> None:
+        writers.append(threading.get_ident())
+        real(data)
+
+    asm._file.write = spy  # type: ignore[method-assign]
+    waves = [np.full(2400, v, dtype=np.float32) for v in (0.1, 0.2, 0.3, 0.4)]
+    starts = await asyncio.gather(*(asm.add(w, cross_fade=False) for w in waves))
+    total = await asyncio.to_thread(asm.close)
+    assert starts == [0, 2400, 4800, 7200] and total == 9600
+    assert writers and loop_thread not in writers
+    if fmt == "flac":  # lossless: the pieces are in the file in order
+        written, _ = sf.read(tmp_path / "a.flac", dtype="float32")
+        levels = [round(float(np.median(written[i * 2400 : (i + 1) * 2400])), 2) for i in range(4)]
+        assert levels == [0.1, 0.2, 0.3, 0.4]
+
+
+async def test_abort_waits_for_a_write_in_progress(tmp_path: Path) -> None:
+    """A cancelled add leaves its write running on its thread: abort closes the file after it, not
+    under it (libsndfile is not thread-safe: a write into a file closed meanwhile fails or worse)."""
+    asm = StreamingAssembler(tmp_path / "a.flac", SR, "flac", 0)
+    entered, go_on, aborting = threading.Event(), threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+    real = asm._file.write
+
+    def slow(data: np.ndarray) -> None:
+        entered.set()
+        go_on.wait(30)
+        try:
+            real(data)
+        except BaseException as e:
+            errors.append(e)
+
+    def abort() -> None:
+        aborting.set()
+        asm.abort()
+
+    asm._file.write = slow  # type: ignore[method-assign]
+    task = asyncio.create_task(asm.add(np.zeros(2400, dtype=np.float32), cross_fade=False))
+    await asyncio.to_thread(entered.wait, 30)
+    task.cancel()
+    closer = asyncio.create_task(asyncio.to_thread(abort))
+    await asyncio.to_thread(aborting.wait, 30)
+    go_on.set()
+    await closer
+    assert errors == [] and asm._file.closed
+    with pytest.raises(asyncio.CancelledError):
+        await task
