@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import unquote_plus
 
 
@@ -42,17 +43,34 @@ class UnrecognisedMessage(ValueError):
     pass
 
 
+# S3 -> SNS -> SQS wraps once; a chain of envelopes deeper than this is not a path S3 delivers by,
+# and unwrapping it without a bound would let one message recurse the parser to death.
+MAX_ENVELOPES = 2
+
+
 def parse_message_body(body: str) -> ParsedMessage:
+    """The message's S3 events, or ``UnrecognisedMessage``: never another exception, whatever the
+    body holds (the body is anyone's who can send to the queue: one crash here is a poison pill)."""
+    return _parse(body, MAX_ENVELOPES)
+
+
+def _parse(body: object, envelopes_left: int) -> ParsedMessage:
+    if not isinstance(body, str):
+        raise UnrecognisedMessage("message body is not text")
     try:
         doc = json.loads(body)
-    except json.JSONDecodeError as e:
+    except RecursionError:  # "[" * 100000: the decoder recurses once per level
+        raise UnrecognisedMessage("message body is JSON nested too deeply") from None
+    except ValueError as e:  # JSONDecodeError, or an integer literal over Python's digit limit
         raise UnrecognisedMessage(f"message body is not JSON: {e}") from None
     if not isinstance(doc, dict):
         raise UnrecognisedMessage("message body is not a JSON object")
 
     # S3 -> SNS -> SQS: the S3 event is a string inside the SNS envelope.
     if doc.get("Type") == "Notification" and isinstance(doc.get("Message"), str):
-        return parse_message_body(doc["Message"])
+        if envelopes_left <= 0:
+            raise UnrecognisedMessage("message is SNS envelopes nested too deeply")
+        return _parse(doc["Message"], envelopes_left - 1)
 
     if doc.get("source") == "aws.s3" and "detail-type" in doc:
         return _eventbridge(doc)
@@ -69,58 +87,85 @@ def parse_message_body(body: str) -> ParsedMessage:
     for rec in records:
         if not isinstance(rec, dict) or rec.get("eventSource") != "aws:s3":
             raise UnrecognisedMessage("record is not an S3 event record")
-        if not str(rec.get("eventName", "")).startswith("ObjectCreated:"):
+        name = rec.get("eventName")
+        if not isinstance(name, str):
+            raise UnrecognisedMessage("S3 record's eventName is not a string")
+        if not name.startswith("ObjectCreated:"):
             ignored += 1
             continue
         created.append(_object_created(rec))
     return ParsedMessage(created=created, ignored=ignored)
 
 
-def _object_created(rec: dict) -> ObjectCreated:
-    try:
-        s3 = rec["s3"]
-        bucket = s3["bucket"]["name"]
-        obj = s3["object"]
-        key = unquote_plus(obj["key"])
-    except (KeyError, TypeError) as e:
-        raise UnrecognisedMessage(f"S3 record lacks {e}") from None
+def _object_created(rec: dict[str, Any]) -> ObjectCreated:
+    s3 = _object(rec.get("s3"), "S3 record's s3")
+    bucket = _object(s3.get("bucket"), "S3 record's s3.bucket")
+    obj = _object(s3.get("object"), "S3 record's s3.object")
+    key = _name(obj.get("key"), "S3 record's s3.object.key")
+    identity = rec.get("userIdentity")
     return ObjectCreated(
-        bucket=bucket,
-        key=key,
+        bucket=_name(bucket.get("name"), "S3 record's s3.bucket.name"),
+        key=_name(unquote_plus(key), "S3 record's s3.object.key"),  # decoding may leave nothing usable
         event_time=_parse_time(rec.get("eventTime")),
-        size=obj.get("size"),
-        etag=obj.get("eTag"),
-        sequencer=obj.get("sequencer"),
-        principal=_str((rec.get("userIdentity") or {}).get("principalId")),
+        size=_size(obj.get("size"), "S3 record's s3.object.size"),
+        etag=_optional_str(obj.get("eTag"), "S3 record's s3.object.eTag"),
+        sequencer=_optional_str(obj.get("sequencer"), "S3 record's s3.object.sequencer"),
+        principal=_str(identity.get("principalId")) if isinstance(identity, dict) else None,
     )
 
 
-def _eventbridge(doc: dict) -> ParsedMessage:
+def _eventbridge(doc: dict[str, Any]) -> ParsedMessage:
     """One S3 event as EventBridge delivers it: one object per event, its key as written."""
     if doc["detail-type"] != "Object Created":
         return ParsedMessage(ignored=1)  # Object Deleted, Restore ...: not a submission
-    try:
-        detail = doc["detail"]
-        bucket = detail["bucket"]["name"]
-        obj = detail["object"]
-        key = obj["key"]
-    except (KeyError, TypeError) as e:
-        raise UnrecognisedMessage(f"EventBridge S3 event lacks {e}") from None
-    if not isinstance(key, str) or not isinstance(bucket, str):
-        raise UnrecognisedMessage("EventBridge S3 event has a non-string bucket or key")
+    detail = _object(doc.get("detail"), "EventBridge S3 event's detail")
+    bucket = _object(detail.get("bucket"), "EventBridge S3 event's detail.bucket")
+    obj = _object(detail.get("object"), "EventBridge S3 event's detail.object")
     created = ObjectCreated(
-        bucket=bucket,
-        key=key,
+        bucket=_name(bucket.get("name"), "EventBridge S3 event's detail.bucket.name"),
+        key=_name(obj.get("key"), "EventBridge S3 event's detail.object.key"),
         event_time=_parse_time(doc.get("time")),
-        size=obj.get("size"),
-        etag=obj.get("etag"),
-        sequencer=obj.get("sequencer"),
+        size=_size(obj.get("size"), "EventBridge S3 event's detail.object.size"),
+        etag=_optional_str(obj.get("etag"), "EventBridge S3 event's detail.object.etag"),
+        sequencer=_optional_str(obj.get("sequencer"), "EventBridge S3 event's detail.object.sequencer"),
         principal=_str(detail.get("requester")),
     )
     return ParsedMessage(created=[created])
 
 
+def _object(value: object, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise UnrecognisedMessage(f"{what} is missing or not an object")
+    return value
+
+
+def _name(value: object, what: str) -> str:
+    """A bucket name or key: a non-empty string S3 could hold (UTF-8: a lone surrogate from a
+    ``\\ud800`` escape would only fail later, in the middle of a job, when the key is sent)."""
+    if not isinstance(value, str) or not value:
+        raise UnrecognisedMessage(f"{what} is missing or not a non-empty string")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UnrecognisedMessage(f"{what} is not valid Unicode") from None
+    return value
+
+
+def _size(value: object, what: str) -> int | None:
+    # bool is an int to Python, not a size to S3.
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        return value
+    raise UnrecognisedMessage(f"{what} is not a byte count")
+
+
+def _optional_str(value: object, what: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise UnrecognisedMessage(f"{what} is not a string")
+
+
 def _str(value: object) -> str | None:
+    # Who uploaded it only picks a turn in the fair share: an odd one is no reason to refuse the event.
     return value if isinstance(value, str) and value else None
 
 
@@ -128,6 +173,9 @@ def _parse_time(value: object) -> datetime | None:
     if not isinstance(value, str):
         return None
     try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return None
+    # S3 always says UTC; a naive time would become a status's created_at that cannot be compared
+    # with the reconciler's clock (TypeError), so it is read as UTC too.
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from botocore.exceptions import ClientError
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from pipeline.cloud import aws
 from pipeline.config import Settings, sse_params
@@ -51,6 +51,26 @@ class NotFound(KeyError):
 
 class PreconditionFailed(Exception):
     """A conditional write lost: the object changed (If-Match) or already exists (If-None-Match)."""
+
+
+class Unreadable(ValueError):
+    """A stored document that is not the model it should be: planted, corrupted, or written by a
+    version this one cannot read. A ValueError, so readers that skip a bad document still do."""
+
+    def __init__(self, key: str, model: str, detail: str) -> None:
+        super().__init__(f"{key} is not a readable {model} document: {detail}")
+        self.key = key
+
+
+def parse_document(key: str, body: bytes, model: type[M]) -> M:
+    """``body`` as ``model``, or ``Unreadable``: never another exception, whatever the bytes."""
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as e:
+        # Only the first problem, without pydantic's echo of the input (which could be megabytes).
+        first = e.errors(include_url=False, include_input=False)[0]
+        where = ".".join(str(p) for p in first["loc"]) or "document"
+        raise Unreadable(key, model.__name__, f"{e.error_count()} error(s), first at {where}: {first['msg']}") from None
 
 
 class TooLarge(ValueError):
@@ -166,12 +186,13 @@ class Store:
     async def get_model_etag(
         self, key: str, model: type[M], max_bytes: int | None = None
     ) -> tuple[M | None, str | None]:
-        """The document and its ETag (for a later conditional write), or (None, None)."""
+        """The document and its ETag (for a later conditional write), or (None, None); ``Unreadable``
+        if it is not a ``model`` document."""
         try:
             body, etag = await self._get(key, max_bytes)
         except NotFound:
             return None, None
-        return model.model_validate_json(body), etag
+        return parse_document(key, body, model), etag
 
     async def head(self, key: str) -> dict[str, Any] | None:
         try:

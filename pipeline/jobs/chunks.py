@@ -37,7 +37,7 @@ import numpy as np
 import soundfile as sf
 from pydantic import BaseModel, Field
 
-from pipeline.cloud.store import NotFound, Store, TooLarge
+from pipeline.cloud.store import NotFound, Store, TooLarge, parse_document
 from pipeline.jobs import keys
 from pipeline.jobs.contract import ChunkQuality
 
@@ -93,6 +93,11 @@ class ChunkRecord(BaseModel):
     after: str | None = None  # the digest of the speech chunk before it in the plan (None: the first)
     # The quality gate's verdict on the kept try (absent: the gate was off, or an older record).
     quality: ChunkQuality | None = None
+
+
+def parse_record(key: str, raw: bytes) -> ChunkRecord:
+    """A stored chunk record, or ``Unreadable`` (anyone who can write outputs/ can plant one)."""
+    return parse_document(key, raw, ChunkRecord)
 
 
 def quantize(wave: np.ndarray) -> np.ndarray:
@@ -154,9 +159,9 @@ class ChunkStore:
             log.warning("durable chunk %d unusable (%s): synthesising it again", index, e)
             return None
         try:
-            record = ChunkRecord.model_validate_json(raw)
+            record = parse_record(keys.chunk_key(self.job_id, index, digest, RECORD_EXT), raw)
             pcm, sr = await asyncio.to_thread(sf.read, io.BytesIO(data), dtype="int16")
-        except Exception as e:
+        except Exception as e:  # Unreadable, or whatever libsndfile says of audio it cannot decode
             log.warning("durable chunk %d unusable (%s): synthesising it again", index, e)
             return None
         if sr != record.sample_rate or len(pcm) != record.samples or record.digest != digest:

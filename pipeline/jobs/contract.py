@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NoReturn
 
 from pydantic import (
     BaseModel,
@@ -287,25 +287,38 @@ class ManifestError(ValueError):
 
 
 def parse_manifest(raw: bytes) -> Manifest:
-    """Decode and validate manifest bytes, raising ManifestError with a human message."""
+    """Decode and validate manifest bytes, raising ManifestError with a human message (and nothing
+    else, whatever the bytes: a manifest is anyone's who may write to the inbox)."""
     try:
         # utf-8-sig: tolerate the BOM some Windows tools write; the JSON inside must be UTF-8.
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise ManifestError(ErrorCode.INVALID_JSON, f"manifest is not UTF-8: {e}") from None
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ManifestError(ErrorCode.INVALID_JSON, f"manifest is not valid JSON: {e}") from None
+        data = json.loads(text, parse_constant=_no_constant)
     except RecursionError:
         raise ManifestError(ErrorCode.INVALID_JSON, "manifest JSON is nested too deeply") from None
+    except ValueError as e:  # JSONDecodeError; an integer literal over Python's digit limit
+        raise ManifestError(ErrorCode.INVALID_JSON, f"manifest is not valid JSON: {e}") from None
     if not isinstance(data, dict):
         raise ManifestError(ErrorCode.INVALID_MANIFEST, f"manifest must be a JSON object, got {type(data).__name__}")
     try:
+        again = json.dumps(data, ensure_ascii=False)
+        again.encode("utf-8")  # a "\ud800" escape decodes to a lone surrogate, which is no character
+    except UnicodeEncodeError:
+        raise ManifestError(ErrorCode.INVALID_JSON, "manifest has a \\u escape that is not a character") from None
+    except RecursionError:  # nesting under the decoder's limit can still be over the encoder's
+        raise ManifestError(ErrorCode.INVALID_JSON, "manifest JSON is nested too deeply") from None
+    try:
         # Validate the parsed JSON in JSON mode so enums accept their string values under strict.
-        return Manifest.model_validate_json(json.dumps(data))
+        return Manifest.model_validate_json(again)
     except ValidationError as e:
         raise ManifestError(ErrorCode.INVALID_MANIFEST, _describe(e)) from None
+
+
+def _no_constant(name: str) -> NoReturn:
+    # Python's json reads NaN and Infinity; JSON has neither, and no manifest field means them.
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _describe(e: ValidationError) -> str:

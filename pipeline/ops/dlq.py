@@ -20,16 +20,22 @@ from pipeline.jobs.contract import JobState, JobStatus
 _HOLD_S = 60  # messages stay invisible this long while we look at them
 
 
-def jobs_of(msg: Message) -> list[str] | None:
+def read(msg: Message) -> tuple[list[str] | None, str | None]:
+    """The job ids the message's S3 events name, or (None, why it is not an S3 event): an
+    unreadable dead letter is one entry to report, never a reason to stop looking at the rest."""
     try:
         parsed = parse_message_body(msg.body)
-    except UnrecognisedMessage:
-        return None
+    except UnrecognisedMessage as e:
+        return None, str(e)
     out = []
     for rec in parsed.created:
         with contextlib.suppress(keys.InvalidJobId):
             out.append(keys.job_id_from_inbox_key(rec.key))
-    return out
+    return out, None
+
+
+def jobs_of(msg: Message) -> list[str] | None:
+    return read(msg)[0]
 
 
 async def drain(dlq: Queue, limit: int, hold_s: int = _HOLD_S) -> list[Message]:
@@ -48,17 +54,20 @@ async def peek(queue_name: str, limit: int) -> list[dict[str, Any]]:
         msgs = await drain(dlq, limit)
         for m in msgs:  # put them back
             await dlq.set_visibility(m, 0)
-    return [
-        {
-            "message_id": m.id,
-            "receive_count": m.receive_count,
-            "sent_at_ms": m.sent_at_ms,
-            "jobs": jobs_of(m),
-            "reason": (m.attributes or {}).get("tts-reason"),
-            "body": m.body if jobs_of(m) is None else None,
-        }
-        for m in msgs
-    ]
+    return [_entry(m) for m in msgs]
+
+
+def _entry(m: Message) -> dict[str, Any]:
+    jobs, unreadable = read(m)
+    return {
+        "message_id": m.id,
+        "receive_count": m.receive_count,
+        "sent_at_ms": m.sent_at_ms,
+        "jobs": jobs,
+        "reason": (m.attributes or {}).get("tts-reason"),
+        "unreadable": unreadable,  # why it is not an S3 event (whoever parked it, or no one: maxReceiveCount)
+        "body": m.body if jobs is None else None,
+    }
 
 
 async def redrive(settings: Settings, limit: int, *, include_unrecognised: bool = False) -> dict[str, Any]:

@@ -34,7 +34,9 @@ without one, everything
 
 A dead letter that is not the job's own message (a duplicate S3 event, a re-enqueue) never ends a
 job: the job's own message still carries it. A job FAILED from the DLQ keeps its DLQ message:
-``tts-pipeline dlq redrive`` puts both back. Every job the reconciler ends is notified
+``tts-pipeline dlq redrive`` puts both back. A dead letter that is no S3 event at all (parked by a
+worker, with its ``tts-reason``) is reported as ``dead_letter_unreadable`` and left where it is; it
+never stops the pass. Every job the reconciler ends is notified
 (``pipeline.cloud.notify``), like any other.
 
 Cost per run, with bounded S3 LIST use: one LIST per 1,000 keys of both inboxes, ``status/``,
@@ -67,7 +69,7 @@ from pipeline.config import Settings
 from pipeline.jobs import keys
 from pipeline.jobs.contract import ErrorCode, JobErrorInfo, JobResult, JobState, JobStatus, Priority, utcnow
 from pipeline.jobs.outputs import named_keys, unneeded
-from pipeline.ops.dlq import drain, jobs_of
+from pipeline.ops.dlq import drain, read
 from pipeline.runtime import metrics
 
 log = logging.getLogger(__name__)
@@ -85,6 +87,7 @@ class Action(StrEnum):
     COMPLETED = "completed_from_result"
     NOTIFIED = "notified"
     OUTPUTS_REMOVED = "outputs_removed"
+    UNREADABLE_DEAD_LETTER = "dead_letter_unreadable"  # not an S3 event: reported, left for the operator
     ERROR = "error"  # this job could not be handled in this pass (the next one tries again)
 
 
@@ -272,7 +275,10 @@ class Reconciler:
         messages = await drain(dlq, self.dlq_limit, _DLQ_HOLD_S)
         try:
             for msg in messages:
-                for job_id in jobs_of(msg) or []:
+                jobs, unreadable = read(msg)
+                if jobs is None:  # names no job: nothing to end, and no reason to stop the pass
+                    report.add(Action.UNREADABLE_DEAD_LETTER, "", f"message {msg.id}: {unreadable}")
+                for job_id in jobs or []:
                     await self._isolated(job_id, report, self._dead_letter(job_id, msg, report, now))
         finally:
             for msg in messages:  # they stay in the DLQ for the operator

@@ -51,6 +51,12 @@ def _screen(data: bytes) -> None:
     except expat.ExpatError as exc:
         reason = expat.ErrorString(exc.code)
         raise LexiconError(f"the lexicon is not well-formed XML: {reason} (line {exc.lineno})") from exc
+    except LexiconError:
+        raise
+    except (LookupError, ValueError):
+        # The XML declaration names an encoding Python does not know (LookupError) or one expat
+        # cannot take (ValueError: "multi-byte encodings are not supported", e.g. shift_jis).
+        raise LexiconError("the lexicon's XML declaration names an encoding that is not supported; use UTF-8") from None
 
 
 def _text(element: ET.Element) -> str:

@@ -24,9 +24,9 @@ import re
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
-from pipeline.cloud.store import NotFound, PreconditionFailed, Store, TooLarge
+from pipeline.cloud.store import NotFound, PreconditionFailed, Store, TooLarge, Unreadable, parse_document
 from pipeline.jobs import keys
 from pipeline.jobs.contract import utcnow
 from pipeline.tts import audio as audio_utils
@@ -77,6 +77,11 @@ class UnusableRecord(VoiceError):
     """``voices/<name>/voice.json`` exists but is not a record the library wrote."""
 
 
+def parse_record(key: str, raw: bytes) -> VoiceRecord:
+    """A stored record, or ``Unreadable`` (anyone allowed to write under ``voices/`` can plant one)."""
+    return parse_document(key, raw, VoiceRecord)
+
+
 def is_name(voice: str) -> bool:
     return bool(NAME_RE.fullmatch(voice))
 
@@ -102,8 +107,8 @@ class VoiceLibrary:
             record, etag = await self.store.get_model_etag(record_key(name), VoiceRecord, MAX_RECORD_BYTES)
         except TooLarge as e:
             raise UnusableRecord(f"voice {name!r}: its record is {e.size} bytes, not a voice record") from None
-        except ValidationError as e:
-            raise UnusableRecord(f"voice {name!r}: its record is malformed ({e.error_count()} errors)") from None
+        except Unreadable as e:
+            raise UnusableRecord(f"voice {name!r}: its record is malformed ({e})") from None
         if record is None or etag is None:
             return None
         if record.name != name:  # copied or planted under another name
@@ -141,10 +146,8 @@ class VoiceLibrary:
         for key in await self.store.list_keys(keys.VOICES):
             if key.endswith("/" + VOICE_FILE) and key.count("/") == 2:
                 try:
-                    record = VoiceRecord.model_validate_json(
-                        await self.store.get_bytes(key, max_bytes=MAX_RECORD_BYTES)
-                    )
-                except (NotFound, TooLarge, ValidationError):
+                    record = parse_record(key, await self.store.get_bytes(key, max_bytes=MAX_RECORD_BYTES))
+                except (NotFound, TooLarge, Unreadable):
                     continue  # gone meanwhile, or not a record this library wrote
                 if record_key(record.name) == key:
                     out.append(record)

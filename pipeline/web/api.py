@@ -39,7 +39,7 @@ import json
 import logging
 import re
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -156,22 +156,9 @@ class SpeechApi:
             return await self._speech(request)
 
     async def _speech(self, request: web.Request) -> web.StreamResponse:
-        req = await self._speech_request(request)
+        req, manifest = await self._speech_request(request)
         await self._check_voice(req.voice)
         streamed = req.response_format in encoders.STREAMED
-        manifest = Manifest(
-            text=req.input,
-            voice=req.voice,
-            speed=req.speed,
-            # Streamed formats are encoded here from the worker's samples; FLAC is the worker's file.
-            output_format=OutputFormat.wav if streamed else OutputFormat(req.response_format),
-            # OpenAI's request names no language: text with CJK characters is detected sentence by
-            # sentence (Chinese, mixed with English, is the model's other language); the rest is English.
-            language="auto" if _CJK.search(req.input) else "eng",
-            # Someone is waiting: the interactive lane (received first, chunks lead the batcher,
-            # a short first chunk).
-            priority=Priority.interactive,
-        )
         job_id = await self._submit(request, manifest)
         log.info("speech request: job %s (voice %r, %d chars)", job_id, req.voice, len(req.input))
         try:
@@ -280,40 +267,10 @@ class SpeechApi:
             log.info("idempotency key seen before: waiting on job %s", job_id)
         return job_id
 
-    async def _speech_request(self, request: web.Request) -> SpeechRequest:
+    async def _speech_request(self, request: web.Request) -> tuple[SpeechRequest, Manifest]:
         if request.content_length is not None and request.content_length > self.settings.max_manifest_bytes:
             raise ApiError(413, f"request body over {self.settings.max_manifest_bytes} bytes", code="too_large")
-        try:
-            body = await request.json()
-        except ValueError:
-            raise ApiError(400, "request body is not valid JSON", code="invalid_json") from None
-        try:
-            req = SpeechRequest.model_validate(body)
-        except ValidationError as e:
-            first = e.errors(include_url=False)[0]
-            param = ".".join(str(p) for p in first["loc"]) or None
-            raise ApiError(400, f"{param}: {first['msg']}", param=param, code="invalid_value") from None
-        if req.response_format in UNSUPPORTED:
-            raise ApiError(400, UNSUPPORTED[req.response_format], param="response_format", code="unsupported_format")
-        if req.stream_format == "sse" and req.response_format not in encoders.STREAMED:
-            raise ApiError(
-                400,
-                f"stream_format sse streams {', '.join(encoders.STREAMED)}",
-                param="response_format",
-                code="unsupported_format",
-            )
-        if req.response_format not in FORMATS:
-            supported = ", ".join(FORMATS)
-            raise ApiError(
-                400, f"response_format must be one of {supported}", param="response_format", code="invalid_value"
-            )
-        if len(req.input) > self.settings.max_text_chars:
-            raise ApiError(
-                400,
-                f"input has {len(req.input)} characters; the limit is {self.settings.max_text_chars}",
-                param="input",
-            )
-        return req
+        return parse_speech_request(await request.read(), self.settings.max_text_chars)
 
     async def _check_voice(self, voice: str) -> None:
         """Only library voices, named exactly as the worker names them: never a key or a path."""
@@ -340,6 +297,70 @@ class SpeechApi:
     async def models(self, request: web.Request) -> web.Response:
         data = [{"id": m, "object": "model", "owned_by": "tts-pipeline"} for m in MODELS]
         return web.json_response({"object": "list", "data": data})
+
+
+def parse_speech_request(raw: bytes, max_text_chars: int) -> tuple[SpeechRequest, Manifest]:
+    """A speech request body and the job it asks for, or ``ApiError`` (400): never another
+    exception, whatever the bytes (a 500 for a bad body would say the server is at fault)."""
+    try:
+        body = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)  # JSON is UTF-8 (RFC 8259)
+        json.dumps(body, ensure_ascii=False).encode("utf-8")  # a lone surrogate from "\ud800" is no text
+    except RecursionError:
+        raise ApiError(400, "request body is JSON nested too deeply", code="invalid_json") from None
+    except ValueError:  # undecodable bytes, JSONDecodeError, a lone surrogate, an over-long integer
+        raise ApiError(400, "request body is not valid JSON", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "request body must be a JSON object", code="invalid_json")
+    try:
+        req = SpeechRequest.model_validate(body)
+    except ValidationError as e:
+        raise _invalid(e) from None
+    if req.response_format in UNSUPPORTED:
+        raise ApiError(400, UNSUPPORTED[req.response_format], param="response_format", code="unsupported_format")
+    if req.stream_format == "sse" and req.response_format not in encoders.STREAMED:
+        raise ApiError(
+            400,
+            f"stream_format sse streams {', '.join(encoders.STREAMED)}",
+            param="response_format",
+            code="unsupported_format",
+        )
+    if req.response_format not in FORMATS:
+        supported = ", ".join(FORMATS)
+        raise ApiError(
+            400, f"response_format must be one of {supported}", param="response_format", code="invalid_value"
+        )
+    if len(req.input) > max_text_chars:
+        raise ApiError(400, f"input has {len(req.input)} characters; the limit is {max_text_chars}", param="input")
+    streamed = req.response_format in encoders.STREAMED
+    try:
+        manifest = Manifest(
+            text=req.input,
+            voice=req.voice,
+            speed=req.speed,
+            # Streamed formats are encoded here from the worker's samples; FLAC is the worker's file.
+            output_format=OutputFormat.wav if streamed else OutputFormat(req.response_format),
+            # OpenAI's request names no language: text with CJK characters is detected sentence by
+            # sentence (Chinese, mixed with English, is the model's other language); the rest is English.
+            language="auto" if _CJK.search(req.input) else "eng",
+            # Someone is waiting: the interactive lane (received first, chunks lead the batcher,
+            # a short first chunk).
+            priority=Priority.interactive,
+        )
+    except ValidationError as e:  # what a job allows beyond the request's own rules (blank text, a long voice)
+        raise _invalid(e, {"text": "input"}) from None
+    return req, manifest
+
+
+def _invalid(e: ValidationError, renamed: dict[str, str] | None = None) -> ApiError:
+    first = e.errors(include_url=False)[0]
+    loc = [str((renamed or {}).get(str(p), p)) for p in first["loc"]]
+    param = ".".join(loc) or None
+    return ApiError(400, f"{param or 'request body'}: {first['msg']}", param=param, code="invalid_value")
+
+
+def _no_constant(name: str) -> NoReturn:
+    # Python's json reads NaN and Infinity; JSON has neither (a NaN speed would pass no check).
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _job_error(job_id: str, status: JobStatus | None) -> ApiError:

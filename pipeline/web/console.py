@@ -346,18 +346,10 @@ class Console:
     async def _manifest_voice(self, job_id: str) -> str | None:
         if job_id in self._voice_cache:
             return self._voice_cache[job_id]
-        voice: str | None = None
         try:
-            raw = await self._manifest(job_id)
-            doc = json.loads(raw)
-            if isinstance(doc, dict):
-                if isinstance(doc.get("voice"), str):
-                    voice = doc["voice"]
-                elif isinstance(doc.get("segments"), list):
-                    names = {s.get("voice") for s in doc["segments"] if isinstance(s, dict)}
-                    voice = ", ".join(sorted(n for n in names if isinstance(n, str))) or None
-        except (NotFound, TooLarge, ValueError):
-            pass
+            voice = manifest_voice(await self._manifest(job_id))
+        except (NotFound, TooLarge):
+            voice = None
         self._remember(self._voice_cache, job_id, voice, 5000)
         return voice
 
@@ -561,7 +553,6 @@ class Console:
             raise ConsoleError(400, "text is empty", "invalid_value")
         if len(text) > s.max_text_chars:
             raise ConsoleError(400, f"text has {len(text)} characters; the limit is {s.max_text_chars}", "too_long")
-        ref_text = form.get("ref_text", "").strip()
         if clip is not None:
             filename, data = clip
             voice = await self._upload_clip(filename, data)
@@ -569,25 +560,7 @@ class Console:
             voice = form.get("voice", "").strip()
             if not await self._in_library(voice):
                 raise ConsoleError(400, f"voice {voice!r} is not in the voice library", "voice_not_found")
-        fields: dict[str, Any] = {"text": text, "voice": voice}
-        if ref_text:
-            fields["ref_text"] = ref_text
-        if form.get("speed"):
-            try:
-                fields["speed"] = float(form["speed"])
-            except ValueError:
-                raise ConsoleError(400, "speed: a number from 0.25 to 4", "invalid_value") from None
-        if form.get("output_format"):
-            fields["output_format"] = form["output_format"]
-        subs = [v for v in form.getall("subtitles") if v]
-        if subs:
-            fields["subtitles"] = subs
-        try:
-            manifest = Manifest.model_validate_json(json.dumps(fields))  # JSON mode, as a manifest is read
-        except ValidationError as e:
-            first = e.errors(include_url=False)[0]
-            where = ".".join(str(p) for p in first["loc"]) or "job"
-            raise ConsoleError(400, f"{where}: {first['msg']}", "invalid_value") from None
+        manifest = form_manifest(form, voice)
         job_id = client.new_job_id()
         status = await client.submit(self.store, job_id, manifest)
         log.info("console: submitted %s (voice %s, %d chars)", job_id, voice, len(text))
@@ -698,6 +671,52 @@ class Console:
 
 def _see_other(location: str) -> web.Response:
     return web.Response(status=303, headers={"Location": location})
+
+
+def manifest_voice(raw: bytes) -> str | None:
+    """The voice(s) a stored manifest names, for the job list; None for a manifest without one or
+    one that cannot be read (any bytes: a manifest is whatever its uploader wrote)."""
+    try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError):  # not UTF-8 or not JSON; nested past the decoder's limit
+        return None
+    if not isinstance(doc, dict):
+        return None
+    if isinstance(doc.get("voice"), str):
+        return doc["voice"]
+    segments = doc.get("segments")
+    if isinstance(segments, list):
+        # Only string names: a list or object there is unhashable, and not a voice anyway.
+        names = {seg["voice"] for seg in segments if isinstance(seg, dict) and isinstance(seg.get("voice"), str)}
+        return ", ".join(sorted(names)) or None
+    return None
+
+
+def form_manifest(form: _Form, voice: str) -> Manifest:
+    """The job the console's form asks for (text checked by the caller), or ``ConsoleError`` (400)."""
+    fields: dict[str, Any] = {"text": form.get("text"), "voice": voice}
+    ref_text = form.get("ref_text").strip()
+    if ref_text:
+        fields["ref_text"] = ref_text
+    if form.get("speed"):
+        try:
+            speed = float(form["speed"])
+        except ValueError:
+            speed = math.nan
+        if not math.isfinite(speed):  # "nan" and "inf" are floats to Python, not speeds
+            raise ConsoleError(400, "speed: a number from 0.25 to 4", "invalid_value")
+        fields["speed"] = speed
+    if form.get("output_format"):
+        fields["output_format"] = form["output_format"]
+    subs = [v for v in form.getall("subtitles") if v]
+    if subs:
+        fields["subtitles"] = subs
+    try:
+        return Manifest.model_validate_json(json.dumps(fields))  # JSON mode, as a manifest is read
+    except ValidationError as e:
+        first = e.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"]) or "job"
+        raise ConsoleError(400, f"{where}: {first['msg']}", "invalid_value") from None
 
 
 class _Form:
