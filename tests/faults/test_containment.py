@@ -81,9 +81,7 @@ def test_c4_a_queue_deleted_while_its_job_runs_leaves_the_worker_running(
     assert w.proc.poll() is None
 
 
-def test_c4_a_worker_started_before_its_queue_exists_waits_for_it(
-    stack: dict[str, str], workers: Any, s3: Any
-) -> None:
+def test_c4_a_worker_started_before_its_queue_exists_waits_for_it(stack: dict[str, str], workers: Any, s3: Any) -> None:
     """No queue yet (a deploy that starts workers before the stack's queue): the worker waits,
     unready, instead of exiting into a restart loop that reloads its model each time; it consumes
     once the queue is created."""
