@@ -60,6 +60,7 @@ class Unreadable(ValueError):
     def __init__(self, key: str, model: str, detail: str) -> None:
         super().__init__(f"{key} is not a readable {model} document: {detail}")
         self.key = key
+        self.etag: str | None = None  # the unreadable version's, for a conditional write over it
 
 
 def parse_document(key: str, body: bytes, model: type[M]) -> M:
@@ -192,7 +193,11 @@ class Store:
             body, etag = await self._get(key, max_bytes)
         except NotFound:
             return None, None
-        return parse_document(key, body, model), etag
+        try:
+            return parse_document(key, body, model), etag
+        except Unreadable as e:
+            e.etag = etag
+            raise
 
     async def head(self, key: str) -> dict[str, Any] | None:
         try:

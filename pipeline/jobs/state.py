@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import Enum
 
-from pipeline.cloud.store import PreconditionFailed, Store
+from pipeline.cloud.store import PreconditionFailed, Store, Unreadable
 from pipeline.jobs import keys
 from pipeline.jobs.contract import JobErrorInfo, JobState, JobStatus, Priority, Progress, utcnow
 
@@ -93,11 +93,21 @@ class Ledger:
         delivery's manifest key is in (the effective priority), recorded in the status."""
         key = keys.status_key(job_id)
         for _ in range(_CLAIM_ROUNDS):
-            status, etag = await self.read(job_id)
+            replaced = None
+            try:
+                status, etag = await self.read(job_id)
+            except Unreadable as e:
+                # Planted or corrupted: no record of anything. Refusing to claim would leave the job
+                # unrun and unended until its message reached the DLQ; the manifest in the inbox is
+                # the job, so the claim starts it afresh over the unreadable version (conditional
+                # on its ETag, like any claim) and says so in the history.
+                log.error("job %s: %s; claiming over it", job_id, e)
+                status, etag = None, e.etag
+                replaced = "its status document was unreadable (planted or corrupted) and was replaced"
             started, now = time.monotonic(), utcnow()
             if status is not None and status.state.terminal:
                 return ClaimResult.DONE, Seen(status, etag)
-            note = None
+            note = replaced
             if status is not None and status.state is JobState.PROCESSING:
                 lease = status.lease_expires_at
                 if lease is not None and lease > now and status.worker != self.worker_id:

@@ -131,6 +131,23 @@ def test_a_recursion_bomb_is_parked_and_the_worker_goes_on(
     assert "nested too deeply" in attrs["tts-reason"]
 
 
+@pytest.mark.parametrize("planted", [b"not json", b'{"state": 7}', b"[" * 100_000])
+def test_a_job_whose_status_document_is_unreadable_still_runs_and_ends(
+    env: dict[str, str], s3: Any, pworker: WorkerProcess, tmp_path: Path, planted: bytes
+) -> None:
+    """A status document that is not one (planted, corrupted) used to stop every claim: the job was
+    never run nor ended, its message went to the DLQ, and every reconcile pass reported an error for
+    it. The claim now starts the job over the unreadable version and the history says so."""
+    job = f"poison-status-{len(planted)}"
+    s3.put_object(Bucket=NAME, Key=f"status/{job}.json", Body=planted)
+    manifest = {"text": "Short and sweet.", "voice": "voices/alice.wav", "ref_text": REF_TEXT, "nfe_step": 2}
+    drop_manifest(env, tmp_path, job, manifest, bucket=NAME)
+    final = wait_for_state(s3, job, bucket=NAME, worker=pworker)
+    assert final["state"] == "COMPLETED", final
+    assert any("unreadable" in (h.get("note") or "") for h in final["history"]), final["history"]
+    assert pworker.proc.poll() is None
+
+
 def test_the_dlq_tools_and_the_reconciler_report_unreadable_dead_letters(
     env: dict[str, str], sqs: Any, pworker: WorkerProcess
 ) -> None:
