@@ -6,6 +6,7 @@ fix. The waits are hang guards: every assertion is on an event observed.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 from collections.abc import Iterator
@@ -14,8 +15,13 @@ from typing import Any
 
 import pytest
 
+from pipeline.cloud.aws import Calls
+from pipeline.cloud.store import Store
+from pipeline.jobs.contract import JobState, JobStatus, Progress, utcnow
+from pipeline.jobs.state import Claim, ClaimResult, Ledger
 from tests.faults.proxy import DENIED_MESSAGE, ProxyProcess
 from tests.helpers import (
+    BUCKET,
     REF_TEXT,
     TTS,
     Holds,
@@ -93,6 +99,47 @@ def test_c4_a_worker_started_before_its_queue_exists_waits_for_it(stack: dict[st
     wait_ready(w)
     _put_job(s3, stack["TTS_BUCKET"], "c4-late", _manifest())
     assert wait_for_state(s3, "c4-late", bucket=stack["TTS_BUCKET"], worker=w)["state"] == "COMPLETED"
+
+
+# 5 --------------------------------------------------------------------------------------------
+
+
+async def test_c5_a_hung_status_write_of_the_job_holds_no_renewal_of_its_lease(
+    aws_env: dict[str, str], fault_proxy: ProxyProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The attempt's own status write hangs (S3 performed it, the answer never comes, and nothing
+    below the ledger gives up: one try may take an hour). Its retry deadline bounded only when a
+    retry may *start*, so the write held the claim's lock, which every renewal of the lease waits
+    on, until the hung try's own timeout: the lease lapsed. Now the whole transition is cut at its
+    deadline, and the heartbeat's renewal lands over it."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", fault_proxy.endpoint)
+    job = "c5-hung-write"
+    patient = Calls("worker", timeout_s=3600)  # no client-side bound but the ledger's own
+    async with Store.open(BUCKET, calls=patient) as store:
+        own = Ledger(store.with_calls(patient.with_deadline(2)), "w-c5", lease_s=60)
+        heartbeat = Ledger(store.with_calls(Calls("lease", timeout_s=3600, deadline_s=30)), "w-c5", lease_s=60)
+        outcome, claim = await own.claim(job, None)
+        assert outcome is ClaimResult.CLAIMED and isinstance(claim, Claim)
+        fault_proxy.arm(
+            {
+                "id": "c5",
+                "job": job,
+                "op": "S3 PutObject",
+                "key": rf"status/{job}\.json",
+                "kind": "hang",
+                "hang_s": 3600,
+            }
+        )
+        hung = asyncio.create_task(own.renew(claim, Progress(chunks_done=1, chunks_total=3)))
+        await asyncio.to_thread(wait_until, lambda: fault_proxy.fired("c5"), "the status write to hang", 60)
+        # A hang guard, not a timing: before the fix this renewal never got the lock.
+        await asyncio.wait_for(heartbeat.renew(claim, Progress(chunks_done=2, chunks_total=3)), 120)
+        with pytest.raises(TimeoutError):
+            await hung  # cut at its deadline: a transient error for the attempt to handle
+        status = await store.get_model(f"status/{job}.json", JobStatus)
+        assert status is not None and status.state is JobState.PROCESSING
+        assert status.progress == Progress(chunks_done=2, chunks_total=3)
+        assert status.lease_expires_at is not None and status.lease_expires_at > utcnow()
 
 
 # 6 --------------------------------------------------------------------------------------------
