@@ -17,6 +17,7 @@ from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_va
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from pipeline.cloud.aws import Calls
+from pipeline.runtime.deadlines import Deadline
 
 
 def _default_worker_id() -> str:
@@ -132,6 +133,20 @@ class Settings(BaseSettings):
     call_timeout_s: float = Field(default=10.0, gt=0, le=300)
     cancel_poll_s: float = Field(default=2.0, gt=0)
     shutdown_grace_s: float = Field(default=60.0, ge=0)
+    # Deadlines of the parts that can hang (pipeline/runtime/deadlines.py, docs/reliability.md,
+    # "Containment"): a model call may take model_deadline_s + deadline_per_audio_s per second of
+    # audio its items make or read, an aligner child call aligner_deadline_s + the same per second
+    # of the chunk. A model call past its deadline makes the worker not live (/healthz 503): it
+    # hands its jobs back and exits non-zero. An aligner call past its deadline kills the child
+    # (a new one serves the next call) and costs that chunk its word timings.
+    model_deadline_s: float = Field(default=120.0, gt=0)
+    aligner_deadline_s: float = Field(default=60.0, gt=0)
+    deadline_per_audio_s: float = Field(default=30.0, ge=0)
+    # An attempt aborted (cancelled, timed out, released at shutdown) that has not reached its
+    # ending this long after the abort is let go: its lease and message are no longer renewed, so
+    # they lapse together and another worker takes the job over (the attempt's own later writes
+    # are conditional on its claim and lose).
+    abort_grace_s: float = Field(default=60.0, gt=0)
 
     # The console and its OpenAI-compatible API (pipeline/web/, `tts-pipeline console`): a client
     # of the bucket, never of a model. Localhost unless told otherwise; TTS_API_KEY set: every /v1
@@ -200,6 +215,12 @@ class Settings(BaseSettings):
             beat = self.heartbeat_interval_s
             return Calls(agent, timeout_s=min(self.call_timeout_s, beat / 2), deadline_s=beat)
         return Calls(agent, timeout_s=self.call_timeout_s)
+
+    def model_deadline(self) -> Deadline:
+        return Deadline(self.model_deadline_s, self.deadline_per_audio_s)
+
+    def aligner_deadline(self) -> Deadline:
+        return Deadline(self.aligner_deadline_s, self.deadline_per_audio_s)
 
     def torch_threads_on(self, device: str) -> int | None:
         """TTS_TORCH_THREADS, or its default for ``device`` (None: leave torch's own)."""

@@ -82,15 +82,75 @@ measured with it. With the defaults (45 s lease, 15 s heartbeat) a dead worker's
 
 """
 
+KEPT = "## Containment (issue 25): no input"  # hand-written in docs/reliability.md: carried over as it is
+
+
+def _kept(text: str, heading: str) -> str:
+    """A section of the current document that no figure comes from (its table rows are too long to
+    keep in this script): from ``heading`` to the next section, or "" when it is not there."""
+    if heading not in text:
+        return ""
+    rest = text[text.index(heading) :]
+    nxt = rest.find("\n## ", len(heading))
+    return (rest if nxt < 0 else rest[: nxt + 1]).rstrip("\n") + "\n"
+
+
+CONTAINMENT_DEADLINES = """\
+## Containment: deadlines and liveness (issue 25)
+
+Every wait of a job has a deadline derived from its work, and a part that is stuck makes the
+worker sick, never the job stuck. Each rule with the test that proves it (each failed, or could
+not run, on the code before):
+
+- **Model calls.** Each try of a model call may take `TTS_MODEL_DEADLINE_S` (120) +
+  `TTS_DEADLINE_PER_AUDIO_S` (30) × the seconds of audio its items make or read; the batcher
+  watches the model thread from the event loop. Past the deadline the thread is lost for good: the
+  batcher fails every future it holds (`ModelCallStuck`), refuses new work and stops. A dispatcher
+  that stops for any other reason fails its futures too (`BatcherUnavailable`), so no job waits on
+  a batcher future forever (the torch aligner's windows included). A job that meets either is
+  handed back (QUEUED), never failed: it did nothing wrong.
+  `tests/unit/test_batcher.py::test_a_model_call_past_its_deadline_fails_every_future_and_stops_the_batcher`,
+  `::test_a_dispatcher_that_stops_fails_the_futures_it_holds`.
+- **A stuck model call is a sick worker.** `/healthz` answers 503 naming the call, `/readyz` 503,
+  every job in hand goes back to QUEUED, and the worker exits with status 70 without waiting for
+  the thread it cannot join; another worker completes the jobs.
+  `tests/integration/test_liveness.py::test_a_model_call_past_its_deadline_makes_the_worker_not_live_and_hands_its_job_back`
+  (the call held on the model thread by the `stall/<job_id>` fault hook).
+- **The aligner's child.** Each call may take `TTS_ALIGNER_DEADLINE_S` (60) +
+  `TTS_DEADLINE_PER_AUDIO_S` × the chunk's seconds; past it the child is killed (SIGKILL works on a
+  stopped one too), a new one serves the next call, and the chunk gets no word timings
+  (`ALIGNMENT_SKIPPED` naming the deadline), as for a crash. A job waiting on an alignment (or for
+  the aligner's one child) stops at once when it is aborted. A stopping worker kills the child
+  instead of waiting for it.
+  `tests/unit/test_align.py::test_a_stopped_aligner_child_is_killed_at_the_deadline_and_replaced`,
+  `::test_close_does_not_wait_for_a_stopped_child`,
+  `tests/integration/test_liveness.py::test_a_stopped_aligner_child_is_killed_and_replaced_and_its_job_completes`.
+- **Aborted attempts.** An attempt aborted (cancelled, timed out, released at shutdown) is renewed
+  while it winds down, for at most `TTS_ABORT_GRACE_S` (60) if it has not reached its ending: then
+  the heartbeat lets it go (no more lease renewals or visibility extensions), both lapse within a
+  lease, and another worker takes the job over; the stuck attempt's later writes are conditional
+  on its claim and lose. A stopping worker waits for its jobs in hand only that long past their
+  abort (plus a lease), then exits without them.
+  `tests/integration/test_liveness.py::test_an_aborted_attempt_that_does_not_answer_is_let_go`
+  (an attempt held in its publish step, which does not answer an abort, after SIGTERM with no grace).
+- **`/healthz` reflects the parts.** It fails (503, with the reason) when the event loop has not
+  run for 60 s, the batcher's dispatcher has stopped or a model call is past its deadline, the
+  aligner's call is past its deadline without the child having been stopped, or the heartbeat's
+  loop has not run for a whole lease. Each check reads a few attributes on the probe's thread.
+  Failing S3/SQS calls do not fail it: a restart cures no outage (scenario 3b).
+  `tests/unit/test_batcher.py::test_healthz_fails_while_a_watched_part_is_stuck` and the
+  model-call test above.
+"""
+
 UNTESTED = """\
 ## Failure modes not exercised here
 
 - **Real GPU faults.** One job's failing model call never fails its batch-mates: the batcher
   retries a failed call in halves down to the culprit, proven with an injected out-of-memory
   (`tests/integration/test_concurrency.py`). A real CUDA OOM (and the CUDA cache emptying after
-  it) is not exercised: there is no GPU in CI. A hung CUDA kernel cannot be interrupted
-  cooperatively; only the per-job timeout at the next chunk boundary and the orchestrator's
-  liveness probe would catch it.
+  it) is not exercised: there is no GPU in CI. A hung CUDA kernel cannot be interrupted; the
+  model call's deadline catches it (Containment, above), proven with a call held on the model
+  thread by a fault hook, not with a real GPU hang.
 - **Clock skew between workers.** Leases compare wall-clock times written by different hosts;
   skew larger than the lease slack (visibility timeout minus heartbeat interval) could cause an
   early takeover. LocalStack runs on one clock.
@@ -145,7 +205,8 @@ def main() -> int:
         if name in docs:
             lines += [f"**{title}.** {' '.join(docs[name]['doc'].split())}", ""]
     lines += _sweep(docs.get("sweep"))
-    lines += [RECONCILER, UNTESTED]
+    kept = _kept(OUT.read_text(), KEPT) if OUT.exists() else ""
+    lines += [RECONCILER, kept, CONTAINMENT_DEADLINES, UNTESTED]
     OUT.write_text("\n".join(lines))
     print(f"wrote {OUT}")
     return 0

@@ -21,6 +21,13 @@ directory of the worker process: no manifest field and no S3 object can turn any
 ``oom/<job_id>``
     Every model call that carries one of this job's items raises an out-of-memory error, as a
     CUDA OOM would: the batcher splits the call and retries, so only this job fails.
+``stall/<job_id>``
+    Every model call that carries one of this job's items blocks on the model thread until the
+    file is removed, as a hung CUDA kernel or driver call would: nothing on the worker's side can
+    interrupt it. JSON (empty means ``{}``): ``attempts`` (default: every attempt; ``[1]`` lets a
+    successor run freely). On arrival the worker writes ``stalled/<job_id>`` (``job_id``,
+    ``attempt``, ``worker``, ``kind``). The call's deadline (``TTS_MODEL_DEADLINE_S``) counts the
+    stall: past it the worker is not live, hands its jobs back and exits non-zero.
 ``silence/<job_id>``
     The quality gate (``pipeline.worker.quality``) sees silence instead of what the model made for
     some of that job's speech chunks: as a chunk the model botched, deterministically (the tiny test
@@ -81,10 +88,14 @@ class FaultHooks:
     # -- holds ----------------------------------------------------------------------------------
 
     def _hold_spec(self, name: str) -> dict[str, Any] | None:
+        return self._spec("hold", name)
+
+    def _spec(self, folder: str, name: str) -> dict[str, Any] | None:
+        """The JSON of ``<folder>/<name>`` (``{}`` if empty or not an object); None: no such file."""
         if self.root is None:
             return None
         try:
-            text = (self.root / "hold" / name).read_text()
+            text = (self.root / folder / name).read_text()
         except (FileNotFoundError, NotADirectoryError):
             return None
         try:
@@ -94,8 +105,11 @@ class FaultHooks:
         return spec if isinstance(spec, dict) else {}
 
     def _held(self, name: str, **info: Any) -> None:
+        self._mark("held", name, **info)
+
+    def _mark(self, folder: str, name: str, **info: Any) -> None:
         assert self.root is not None
-        held = self.root / "held"
+        held = self.root / folder
         held.mkdir(parents=True, exist_ok=True)
         tmp = held / f".{name}.{os.getpid()}.tmp"
         tmp.write_text(json.dumps({"worker": self.worker_id, **info}))
@@ -181,8 +195,25 @@ class FaultHooks:
         line = json.dumps({"worker": self.worker_id, "kind": kind, "jobs": counts}) + "\n"
         with (self.root / "calls.jsonl").open("a") as f:  # one short append per call: atomic
             f.write(line)
+        for job_id, per_attempt in counts.items():
+            self._stall(kind, job_id, [int(a) for a in per_attempt])
         if any((self.root / "oom" / job_id).exists() for job_id in counts):
             raise InjectedOutOfMemory("CUDA out of memory (injected by TTS_FAULT_DIR/oom)")
+
+    def _stall(self, kind: str, job_id: str, attempts: list[int]) -> None:
+        """Blocks this (model) thread while ``stall/<job_id>`` applies: a file, polled, because the
+        releasing test is another process."""
+        spec = self._spec("stall", job_id)
+        if spec is None:
+            return
+        stalled = [a for a in attempts if _for_attempt(spec, a)]
+        if not stalled:
+            return
+        log.warning("fault hook: %s model call stalled for job %s", kind, job_id)
+        self._mark("stalled", job_id, job_id=job_id, attempt=stalled[0], kind=kind)
+        while self._spec("stall", job_id) is not None:
+            time.sleep(POLL_S)
+        log.info("fault hook: model call for job %s released", job_id)
 
     # -- background tasks ----------------------------------------------------------------------
 

@@ -1,7 +1,9 @@
 """Prometheus metrics and the worker's probes, served on ``TTS_METRICS_PORT`` (unset: not served).
 
 GET /metrics   Prometheus text format
-GET /healthz   200 while the worker's event loop is alive (liveness), else 503
+GET /healthz   200 while the worker is live, else 503 with the reason: its event loop runs, and
+               every part that watches itself (``watch``: the batcher, the aligner, the heartbeat)
+               says it is not stuck
 GET /readyz    200 once the model is loaded and the worker consumes (readiness), else 503
 """
 
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
@@ -95,13 +98,45 @@ def beat() -> None:
     _last_beat[0] = time.monotonic()
 
 
+# name -> check: None while that part is fine, else why the worker is not live. Called on the
+# probe's own thread at every probe: each reads a few attributes, never waits (a liveness probe
+# that can hang is worse than none).
+_checks: dict[str, Callable[[], str | None]] = {}
+
+
+def watch(name: str, check: Callable[[], str | None]) -> None:
+    _checks[name] = check
+
+
+def unwatch(name: str) -> None:
+    _checks.pop(name, None)
+
+
+def not_live() -> str | None:
+    """Why /healthz fails (None: it answers 200)."""
+    stalled = time.monotonic() - _last_beat[0]
+    if stalled >= LIVENESS_STALE_S:
+        return f"event loop stalled for {stalled:.0f}s"
+    for name, check in list(_checks.items()):
+        try:
+            why = check()
+        except Exception as e:  # a broken check is a reason to look, not to crash the probe
+            why = f"its liveness check failed ({type(e).__name__})"
+        if why:
+            return f"{name}: {why}"
+    return None
+
+
 class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if self.path == "/metrics":
             self._send(200, generate_latest(), CONTENT_TYPE_LATEST)
         elif self.path == "/healthz":
-            alive = time.monotonic() - _last_beat[0] < LIVENESS_STALE_S
-            self._send(200 if alive else 503, b"ok\n" if alive else b"event loop stalled\n")
+            why = not_live()
+            if why is None:
+                self._send(200, b"ok\n")
+            else:
+                self._send(503, f"not live: {why}\n".encode())
         elif self.path == "/readyz":
             self._send(200 if _ready.is_set() else 503, b"ready\n" if _ready.is_set() else b"not ready\n")
         else:

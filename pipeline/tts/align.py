@@ -20,12 +20,19 @@ adjacent repeated tokens). We compute the same targets the library will and refu
 it, so such a job gets a warning instead of killing the worker; and the aligner runs in a child
 process, so any other crash in native code costs one job its word timings, not the worker.
 
+A hang costs no more than a crash: every call to the child has a deadline derived from the audio
+(``Deadline``: ``TTS_ALIGNER_DEADLINE_S`` + ``TTS_DEADLINE_PER_AUDIO_S`` per second); past it the
+child is killed and a new one started for the next call, and the chunk gets no word timings
+(``AlignmentTimedOut``, an ``ALIGNMENT_SKIPPED`` warning). Calls share one child, one at a time: a
+call waits for the one before it at most that call's deadline.
+
 The default MMS aligner model is licensed CC-BY-NC 4.0; the aligner is a swappable bundle file.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import multiprocessing as mp
@@ -41,6 +48,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipeline.runtime import deadlines
+from pipeline.runtime.deadlines import Deadline
 from pipeline.tts import audio as audio_utils
 
 if TYPE_CHECKING:
@@ -49,10 +58,21 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ALIGN_SAMPLE_RATE = 16000
+# A new child loads the aligner's model (1.2 GB for the real one) before it serves: bounded too,
+# generously, so that a child that cannot start is an error instead of a hang.
+START_TIMEOUT_S = 300.0
+# How long past its deadline a call may still look "running" before /healthz says the aligner is
+# stuck: the waiting thread kills the child at the deadline, this only covers it being late.
+_LATE_KILL_S = 10.0
 
 
 class AlignmentImpossible(ValueError):
     """Alignment cannot run on this input (too little audio for the text, or nothing to align)."""
+
+
+class AlignmentTimedOut(AlignmentImpossible):
+    """The aligner's child did not answer within the call's deadline: it was killed (a new one
+    serves the next call), and this chunk gets no word timings."""
 
 
 @dataclass(frozen=True)
@@ -76,15 +96,25 @@ class Aligner:
     with one (``BatchedEmitter``, the torch path) the calling thread scores it and the child only
     aligns."""
 
-    def __init__(self, onnx_path: Path | None, emitter: Emitter | None = None, *, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        onnx_path: Path | None,
+        emitter: Emitter | None = None,
+        *,
+        threads: int | None = None,
+        deadline: Deadline = deadlines.ALIGNER,
+    ) -> None:
         """``threads``: onnxruntime's intra-op threads (None: its default, one per core)."""
         if onnx_path is None and emitter is None:
             raise ValueError("an aligner needs an ONNX model or an emitter")
         self.onnx_path = onnx_path if emitter is None else None
         self.emitter = emitter
         self.threads = threads
+        self.deadline = deadline
         self._lock = threading.Lock()
-        self._pool = self._start()
+        self._until: float | None = None  # the running call's deadline (time.monotonic())
+        self._closed = False
+        self._pool: ProcessPoolExecutor | None = self._start()
 
     @property
     def backend(self) -> str:
@@ -95,27 +125,98 @@ class Aligner:
         pool = ProcessPoolExecutor(
             max_workers=1, mp_context=mp.get_context("spawn"), initializer=_child_init, initargs=(onnx, self.threads)
         )
-        pool.submit(_child_ping).result()  # load the model now, not on the first job
+        try:
+            pool.submit(_child_ping).result(timeout=START_TIMEOUT_S)  # load the model now, not on the first job
+        except BaseException:
+            _kill(pool)
+            raise
         return pool
+
+    def child_pids(self) -> list[int]:
+        """The child's process id (a list: none while it is being replaced)."""
+        pool = self._pool
+        return [p.pid for p in list((getattr(pool, "_processes", None) or {}).values()) if p.pid is not None]
 
     def align(
         self, wave: np.ndarray, sample_rate: int, text: str, language: str = "eng", *, check: bool = True
     ) -> list[WordSpan]:
         """``check=False`` skips the pre-check (tests use it to prove the isolation holds)."""
         duration = len(wave) / sample_rate
+        deadline_s = self.deadline.of(duration)
         wave16 = audio_utils.resample(audio_utils.to_mono(wave), sample_rate, ALIGN_SAMPLE_RATE).astype(np.float32)
         emissions = self.emitter(wave16) if self.emitter is not None else None  # outside the child's lock
-        with self._lock:
+        with self._lock:  # held at most one call's deadline (and a replacement's start)
+            if self._closed:
+                raise AlignmentImpossible("the aligner is closed (the worker is stopping)")
+            if self._pool is None:  # the last replacement failed to start: try again
+                self._replace(kill=False)
+            assert self._pool is not None
+            future = self._pool.submit(_child_align, wave16, text, language, check, emissions)
+            self._until = time.monotonic() + deadline_s
             try:
-                results = self._pool.submit(_child_align, wave16, text, language, check, emissions).result()
+                results = future.result(timeout=deadline_s)
             except BrokenProcessPool:
+                self._until = None
+                if self._closed:
+                    raise AlignmentImpossible("the aligner is closed (the worker is stopping)") from None
                 log.error("aligner process died; starting a new one")
-                self._pool = self._start()
+                self._replace(kill=False)
                 raise AlignmentImpossible("the aligner process crashed on this input") from None
+            except TimeoutError:
+                if future.done():  # the child's own TimeoutError, not ours
+                    raise
+                self._until = None
+                log.error("aligner process did not answer within %.0fs: killing it, starting a new one", deadline_s)
+                self._replace(kill=True)
+                raise AlignmentTimedOut(
+                    f"the aligner did not finish within its {deadline_s:.0f}s deadline (TTS_ALIGNER_DEADLINE_S + "
+                    "TTS_DEADLINE_PER_AUDIO_S per second of audio) and was restarted"
+                ) from None
+            finally:
+                self._until = None
         return _clean(results, duration)
 
+    def _replace(self, *, kill: bool) -> None:
+        """A new child for the next call (holding ``_lock``). One that cannot start leaves none:
+        the aligner says so to /healthz, and the next call tries again."""
+        if self._closed:  # close() has stopped (or is stopping) it: nothing to replace it for
+            raise AlignmentImpossible("the aligner is closed (the worker is stopping)")
+        old, self._pool = self._pool, None
+        if old is not None:
+            if kill:
+                _kill(old)
+            old.shutdown(wait=False, cancel_futures=True)
+        try:
+            self._pool = self._start()
+        except Exception as e:
+            log.error("could not start a new aligner process: %s", e)
+            raise AlignmentImpossible("the aligner process could not be restarted") from None
+
+    def sick(self) -> str | None:
+        """Why the aligner makes the worker not live (None: it does not). Cheap, any thread."""
+        until = self._until
+        if until is not None and time.monotonic() > until + _LATE_KILL_S:
+            return "its process is past its call's deadline and was not stopped"
+        if self._pool is None and not self._closed and not self._lock.locked():
+            return "it has no process (the last one could not be started)"
+        return None
+
     def close(self) -> None:
-        self._pool.shutdown(cancel_futures=True)
+        """Stops the child without waiting for a call or a handshake: it holds nothing to save, and
+        a child that is stuck (or stopped) would never answer one."""
+        self._closed = True
+        pool = self._pool
+        if pool is not None:
+            _kill(pool)
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _kill(pool: ProcessPoolExecutor) -> None:
+    """SIGKILL the pool's processes (a stopped or hung one too). ``_processes`` is the executor's
+    own record of them; the pool then sees them die, fails their futures and reaps them."""
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+        with contextlib.suppress(Exception):
+            proc.kill()
 
 
 # -- child process -------------------------------------------------------------------------------
@@ -227,10 +328,14 @@ class BatchedEmitter:
         owner = job_id_var.get()  # copied into this thread by asyncio.to_thread
 
         async def score(window: np.ndarray) -> np.ndarray:
-            return await self.batcher.submit(Work("emissions", "ctc", len(window), owner, window))
+            seconds = len(window) / ALIGN_SAMPLE_RATE
+            return await self.batcher.submit(Work("emissions", "ctc", len(window), owner, window, seconds=seconds))
 
         windows = inputs["input_values"]
         futures = [asyncio.run_coroutine_threadsafe(score(w), self.loop) for w in windows]
+        # No timeout of its own: the batcher ends every future it holds, with a result, an error or
+        # BatcherUnavailable, within the deadlines of the model calls before it and its own; and
+        # a job that leaves cancels its queued windows (``Batcher.cancel``), which ends these.
         return [np.stack([f.result() for f in futures])]
 
 

@@ -17,7 +17,16 @@ chunks of many jobs. The shape is NVIDIA Triton's dynamic batcher:
   item or an out-of-memory caused by one long item fails only its own job (the CUDA cache is
   emptied before the retry);
 - ``cancel(owner)`` drops a job's queued items; items already in a running call finish and are
-  discarded by the job.
+  discarded by the job;
+- every model call has a deadline derived from its work (``Deadline``: a floor plus an allowance
+  per second of audio its items make or read, ``Work.seconds``), watched from the event loop. A
+  call past it cannot be interrupted and its thread cannot be reused: the batcher is *stuck*.
+  It fails every future it holds with ``ModelCallStuck``, refuses new work, says so to
+  ``/healthz`` (``sick``) and ``run`` raises: the worker hands its jobs back and exits non-zero
+  (``pipeline.worker.loop``). A dispatcher that stops for any other reason fails every future it
+  holds with ``BatcherUnavailable`` too. So every future a job awaits ends: with its result, its
+  own error, or ``BatcherUnavailable`` (the job did nothing wrong: it goes back to the queue),
+  within the deadlines of the calls before it and its own.
 
 Per-job results never depend on batch-mates: the synthesis runner builds per-item noise and masks
 padding (``pipeline.tts.sampler``); alignment windows have one fixed length.
@@ -36,7 +45,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.runtime import metrics
+from pipeline.runtime import deadlines, metrics
+from pipeline.runtime.deadlines import Deadline
 from pipeline.runtime.faults import NO_FAULTS, FaultHooks
 
 log = logging.getLogger(__name__)
@@ -50,6 +60,19 @@ BUSY_WINDOW_S = 60.0
 INTERACTIVE = 0
 BULK = 1
 
+# How often the dispatcher looks at a running call between two of its tries (a call that failed
+# is retried in halves, each try with its own deadline).
+_BETWEEN_TRIES_S = 0.5
+
+
+class BatcherUnavailable(Exception):
+    """The batcher runs no more work (its dispatcher stopped, or the model thread is stuck). Not
+    the job's fault: a job that meets it is handed back, never failed."""
+
+
+class ModelCallStuck(BatcherUnavailable):
+    """A model call ran past its deadline: the model thread can neither be interrupted nor reused."""
+
 
 @dataclass(frozen=True)
 class Work:
@@ -60,6 +83,17 @@ class Work:
     payload: Any
     attempt: int = 0  # the job's attempt (what the fault hooks' call log records)
     priority: int = BULK  # INTERACTIVE items anchor batches before any BULK item
+    seconds: float = 0.0  # audio it makes or reads: its share of its call's deadline
+
+
+@dataclass(frozen=True)
+class _Running:
+    """The model call in progress (written by the model thread, read by the event loop)."""
+
+    kind: str
+    items: int
+    deadline_s: float
+    until: float  # time.monotonic() past which it is stuck
 
 
 @dataclass(eq=False)
@@ -79,6 +113,7 @@ class Batcher:
         max_length_ratio: float = 2.0,
         executor: ThreadPoolExecutor | None = None,
         faults: FaultHooks = NO_FAULTS,
+        deadline: Deadline = deadlines.MODEL,
     ) -> None:
         if max_batch < 1 or max_wait_s < 0 or max_length_ratio < 1:
             raise ValueError("max_batch >= 1, max_wait_s >= 0 and max_length_ratio >= 1 are required")
@@ -88,6 +123,11 @@ class Batcher:
         self.max_length_ratio = max_length_ratio
         self.executor = executor or model_thread()
         self.faults = faults
+        self.deadline = deadline
+        self._running: _Running | None = None
+        self._in_call: list[_Pending] = []  # the batch whose call runs now
+        self._down: str | None = None  # why no more work runs (None: it does)
+        self.stuck = False  # a model call is past its deadline: its thread is lost for good
         self._queue: list[_Pending] = []
         self._arrived = asyncio.Event()
         self._busy: collections.deque[tuple[float, float]] = collections.deque()  # (start, end)
@@ -101,6 +141,9 @@ class Batcher:
         if work.kind not in self.runners:
             raise ValueError(f"no runner for {work.kind!r}")
         pending = _Pending(work, asyncio.get_running_loop().create_future())
+        if self._down is not None:  # nothing would ever run it
+            _fail(pending, self._unavailable())
+            return pending.future
         self._queue.append(pending)
         self._arrived.set()
         return pending.future
@@ -116,10 +159,36 @@ class Batcher:
     def queued(self) -> int:
         return len(self._queue)
 
+    def sick(self) -> str | None:
+        """Why this batcher makes the worker not live (None: it does not). Cheap, any thread:
+        the liveness probe asks it."""
+        if self._down is not None:
+            return self._down
+        running = self._running
+        if running is not None and time.monotonic() > running.until:
+            return _late(running)
+        return None
+
     # -- the dispatcher -------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Form and run batches until cancelled."""
+        """Form and run batches until cancelled, or until a model call is stuck (``ModelCallStuck``).
+        However it ends, every future it still holds fails with ``BatcherUnavailable``."""
+        try:
+            await self._dispatch()
+        except BaseException as e:
+            if self._down is None:
+                self._down = f"the batcher stopped ({type(e).__name__}: {e})" if str(e) else "the batcher stopped"
+            for p in [*self._in_call, *self._queue]:
+                _fail(p, self._unavailable())
+            self._queue.clear()
+            raise
+
+    def _unavailable(self) -> BatcherUnavailable:
+        assert self._down is not None
+        return ModelCallStuck(self._down) if self.stuck else BatcherUnavailable(self._down)
+
+    async def _dispatch(self) -> None:
         while True:
             self.faults.crash_point("batcher")
             self._queue = [p for p in self._queue if not p.future.done()]  # cancelled by their jobs
@@ -168,8 +237,12 @@ class Batcher:
             metrics.BATCH_WAIT_SECONDS.labels(p.work.kind).observe(started - p.enqueued)
         kind, group = batch[0].work.kind, batch[0].work.group
         works = [p.work for p in batch]
+        self._in_call = batch
         try:
-            results = await loop.run_in_executor(self.executor, self._run_split, kind, group, works)
+            call = loop.run_in_executor(self.executor, self._run_split, kind, group, works)
+            results = await self._watch(call)
+        except ModelCallStuck:
+            raise  # ``run`` fails every future it holds, this batch's included
         except Exception as e:  # the executor itself failed: every item gets the error
             results = [e] * len(batch)
         finally:
@@ -185,6 +258,23 @@ class Batcher:
                 p.future.set_exception(result)
             else:
                 p.future.set_result(result)
+        self._in_call = []  # only now: a dispatcher stopped before this fails them in ``run``
+
+    async def _watch(self, call: asyncio.Future[list[Any]]) -> list[Any]:
+        """``call``'s results, unless one of its tries runs past its deadline: then the model thread
+        is stuck (nothing can interrupt it), and so is this batcher, for good."""
+        while True:
+            running = self._running
+            now = time.monotonic()
+            if running is not None and now > running.until:
+                self.stuck = True
+                self._down = _late(running)
+                log.error("%s: the worker cannot go on", self._down)
+                raise ModelCallStuck(self._down)
+            timeout = running.until - now if running is not None else _BETWEEN_TRIES_S
+            done, _ = await asyncio.wait({call}, timeout=timeout)
+            if done:
+                return call.result()
 
     def _run_split(self, kind: str, group: Hashable, works: list[Work]) -> list[Any]:
         """On the model thread: one call; on failure, halves, down to single items."""
@@ -200,8 +290,7 @@ class Batcher:
             self.calls += 1
             metrics.BATCH_SIZE.labels(kind).observe(len(works))
             metrics.BATCH_JOBS.labels(kind).observe(len(owners))
-            self.faults.before_model_call(kind, [(w.owner, w.attempt) for w in works])
-            results = list(self.runners[kind](group, [w.payload for w in works]))
+            results = self._call(kind, group, works)
             if len(results) != len(works):
                 raise RuntimeError(f"{kind} runner returned {len(results)} results for {len(works)} items")
             return results
@@ -215,6 +304,16 @@ class Batcher:
             )
             mid = len(works) // 2
             return self._run_split_inner(kind, group, works[:mid]) + self._run_split_inner(kind, group, works[mid:])
+
+    def _call(self, kind: str, group: Hashable, works: list[Work]) -> list[Any]:
+        """One try, on the model thread, under its deadline (the fault hooks' stall counts)."""
+        deadline_s = self.deadline.of(sum(w.seconds for w in works))
+        self._running = _Running(kind, len(works), deadline_s, time.monotonic() + deadline_s)
+        try:
+            self.faults.before_model_call(kind, [(w.owner, w.attempt) for w in works])
+            return list(self.runners[kind](group, [w.payload for w in works]))
+        finally:
+            self._running = None
 
     def busy_fraction(self) -> float:
         """Fraction of the last minute the model thread spent in calls."""
@@ -230,6 +329,20 @@ class Batcher:
         horizon = now - BUSY_WINDOW_S
         while self._busy and self._busy[0][1] < horizon:
             self._busy.popleft()
+
+
+def _late(running: _Running) -> str:
+    return (
+        f"a {running.kind} model call of {running.items} item(s) ran past its {running.deadline_s:.0f}s deadline "
+        "(TTS_MODEL_DEADLINE_S + TTS_DEADLINE_PER_AUDIO_S per second of audio)"
+    )
+
+
+def _fail(pending: _Pending, error: BaseException) -> None:
+    if pending.future.done():
+        return
+    pending.future.set_exception(error)
+    pending.future.exception()  # retrieved: a job that gave up on it must not make the loop log it
 
 
 def model_thread() -> ThreadPoolExecutor:

@@ -18,6 +18,17 @@ once its ending (final status, cleanup, notification) is done: the message stays
 the lease alive until then. Leaving waits for an extension in progress that includes its message,
 so an extension never lands after the attempt's own ``ChangeMessageVisibility`` or ``DeleteMessage``.
 
+An attempt that was aborted (cancelled, timed out, released at shutdown) is renewed while it
+winds down, but not forever: one that has not reached its ending ``abort_grace_s``
+(``TTS_ABORT_GRACE_S``) after the abort is stuck in something that does not answer its abort, and
+is *let go*: its lease and its message are no longer renewed, so both lapse within one visibility
+timeout and another worker takes the job over. Whatever the stuck attempt writes later is
+conditional on its claim and loses to the successor's.
+
+``sick`` tells /healthz whether the heartbeat itself still runs (a loop that has not ticked for a
+whole lease has let every lease lapse). Failing S3/SQS calls do not make it sick: a restart would
+not cure an outage (docs/reliability.md, scenario 3b).
+
 Messages waiting in the bulk lane's waiting room (``pipeline.worker.fair``: received, not started)
 are extended by the same batch call (``wait``/``let_go``), whichever of the worker's queues they
 came from (each message names its own): a dead worker's waiting messages reappear within one lease.
@@ -52,6 +63,7 @@ class Heartbeat:
         visibility_timeout_s: float,
         interval_s: float,
         faults: FaultHooks = NO_FAULTS,
+        abort_grace_s: float = 60.0,
     ) -> None:
         if not 0 < interval_s * 2 <= visibility_timeout_s:
             raise ValueError(
@@ -63,6 +75,9 @@ class Heartbeat:
         self.visibility_timeout_s = visibility_timeout_s
         self.interval_s = interval_s
         self.faults = faults
+        self.abort_grace_s = abort_grace_s
+        self._ticked = time.monotonic()  # the loop's last iteration (``sick``)
+        self._let_go: set[int] = set()  # attempts aborted and unresponsive past the grace: not renewed
         self._attempts: dict[int, Attempt] = {}
         self._tasks: dict[tuple[int, str], asyncio.Task[None]] = {}
         self._extension: asyncio.Task[None] | None = None
@@ -93,6 +108,7 @@ class Heartbeat:
             yield attempt
         finally:
             self._attempts.pop(id(attempt), None)
+            self._let_go.discard(id(attempt))
             for kind in ("renew", "cancel"):
                 task = self._tasks.pop((id(attempt), kind), None)
                 if task is not None:
@@ -107,24 +123,56 @@ class Heartbeat:
             await asyncio.sleep(TICK_S)
             self.faults.crash_point("heartbeat")
             now = time.monotonic()
+            self._ticked = now
             attempts = list(self._attempts.values())
             if not attempts and not self._waiting:
                 next_beat = now + self.interval_s
                 continue
             beat = now >= next_beat
-            live = [a for a in attempts if a.abort.reason is not AbortReason.LOST_CLAIM]
+            for a in attempts:
+                self._let_go_if_stuck(a, now)
+            # An attempt that lost its claim keeps nothing alive (the job is another's); one let go
+            # neither (it does not answer its abort).
+            live = [a for a in attempts if a.abort.reason is not AbortReason.LOST_CLAIM and id(a) not in self._let_go]
             if beat and (live or self._waiting):
                 next_beat = now + self.interval_s
                 self._extend([a.msg for a in live] + list(self._waiting.values()))
-            for a in live:  # an attempt that lost its claim keeps nothing alive: the job is another's
+            for a in live:
                 if a.abort.reason is None and not a.ending:
                     a.deadline.tick(now)
                     a.shutdown.tick(now)
                     if a.cancel.due(now):
                         self._start(a, "cancel", a.cancel.poll(now))
-                # Renewed until the attempt has ended, aborted or not: its ending runs under the lease.
+                # Renewed until the attempt has ended, aborted or not (within the abort grace): its
+                # ending runs under the lease.
                 if beat or a.progress.due(now):
                     self._start(a, "renew", self._renew(a, now))
+
+    def _let_go_if_stuck(self, attempt: Attempt, now: float) -> None:
+        since = attempt.abort.since
+        if since is None or attempt.ending or id(attempt) in self._let_go:
+            return
+        if attempt.abort.reason is AbortReason.LOST_CLAIM or now - since <= self.abort_grace_s:
+            return
+        self._let_go.add(id(attempt))
+        token = job_id_var.set(attempt.job_id)
+        try:
+            log.error(
+                "aborted (%s) %.0fs ago and still not ending (TTS_ABORT_GRACE_S=%g): its lease and message are "
+                "no longer renewed; another worker takes the job over when they lapse",
+                attempt.abort.reason.value if attempt.abort.reason else "?",
+                now - since,
+                self.abort_grace_s,
+            )
+        finally:
+            job_id_var.reset(token)
+
+    def sick(self) -> str | None:
+        """Why the heartbeat makes the worker not live (None: it does not). Cheap, any thread."""
+        idle = time.monotonic() - self._ticked
+        if idle > self.visibility_timeout_s:
+            return f"it last ran {idle:.0f}s ago, longer than a lease ({self.visibility_timeout_s:g}s)"
+        return None
 
     def _start(self, attempt: Attempt, kind: str, step: Coroutine[Any, Any, None]) -> None:
         key = (id(attempt), kind)

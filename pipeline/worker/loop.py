@@ -33,6 +33,7 @@ from pipeline.cloud.consumer import Message, Queue
 from pipeline.cloud.events import UnrecognisedMessage, parse_message_body
 from pipeline.config import Settings
 from pipeline.runtime import metrics
+from pipeline.tts.batcher import ModelCallStuck
 from pipeline.worker.fair import WaitingRoom, submitter_of
 from pipeline.worker.runner import Ack, Decision, JobRunner
 
@@ -83,7 +84,7 @@ class Worker:
             if self._tasks:
                 log.info("waiting for %d message(s) in hand", len(self._tasks))
                 # Their endings still need the heartbeat and the clients: both outlive this wait.
-                await asyncio.gather(*self._tasks, return_exceptions=True)
+                await self._drain()
         finally:
             for task in (*supervised, watcher):
                 task.cancel()
@@ -94,15 +95,49 @@ class Worker:
             log.info("stop requested: no more messages will be received")
         return self.jobs_done
 
+    async def _drain(self) -> None:
+        """Wait for the messages in hand, but not forever: each attempt is aborted by its job
+        timeout, the shutdown grace, or at once when the worker cannot go on; one that has not
+        ended ``TTS_ABORT_GRACE_S`` after that is let go by the heartbeat, and an ending's own
+        writes fit in a lease. A task still running past all of that does not answer: its lease
+        and message lapse, another worker takes its job over, and this worker exits without it."""
+        s = self.settings
+        if self._fatal is not None:
+            abort_s = 0.0
+        elif self._stopping.is_set():
+            abort_s = min(s.job_timeout_s, s.shutdown_grace_s)
+        else:  # --max-jobs / --idle-exit: the jobs in hand run to their end
+            abort_s = s.job_timeout_s
+        bound = abort_s + s.abort_grace_s + s.visibility_timeout_s + s.heartbeat_interval_s
+        _, stuck = await asyncio.wait(self._tasks, timeout=bound)
+        if not stuck:
+            return
+        log.error(
+            "%d message(s) still in hand %.0fs after the stop, past their abort grace: exiting without them "
+            "(their leases lapse; another worker takes their jobs over)",
+            len(stuck),
+            bound,
+        )
+        for task in stuck:
+            task.cancel()
+        await asyncio.gather(*stuck, return_exceptions=True)
+
     async def _supervise(self, tasks: set[asyncio.Task[None]]) -> None:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         task = done.pop()
         error = task.exception() if not task.cancelled() else None
-        self._die(BackgroundTaskDied(f"{task.get_name()} stopped: {error!r}"), hand_back=True)
+        # The note each job handed back gets, in our words (the error itself goes to the log).
+        why = (
+            "its model call is stuck past its deadline (TTS_MODEL_DEADLINE_S)"
+            if isinstance(error, ModelCallStuck)
+            else f"the worker's {task.get_name()} stopped"
+        )
+        self._die(BackgroundTaskDied(f"{task.get_name()} stopped: {error!r}"), hand_back=True, why=why)
 
-    def _die(self, error: BaseException, *, hand_back: bool) -> None:
+    def _die(self, error: BaseException, *, hand_back: bool, why: str | None = None) -> None:
         """Stop taking work and raise ``error`` once the jobs in hand are done; ``hand_back``: they
-        cannot be done (no heartbeat, no model), so they release their jobs at once."""
+        cannot be done (no heartbeat, no model), so they release their jobs at once (``why``: the
+        note their status history gets)."""
         if self._fatal is not None:
             return
         self._fatal = error
@@ -110,7 +145,7 @@ class Worker:
         metrics.set_ready(False)
         self._stopping.set()
         if hand_back:
-            self.runner.hand_back_all()
+            self.runner.hand_back_all(why)
 
     async def _lanes(self, max_jobs: int | None, idle_exit_s: float | None) -> None:
         """The bulk lane decides when the worker stops receiving; the interactive one runs beside it."""

@@ -52,7 +52,7 @@ from pipeline.runtime import metrics
 from pipeline.runtime.faults import NO_FAULTS, FaultHooks
 from pipeline.text import normalize, zh
 from pipeline.tts import audio as audio_utils
-from pipeline.tts.batcher import BULK, Batcher, Work
+from pipeline.tts.batcher import BULK, Batcher, BatcherUnavailable, Work
 
 if TYPE_CHECKING:
     from pipeline.config import Settings
@@ -341,7 +341,10 @@ class Gate:
         """The transcript (None: the call failed, logged; the chunk is marked ``not_transcribed``)."""
         audio16 = await asyncio.to_thread(audio_utils.resample, wave, self.sample_rate, ASR_SAMPLE_RATE)
         a = self.attempt
-        work = Work("transcription", WHISPER_LANGUAGES.get(language), 1, a.job_id, audio16, a.number, self.priority)
+        seconds = len(audio16) / ASR_SAMPLE_RATE
+        work = Work(
+            "transcription", WHISPER_LANGUAGES.get(language), 1, a.job_id, audio16, a.number, self.priority, seconds
+        )
         fut = self.batcher.submit(work)
         aborted = asyncio.ensure_future(a.abort.event.wait())
         try:
@@ -353,6 +356,8 @@ class Gate:
         a.check()
         try:
             return str(fut.result())
+        except BatcherUnavailable:
+            raise  # the worker's fault, not the chunk's: the job goes back to the queue
         except Exception as e:
             log.warning("transcription of a chunk failed (%s: %s): marked not_transcribed", type(e).__name__, e)
             return None

@@ -20,10 +20,10 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -63,6 +63,8 @@ if TYPE_CHECKING:
     from pipeline.tts.engine import F5Engine
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # Long jobs give freed chunk buffers back to the OS every this many chunks (pipeline/runtime/memory.py).
 TRIM_EVERY = 8
@@ -333,7 +335,8 @@ class _Render:
         )
         a = self.attempt
         group = (m.nfe_step, m.cfg_strength)
-        work = Work("synthesis", group, item.frames, a.job_id, item, a.number, self.inputs.batch_priority)
+        seconds = item.frames * sampler.HOP_LENGTH / SAMPLE_RATE  # reference + generated: what the call computes
+        work = Work("synthesis", group, item.frames, a.job_id, item, a.number, self.inputs.batch_priority, seconds)
         return self.st.batcher.submit(work)
 
     async def _wait(self, fut: asyncio.Future[np.ndarray], k: int, total: int) -> np.ndarray:
@@ -344,6 +347,22 @@ class _Render:
             aborted.cancel()
         self.attempt.check()
         return _chunk_result(fut, k, total, self.st.engine.device)
+
+    async def _unless_aborted(self, work: Coroutine[Any, Any, T]) -> T:
+        """``work`` (a thread's), unless the attempt is aborted first: then it is left to end on
+        its own deadline (a thread cannot be interrupted; the aligner kills its child at the
+        call's deadline) and the attempt stops now."""
+        task = asyncio.ensure_future(work)
+        aborted = asyncio.ensure_future(self.attempt.abort.event.wait())
+        try:
+            await asyncio.wait([task, aborted], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            aborted.cancel()
+            if not task.done():  # its outcome is no one's now: retrieved, so the loop does not log it
+                task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        if not task.done():
+            self.attempt.check()
+        return task.result()
 
     def _joins(self, piece: Piece, prev: Piece | None) -> bool:
         """Chunks of one turn cross-fade as F5-TTS joins them; pauses and turn changes butt-join."""
@@ -386,7 +405,8 @@ class _Render:
             t0 = time.perf_counter()
             try:
                 words = " ".join(zh.for_aligner(w) for _, w in script.spoken_words(piece.words))
-                spans = await asyncio.to_thread(self.st.aligner.align, audio, SAMPLE_RATE, words, m.language)
+                align = asyncio.to_thread(self.st.aligner.align, audio, SAMPLE_RATE, words, m.language)
+                spans = await self._unless_aborted(align)
                 record.words = [(s.start, s.end, round(s.score, 4)) for s in spans]
             except AlignmentImpossible as e:
                 record.alignment_error = str(e)

@@ -68,6 +68,7 @@ from pipeline.jobs.outputs import JobOutputs
 from pipeline.jobs.state import ClaimResult, Ledger, LostClaim, Seen
 from pipeline.runtime import metrics
 from pipeline.runtime.logs import job_id_var
+from pipeline.tts.batcher import BatcherUnavailable, ModelCallStuck
 from pipeline.tts.engine import Reference
 from pipeline.worker.attempt import Attempt, ResultState
 from pipeline.worker.failures import JobFailed
@@ -197,9 +198,12 @@ class JobRunner:
         self.publisher = Publisher(settings, store, self.ledger, model, renderer.faults)
         self.attempts: dict[str, Attempt] = {}  # job id -> the attempt running in this worker
         self._claiming: dict[str, str] = {}  # job id -> message id, while a claim is being made
+        self._handing_back: str | None = None  # why every job goes back (``hand_back_all``)
 
-    def hand_back_all(self) -> None:
-        """The worker cannot go on (a background task died): every attempt releases its job now."""
+    def hand_back_all(self, why: str | None = None) -> None:
+        """The worker cannot go on (a background task died, a model call is stuck): every attempt
+        releases its job now; ``why`` goes into the status history."""
+        self._handing_back = why
         for attempt in self.attempts.values():
             attempt.shutdown.now()
 
@@ -333,6 +337,12 @@ class JobRunner:
         except LostClaim as e:
             log.warning("lost the job to another worker (%s): stopping without publishing", e)
             return None
+        except BatcherUnavailable as e:  # the worker's fault (a stuck model call), not the job's
+            log.warning("the model is unavailable (%s): handing the job back", e)
+            why = (
+                "its model call is stuck past its deadline" if isinstance(e, ModelCallStuck) else "its batcher stopped"
+            )
+            return Outcome(JobState.QUEUED, note=f"released by {self.settings.worker_id}: {why}")
         except Exception as e:
             if is_missing_resource(e):  # bucket or queue deleted, LocalStack restarted empty
                 log.warning("the job's bucket or queue is gone (%s): stopping without publishing", e)
@@ -437,7 +447,8 @@ class JobRunner:
             return Outcome(JobState.CANCELLED, note="cancelled while running")
         if reason is AbortReason.TIMEOUT:
             return _failed(ErrorCode.TIMEOUT, f"job exceeded TTS_JOB_TIMEOUT_S={self.settings.job_timeout_s:g}s")
-        return Outcome(JobState.QUEUED, note=f"released by {self.settings.worker_id}: worker shutting down")
+        why = self._handing_back or "worker shutting down"
+        return Outcome(JobState.QUEUED, note=f"released by {self.settings.worker_id}: {why}")
 
     def _transient(self, attempt: Attempt, e: Exception) -> Outcome:
         s, msg = self.settings, attempt.msg

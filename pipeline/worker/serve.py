@@ -10,13 +10,20 @@ is batched across jobs by one ``Batcher`` that owns the device. One ``Heartbeat`
 and SQS clients of its own.
 
 A stop request (SIGTERM/SIGINT) at any point of start-up ends it cleanly (exit 0).
+
+Liveness: ``/healthz`` asks the batcher, the aligner and the heartbeat (``metrics.watch``) as well
+as the event loop. A model call stuck past its deadline ends the worker (its jobs handed back) with
+exit status ``EXIT_MODEL_STUCK`` at once: the stuck thread can never be joined, and a normal
+interpreter exit would wait for it forever.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,6 +56,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+EXIT_MODEL_STUCK = 70  # EX_SOFTWARE: the orchestrator restarts the worker
+LIVENESS_CHECKS = ("batcher", "aligner", "heartbeat")
+
 
 async def serve(settings: Settings, *, max_jobs: int | None = None, idle_exit_s: float | None = None) -> int:
     """Start-up (sync the bundle, load the models once, compile and warm them) then consume.
@@ -73,6 +83,7 @@ async def serve(settings: Settings, *, max_jobs: int | None = None, idle_exit_s:
     gpu = model_thread()  # loads, compiles, warms and later runs the models: one thread owns the device
     faults = FaultHooks(settings.fault_dir, settings.fault_chunk_delay_s, settings.worker_id)
     aligner: Aligner | None = None
+    batcher: Batcher | None = None
     try:
         started = await _start_up(settings, gpu, stopping, t0, faults)
         batcher = Batcher(
@@ -82,8 +93,11 @@ async def serve(settings: Settings, *, max_jobs: int | None = None, idle_exit_s:
             max_length_ratio=settings.batch_max_length_ratio,
             executor=gpu,
             faults=faults,
+            deadline=settings.model_deadline(),
         )
         aligner = await asyncio.to_thread(started.aligner, batcher, loop)
+        metrics.watch("batcher", batcher.sick)
+        metrics.watch("aligner", aligner.sick)
         async with (
             open_store(settings, "worker") as store,
             open_store(settings, "lease") as lease_store,  # its own connections: never behind an upload
@@ -127,6 +141,19 @@ async def serve(settings: Settings, *, max_jobs: int | None = None, idle_exit_s:
         if aligner is not None:
             aligner.close()
         gpu.shutdown(wait=False, cancel_futures=True)
+        if batcher is not None and batcher.stuck:
+            _exit_now(EXIT_MODEL_STUCK, f"exiting with status {EXIT_MODEL_STUCK}: {batcher.sick()}")
+        for name in LIVENESS_CHECKS:
+            metrics.unwatch(name)
+
+
+def _exit_now(code: int, why: str) -> None:
+    """Ends the process without joining its threads (the stuck model thread never returns)."""
+    log.error("%s", why)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _worker(
@@ -152,8 +179,14 @@ def _worker(
     )
     lease_ledger = Ledger(lease_store, settings.worker_id, lease_s=settings.visibility_timeout_s)
     heartbeat = Heartbeat(
-        lease_queue, lease_ledger, settings.visibility_timeout_s, settings.heartbeat_interval_s, faults
+        lease_queue,
+        lease_ledger,
+        settings.visibility_timeout_s,
+        settings.heartbeat_interval_s,
+        faults,
+        abort_grace_s=settings.abort_grace_s,
     )
+    metrics.watch("heartbeat", heartbeat.sick)
     runner = JobRunner(
         settings,
         store,
@@ -208,7 +241,8 @@ async def _start_up(
     def aligner(batcher: Batcher, loop: asyncio.AbstractEventLoop) -> Aligner:
         # On a CPU worker the aligner shares the cores with the model (one torch thread): one thread.
         threads = 1 if settings.torch_threads_on(engine.device) == 1 else None
-        return Aligner(onnx, BatchedEmitter(batcher, loop) if "emissions" in runners else None, threads=threads)
+        emitter = BatchedEmitter(batcher, loop) if "emissions" in runners else None
+        return Aligner(onnx, emitter, threads=threads, deadline=settings.aligner_deadline())
 
     return _Started(
         engine=engine,

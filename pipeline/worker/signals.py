@@ -40,11 +40,13 @@ class JobAborted(Exception):
 class Abort:
     def __init__(self) -> None:
         self.reason: AbortReason | None = None
+        self.since: float | None = None  # time.monotonic() of the first stop: the heartbeat's abort grace
         self.event = asyncio.Event()
 
     def stop(self, reason: AbortReason) -> None:
         if self.reason is None:
             self.reason = reason
+            self.since = time.monotonic()
         self.event.set()
 
     def check(self) -> None:

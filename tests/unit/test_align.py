@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -14,9 +16,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import pytest
 
-from pipeline.tts.align import Aligner, AlignmentImpossible, BatchedEmitter, ctc_runner, load_ctc_model
+from pipeline.runtime.deadlines import ALIGNER as ALIGNER_DEADLINE
+from pipeline.runtime.deadlines import Deadline
+from pipeline.tts.align import (
+    Aligner,
+    AlignmentImpossible,
+    AlignmentTimedOut,
+    BatchedEmitter,
+    ctc_runner,
+    load_ctc_model,
+)
 from pipeline.tts.batcher import Batcher
 
 TEXT = "Hello world, this is a test of the pipeline."
@@ -148,3 +160,55 @@ def test_alignment_windows_of_several_jobs_share_a_model_call(torch_aligners: An
     assert batcher.calls == 1
     for a, b in zip(alone, together, strict=True):
         assert a.shape == b.shape and np.abs(a - b).max() < 1e-5
+
+
+# -- deadlines (issue 25, defect 3): a stuck child is killed and replaced ------------------------
+
+
+@pytest.fixture
+def own_aligner(tiny_bundle: Path) -> Iterator[Aligner]:
+    """An aligner of this test's own (the session's is shared): its child may be stopped here."""
+    from pipeline.models.bundle import Bundle
+
+    a = Aligner(tiny_bundle / Bundle.load(tiny_bundle).aligner.model)
+    yield a
+    for pid in a.child_pids():  # whatever the test left stopped must not outlive it
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    a.close()
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_a_stopped_aligner_child_is_killed_at_the_deadline_and_replaced(own_aligner: Aligner) -> None:
+    """The child is stopped (SIGSTOP) while idle, so the next call can only end by its deadline
+    (one second here): the chunk gets AlignmentTimedOut (no word timings, an ALIGNMENT_SKIPPED
+    warning for the job), the stopped child is killed, and a new one aligns the next call."""
+    [stopped] = own_aligner.child_pids()
+    os.kill(stopped, signal.SIGSTOP)
+    own_aligner.deadline = Deadline(1.0, 0.0)
+    with ThreadPoolExecutor(1) as pool:
+        call = pool.submit(own_aligner.align, _noise(3.0), 24000, TEXT)
+        with pytest.raises(AlignmentTimedOut, match="deadline"):
+            call.result(timeout=120)  # a hang guard: only the aligner's own deadline may end the call
+    assert _gone(stopped)
+    [fresh] = own_aligner.child_pids()
+    assert fresh != stopped
+    own_aligner.deadline = ALIGNER_DEADLINE
+    assert [s.word for s in own_aligner.align(_noise(3.0), 24000, TEXT)] == TEXT.split()
+    assert own_aligner.sick() is None
+
+
+def test_close_does_not_wait_for_a_stopped_child(own_aligner: Aligner) -> None:
+    """A worker stopping with its aligner child stopped (or hung) still exits: close() kills the
+    child instead of waiting for a goodbye it would never send."""
+    [stopped] = own_aligner.child_pids()
+    os.kill(stopped, signal.SIGSTOP)
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(own_aligner.close).result(timeout=120)  # hang guard
+    assert _gone(stopped)

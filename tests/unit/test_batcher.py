@@ -7,6 +7,7 @@ and owners; assertions are on those calls, never on time.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipeline.runtime.faults import FaultHooks, InjectedOutOfMemory
-from pipeline.tts.batcher import Batcher, Work
+from pipeline.runtime.deadlines import Deadline
+from pipeline.runtime.faults import FaultHooks, InjectedCrash, InjectedOutOfMemory
+from pipeline.tts.batcher import Batcher, BatcherUnavailable, ModelCallStuck, Work
 from pipeline.tts.engine import F5Engine, Reference
 from pipeline.tts.sampler import Item
 from tests.helpers import reference_voice
@@ -200,3 +202,102 @@ async def test_interactive_mates_join_before_bulk_mates(engine: F5Engine, ref: R
         ["Urgent one, a little longer.", "Urgent two, much longer than the bulk ones are."]
     )
     assert sorted(rec.calls[1][1]) == ["Bulk one.", "Bulk two."]
+
+
+# -- deadlines (issue 25, defect 3): no future a job awaits can wait forever --------------------
+
+
+class Stuck:
+    """A runner whose calls block until ``release`` (as a hung CUDA call would: nothing on the
+    event loop's side can interrupt it). Records the payloads of the calls it entered."""
+
+    def __init__(self) -> None:
+        self.entered: list[list[Any]] = []
+        self.in_call = threading.Event()
+        self.gate = threading.Event()
+
+    def __call__(self, _group: Hashable, items: Sequence[Any]) -> list[Any]:
+        self.entered.append(list(items))
+        self.in_call.set()
+        self.gate.wait()
+        return list(items)
+
+
+async def test_a_model_call_past_its_deadline_fails_every_future_and_stops_the_batcher() -> None:
+    """The only thing that can end the blocked call's wait is its deadline: its future and the one
+    queued behind it fail with ModelCallStuck (handed back, not failed, by the job), the dispatcher
+    raises (the worker's supervisor hands every job back and exits), later work is refused at once,
+    and the batcher reports itself sick (what /healthz asks)."""
+    runner = Stuck()
+    batcher = Batcher({"synthesis": runner}, max_batch=1, max_wait_s=0, deadline=Deadline(0.2, 0.0))
+    try:
+        held = batcher.submit(Work("synthesis", "g", 1, "a", "first", seconds=1.0))
+        behind = batcher.submit(Work("synthesis", "g", 1, "b", "second", seconds=1.0))
+        task = asyncio.create_task(batcher.run())
+        results = await asyncio.wait_for(asyncio.gather(held, behind, return_exceptions=True), 60)  # hang guard
+        assert all(isinstance(r, ModelCallStuck) for r in results), results
+        assert runner.entered == [["first"]]  # the second never reached the stuck thread
+        with pytest.raises(ModelCallStuck):
+            await asyncio.wait_for(task, 60)
+        assert batcher.stuck
+        assert "deadline" in (batcher.sick() or "")
+        refused = batcher.submit(Work("synthesis", "g", 1, "c", "third"))
+        assert refused.done() and isinstance(refused.exception(), ModelCallStuck)
+    finally:
+        runner.gate.set()
+        batcher.executor.shutdown(wait=True)
+
+
+async def test_a_dispatcher_that_stops_fails_the_futures_it_holds(tmp_path: Path) -> None:
+    """A dispatcher that dies (a bug, injected with ``crash/batcher``) or is cancelled mid-call leaves
+    no future pending: each fails with BatcherUnavailable, not ModelCallStuck (no thread is lost)."""
+    (tmp_path / "crash").mkdir()
+    (tmp_path / "crash" / "batcher").touch()
+    crashing = Batcher(
+        {"synthesis": lambda _g, items: list(items)}, max_batch=1, max_wait_s=0, faults=FaultHooks(tmp_path)
+    )
+    queued = [crashing.submit(Work("synthesis", "g", 1, f"j{i}", i)) for i in range(2)]
+    with pytest.raises(InjectedCrash):
+        await asyncio.wait_for(crashing.run(), 60)
+    results = await asyncio.wait_for(asyncio.gather(*queued, return_exceptions=True), 60)  # hang guard
+    assert all(type(r) is BatcherUnavailable for r in results), results
+    assert not crashing.stuck and "stopped" in (crashing.sick() or "")
+
+    runner = Stuck()
+    cancelled = Batcher({"synthesis": runner}, max_batch=1, max_wait_s=0)
+    try:
+        in_call = cancelled.submit(Work("synthesis", "g", 1, "a", "held"))
+        task = asyncio.create_task(cancelled.run())
+        assert await asyncio.to_thread(runner.in_call.wait, 60)  # the call runs (hang guard)
+        task.cancel()
+        [result] = await asyncio.wait_for(asyncio.gather(in_call, return_exceptions=True), 60)
+        assert type(result) is BatcherUnavailable, result
+    finally:
+        runner.gate.set()
+        cancelled.executor.shutdown(wait=True)
+
+
+async def test_healthz_fails_while_a_watched_part_is_stuck() -> None:
+    """/healthz asks every watched part (the worker watches its batcher, aligner and heartbeat):
+    a stuck model call turns it 503 with the reason; /readyz is another matter."""
+    from pipeline.runtime import metrics
+    from tests.helpers import free_port, http_request
+
+    port = free_port()
+    server = metrics.serve(port)
+    runner = Stuck()
+    batcher = Batcher({"synthesis": runner}, max_batch=1, max_wait_s=0, deadline=Deadline(0.2, 0.0))
+    metrics.watch("batcher", batcher.sick)
+    try:
+        code, body, _ = await asyncio.to_thread(http_request, f"http://127.0.0.1:{port}/healthz")
+        assert (code, body) == (200, b"ok\n")
+        held = batcher.submit(Work("synthesis", "g", 1, "a", "held"))
+        task = asyncio.create_task(batcher.run())
+        await asyncio.wait_for(asyncio.gather(held, task, return_exceptions=True), 60)  # hang guard
+        code, body, _ = await asyncio.to_thread(http_request, f"http://127.0.0.1:{port}/healthz")
+        assert code == 503 and b"batcher: a synthesis model call" in body and b"deadline" in body, body
+    finally:
+        metrics.unwatch("batcher")
+        server.shutdown()
+        runner.gate.set()
+        batcher.executor.shutdown(wait=True)
