@@ -60,11 +60,19 @@ def _bad_messages(bucket: str) -> list[str]:
     return [
         event({"key": 123}),  # a number where S3 writes a string
         event({"key": None}),
-        event({"key": "inbox/x.json"}, identity="not an object"),
         event(["not", "an", "object"]),
+        event({"key": "inbox/pp-missing.json", "size": "big"}),
         "[" * 100_000,  # json's recursion limit
         "not json at all",
     ]
+
+
+def _odd_but_readable(bucket: str) -> str:
+    """An S3 event whose uploader is not an object: it only decides whose turn the message is, so
+    it is read (the anonymous submitter's) and its job handled like any other (here: no manifest)."""
+    record = {"eventSource": "aws:s3", "eventName": "ObjectCreated:Put", "userIdentity": "not an object"}
+    record["s3"] = {"bucket": {"name": bucket}, "object": {"key": "inbox/pp-odd.json"}}
+    return json.dumps({"Records": [record]})
 
 
 def _lexicon_bomb() -> dict[str, Any]:
@@ -120,7 +128,7 @@ def test_poison_pills_take_no_worker_down_and_hold_no_job(
     bad = _bad_messages(bucket)
     for name in (queue, f"{queue}-interactive"):
         url = sqs.get_queue_url(QueueName=name)["QueueUrl"]
-        for body in bad:
+        for body in [*bad, _odd_but_readable(bucket)]:
             sqs.send_message(QueueUrl=url, MessageBody=body)
     manifests = {
         "pp-lexicon-bomb": _lexicon_bomb(),
