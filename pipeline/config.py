@@ -57,6 +57,12 @@ class Settings(BaseSettings):
     max_references: int = Field(default=16, ge=1, description="distinct (clip, transcript) pairs")
     max_chunks: int = Field(default=4_000, ge=1)
     max_model_work: int = Field(default=500_000_000, ge=1, description="mel frames x steps x guidance passes")
+    # The text front-end (markup, lexicons, normalization, sentences) runs in a child process
+    # under a CPU limit (pipeline/text/sandbox.py): CPU seconds for a text of 100,000 characters; a
+    # shorter one gets its share, at least 2 s. Over it the job fails TEXT_TOO_COMPLEX. A normal
+    # 100,000-character job takes well under a second (docs/benchmarks.md): the default is headroom
+    # for slower machines, not a target.
+    text_cpu_s: float = Field(default=20.0, gt=0, description="text front-end CPU seconds per 100,000 characters")
     # Where a manifest's voice key may point (comma-separated prefixes in the env). The pipeline's
     # own prefixes (inbox/, status/, results/, outputs/, models/, cancel/) are refused regardless.
     voice_prefixes: Annotated[tuple[str, ...], NoDecode] = ("voices/",)

@@ -109,12 +109,13 @@ Spoken text
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 
 from num2words import num2words
 
 from pipeline.text import lexicon, zh
+from pipeline.text.matcher import Matcher
 from pipeline.text.tokens import Token
 
 __all__ = ["BASIC", "CHINESE", "SUPPORTED", "normalize", "spoken_text"]
@@ -132,9 +133,24 @@ BASIC: dict[str, str] = {"deu": "de", "fra": "fr", "spa": "es", "ita": "it", "po
 _WORD = re.compile(r"\S+")
 _LEAD = "\"'“‘’«„‚‹(\\[{¿¡"
 _TRAIL = ".,;:!?…)\\]}\"'”’»›"
-_SPLIT = re.compile(rf"([{_LEAD}]*)(.*?)([{_TRAIL}]*)", re.S)
 _LEAD_SET = frozenset(_LEAD.replace("\\", ""))
 _TRAIL_SET = frozenset(_TRAIL.replace("\\", ""))
+_LEAD_CHARS = "".join(sorted(_LEAD_SET))
+_TRAIL_CHARS = "".join(sorted(_TRAIL_SET))
+
+
+def _split(word: str) -> tuple[str, str, str]:
+    """(lead, core, trail): the opening punctuation, the word, the closing punctuation.
+
+    What ``re.fullmatch(rf"([{_LEAD}]*)(.*?)([{_TRAIL}]*)", word, re.S)`` gave: the longest run of
+    lead characters, then the shortest core that leaves only trail characters after it. The regex
+    took time quadratic in a word of trail characters that does not end in one (its lazy core
+    retried the trail run from every position: 26 s for ``"." * 99999 + "a"``); two strips are
+    linear. The backslash in ``_LEAD``/``_TRAIL`` only escapes a bracket in the character class.
+    """
+    rest = word.lstrip(_LEAD_CHARS)
+    core = rest.rstrip(_TRAIL_CHARS)
+    return word[: len(word) - len(rest)], core, rest[len(core) :]
 
 
 def spoken_text(tokens: Sequence[Token]) -> str:
@@ -152,25 +168,24 @@ class _Unit:
         self.start, self.end, self.alias, self.lead, self.trail = start, end, alias, lead, trail
 
 
-@lru_cache(maxsize=64)
-def _lexicon_re(items: tuple[tuple[str, str], ...]) -> tuple[re.Pattern[str], dict[str, str]] | None:
+# Few entries: one automaton holds up to 200,000 characters of graphemes (MAX_ENTRIES x MAX_LENGTH).
+@lru_cache(maxsize=8)
+def _lexicon_matcher(items: tuple[tuple[str, str], ...]) -> tuple[Matcher, dict[str, str]] | None:
     table = lexicon.table(items)
     if not table:
         return None
-    keys = sorted(table, key=lambda g: (-len(g), g))
-    alts = "|".join(r"\s+".join(re.escape(part) for part in g.split(" ")) for g in keys)
-    return re.compile(rf"(?<!\w)(?:{alts})(?!\w)"), table
+    # Whole words: no letter, digit or "_" right before or after any grapheme.
+    return Matcher(table, r"\w", always=True), table
 
 
 def _segment(text: str, lexicon: Mapping[str, str] | None) -> list[_Unit]:
-    compiled = _lexicon_re(tuple(sorted(lexicon.items()))) if lexicon else None
+    compiled = _lexicon_matcher(tuple(sorted(lexicon.items()))) if lexicon else None
     if compiled is None:
         return [_Unit(m.start(), m.end()) for m in _WORD.finditer(text)]
-    pattern, table = compiled
+    matcher, table = compiled
     units: list[_Unit] = []
     pos = 0
-    for m in pattern.finditer(text):
-        start, end = m.start(), m.end()
+    for start, end, grapheme in matcher.find(text):
         if start < pos:  # a grapheme starting with punctuation already taken by the previous match
             continue
         lo = start
@@ -180,7 +195,7 @@ def _segment(text: str, lexicon: Mapping[str, str] | None) -> list[_Unit]:
         while hi < len(text) and text[hi] in _TRAIL_SET:
             hi += 1
         units.extend(_Unit(w.start() + pos, w.end() + pos) for w in _WORD.finditer(text[pos:lo]))
-        alias = table[" ".join(m.group().split())]
+        alias = table[grapheme]
         units.append(_Unit(lo, hi, alias, text[lo:start], text[end:hi]))
         pos = hi
     units.extend(_Unit(w.start() + pos, w.end() + pos) for w in _WORD.finditer(text[pos:]))
@@ -196,16 +211,25 @@ def _language(language: str) -> str | None:
     return code if code in BASIC.values() else None
 
 
+# How often ``on_spoken`` hears about a text being expanded, in spoken characters.
+REPORT_EVERY = zh.REPORT_EVERY
+
+
 def normalize(
     text: str,
     language: str = "eng",
     lexicon: Mapping[str, str] | None = None,
     *,
     enabled: bool = True,
+    on_spoken: Callable[[int], None] | None = None,
 ) -> list[Token]:
-    """Tokens covering every non-whitespace character of ``text`` once, in order (see the module doc)."""
+    """Tokens covering every non-whitespace character of ``text`` once, in order (see the module doc).
+
+    ``on_spoken`` hears the spoken characters of the tokens made so far each time they grow by
+    ``REPORT_EVERY``, and may raise to stop there: an alias of 200 characters for every one-letter
+    word multiplies the text, and the job's budget stops it before the whole of it is built."""
     if (language or "").strip().lower() in CHINESE:
-        return zh.normalize(text, lexicon, enabled=enabled)
+        return zh.normalize(text, lexicon, enabled=enabled, on_spoken=on_spoken)
     units = _segment(text, lexicon)
     lang = _language(language) if enabled else None
     words: list[str | None] = [None if u.alias is not None else text[u.start : u.end] for u in units]
@@ -217,11 +241,17 @@ def normalize(
     else:
         spoken = [w or "" for w in words]
     tokens: list[Token] = []
+    produced = 0
+    report = REPORT_EVERY
     for unit, said in zip(units, spoken, strict=True):
         if unit.alias is not None:
             alias = _alias_spoken(unit.alias, language, enabled)
             said = f"{unit.lead}{alias}{unit.trail}" if alias else ""
         tokens.append(Token(unit.start, unit.end, said))
+        produced += len(said)
+        if on_spoken is not None and produced >= report:
+            on_spoken(produced)
+            report = produced + REPORT_EVERY
     return tokens
 
 
@@ -667,11 +697,10 @@ class _English:
                 self.cores.append(None)
                 self.trails.append("")
                 continue
-            m = _SPLIT.fullmatch(w)
-            assert m is not None
-            self.leads.append(m.group(1))
-            self.cores.append(m.group(2))
-            self.trails.append(m.group(3))
+            lead, core, trail = _split(w)
+            self.leads.append(lead)
+            self.cores.append(core)
+            self.trails.append(trail)
         self.kinds: list[str] = [""] * self.n
         self.etrails: list[str] = list(self.trails)  # trail after an abbreviation took its period
 
@@ -1254,7 +1283,7 @@ class _Basic:
             if w is None:
                 out.append("")
                 continue
-            lead, core, trail = _SPLIT.fullmatch(w).groups()  # type: ignore[union-attr]
+            lead, core, trail = _split(w)
             if not core or core in _DASHES:  # punctuation only: nothing is spoken
                 out.append("")
                 continue

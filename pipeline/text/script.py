@@ -97,6 +97,7 @@ class Analysis:
         the budget (``plan.pack``), so its audio exists after a fraction of a full chunk's model
         time. A pure function of the job's text and budget: a retried job plans the same chunks."""
         pieces: list[Piece] = []
+        spoken_yet = False  # a flag, not a look back over the pieces: thousands of pauses may come first
         for t, (turn, items) in enumerate(zip(self.turns, self.items, strict=True)):
             speed = turn.speed if turn.speed is not None else 1.0
             for item in items:
@@ -104,9 +105,10 @@ class Analysis:
                     pieces.append(Piece(len(pieces), t, speed, pause_s=item.seconds, marker=item.marker))
                     continue
                 max_bytes = budget(t, speed)
-                lead = max_bytes // FIRST_CHUNK_SHARE if first_short and not any(p.words for p in pieces) else None
+                lead = max_bytes // FIRST_CHUNK_SHARE if first_short and not spoken_yet else None
                 for chunk in _pack(item, max_bytes, lead):
                     pieces.append(Piece(len(pieces), t, speed, words=chunk))
+                    spoken_yet = True
             if turn.pause_after_s > 0:
                 pieces.append(Piece(len(pieces), t, speed, pause_s=turn.pause_after_s))
         return pieces
@@ -142,8 +144,10 @@ def analyse(
     max_total_pause_s: float = 600.0,
     on_spoken: Callable[[int], None] | None = None,
 ) -> Analysis:
-    """``on_spoken`` sees the spoken characters so far after each run of text is expanded, and may
-    raise to stop the analysis there (the job's work budget: an alias can multiply the text)."""
+    """``on_spoken`` sees the spoken characters so far, while each run of text is expanded (at
+    least every ``normalize.REPORT_EVERY`` characters: a lower bound then) and after it (exact), and
+    may raise to stop the analysis there: the job's work budget, applied before a lexicon that
+    multiplies every word has built the whole text."""
     turns = manifest.turns
     b = _Builder()
     items: list[list[_Run | _Pause]] = []
@@ -160,7 +164,7 @@ def analyse(
                 total_pause += part.seconds
                 turn_items.append(_Pause(part.seconds, (part.start, part.end)))
                 continue
-            run = _analyse_run(turn.text, part, t, manifest, lexicon, b)
+            run = _analyse_run(turn.text, part, t, manifest, lexicon, b, where, on_spoken)
             if run is not None:
                 turn_items.append(run)
                 if on_spoken is not None:
@@ -177,7 +181,14 @@ def analyse(
 
 
 def _analyse_run(
-    text: str, run: markup.TextRun, turn: int, manifest: Manifest, lexicon: Mapping[str, str], b: _Builder
+    text: str,
+    run: markup.TextRun,
+    turn: int,
+    manifest: Manifest,
+    lexicon: Mapping[str, str],
+    b: _Builder,
+    where: str = "",
+    on_spoken: Callable[[int], None] | None = None,
 ) -> _Run | None:
     piece = text[run.start : run.end]
     if not piece.strip():
@@ -185,13 +196,22 @@ def _analyse_run(
     auto = manifest.language == languages.AUTO
     spans = languages.detect(piece) if auto else [languages.Span(0, len(piece), manifest.language)]
     tokens: list[Token] = []
+    so_far = b.spoken_chars  # a lower bound of the spoken text with this run's tokens so far
     for span in spans:
         part = piece[span.start : span.end]
         b.languages[span.language] = b.languages.get(span.language, 0) + len(part.strip())
-        found = normalize.normalize(part, span.language, lexicon, enabled=manifest.normalize)
+        found = normalize.normalize(
+            part,
+            span.language,
+            lexicon,
+            enabled=manifest.normalize,
+            on_spoken=(lambda n, base=so_far: on_spoken(base + n)) if on_spoken is not None else None,
+        )
+        so_far += sum(len(tok.spoken) for tok in found)
         tokens.extend(tok.shifted(run.start + span.start) for tok in found)
     if not any(t.spoken for t in tokens):
         return None
+    _check_words(text, tokens, where)
     sentences: list[list[Word]] = []
     for sent in plan.sentences(tokens, text):
         index = len(b.sentences)
@@ -201,6 +221,25 @@ def _analyse_run(
     b.spoken.append(normalize.spoken_text(tokens))
     b.spoken_chars += len(b.spoken[-1])
     return _Run(sentences)
+
+
+# The most one token may read as. The planner never splits a token (a word, or a number or URL
+# read out), so a longer one would be one model call far beyond F5-TTS's 22 s window: a job of one
+# 100,000-character "word" ended SYNTHESIS_FAILED (issue 25), blaming the model for its text.
+# 2,000 characters is minutes of speech, more than any real word, number or address reads as.
+MAX_WORD_SPOKEN = 2_000
+
+
+def _check_words(text: str, tokens: Sequence[Token], where: str) -> None:
+    for t in tokens:
+        if len(t.spoken) > MAX_WORD_SPOKEN:
+            word = text[t.start : t.end]
+            shown = word if len(word) <= 40 else word[:40] + "..."
+            raise ScriptError(
+                ErrorCode.TEXT_NOT_SPEAKABLE,
+                f"{where}the word at offset {t.start} ({shown!r}, {len(word):,} characters) reads as "
+                f"{len(t.spoken):,} characters; a word is spoken in one piece, of at most {MAX_WORD_SPOKEN:,}",
+            )
 
 
 def _language_at(spans: Sequence[languages.Span], offset: int) -> str:

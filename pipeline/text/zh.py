@@ -79,12 +79,13 @@ when the boundary is Chinese on either side.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 
 import rjieba
 
 from pipeline.text import lexicon
+from pipeline.text.matcher import Matcher
 from pipeline.text.tokens import Token
 
 __all__ = ["LANGUAGES", "PINYIN_MARKED", "join_spoken", "normalize", "pinyin_marked"]
@@ -350,19 +351,14 @@ _WORD, _PUNCT, _OPENER = 0, 1, 2
 _Atoms = list[tuple[int, int, int, str]]
 
 
-@lru_cache(maxsize=64)
-def _lexicon_re(items: tuple[tuple[str, str], ...]) -> tuple[re.Pattern[str], dict[str, str]] | None:
+# Few entries: one automaton holds up to 200,000 characters of graphemes (MAX_ENTRIES x MAX_LENGTH).
+@lru_cache(maxsize=8)
+def _lexicon_matcher(items: tuple[tuple[str, str], ...]) -> tuple[Matcher, dict[str, str]] | None:
     table = lexicon.table(items)
     if not table:
         return None
-    edge = rf"[^\W{_HAN}]"  # a letter or digit of a non-Chinese script: needs a boundary
-    alts = []
-    for g in sorted(table, key=lambda g: (-len(g), g)):
-        body = r"\s+".join(re.escape(part) for part in g.split(" "))
-        left = rf"(?<!{edge})" if re.match(edge, g[0]) else ""
-        right = rf"(?!{edge})" if re.match(edge, g[-1]) else ""
-        alts.append(f"{left}{body}{right}")
-    return re.compile("|".join(alts)), table
+    # A letter or digit of a non-Chinese script at an end of a grapheme needs a boundary there.
+    return Matcher(table, rf"[^\W{_HAN}]", always=False), table
 
 
 @lru_cache(maxsize=4096)
@@ -416,20 +412,39 @@ def _atoms(text: str, ascii_text: str, lo: int, hi: int, enabled: bool, out: _At
             append((_PUNCT, start, end, ""))
 
 
-def normalize(text: str, lexicon: Mapping[str, str] | None = None, *, enabled: bool = True) -> list[Token]:
-    """Tokens covering every non-whitespace character of ``text`` once, in order (see the module doc)."""
+# How often ``on_spoken`` hears about a text being expanded, in spoken characters.
+REPORT_EVERY = 4096
+
+
+def normalize(
+    text: str,
+    lexicon: Mapping[str, str] | None = None,
+    *,
+    enabled: bool = True,
+    on_spoken: Callable[[int], None] | None = None,
+) -> list[Token]:
+    """Tokens covering every non-whitespace character of ``text`` once, in order (see the module doc).
+    ``on_spoken``: as for ``pipeline.text.normalize.normalize``, counting the lexicon's aliases (the
+    rules here read a number in about as many characters as it is written with)."""
     ascii_text = text.translate(_ASCII)
     atoms: _Atoms = []
-    compiled = _lexicon_re(tuple(sorted(lexicon.items()))) if lexicon else None
+    compiled = _lexicon_matcher(tuple(sorted(lexicon.items()))) if lexicon else None
     pos = 0
     if compiled is not None:
-        pattern, table = compiled
-        for m in pattern.finditer(text):
-            _atoms(text, ascii_text, pos, m.start(), enabled, atoms)
-            alias = table[" ".join(m.group().split())]
+        matcher, table = compiled
+        produced = 0
+        report = REPORT_EVERY
+        for start, end, grapheme in matcher.find(text):
+            _atoms(text, ascii_text, pos, start, enabled, atoms)
+            alias = table[grapheme]
             said = _alias(alias) if enabled or _PINYIN.fullmatch(alias) else alias
-            atoms.append((_WORD, m.start(), m.end(), said))
-            pos = m.end()
+            atoms.append((_WORD, start, end, said))
+            pos = end
+            # What its token will say at least (``_token`` folds whitespace when not ``enabled``).
+            produced += len(said) if enabled else len(" ".join(said.split()))
+            if on_spoken is not None and produced >= report:
+                on_spoken(produced)
+                report = produced + REPORT_EVERY
     _atoms(text, ascii_text, pos, len(text), enabled, atoms)
     return _tokens(text, atoms, enabled)
 

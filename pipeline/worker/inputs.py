@@ -2,6 +2,7 @@
 analysis, and the reference voices.
 
 Every check that can fail a job fails it here, with a specific code, before the expensive work.
+The text analysis runs in a child process with a CPU limit (``pipeline.text.sandbox``).
 Every key comes from a client (the manifest) or a stored document (a voice library record) and is
 validated where it is used (``pipeline.jobs.keys``).
 """
@@ -25,6 +26,7 @@ from pipeline.jobs.contract import ErrorCode, Manifest, ManifestError, Priority,
 from pipeline.text import lexicon as lexicons
 from pipeline.text import script
 from pipeline.text.languages import AUTO
+from pipeline.text.sandbox import SpokenOverLimit, TextSandbox, TextTooComplex
 from pipeline.text.script import Analysis
 from pipeline.tts import audio as audio_utils
 from pipeline.tts.batcher import BULK, INTERACTIVE
@@ -99,6 +101,10 @@ class Inputs:
         self.store = store
         self.voices = VoiceLibrary(store)
         self.languages = languages  # what the worker's model speaks (its bundle's ``languages``)
+        self.text = TextSandbox(settings.text_cpu_s)  # the text front-end's child, started on first use
+
+    def close(self) -> None:
+        self.text.close()
 
     async def read(
         self, job_id: str, check: Callable[[], None] = lambda: None, priority: Priority = Priority.bulk
@@ -122,17 +128,21 @@ class Inputs:
             self._check_language([manifest.language])
         budget.check(s, "turns", len(manifest.turns))
         lexicon = await self._lexicon(manifest)
-        try:  # 100,000 characters take a moment: off the event loop
-            analysis = await asyncio.to_thread(
-                script.analyse,
+        try:  # in a child process under a CPU limit: a thread would hold the GIL, and the heartbeat
+            analysis = await self.text.analyse(
                 manifest,
                 lexicon,
                 max_pause_s=s.max_pause_s,
                 max_total_pause_s=s.max_total_pause_s,
-                on_spoken=lambda n: budget.check(s, "spoken", n),
+                max_spoken=s.max_spoken_chars,
             )
         except script.ScriptError as e:
             fail(e.code, e.message)
+        except SpokenOverLimit as e:  # stopped while expanding: the failure the whole count would get
+            budget.check(s, "spoken", e.spoken)
+            raise  # pragma: no cover - over the limit by construction
+        except TextTooComplex as e:
+            fail(ErrorCode.TEXT_TOO_COMPLEX, e.message)
         self._check_language(list(analysis.languages))  # as detected, for "auto"
         voices, turn_voice = await self._voices(analysis, check)
         return JobInputs(manifest, analysis, voices, turn_voice, priority)

@@ -167,6 +167,8 @@ def test_lexicon_inline_beats_pls_file_and_normalization(
         ("text-bad-pause", {"text": "Hello [pause:abc] there."}, "INVALID_MARKUP"),
         ("text-long-pause", {"text": "Hello [pause:60s] there."}, "INVALID_MARKUP"),
         ("text-only-pause", {"text": "[pause:1s]"}, "TEXT_NOT_SPEAKABLE"),
+        # issue 25: one 100,000-character "word" (was ~35 s of a quadratic regex, then SYNTHESIS_FAILED)
+        ("text-long-word", {"text": "." * 99_999 + "a"}, "TEXT_NOT_SPEAKABLE"),
         ("text-no-pls", {"text": "Hello.", "lexicons": ["lexicons/missing.pls"]}, "LEXICON_NOT_FOUND"),
         ("text-pls-outside", {"text": "Hello.", "lexicons": ["results/x.json"]}, "INVALID_LEXICON"),
         ("text-both", {"text": "Hello.", "segments": [{"text": "Hi."}]}, "INVALID_MANIFEST"),
