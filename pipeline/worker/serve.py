@@ -130,7 +130,10 @@ async def serve(settings: Settings, *, max_jobs: int | None = None, idle_exit_s:
                 " ".join(f"{k}={v:.2f}s" for k, v in started.phases.items()),
             )
             metrics.set_ready(True)
-            return await worker.run(max_jobs=max_jobs, idle_exit_s=idle_exit_s)
+            try:
+                return await worker.run(max_jobs=max_jobs, idle_exit_s=idle_exit_s)
+            finally:
+                worker.runner.inputs.close()  # the text front-end's child goes now, not with the process
     except _StoppedDuringStartup:
         log.info("stop requested during start-up: exiting before consuming")
         return 0

@@ -353,13 +353,18 @@ def test_d6_a_dead_background_task_stops_the_worker_and_hands_its_job_back(
 # 7 --------------------------------------------------------------------------------------------
 
 
-def test_d7_no_process_outlives_a_worker_killed_with_sigkill(stack: dict[str, str], tmp_path: Path) -> None:
-    """kill -9 of a worker: its aligner process (and multiprocessing's resource tracker with it)
-    exits too, instead of running on, reparented to init."""
+def test_d7_no_process_outlives_a_worker_killed_with_sigkill(stack: dict[str, str], tmp_path: Path, s3: Any) -> None:
+    """kill -9 of a worker: its aligner process, its text front-end's process (started by its first
+    job; issue 25) and multiprocessing's resource tracker exit too, instead of running on,
+    reparented to init."""
     w = start_worker(stack, tmp_path / "w.log")
     wait_ready(w)
+    before = {c.pid for c in psutil.Process(w.proc.pid).children(recursive=True)}
+    assert before, "the worker has no aligner process"
+    _put_job(s3, stack["TTS_BUCKET"], "d7-text", _manifest())
+    assert wait_for_state(s3, "d7-text", bucket=stack["TTS_BUCKET"], worker=w)["state"] == "COMPLETED"
     children = psutil.Process(w.proc.pid).children(recursive=True)
-    assert children, "the worker has no aligner process"
+    assert {c.pid for c in children} - before, "the job started no text front-end process"
     w.proc.send_signal(signal.SIGKILL)
     w.proc.wait()
 
