@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests.faults.proxy import ProxyProcess
 from tests.helpers import (
     Holds,
     WorkerProcess,
@@ -159,3 +160,17 @@ def queue_drained(sqs: Any, queue: str, timeout_s: float = 60) -> bool:
             return True
         time.sleep(0.5)
     return False
+
+
+@pytest.fixture
+def fault_proxy(localstack: Any, tmp_path: Path) -> Iterator[ProxyProcess]:
+    """The fault-injecting, tracing proxy (tests/faults/proxy.py) in front of this test's LocalStack."""
+    p = ProxyProcess(localstack.endpoint, tmp_path)
+    yield p
+    p.stop()
+
+
+@pytest.fixture
+def via(stack: dict[str, str], fault_proxy: ProxyProcess) -> dict[str, str]:
+    """The stack's environment with every S3/SQS/SNS call going through the proxy."""
+    return {**stack, "AWS_ENDPOINT_URL": fault_proxy.endpoint}

@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -47,18 +45,6 @@ def _manifest(**fields: Any) -> dict[str, Any]:
 
 def _put_job(s3: Any, bucket: str, job_id: str, manifest: dict[str, Any]) -> None:
     s3.put_object(Bucket=bucket, Key=f"inbox/{job_id}.json", Body=json.dumps(manifest).encode())
-
-
-@pytest.fixture
-def fault_proxy(localstack: Any, tmp_path: Path) -> Iterator[ProxyProcess]:
-    p = ProxyProcess(localstack.endpoint, tmp_path)
-    yield p
-    p.stop()
-
-
-@pytest.fixture
-def via(stack: dict[str, str], fault_proxy: ProxyProcess) -> dict[str, str]:
-    return {**stack, "AWS_ENDPOINT_URL": fault_proxy.endpoint}
 
 
 # 4 --------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,19 +46,6 @@ def _manifest(**fields: Any) -> dict[str, Any]:
 
 def _put_job(s3: Any, bucket: str, job_id: str, manifest: dict[str, Any]) -> None:
     s3.put_object(Bucket=bucket, Key=f"inbox/{job_id}.json", Body=json.dumps(manifest).encode())
-
-
-@pytest.fixture
-def fault_proxy(localstack: Any, tmp_path: Path) -> Iterator[ProxyProcess]:
-    p = ProxyProcess(localstack.endpoint, tmp_path)
-    yield p
-    p.stop()
-
-
-@pytest.fixture
-def via(stack: dict[str, str], fault_proxy: ProxyProcess) -> dict[str, str]:
-    """The stack's environment with every S3/SQS/SNS call going through the proxy."""
-    return {**stack, "AWS_ENDPOINT_URL": fault_proxy.endpoint}
 
 
 def _notifications(sqs: Any, sns: Any, topic_name: str) -> tuple[str, Callable[[], list[dict[str, Any]]]]:
