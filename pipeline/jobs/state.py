@@ -114,6 +114,11 @@ class Ledger:
                     return ClaimResult.BUSY, Seen(status, etag)
                 note = f"took over from {status.worker} (lease expired {lease.isoformat() if lease else 'never set'})"
             base = status or JobStatus.new(job_id, created_at=created_at or now)
+            if replaced:
+                # Whatever the lost record said, an earlier attempt may have run and published: this
+                # one counts as a later attempt, so it looks for a result before rendering (and adopts
+                # it) and removes only what no result names.
+                base = base.model_copy(update={"attempt": 1})
             new = base.moved_to(JobState.PROCESSING, worker=self.worker_id, note=note, lease_s=self.lease_s, at=now)
             new.message_id = message_id
             new.priority = priority or new.priority

@@ -53,7 +53,15 @@ from pipeline.text import script
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FULL_TEXT_CHARS", "MIN_CPU_S", "Limits", "SpokenOverLimit", "TextSandbox", "TextTooComplex"]
+__all__ = [
+    "FULL_TEXT_CHARS",
+    "MIN_CPU_S",
+    "Limits",
+    "SpokenOverLimit",
+    "TextSandbox",
+    "TextSandboxUnavailable",
+    "TextTooComplex",
+]
 
 # CPU share: TTS_TEXT_CPU_S is for a text this long; a shorter one gets its share of it...
 FULL_TEXT_CHARS = 100_000
@@ -63,6 +71,8 @@ MIN_CPU_S = 2.0
 _WALL_FACTOR = 3.0
 _WALL_EXTRA_S = 5.0
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_START_S = 60.0  # a fresh child imports the text modules (~0.5 s of CPU): far more than enough
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 class TextTooComplex(Exception):
@@ -71,6 +81,13 @@ class TextTooComplex(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+class TextSandboxUnavailable(Exception):
+    """The child could not do the analysis for a reason that is not the text's: it would not start,
+    it was killed from outside (the OOM killer, an operator), or it did not answer within its wall
+    time without having used its CPU share (a stopped child, a machine too busy). The worker's
+    fault, not the job's: a job that meets it is handed back, never failed."""
 
 
 class SpokenOverLimit(Exception):
@@ -101,6 +118,7 @@ class TextSandbox:
         self.cpu_s_full = cpu_s_full
         self._pool: ProcessPoolExecutor | None = None
         self._pid: int | None = None
+        self._procs: list[Any] = []  # the pool's process objects: how the child ended
         self._lock = asyncio.Lock()
 
     @property
@@ -119,22 +137,32 @@ class TextSandbox:
         limits: Limits | None = None,
     ) -> script.Analysis:
         """``script.analyse`` in the child. Raises ``script.ScriptError``, ``SpokenOverLimit`` (the
-        expanded text went over ``max_spoken``) or ``TextTooComplex``."""
+        expanded text went over ``max_spoken``), ``TextTooComplex`` (the text's fault) or
+        ``TextSandboxUnavailable`` (the worker's)."""
         chars = len(manifest.full_text)
         limits = limits or Limits.for_text(chars, self.cpu_s_full)
+        args = (manifest, dict(lexicon), max_pause_s, max_total_pause_s, max_spoken, limits.cpu_s)
         async with self._lock:
-            pool = await self._running()
-            future = pool.submit(
-                _child_analyse, manifest, dict(lexicon), max_pause_s, max_total_pause_s, max_spoken, limits.cpu_s
-            )
+            future = await self._submit(args)
             try:
                 outcome = await asyncio.wait_for(asyncio.wrap_future(future), limits.wall_s)
             except TimeoutError:
+                # Over its wall time: the text's fault only if the child spent its CPU share on it; a
+                # stopped child, or one starved by a busy machine, is the worker's.
+                used = _cpu_s(self._pid)
                 self._kill("over its wall time")
+                if used is not None and used < limits.cpu_s / 2:
+                    raise TextSandboxUnavailable(
+                        f"the text front-end's process did not answer in {limits.wall_s:g}s "
+                        f"having used {used:.1f}s of CPU"
+                    ) from None
                 raise TextTooComplex(_too_complex(chars, len(lexicon), limits)) from None
-            except BrokenProcessPool:  # SIGXCPU at the CPU limit (or killed from outside): gone already
+            except BrokenProcessPool:  # it ended: at the CPU limit (SIGXCPU), or killed from outside
+                code = self._exit_code()
                 self._kill("ended", signal_it=False)
-                raise TextTooComplex(_too_complex(chars, len(lexicon), limits)) from None
+                if code == -signal.SIGXCPU:
+                    raise TextTooComplex(_too_complex(chars, len(lexicon), limits)) from None
+                raise TextSandboxUnavailable(f"the text front-end's process ended ({_ending(code)})") from None
             except asyncio.CancelledError:  # the job went away: its text stops using the CPU too
                 self._kill("cancelled")
                 raise
@@ -144,6 +172,24 @@ class TextSandbox:
         if kind == "script":
             raise script.ScriptError(ErrorCode(outcome[1]), outcome[2])
         raise SpokenOverLimit(outcome[1])
+
+    async def _submit(self, args: tuple[Any, ...]) -> Any:
+        """The analysis submitted to a live child: a child that died while idle (its pool is broken)
+        is replaced first, and one that will not start is the worker's fault."""
+        for _ in range(2):
+            pool = await self._running()
+            try:
+                return pool.submit(_child_analyse, *args)
+            except BrokenProcessPool:
+                self._kill("was gone while idle", signal_it=False)
+        raise TextSandboxUnavailable("the text front-end's process keeps dying")
+
+    def _exit_code(self) -> int | None:
+        for proc in self._procs:
+            proc.join(1)  # reaped by now, or within a moment: SIGXCPU and SIGKILL are immediate
+            if proc.exitcode is not None:
+                return proc.exitcode
+        return None
 
     async def start(self) -> None:
         """Start the child now (the worker's first job then does not wait ~0.5 s for it)."""
@@ -164,10 +210,17 @@ class TextSandbox:
                 max_workers=1, mp_context=mp.get_context("spawn"), initializer=_child_init, initargs=(os.getpid(),)
             )
             try:
-                self._pid = await asyncio.wrap_future(pool.submit(os.getpid))
+                self._pid = await asyncio.wait_for(asyncio.wrap_future(pool.submit(os.getpid)), _START_S)
+            except (TimeoutError, BrokenProcessPool, OSError) as e:
+                for proc in list(pool._processes.values()):  # one that hangs in its imports
+                    with contextlib.suppress(Exception):
+                        proc.kill()
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise TextSandboxUnavailable(f"the text front-end's process did not start ({type(e).__name__})") from e
             except BaseException:
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise
+            self._procs = list(pool._processes.values())
             self._pool = pool
             log.info("text front-end: child process %d started", self._pid)
         return self._pool
@@ -184,6 +237,27 @@ class TextSandbox:
                 os.kill(pid, signal.SIGKILL)
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _ending(code: int | None) -> str:
+    if code is None:
+        return "how, unknown"
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-code).name}"
+    return f"exit status {code}"
+
+
+def _cpu_s(pid: int | None) -> float | None:
+    """CPU seconds (user + system) process ``pid`` has used; None if it cannot be read."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 _NO_PROC = -1  # no /proc to ask (not Linux): signal it anyway

@@ -68,6 +68,7 @@ from pipeline.jobs.outputs import JobOutputs
 from pipeline.jobs.state import ClaimResult, Ledger, LostClaim, Seen
 from pipeline.runtime import metrics
 from pipeline.runtime.logs import job_id_var
+from pipeline.text.sandbox import TextSandboxUnavailable
 from pipeline.tts.batcher import BatcherUnavailable, ModelCallStuck
 from pipeline.tts.engine import Reference
 from pipeline.worker.attempt import Attempt, ResultState
@@ -343,6 +344,9 @@ class JobRunner:
                 "its model call is stuck past its deadline" if isinstance(e, ModelCallStuck) else "its batcher stopped"
             )
             return Outcome(JobState.QUEUED, note=f"released by {self.settings.worker_id}: {why}")
+        except TextSandboxUnavailable as e:  # the worker's text process failed, not the job's text
+            log.warning("the text front-end is unavailable (%s): handing the job back", e)
+            return Outcome(JobState.QUEUED, note=f"released by {self.settings.worker_id}: {e}")
         except Exception as e:
             if is_missing_resource(e):  # bucket or queue deleted, LocalStack restarted empty
                 log.warning("the job's bucket or queue is gone (%s): stopping without publishing", e)

@@ -148,6 +148,39 @@ def test_a_job_whose_status_document_is_unreadable_still_runs_and_ends(
     assert pworker.proc.poll() is None
 
 
+def test_a_finished_job_whose_status_is_corrupted_is_not_rendered_again(
+    env: dict[str, str], s3: Any, pworker: WorkerProcess, tmp_path: Path
+) -> None:
+    """Claimed over an unreadable status, a job whose result exists (it had completed) is a later
+    attempt: it adopts the result and ends COMPLETED with the outputs it names, never rendering
+    again nor ending some other way beside a result."""
+    job = "poison-status-done"
+    manifest = {"text": "Short and sweet.", "voice": "voices/alice.wav", "ref_text": REF_TEXT, "nfe_step": 2}
+    drop_manifest(env, tmp_path, job, manifest, bucket=NAME)
+    assert wait_for_state(s3, job, bucket=NAME, worker=pworker)["state"] == "COMPLETED"
+    result = json.loads(s3.get_object(Bucket=NAME, Key=f"results/{job}.json")["Body"].read())
+    s3.put_object(Bucket=NAME, Key=f"status/{job}.json", Body=b"garbage")
+    drop_manifest(env, tmp_path, job, manifest, bucket=NAME)  # delivered again
+    final = wait_until(
+        lambda: (d := _status(s3, job)) and d.get("state") == "COMPLETED" and d["attempt"] >= 2 and d,
+        "the job to end again",
+        worker=pworker,
+    )
+    notes = [h.get("note") or "" for h in final["history"]]
+    assert any("unreadable" in n for n in notes) and any("already published" in n for n in notes), notes
+    again = json.loads(s3.get_object(Bucket=NAME, Key=f"results/{job}.json")["Body"].read())
+    assert again == result  # the same result: nothing was rendered again
+    audio = result["audio"]["uri"].removeprefix(f"s3://{NAME}/")
+    assert s3.head_object(Bucket=NAME, Key=audio)["ContentLength"] > 0
+
+
+def _status(s3: Any, job: str) -> dict[str, Any] | None:
+    try:
+        return json.loads(s3.get_object(Bucket=NAME, Key=f"status/{job}.json")["Body"].read())
+    except (s3.exceptions.NoSuchKey, ValueError):
+        return None
+
+
 def test_the_dlq_tools_and_the_reconciler_report_unreadable_dead_letters(
     env: dict[str, str], sqs: Any, pworker: WorkerProcess
 ) -> None:

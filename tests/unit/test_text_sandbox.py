@@ -18,7 +18,7 @@ import pytest
 from pipeline.config import Settings
 from pipeline.jobs.contract import ErrorCode, Manifest, Segment
 from pipeline.text import sandbox, script
-from pipeline.text.sandbox import Limits, SpokenOverLimit, TextSandbox, TextTooComplex
+from pipeline.text.sandbox import Limits, SpokenOverLimit, TextSandbox, TextSandboxUnavailable, TextTooComplex
 from pipeline.worker.failures import JobFailed
 from pipeline.worker.inputs import Inputs
 
@@ -112,15 +112,49 @@ async def test_a_runaway_over_its_cpu_share_is_killed_and_replaced(box: TextSand
 
 
 @pytest.mark.timeout(120)
-async def test_a_stopped_child_is_killed_at_its_wall_deadline(box: TextSandbox) -> None:
+async def test_a_stopped_child_is_killed_at_its_wall_deadline_and_the_worker_takes_the_blame(box: TextSandbox) -> None:
+    """A stopped child used none of its CPU share: the text is not to blame (the job is handed back,
+    never failed TEXT_TOO_COMPLEX); the child is killed and the next job gets a fresh one."""
     await box.start()
     pid = box.pid
     assert pid is not None
     os.kill(pid, signal.SIGSTOP)
-    with pytest.raises(TextTooComplex):
+    with pytest.raises(TextSandboxUnavailable, match="did not answer"):
         await box.analyse(Manifest(text="Hello.", voice="v"), {}, **OPTIONS, limits=Limits(cpu_s=100, wall_s=1))
     wait_gone(pid)
     assert (await box.analyse(Manifest(text="Hello.", voice="v"), {}, **OPTIONS)).normalized_text == "Hello."
+
+
+@pytest.mark.timeout(120)
+async def test_a_child_killed_while_idle_is_replaced_for_the_next_job(box: TextSandbox) -> None:
+    """The OOM killer or an operator ends the idle child: the next job gets a new one instead of
+    meeting the broken pool (before: every later job on the worker failed INTERNAL_ERROR)."""
+    await box.start()
+    pid = box.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    wait_gone(pid)
+    for text in ("First after.", "Second after."):
+        assert (await box.analyse(Manifest(text=text, voice="v"), {}, **OPTIONS)).normalized_text == text
+    assert box.pid not in (None, pid)
+
+
+@pytest.mark.timeout(120)
+async def test_a_child_killed_from_outside_mid_analysis_is_the_workers_fault(box: TextSandbox) -> None:
+    """Killed by something other than its CPU limit while it works: the job is handed back
+    (TextSandboxUnavailable names the signal), not failed as if its text were too complex."""
+    await box.start()
+    pid = box.pid
+    assert pid is not None
+    big = Manifest(text="a " * 1_000_000, voice="v")
+    task = asyncio.create_task(
+        box.analyse(big, NESTED, **OPTIONS | {"max_spoken": 10**9}, limits=Limits(cpu_s=600, wall_s=600))
+    )
+    await asyncio.sleep(0)  # submitted; the child is busy with it (tens of seconds of CPU)
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(TextSandboxUnavailable, match="SIGKILL"):
+        await task
+    wait_gone(pid)
 
 
 @pytest.mark.timeout(120)
