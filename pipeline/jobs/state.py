@@ -235,7 +235,10 @@ async def request_cancel(store: Store, job_id: str) -> JobStatus | None:
     """
     await store.put_bytes(keys.cancel_key(job_id), b"", "text/plain")
     for _ in range(_CLAIM_ROUNDS):
-        status, etag = await store.get_model_etag(keys.status_key(job_id), JobStatus)
+        try:
+            status, etag = await store.get_model_etag(keys.status_key(job_id), JobStatus)
+        except Unreadable:
+            return None  # no state to move; the worker that claims over it meets the marker first
         if status is None or status.state is not JobState.QUEUED or etag is None:
             return status
         new = status.moved_to(JobState.CANCELLED, note="cancelled before a worker started it")

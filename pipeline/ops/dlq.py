@@ -12,7 +12,7 @@ from typing import Any
 
 from pipeline.cloud.consumer import Message, Queue
 from pipeline.cloud.events import UnrecognisedMessage, parse_message_body
-from pipeline.cloud.store import PreconditionFailed, Store, open_store
+from pipeline.cloud.store import PreconditionFailed, Store, Unreadable, open_store
 from pipeline.config import Settings
 from pipeline.jobs import keys
 from pipeline.jobs.contract import JobState, JobStatus
@@ -90,7 +90,10 @@ async def redrive(settings: Settings, limit: int, *, include_unrecognised: bool 
 
 async def _requeue(store: Store, job_id: str) -> bool:
     """A FAILED job would be acknowledged as done on redelivery: put it back to QUEUED."""
-    status, etag = await store.get_model_etag(keys.status_key(job_id), JobStatus)
+    try:
+        status, etag = await store.get_model_etag(keys.status_key(job_id), JobStatus)
+    except Unreadable:
+        return False  # nothing to put back: the worker that receives the message claims over it
     if status is None or status.state is not JobState.FAILED or etag is None:
         return False
     try:

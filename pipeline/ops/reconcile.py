@@ -64,7 +64,7 @@ from typing import Any
 
 from pipeline.cloud.consumer import Message, Queue
 from pipeline.cloud.notify import Notifier, ensure_notified, record_in
-from pipeline.cloud.store import ObjectInfo, PreconditionFailed, Store
+from pipeline.cloud.store import ObjectInfo, PreconditionFailed, Store, Unreadable
 from pipeline.config import Settings
 from pipeline.jobs import keys
 from pipeline.jobs.contract import ErrorCode, JobErrorInfo, JobResult, JobState, JobStatus, Priority, utcnow
@@ -88,6 +88,7 @@ class Action(StrEnum):
     NOTIFIED = "notified"
     OUTPUTS_REMOVED = "outputs_removed"
     UNREADABLE_DEAD_LETTER = "dead_letter_unreadable"  # not an S3 event: reported, left for the operator
+    STATUS_UNREADABLE = "status_unreadable"  # a corrupt status and no manifest: reported, left for the operator
     ERROR = "error"  # this job could not be handled in this pass (the next one tries again)
 
 
@@ -186,7 +187,10 @@ class Reconciler:
             if self._stale(inbox[job_id], now):
                 await self._orphan(job_id, inbox[job_id], report, now)
         elif self._stale(status[job_id], now):
-            await self._stuck(job_id, report, now)
+            try:
+                await self._stuck(job_id, report, now)
+            except Unreadable as e:
+                await self._unreadable_status(job_id, inbox.get(job_id), report, e)
 
     # -- what is stale -----------------------------------------------------------------------
 
@@ -235,6 +239,16 @@ class Reconciler:
         report.add(action, job_id, why)
         if new.state.terminal:
             await self._notify(new, etag, report)
+
+    async def _unreadable_status(self, job_id: str, manifest: ObjectInfo | None, report: Report, e: Exception) -> None:
+        """A status document that is not one (planted, corrupted): a worker claims over it and runs
+        the job from its manifest, so the job is re-enqueued; without a manifest there is nothing
+        to run, and it is reported for the operator. Either way the pass goes on."""
+        if manifest is None:
+            report.add(Action.STATUS_UNREADABLE, job_id, f"{e}; no manifest to run it from: left for the operator")
+            return
+        await self._send(job_id, manifest)
+        report.add(Action.REENQUEUED, job_id, f"{e}; re-enqueued: the worker claims over it")
 
     async def _stuck(self, job_id: str, report: Report, now: datetime) -> None:
         current, etag = await self.store.get_model_etag(keys.status_key(job_id), JobStatus)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import io
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 import soundfile as sf
+
+log = logging.getLogger(__name__)
 
 # output_format -> (soundfile format, subtype, content type)
 ENCODINGS: dict[str, tuple[str, str | None, str]] = {
@@ -37,7 +40,8 @@ def probe(data: bytes) -> AudioHeader:
     try:
         info = sf.info(io.BytesIO(data))
     except Exception as e:  # soundfile raises LibsndfileError/RuntimeError/TypeError variously
-        raise AudioDecodeError(f"not a readable audio file ({e})") from None
+        log.info("audio header unreadable: %s", e)  # libsndfile's words stay in the log
+        raise AudioDecodeError("not a readable audio file (WAV, FLAC, OGG, MP3, ...)") from None
     return AudioHeader(frames=int(info.frames), sample_rate=int(info.samplerate), channels=int(info.channels))
 
 
@@ -46,7 +50,8 @@ def decode(data: bytes) -> tuple[np.ndarray, int]:
     try:
         wave, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except Exception as e:
-        raise AudioDecodeError(f"not a readable audio file ({e})") from None
+        log.info("audio unreadable: %s", e)
+        raise AudioDecodeError("not a readable audio file (WAV, FLAC, OGG, MP3, ...)") from None
     if wave.size == 0:
         raise AudioDecodeError("audio file has no samples")
     wave = to_mono(wave)

@@ -165,7 +165,8 @@ def _oom_as_engine_error(device: str) -> Iterator[None]:
     except torch.OutOfMemoryError as e:
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
-        raise EngineError("SYNTHESIS_FAILED", f"out of memory on {device}: {e}") from e
+        log.error("out of memory on %s: %s", device, e)  # torch's words (sizes, process) stay in the log
+        raise EngineError("SYNTHESIS_FAILED", f"out of memory on {device}") from e
 
 
 class _SoundfileAsr:
@@ -303,7 +304,9 @@ class F5Engine:
                     processed_path, text = ui.preprocess_ref_audio_text(str(src), ref_text, show_info=log.debug)
                 except Exception as e:
                     code = "TRANSCRIPTION_FAILED" if not ref_text.strip() else "VOICE_UNREADABLE"
-                    raise EngineError(code, f"reference preprocessing failed: {e}") from e
+                    log.error("reference preprocessing failed: %s", e)  # the library's words: the log's
+                    what = "transcribing it" if code == "TRANSCRIPTION_FAILED" else "preparing it"
+                    raise EngineError(code, f"the reference voice could not be used: {what} failed") from e
             processed, sr = sf.read(processed_path, dtype="float32")
             # Our LRU owns caching; drop f5-tts's unbounded module-level entries and temp file.
             audio_hash = hashlib.md5(src.read_bytes()).hexdigest()

@@ -207,3 +207,16 @@ def test_the_dlq_tools_and_the_reconciler_report_unreadable_dead_letters(
     assert report["counts"].get("dead_letter_unreadable", 0) == len(unreadable), report
     assert "error" not in report["counts"], report
     assert pworker.proc.poll() is None
+
+
+def test_the_reconciler_reports_a_corrupt_status_with_nothing_to_run_and_goes_on(
+    env: dict[str, str], s3: Any, pworker: WorkerProcess
+) -> None:
+    """A status document that is not one, for a job with no manifest (nothing a worker could claim
+    over): one item of the report (``status_unreadable``), not an error on every pass."""
+    s3.put_object(Bucket=NAME, Key="status/poison-status-alone.json", Body=b"{not a status")
+    done = subprocess.run([TTS, "reconcile", "--older-than", "0"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    assert "error" not in report["counts"], report
+    assert next(a for a in report["actions"] if a["job_id"] == "poison-status-alone")["action"] == "status_unreadable"
