@@ -307,7 +307,10 @@ class Batcher:
 
     def _call(self, kind: str, group: Hashable, works: list[Work]) -> list[Any]:
         """One try, on the model thread, under its deadline (the fault hooks' stall counts)."""
-        deadline_s = self.deadline.of(sum(w.seconds for w in works))
+        # The longest item, not the sum: a batch's items are computed together (one padded forward
+        # pass per step), so a batch of 8 takes about as long as its longest item; summing gave a
+        # GPU batch hours and let the job's own timeout fail its jobs before the worker noticed.
+        deadline_s = self.deadline.of(max((w.seconds for w in works), default=0.0))
         self._running = _Running(kind, len(works), deadline_s, time.monotonic() + deadline_s)
         try:
             self.faults.before_model_call(kind, [(w.owner, w.attempt) for w in works])
