@@ -103,7 +103,8 @@ worker sick, never the job stuck. Each rule with the test that proves it (each f
 not run, on the code before):
 
 - **Model calls.** Each try of a model call may take `TTS_MODEL_DEADLINE_S` (120) +
-  `TTS_DEADLINE_PER_AUDIO_S` (30) × the seconds of audio its longest item makes or reads (a batch's items are computed together); the batcher
+  `TTS_DEADLINE_PER_AUDIO_S` (30) × the seconds of audio its longest item makes or reads (a
+  batch's items are computed together); the batcher
   watches the model thread from the event loop. Past the deadline the thread is lost for good: the
   batcher fails every future it holds (`ModelCallStuck`), refuses new work and stops. A dispatcher
   that stops for any other reason fails its futures too (`BatcherUnavailable`), so no job waits on
