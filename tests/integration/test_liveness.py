@@ -51,13 +51,17 @@ def _put_job(s3: Any, bucket: str, job_id: str, **fields: Any) -> None:
 
 
 def _aligner_children(w: WorkerProcess) -> list[psutil.Process]:
-    """The worker's aligner process (multiprocessing's resource tracker is its other child)."""
+    """The worker's aligner process: a spawned child that has onnxruntime loaded (the worker's
+    other children are multiprocessing's resource tracker and the text front-end's process, which
+    is spawned the same way but never loads onnxruntime)."""
     out = []
     for child in psutil.Process(w.proc.pid).children():
         try:
-            if "spawn_main" in " ".join(child.cmdline()) and child.status() != psutil.STATUS_ZOMBIE:
+            if "spawn_main" not in " ".join(child.cmdline()) or child.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if any("onnxruntime" in m.path for m in child.memory_maps()):
                 out.append(child)
-        except psutil.NoSuchProcess:
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return out
 
