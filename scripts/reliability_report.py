@@ -166,6 +166,15 @@ UNTESTED = """\
   write a result after that final status; and a reconciler that completes a job from its result
   while SNS fails past its retries does not notify it later (a worker's ending would: its message
   comes back for it).
+- **Containment gaps known after issue 25's review.** The reference preparation (f5-tts's
+  preprocessing, and Whisper when `ref_text` is empty) runs on a thread outside the batcher with no
+  deadline: a hang there holds the engine's reference lock and is not seen by `/healthz`. One text
+  child serves both lanes, one analysis at a time: an interactive job's text waits behind the bulk
+  analyses queued before it (each bounded by its wall time). A job whose own `TTS_JOB_TIMEOUT_S`
+  comes before its hung model call's deadline still ends `FAILED`/`TIMEOUT`. A final status write
+  that landed but was cut by the transition's bound is handled as a lost claim (the job converges
+  on its redelivery; its chunk clean-up falls to the reconciler). `status` / the console's job page
+  for a job whose status document is unreadable answer an error rather than "unreadable".
 - **Exactly-once notification on a standard topic.** With a FIFO topic, SNS drops the repeats a
   lost publish answer or a crash between publishing and recording cause (within its 5-minute
   window); the sweep runs on one. A standard topic delivers those repeats, with the same
