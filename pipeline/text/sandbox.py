@@ -42,6 +42,7 @@ import multiprocessing as mp
 import os
 import resource
 import signal
+import time
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -158,7 +159,7 @@ class TextSandbox:
                     ) from None
                 raise TextTooComplex(_too_complex(chars, len(lexicon), limits)) from None
             except BrokenProcessPool:  # it ended: at the CPU limit (SIGXCPU), or killed from outside
-                code = self._exit_code()
+                code = await asyncio.to_thread(self._exit_code)  # it may take the pool a moment to reap
                 self._kill("ended", signal_it=False)
                 if code == -signal.SIGXCPU:
                     raise TextTooComplex(_too_complex(chars, len(lexicon), limits)) from None
@@ -185,10 +186,15 @@ class TextSandbox:
         raise TextSandboxUnavailable("the text front-end's process keeps dying")
 
     def _exit_code(self) -> int | None:
-        for proc in self._procs:
-            proc.join(1)  # reaped by now, or within a moment: SIGXCPU and SIGKILL are immediate
-            if proc.exitcode is not None:
-                return proc.exitcode
+        """How the child ended. The pool's own thread reaps it too: whichever ``waitpid`` loses the
+        race reads nothing, so the shared process object is asked again until the status is in."""
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline:
+            for proc in self._procs:
+                code = proc.exitcode
+                if code is not None:
+                    return code
+            time.sleep(0.02)
         return None
 
     async def start(self) -> None:
