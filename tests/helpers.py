@@ -300,3 +300,34 @@ def multipart(fields: dict[str, str], file_field: str | None = None, data: bytes
         )
     out += f"--{boundary}--\r\n".encode()
     return out, f"multipart/form-data; boundary={boundary}"
+
+
+def sample_result(job_id: str, audio_uri: str, *, duration_s: float = 1.5, srt_uri: str | None = None) -> Any:
+    """A well-formed ``JobResult`` naming ``audio_uri`` (and ``srt_uri``, by default the audio's):
+    what a planted or fuzzed result document starts from."""
+    from pipeline.jobs.contract import AudioInfo, JobResult, ModelInfo, StageTimings, utcnow
+
+    return JobResult(
+        job_id=job_id,
+        audio=AudioInfo(
+            uri=audio_uri,
+            url="https://example.invalid/x",
+            url_expires_at=utcnow(),
+            format="wav",
+            sample_rate=24000,
+            duration_s=duration_s,
+            bytes=1,
+        ),
+        word_timings=None,
+        subtitles={"srt": srt_uri or audio_uri},
+        text="x",
+        ref_text="x",
+        ref_text_source="manifest",
+        voice_key="voices/x.wav",
+        seed=1,
+        chunks=1,
+        model=ModelInfo(name="m", version="v", random_weights=True, device="cpu"),
+        worker="w",
+        timings_ms=StageTimings(queue_wait=0, download=0, synthesis=0, alignment=0, encode=0, upload=0, total=0),
+        completed_at=utcnow(),
+    )

@@ -29,6 +29,7 @@ from tests.helpers import (
     add_library_voice,
     multipart,
     reference_voice_path,
+    sample_result,
     start_console,
     start_worker,
     stop_worker,
@@ -426,34 +427,11 @@ def test_voice_names_with_control_characters_are_refused(open_door: str, s3: Any
 
 def _plant_result(s3: Any, job: str, audio_key: str) -> None:
     """A COMPLETED status and a well-formed result whose outputs are another job's."""
-    from pipeline.jobs.contract import AudioInfo, JobResult, JobState, JobStatus, ModelInfo, StageTimings, utcnow
+    from pipeline.jobs.contract import JobState, JobStatus
 
     status = JobStatus.new(job).moved_to(JobState.PROCESSING, worker="w").moved_to(JobState.COMPLETED)
     uri = f"s3://{DOOR}/{audio_key}"
-    result = JobResult(
-        job_id=job,
-        audio=AudioInfo(
-            uri=uri,
-            url="https://example.invalid/x",
-            url_expires_at=utcnow(),
-            format="wav",
-            sample_rate=24000,
-            duration_s=5.33,
-            bytes=1,
-        ),
-        word_timings=None,
-        subtitles={"srt": uri},
-        text="x",
-        ref_text="x",
-        ref_text_source="manifest",
-        voice_key="voices/x.wav",
-        seed=1,
-        chunks=1,
-        model=ModelInfo(name="m", version="v", random_weights=True, device="cpu"),
-        worker="w",
-        timings_ms=StageTimings(queue_wait=0, download=0, synthesis=0, alignment=0, encode=0, upload=0, total=0),
-        completed_at=utcnow(),
-    )
+    result = sample_result(job, uri, duration_s=5.33)
     s3.put_object(Bucket=DOOR, Key=f"status/{job}.json", Body=status.model_dump_json().encode())
     s3.put_object(Bucket=DOOR, Key=f"inbox/{job}.json", Body=json.dumps({"text": "x", "voice": VOICE}).encode())
     s3.put_object(Bucket=DOOR, Key=f"results/{job}.json", Body=result.model_dump_json().encode())

@@ -27,15 +27,12 @@ from pipeline.cloud.events import ParsedMessage, UnrecognisedMessage, parse_mess
 from pipeline.cloud.store import Unreadable, parse_document
 from pipeline.jobs import chunks
 from pipeline.jobs.contract import (
-    AudioInfo,
     ErrorCode,
     JobResult,
     JobState,
     JobStatus,
     Manifest,
     ManifestError,
-    ModelInfo,
-    StageTimings,
     parse_manifest,
     utcnow,
 )
@@ -45,6 +42,7 @@ from pipeline.tts import voices
 from pipeline.web.api import ApiError, parse_speech_request
 from pipeline.web.console import ConsoleError, _Form, form_manifest, manifest_voice
 from pipeline.worker.fair import ANONYMOUS, submitter_of
+from tests.helpers import sample_result
 
 # Cheap enough that the whole file stays well under a minute on one busy core.
 FUZZ = settings(
@@ -207,32 +205,7 @@ MANIFEST_DIALOGUE = {
 }
 
 STATUS = json.loads(JobStatus.new("j1").moved_to(JobState.PROCESSING, worker="w", lease_s=45).model_dump_json())
-RESULT = json.loads(
-    JobResult(
-        job_id="j1",
-        audio=AudioInfo(
-            uri="s3://b/outputs/j1/a.wav",
-            url="https://example.invalid/x",
-            url_expires_at=utcnow(),
-            format="wav",
-            sample_rate=24000,
-            duration_s=1.5,
-            bytes=1,
-        ),
-        word_timings=None,
-        subtitles={"srt": "s3://b/outputs/j1/a.srt"},
-        text="x",
-        ref_text="x",
-        ref_text_source="manifest",
-        voice_key="voices/x.wav",
-        seed=1,
-        chunks=1,
-        model=ModelInfo(name="m", version="v", random_weights=True, device="cpu"),
-        worker="w",
-        timings_ms=StageTimings(queue_wait=0, download=0, synthesis=0, alignment=0, encode=0, upload=0, total=0),
-        completed_at=utcnow(),
-    ).model_dump_json()
-)
+RESULT = json.loads(sample_result("j1", "s3://b/outputs/j1/a.wav", srt_uri="s3://b/outputs/j1/a.srt").model_dump_json())
 VOICE = json.loads(
     voices.VoiceRecord(
         name="alice",
