@@ -44,6 +44,13 @@ LONGEST_FIRST = (
 )
 
 
+# Worker and CLI processes the tests start run this checkout's code, also where the virtualenv's
+# editable install points at another one (a git worktree sharing .venv).
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(Path(__file__).resolve().parent.parent), *filter(None, [os.environ.get("PYTHONPATH")])]
+)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
     root = config.rootpath
