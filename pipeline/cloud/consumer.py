@@ -33,6 +33,8 @@ _STALE_RECEIPT = {
     "AWS.SimpleQueueService.MessageNotInflight",
 }
 _BATCH = 10  # SQS limit on entries per batch request
+# A message attribute: the id of the message a copy stands for (``Message.identity``).
+IDENTITY = "tts-identity"
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,17 @@ class Message:
     # The queue it came from: its acknowledgements (delete, visibility, extensions) go there,
     # whichever Queue object makes them (one worker receives from two queues on one client).
     queue_url: str | None = None
+    # When SQS first handed this message out (ApproximateFirstReceiveTimestamp): where the retry
+    # budget of a job whose deliveries keep meeting transient faults starts.
+    first_received_ms: int | None = None
+
+    @property
+    def identity(self) -> str:
+        """Which message this is, kept across copies: a message put back as a copy (``requeue``,
+        a deferral, a redrive) is the same delivery of the same job, not a duplicate. A job's
+        claim records the identity (``status.message_id``), and everything that tells the job's own
+        message from a duplicate (a second S3 event, a re-enqueue) compares identities."""
+        return (self.attributes or {}).get(IDENTITY) or self.id
 
 
 class Queue:
@@ -140,7 +153,11 @@ class Queue:
             MaxNumberOfMessages=max_messages,
             WaitTimeSeconds=wait_s,
             VisibilityTimeout=visibility_s,
-            MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
+            MessageSystemAttributeNames=[
+                "ApproximateReceiveCount",
+                "SentTimestamp",
+                "ApproximateFirstReceiveTimestamp",
+            ],
             MessageAttributeNames=["All"],
         )
         out = []
@@ -155,6 +172,7 @@ class Queue:
                     sent_at_ms=int(attrs["SentTimestamp"]) if "SentTimestamp" in attrs else None,
                     attributes={k: v.get("StringValue", "") for k, v in m.get("MessageAttributes", {}).items()},
                     queue_url=self.url,
+                    first_received_ms=_int(attrs.get("ApproximateFirstReceiveTimestamp")),
                 )
             )
         return out
@@ -209,31 +227,50 @@ class Queue:
                 failed.update({m.id: f"{type(outcome).__name__}: {outcome}" for m in of_queue})
         return failed
 
-    async def requeue(self, msgs: list[Message], delay_s: int = 0) -> int:
-        """Put never-started messages back as new ones (a copy sent, then the original deleted,
-        10 per request): SQS counts a receive for a message made visible again, and a message that
-        only waited must not creep towards the DLQ. ``delay_s``: the copies stay hidden that long
-        (a stopping worker's own long poll, cancelled on our side, may still be open on SQS's and
-        would take them). Returns how many were put back; a message whose copy was not sent is left
-        as it is (it returns when its visibility lapses)."""
+    async def requeue(self, msgs: list[Message], delay_s: float = 0) -> int:
+        """Put messages back as new ones (a copy sent to the message's own queue, then the
+        original deleted, 10 per request): SQS counts a receive for a message made visible again,
+        and a message that only waited, or was only looked at (a deferral), must not creep towards
+        the DLQ. A copy keeps the original's attributes and identity (``Message.identity``).
+        ``delay_s``: the copies stay hidden that long (at most SQS's 900 s; e.g. a stopping
+        worker's own long poll, cancelled on our side, may still be open on SQS's and would take
+        them). Returns how many were put back; a message whose copy was not sent is left as it is
+        (it returns when its visibility lapses)."""
         done = 0
         delay = {"DelaySeconds": min(max(int(delay_s), 0), 900)} if delay_s else {}
-        for i in range(0, len(msgs), _BATCH):
-            batch = msgs[i : i + _BATCH]
-            entries = [
-                {"Id": str(n), "MessageBody": m.body, **delay, **_attrs(m.attributes)} for n, m in enumerate(batch)
-            ]
-            resp = await self._call("send_message_batch", Entries=entries)
-            sent = [batch[int(ok["Id"])] for ok in resp.get("Successful", [])]
-            if sent:
-                gone = [{"Id": str(n), "ReceiptHandle": m.receipt_handle} for n, m in enumerate(sent)]
-                await self._call("delete_message_batch", Entries=gone)  # a failed delete: a duplicate, harmless
-            done += len(sent)
+        by_queue: dict[str | None, list[Message]] = {}
+        for m in msgs:
+            by_queue.setdefault(m.queue_url, []).append(m)
+        for url, of_queue in by_queue.items():
+            for i in range(0, len(of_queue), _BATCH):
+                batch = of_queue[i : i + _BATCH]
+                entries = [
+                    {"Id": str(n), "MessageBody": m.body, **delay, **_attrs(_kept(m))} for n, m in enumerate(batch)
+                ]
+                resp = await self._call("send_message_batch", url=url, Entries=entries)
+                sent = [batch[int(ok["Id"])] for ok in resp.get("Successful", [])]
+                if sent:
+                    gone = [{"Id": str(n), "ReceiptHandle": m.receipt_handle} for n, m in enumerate(sent)]
+                    # A failed delete leaves a duplicate of the same identity: harmless (the claim decides).
+                    await self._call("delete_message_batch", url=url, Entries=gone)
+                done += len(sent)
         return done
 
     async def send(self, body: str, attributes: dict[str, str] | None = None) -> None:
         attrs = {k: {"DataType": "String", "StringValue": v[:1000]} for k, v in (attributes or {}).items()}
         await self._call("send_message", MessageBody=body, **({"MessageAttributes": attrs} if attrs else {}))
+
+    async def depth(self) -> int:
+        """Messages the queue holds in any state: waiting, in flight (received, possibly in a
+        worker's look-ahead) and delayed. SQS's figures are approximate (eventually consistent)."""
+        names = [
+            "ApproximateNumberOfMessages",
+            "ApproximateNumberOfMessagesNotVisible",
+            "ApproximateNumberOfMessagesDelayed",
+        ]
+        resp = await self._call("get_queue_attributes", AttributeNames=names)
+        attrs = resp.get("Attributes", {})
+        return sum(int(attrs.get(n, 0)) for n in names)
 
     def is_last_delivery(self, msg: Message, fallback_max: int) -> bool:
         """True when SQS will not deliver this message again (the redrive policy moves it to the DLQ)."""
@@ -249,6 +286,18 @@ class Queue:
         )
         await self.delete(msg)
         return True
+
+
+def _kept(m: Message) -> dict[str, str]:
+    """A copy's attributes: the original's, and its identity."""
+    return {**(m.attributes or {}), IDENTITY: m.identity}
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
 
 
 def _attrs(attributes: dict[str, str] | None) -> dict[str, Any]:

@@ -228,8 +228,20 @@ def _same_write(a: JobStatus, b: JobStatus) -> bool:
     )
 
 
+async def committed(store: Store, job_id: str) -> bool:
+    """Whether the job's result exists. **The result is the commit point**: a job whose result
+    exists is COMPLETED, whatever else happened to it. Every path that writes a final state other
+    than COMPLETED (a worker's ending, ``request_cancel``, the reconciler, the DLQ's) asks this
+    first, after reading the status whose ETag its write is conditional on. A result lands only
+    through a claim (which changes that ETag) or after one was lost; the reconciler completes a
+    job whose result is newer than its final status, so the late case ends COMPLETED too."""
+    return await store.exists(keys.result_key(job_id))
+
+
 async def request_cancel(store: Store, job_id: str) -> JobStatus | None:
-    """Ask for a job to be cancelled: write ``cancel/<job_id>``; a QUEUED job is cancelled at once.
+    """Ask for a job to be cancelled: write ``cancel/<job_id>``; a QUEUED job is cancelled at once,
+    unless its result exists (an attempt published it and could not write COMPLETED: the job is
+    done, and its next delivery says so).
 
     A running job is cancelled by its worker at the next check (before start, between text chunks).
     """
@@ -240,6 +252,8 @@ async def request_cancel(store: Store, job_id: str) -> JobStatus | None:
         except Unreadable:
             return None  # no state to move; the worker that claims over it meets the marker first
         if status is None or status.state is not JobState.QUEUED or etag is None:
+            return status
+        if await committed(store, job_id):
             return status
         new = status.moved_to(JobState.CANCELLED, note="cancelled before a worker started it")
         try:

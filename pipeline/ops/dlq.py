@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from pipeline.cloud.consumer import Message, Queue
+from pipeline.cloud.consumer import IDENTITY, Message, Queue
 from pipeline.cloud.events import UnrecognisedMessage, parse_message_body
 from pipeline.cloud.store import PreconditionFailed, Store, Unreadable, open_store
 from pipeline.config import Settings
@@ -82,7 +82,7 @@ async def redrive(settings: Settings, limit: int, *, include_unrecognised: bool 
             for job_id in jobs or []:
                 if await _requeue(store, job_id):
                     report["jobs_requeued"].append(job_id)
-            await main.send(m.body)
+            await main.send(m.body, {IDENTITY: m.identity})  # still the job's own message
             await dlq.delete(m)
             report["moved"] += 1
     return report

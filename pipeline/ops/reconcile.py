@@ -69,6 +69,7 @@ from pipeline.config import Settings
 from pipeline.jobs import keys
 from pipeline.jobs.contract import ErrorCode, JobErrorInfo, JobResult, JobState, JobStatus, Priority, utcnow
 from pipeline.jobs.outputs import named_keys, unneeded
+from pipeline.jobs.state import committed
 from pipeline.ops.dlq import drain, read
 from pipeline.runtime import metrics
 
@@ -140,6 +141,7 @@ class Reconciler:
         self.lookback = None if scan_all or lookback_s is None else timedelta(seconds=lookback_s)
         self.dlq_limit = dlq_limit
         self.max_attempts = queue.max_receive_count or settings.max_attempts
+        self._lanes_empty: dict[Priority, bool] = {}
 
     async def run(self, *, now: datetime | None = None) -> Report:
         """One pass. ``now`` is the reconciler's clock (a test may move it forward)."""
@@ -152,6 +154,7 @@ class Reconciler:
             self.store.list_objects(keys.OUTPUTS),
         )
         report.scanned = {"inbox": len(inbox), "status": len(status), "results": len(results), "outputs": len(outputs)}
+        self._lanes_empty = await self._empty_lanes()
         report.scanned["dlq"] = await self._dead_letters(report, now)
         for job_id in sorted(inbox.keys() | status.keys()):
             await self._isolated(job_id, report, self._job(job_id, inbox, status, results, report, now))
@@ -190,7 +193,7 @@ class Reconciler:
             try:
                 await self._stuck(job_id, report, now)
             except Unreadable as e:
-                await self._unreadable_status(job_id, inbox.get(job_id), report, e)
+                await self._unreadable_status(job_id, inbox.get(job_id), report, e, now)
 
     # -- what is stale -----------------------------------------------------------------------
 
@@ -218,6 +221,35 @@ class Reconciler:
         ttl = self.settings.job_ttl_s
         return ttl is not None and (now - created_at).total_seconds() > ttl
 
+    async def _empty_lanes(self) -> dict[Priority, bool]:
+        """Per lane, whether its queue held no message at all when the pass began (an error
+        reading the depth counts as not empty: no copy is sent on a guess)."""
+
+        async def empty(queue: Queue | None) -> bool:
+            if queue is None:
+                return True
+            try:
+                return await queue.depth() == 0
+            except Exception as e:
+                log.warning("could not read the depth of queue %s (%s): no job is re-enqueued to it", queue.name, e)
+                return False
+
+        bulk, interactive = await asyncio.gather(empty(self.queue), empty(self.interactive))
+        return {Priority.bulk: bulk, Priority.interactive: interactive if self.interactive else bulk}
+
+    def _message_lost(self, priority: Priority | None, since: datetime, now: datetime) -> bool:
+        """Whether a job not moved since ``since`` can have no message left to carry it, so that a
+        copy is no duplicate: its lane's queue held no message when this pass began (nothing
+        waiting, in flight or delayed: a job still in a backlog or in a worker's look-ahead is
+        counted there), or the queue's retention has passed since (any message it had then has
+        expired). A backlog therefore never gets a second message per job per pass; a job whose
+        message was lost is re-enqueued once its lane drains, or after the retention period."""
+        if self._lanes_empty.get(priority or Priority.bulk, False):
+            return True
+        lane = self.interactive if priority is Priority.interactive and self.interactive else self.queue
+        retention = lane.retention_s
+        return retention is not None and (now - since).total_seconds() > retention
+
     # -- jobs ----------------------------------------------------------------------------------
 
     async def _orphan(self, job_id: str, manifest: ObjectInfo, report: Report, now: datetime) -> None:
@@ -240,12 +272,16 @@ class Reconciler:
         if new.state.terminal:
             await self._notify(new, etag, report)
 
-    async def _unreadable_status(self, job_id: str, manifest: ObjectInfo | None, report: Report, e: Exception) -> None:
+    async def _unreadable_status(
+        self, job_id: str, manifest: ObjectInfo | None, report: Report, e: Exception, now: datetime
+    ) -> None:
         """A status document that is not one (planted, corrupted): a worker claims over it and runs
         the job from its manifest, so the job is re-enqueued; without a manifest there is nothing
         to run, and it is reported for the operator. Either way the pass goes on."""
         if manifest is None:
             report.add(Action.STATUS_UNREADABLE, job_id, f"{e}; no manifest to run it from: left for the operator")
+            return
+        if not self._message_lost(keys.inbox_of(manifest.key), manifest.last_modified, now):
             return
         await self._send(job_id, manifest)
         report.add(Action.REENQUEUED, job_id, f"{e}; re-enqueued: the worker claims over it")
@@ -270,6 +306,8 @@ class Reconciler:
             error = JobErrorInfo(code=ErrorCode.WORKER_CRASHED, message=why)
             await self._end(job_id, current, etag, JobState.FAILED, error, why, report)
             return
+        if not self._message_lost(current.priority, current.updated_at, now):
+            return  # its message may still be waiting behind a backlog: a copy would be a duplicate
         idle = (now - current.updated_at).total_seconds()
         why = f"re-enqueued by the reconciler: {current.state} for {idle:.0f}s with no delivery"
         try:
@@ -306,17 +344,13 @@ class Reconciler:
         if current.state.terminal:
             await self._notify(current, etag, report)
             return
-        if current.message_id is not None and current.message_id != msg.id:
+        if current.message_id is not None and current.message_id != msg.identity:
             return  # a duplicate's dead letter: the job's own message still carries it
         if current.message_id is None and current.updated_at > now - self.older_than:
             return  # no claim names a message yet, and the job moved recently: give it time
         lease = current.lease_expires_at
         if current.state is JobState.PROCESSING and lease is not None and lease > now - self.older_than:
             return  # a live worker holds it, or held it so recently that it may still be at work
-        if await self.store.exists(keys.result_key(job_id)):
-            why = "its result exists: the final status write was lost (its message is in the DLQ)"
-            await self._end(job_id, current, etag, JobState.COMPLETED, None, why, report)
-            return
         if current.state is JobState.PROCESSING:
             code = ErrorCode.WORKER_CRASHED
             why = f"its worker died on every delivery ({current.attempt} attempts); the message is in the DLQ"
@@ -362,6 +396,8 @@ class Reconciler:
         why: str,
         report: Report,
     ) -> None:
+        if state is not JobState.COMPLETED and await committed(self.store, job_id):
+            state, error, why = JobState.COMPLETED, None, f"its result exists (it was about to end {state}: {why})"
         new = current.moved_to(state, worker=WORKER, error=error, note=f"reconciler: {why}")
         if state is JobState.COMPLETED:
             new.result_key = keys.result_key(job_id)

@@ -375,3 +375,5 @@ class Worker:
             await self.queue.delete(target)
         elif decision.ack is Ack.RETRY:
             await self.queue.set_visibility(target, decision.delay_s)
+        elif decision.ack is Ack.REQUEUE and not await self.queue.requeue([target], decision.delay_s):
+            await self.queue.set_visibility(target, decision.delay_s)  # no copy sent: hidden as before

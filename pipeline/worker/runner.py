@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import random
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -72,6 +71,7 @@ from pipeline.text.sandbox import TextSandboxUnavailable
 from pipeline.tts.batcher import BatcherUnavailable, ModelCallStuck
 from pipeline.tts.engine import Reference
 from pipeline.worker.attempt import Attempt, ResultState
+from pipeline.worker.backoff import retry_delay
 from pipeline.worker.failures import JobFailed
 from pipeline.worker.inputs import Inputs
 from pipeline.worker.lease import Heartbeat
@@ -97,6 +97,7 @@ class Ack(Enum):
     LEAVE = "leave"  # not this delivery's to act on (another worker owns the job, or S3 failed
     # before anything could be recorded): its visibility lapses and SQS delivers it again
     KEEP = "keep"  # the attempt running in this worker holds this message: it acknowledges it
+    REQUEUE = "requeue"  # put it back as a copy of the same identity, hidden for the delay (no receive counted)
 
 
 @dataclass(frozen=True)
@@ -110,9 +111,10 @@ class Decision:
     def combine(decisions: list[Decision]) -> Decision:
         counted = any(d.counted for d in decisions)
         message = next((d.message for d in decisions if d.message is not None), None)
-        retries = [d for d in decisions if d.ack is Ack.RETRY]
+        retries = [d for d in decisions if d.ack in (Ack.RETRY, Ack.REQUEUE)]
         if retries:
-            return Decision(Ack.RETRY, min(d.delay_s for d in retries), counted, message)
+            ack = Ack.REQUEUE if any(d.ack is Ack.REQUEUE for d in retries) else Ack.RETRY
+            return Decision(ack, min(d.delay_s for d in retries), counted, message)
         for ack in (Ack.KEEP, Ack.LEAVE):
             if any(d.ack is ack for d in decisions):
                 return Decision(ack, counted=counted, message=message)
@@ -223,7 +225,7 @@ class JobRunner:
                 return self._delivered_again(running, msg)
             if job_id in self._claiming:  # two deliveries in one receive batch: one claim
                 return self._claim_in_progress(self._claiming[job_id], msg)
-            self._claiming[job_id] = msg.id  # before the first await: no second claim can start
+            self._claiming[job_id] = msg.identity  # before the first await: no second claim can start
             return await self._deliver(job_id, record, msg)
         finally:
             job_id_var.reset(token)
@@ -231,7 +233,13 @@ class JobRunner:
     # -- deliveries ----------------------------------------------------------------------------
 
     def _delivered_again(self, running: Attempt, msg: Message) -> Decision:
-        if msg.id == running.msg.id:
+        if msg.identity == running.msg.identity:
+            if self._near_dead_letter(msg):
+                # Its extensions keep failing (throttled): one more lapse would move the message
+                # to the DLQ under a running job. A copy of the same identity, hidden for a lease,
+                # starts the count afresh; the attempt runs on, and meets the copy as this one.
+                log.warning("the running attempt's message came back %d times: put back as a copy", msg.receive_count)
+                return Decision(Ack.REQUEUE, self.settings.visibility_timeout_s)
             # Its own message, visible again (beats missed it): the attempt keeps it, with the
             # receipt handle of this delivery, the one SQS now honours.
             running.msg = msg
@@ -241,8 +249,13 @@ class JobRunner:
         metrics.DUPLICATES.inc()
         return DELETE
 
+    def _near_dead_letter(self, msg: Message) -> bool:
+        """Whether the queue's redrive policy would dead-letter ``msg`` at its next receive."""
+        limit = self.queue.max_receive_count or self.settings.max_attempts
+        return msg.receive_count >= limit - 1
+
     def _claim_in_progress(self, claiming: str, msg: Message) -> Decision:
-        if msg.id != claiming:
+        if msg.identity != claiming:
             log.info("duplicate delivery of a job being claimed in this worker (message %s): dropped", msg.id)
             metrics.DUPLICATES.inc()
             return DELETE
@@ -251,12 +264,20 @@ class JobRunner:
     async def _deliver(self, job_id: str, record: ObjectCreated, msg: Message) -> Decision:
         try:
             priority = keys.inbox_of(record.key)  # the inbox is the job's effective priority
-            outcome, found = await self.ledger.claim(job_id, record.event_time, msg.id, priority)
+            outcome, found = await self.ledger.claim(job_id, record.event_time, msg.identity, priority)
+        except Exception as e:
+            if not is_transient(e):
+                raise
+            # Nothing recorded (S3 unreachable past the client's retries): the delivery counts
+            # against the queue's maxReceiveCount all the same, so it waits as a retry would.
+            delay = self._backoff(msg)
+            log.warning("could not claim the job (%s): its message comes back in %.0fs", describe(e), delay)
+            return Decision(Ack.RETRY, delay)
         finally:
             self._claiming.pop(job_id, None)
         if isinstance(found, Seen):
             if outcome is ClaimResult.DONE:
-                return await self._done(found)
+                return await self._done(found, msg)
             return self._busy(found, msg)
         attempt = Attempt.start(self.settings, found, msg, self.lease_store, self.stopping)
         status = found.status
@@ -277,7 +298,7 @@ class JobRunner:
                 del self.attempts[job_id]
         return replace(decision, counted=True, message=attempt.msg)
 
-    async def _done(self, seen: Seen) -> Decision:
+    async def _done(self, seen: Seen, msg: Message) -> Decision:
         log.info("job already %s: duplicate delivery acknowledged", seen.status.state)
         metrics.DUPLICATES.inc()
         try:
@@ -288,25 +309,28 @@ class JobRunner:
             if not is_transient(e):
                 raise
             log.warning("could not publish the notification the job is owed (%s): its message comes back", e)
-            return Decision(Ack.RETRY, self.settings.retry_base_s)
+            return Decision(Ack.RETRY, self._backoff(msg))
         return DELETE
 
     def _busy(self, seen: Seen, msg: Message) -> Decision:
         status = seen.status
-        if status.message_id is not None and status.message_id != msg.id:
+        if status.message_id is not None and status.message_id != msg.identity:
             # The job's own message (the one its holder claimed with) carries it: this is a
             # duplicate (an S3 event sent twice, a re-enqueue). Dropped, so it cannot bounce
             # into the DLQ while the job runs.
             log.info("duplicate delivery (held by %s through message %s): dropped", status.worker, status.message_id)
             metrics.DUPLICATES.inc()
             return DELETE
-        # The holder's own message, visible again: the holder may have just died. Look again when
-        # its lease would have lapsed.
+        # The holder's own message, visible again: the holder may have just died, or its visibility
+        # extensions failed for a whole timeout (throttling) while it runs. Look again when its
+        # lease would have lapsed, through a copy of the same identity: hiding this delivery would
+        # count a receive per lease towards the DLQ for as long as the holder runs, and take the
+        # message from the holder's receipt handle (SQS honours the newest).
         assert status.lease_expires_at is not None
         lease_left = (status.lease_expires_at - utcnow()).total_seconds()
         log.info("job held by %s for %.1fs more: delivery deferred", status.worker, lease_left)
         metrics.DEFERRED.inc()
-        return Decision(Ack.RETRY, max(1.0, lease_left + 1.0))
+        return Decision(Ack.REQUEUE, max(1.0, lease_left + 1.0))
 
     async def _reject_key(self, e: keys.InvalidJobId, record: ObjectCreated) -> Decision:
         job_id = e.status_key.removeprefix(keys.STATUS).removesuffix(".json")
@@ -462,9 +486,15 @@ class JobRunner:
             return _failed(
                 ErrorCode.RETRIES_EXHAUSTED, f"gave up after {msg.receive_count} deliveries; last error: {what}"
             )
-        delay = min(s.retry_base_s * 2 ** (msg.receive_count - 1), s.retry_max_s) * random.uniform(0.8, 1.2)
+        delay = self._backoff(msg)
         log.warning("transient error (delivery %d): retry in %.0fs: %s", msg.receive_count, delay, e)
         return Outcome(JobState.QUEUED, note=f"transient error, retry in {delay:.0f}s: {what}", delay_s=delay)
+
+    def _backoff(self, msg: Message) -> float:
+        """How long ``msg`` waits after a delivery a transient fault spoiled (``backoff``)."""
+        s = self.settings
+        deliveries = self.queue.max_receive_count or s.max_attempts
+        return retry_delay(msg, base_s=s.retry_base_s, budget_s=s.retry_max_s, max_deliveries=deliveries)
 
     # -- endings -------------------------------------------------------------------------------
 
@@ -478,7 +508,7 @@ class JobRunner:
             if not is_transient(e):
                 raise
             log.warning("could not look for the job's result (%s): ending left to a later delivery", e)
-            return Decision(Ack.RETRY, self.settings.retry_base_s)
+            return Decision(Ack.RETRY, self._backoff(attempt.msg))
         return await self._end(attempt, outcome)
 
     async def _as_committed(self, attempt: Attempt, outcome: Outcome) -> Outcome:
@@ -531,7 +561,7 @@ class JobRunner:
             if not is_transient(e):
                 raise
             log.warning("could not publish the job's notification (%s): its message comes back for it", e)
-            return Decision(Ack.RETRY, self.settings.retry_base_s)
+            return Decision(Ack.RETRY, self._backoff(attempt.msg))
         if outcome.error and outcome.error.code == ErrorCode.RETRIES_EXHAUSTED and self.queue.dlq_url:
             return Decision(Ack.RETRY, 0)  # SQS moves it to the DLQ instead of delivering it again
         return DELETE
@@ -550,7 +580,7 @@ class JobRunner:
         """The final status could not be written (S3 failing past our retries). Nothing is removed:
         a result, if any, names what this attempt uploaded. The job is handed back if S3 lets us;
         either way its message comes back, and the next attempt ends it (adopting the result)."""
-        delay = self.settings.retry_base_s
+        delay = self._backoff(attempt.msg)
         log.warning("could not write the final status (%s): the job comes back in %.0fs", e, delay)
         try:
             await self.ledger.release(attempt.claim, note=f"final status not written: {describe(e)}")

@@ -13,7 +13,7 @@ performs it, the client gets a 503 anyway), "truncated" (20 %: LocalStack perfor
 client gets the status line, headers with the full Content-Length, half the body, then a reset).
 ``PUT /_fault/rate`` with a number changes the rate (an outage: 1.0). ``PUT /_fault/rules`` with
 ``[{"match": REGEX, "kind": KIND, "times": N}]`` adds faults for requests whose ``"METHOD /path"``
-matches, N times (-1: always), before the random faults.
+matches, N times (-1: always), before the random faults; ``DELETE /_fault/rules`` removes them all.
 
 **The trace.** ``--trace`` gets one JSON line per request: ``seq``, ``agent`` (from the
 ``tts-pipeline/<agent>`` User-Agent tag: worker, lease, reconciler, console, cli, tool),
@@ -349,6 +349,9 @@ def make_app(
         if path == "/_fault/rules" and request.method == "PUT":
             rules.extend(json.loads(await request.text()))
             return web.Response(text=f"{len(rules)} rules\n")
+        if path == "/_fault/rules" and request.method == "DELETE":  # the fault is over
+            rules.clear()
+            return web.Response(text="0 rules\n")
         if path == "/_fault/points" and request.method == "PUT":
             points.extend(Point(s) for s in json.loads(await request.text()))
             return web.Response(text=f"{len(points)} points\n")
@@ -521,6 +524,13 @@ class ProxyProcess:
 
     def arm(self, point: dict[str, Any]) -> None:
         self._call("PUT", "/_fault/points", [point])
+
+    def rules(self, rules: list[dict[str, Any]]) -> None:
+        """Add rules (``[]``: none); ``clear_rules`` ends them."""
+        self._call("PUT", "/_fault/rules", rules)
+
+    def clear_rules(self) -> None:
+        self._call("DELETE", "/_fault/rules")
 
     def fired(self, ident: str) -> dict[str, Any] | None:
         return next((f for f in self._call("GET", "/_fault/fired") if f["id"] == ident), None)
