@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from pipeline.cloud.store import Store
+from pipeline.cloud.store import PreconditionFailed, Store
 from pipeline.jobs import keys
 from pipeline.jobs.contract import JobResult, JobState, JobStatus, Manifest, Priority, utcnow
 
@@ -25,6 +25,15 @@ VOICE_UPLOADS = keys.VOICES + "uploads/"
 
 class JobNotFound(LookupError):
     pass
+
+
+class JobExists(ValueError):
+    """``submit`` of a job id already in use (a status or a manifest exists): job ids are single-use."""
+
+    def __init__(self, job_id: str, key: str) -> None:
+        super().__init__(f"job {job_id} already exists ({key}); job ids are single-use")
+        self.job_id = job_id
+        self.key = key
 
 
 def new_job_id() -> str:
@@ -42,15 +51,25 @@ async def upload_voice(store: Store, path: Path) -> str:
 
 async def submit(store: Store, job_id: str, manifest: Manifest) -> JobStatus:
     """Write the QUEUED status, then the manifest (whose upload triggers the worker) into the inbox
-    its ``priority`` names: the inbox, not the field, is what the worker goes by."""
+    its ``priority`` names: the inbox, not the field, is what the worker goes by.
+
+    A job id is used once: ``JobExists`` if a manifest is in either inbox or a status exists. The
+    status is *created* (``If-None-Match: *``), never written over: a second submit of the same
+    id (two racing requests, or a re-submit once the inbox object has expired) cannot put a live
+    or finished job back to QUEUED, attempt 0; it fails before writing a manifest. A retry whose
+    first try created the status but lost the answer recognises its own write (``Store.put_new``)."""
     if not keys.is_valid_job_id(job_id):
         raise ValueError(f"invalid job id {job_id!r}: use [A-Za-z0-9._-]{{1,128}}")
     for key in keys.manifest_keys(job_id):  # one job-id namespace across both inboxes
         if await store.exists(key):
-            raise ValueError(f"job {job_id} already exists ({key}); job ids are single-use")
+            raise JobExists(job_id, key)
     status = JobStatus.new(job_id, note="submitted with tts-pipeline submit")
     status.priority = manifest.priority
-    await store.put_json(keys.status_key(job_id), status)
+    key = keys.status_key(job_id)
+    try:
+        await store.put_new(key, status.model_dump_json(indent=2).encode(), "application/json")
+    except PreconditionFailed:
+        raise JobExists(job_id, key) from None
     await store.put_bytes(
         keys.manifest_key(job_id, manifest.priority),
         manifest.model_dump_json(exclude_defaults=True).encode(),

@@ -253,7 +253,9 @@ class SpeechApi:
 
     async def _submit(self, request: web.Request, manifest: Manifest) -> str:
         """A new job; or, for a request carrying an ``Idempotency-Key`` seen before (a client retrying
-        after a 504), the job that key started, so retries wait on one job instead of starting more."""
+        after a 504, or racing the first request), the job that key started, so retries wait on one
+        job instead of starting more. ``client.submit`` creates the status only if there is none, so
+        a retry never puts that job back to QUEUED (not even once its manifest has expired)."""
         idem = request.headers.get("Idempotency-Key", "").strip()
         if not idem:
             job_id = client.new_job_id()
@@ -263,7 +265,7 @@ class SpeechApi:
         job_id = f"api-{digest}"
         try:
             await client.submit(self.store, job_id, manifest)
-        except ValueError:  # exists already: the same request again
+        except client.JobExists:  # the same request again (earlier, or at the same time)
             log.info("idempotency key seen before: waiting on job %s", job_id)
         return job_id
 

@@ -562,7 +562,10 @@ class Console:
                 raise ConsoleError(400, f"voice {voice!r} is not in the voice library", "voice_not_found")
         manifest = form_manifest(form, voice)
         job_id = client.new_job_id()
-        status = await client.submit(self.store, job_id, manifest)
+        try:
+            status = await client.submit(self.store, job_id, manifest)
+        except client.JobExists as e:  # a fresh random id taken: nothing was written
+            raise ConsoleError(409, str(e), "job_exists") from None
         log.info("console: submitted %s (voice %s, %d chars)", job_id, voice, len(text))
         return web.json_response({"job_id": job_id, "status": json.loads(status.model_dump_json())}, status=201)
 
