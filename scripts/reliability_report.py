@@ -83,6 +83,7 @@ measured with it. With the defaults (45 s lease, 15 s heartbeat) a dead worker's
 """
 
 KEPT = "## Containment (issue 25): no input"  # hand-written in docs/reliability.md: carried over as it is
+KEPT_COMBINED = "## Combined faults (issue 26)"  # hand-written, with the nemesis' figures (make nemesis)
 
 
 def _kept(text: str, heading: str) -> str:
@@ -215,8 +216,8 @@ def main() -> int:
         if name in docs:
             lines += [f"**{title}.** {' '.join(docs[name]['doc'].split())}", ""]
     lines += _sweep(docs.get("sweep"))
-    kept = _kept(OUT.read_text(), KEPT) if OUT.exists() else ""
-    lines += [RECONCILER, kept, CONTAINMENT_DEADLINES, UNTESTED]
+    current = OUT.read_text() if OUT.exists() else ""
+    lines += [RECONCILER, _kept(current, KEPT), CONTAINMENT_DEADLINES, _kept(current, KEPT_COMBINED), UNTESTED]
     OUT.write_text("\n".join(lines))
     print(f"wrote {OUT}")
     return 0
