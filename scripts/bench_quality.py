@@ -5,7 +5,7 @@
 Synthesises ``--chunks`` chunks of a job (the engine's own batch runner, one chunk per call, as a
 CPU worker runs them), then runs the gate on each: the signal checks, and one transcription call per
 chunk through the same runner the worker registers for the batcher's "transcription" kind
-(``pipeline.worker.quality.asr_runner``; resampling to 16 kHz included, as the gate does it). Without
+(``pipeline.tts.asr.runner``; resampling to 16 kHz included, as the gate does it). Without
 ``--bundle`` it builds the tiny random bundle (its Whisper is tiny too, and with random weights it
 rarely stops before its 64-token limit: the worst case for decoding steps). Prints one JSON line.
 """
@@ -37,6 +37,8 @@ def main() -> None:
 
     from pipeline.models.tiny import build_tiny
     from pipeline.tts import audio as audio_utils
+    from pipeline.tts.asr import ASR_SAMPLE_RATE
+    from pipeline.tts.asr import runner as asr_runner
     from pipeline.tts.engine import SAMPLE_RATE, F5Engine, SynthesisRequest
     from pipeline.worker import quality
     from tests.helpers import reference_voice
@@ -51,11 +53,11 @@ def main() -> None:
         wave, sr, text = reference_voice()
         ref = engine.prepare_reference(wave, sr, text)
         items = engine.plan(SynthesisRequest(reference=ref, text=TEXT, nfe_step=args.nfe, seed=1))[: args.chunks]
-        asr = quality.asr_runner(engine.asr)
+        asr = asr_runner(engine.asr)
         rate = quality.reference_rate(ref.audio, SAMPLE_RATE, ref.text)
         # Warm both models once (first calls pay one-off costs a running worker has paid).
         w0 = engine.run_batch(items[:1], args.nfe, 2.0)[0]
-        asr("en", [audio_utils.resample(w0, SAMPLE_RATE, quality.ASR_SAMPLE_RATE)])
+        asr("en", [audio_utils.resample(w0, SAMPLE_RATE, ASR_SAMPLE_RATE)])
         synth_s = asr_s = signal_s = audio_s = 0.0
         for item in items:
             t0 = time.perf_counter()
@@ -63,7 +65,7 @@ def main() -> None:
             t1 = time.perf_counter()
             quality.signal_problems(w, SAMPLE_RATE, item.text, rate, 1.0)
             t2 = time.perf_counter()
-            asr("en", [audio_utils.resample(w, SAMPLE_RATE, quality.ASR_SAMPLE_RATE)])
+            asr("en", [audio_utils.resample(w, SAMPLE_RATE, ASR_SAMPLE_RATE)])
             t3 = time.perf_counter()
             synth_s += t1 - t0
             signal_s += t2 - t1

@@ -517,7 +517,12 @@ class ChunkQuality(BaseModel):
         description="Checks the kept try failed: error_rate, not_transcribed (the ASR call failed), silent, "
         "speech_rate, long_silence, clipping, non_finite, empty. Empty: it passed.",
     )
-    tries: int = Field(default=1, ge=1, description="Times the chunk was synthesised.")
+    tries: int = Field(
+        default=1,
+        ge=1,
+        description="Times the chunk was synthesised (a regeneration whose model call failed counts: it ends the "
+        "chunk's retries, and the best try before it is kept).",
+    )
     kept: int = Field(default=0, ge=0, description="Which try was kept (0: the first).")
     seed: int = Field(description="The kept try's seed.")
 

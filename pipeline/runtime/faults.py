@@ -20,7 +20,11 @@ directory of the worker process: no manifest field and no S3 object can turn any
     job. Publishing is not interruptible, so this hold ends only when the file is removed.
 ``oom/<job_id>``
     Every model call that carries one of this job's items raises an out-of-memory error, as a
-    CUDA OOM would: the batcher splits the call and retries, so only this job fails.
+    CUDA OOM would: the batcher splits the call and retries, so only this job fails. JSON (empty
+    means ``{}``): ``after_items`` (default 0): that many of the job's items, counted in this worker
+    as model calls carry them (a call retried in halves counts its items again), run first; a call
+    whose items take the count past it fails. ``{"after_items": 1}`` on a one-chunk job: its chunk
+    is synthesised, and the quality gate's regeneration of it runs out of memory.
 ``stall/<job_id>``
     Every model call that carries one of this job's items blocks on the model thread until the
     file is removed, as a hung CUDA kernel or driver call would: nothing on the worker's side can
@@ -79,6 +83,7 @@ class FaultHooks:
         self.root = root
         self.chunk_delay_s = chunk_delay_s
         self.worker_id = worker_id
+        self._oom_items: dict[str, int] = {}  # items of each job with an oom/ file the model was given
         if root is not None:
             root.mkdir(parents=True, exist_ok=True)
             log.warning("fault injection is ON (TTS_FAULT_DIR=%s): for tests only", root)
@@ -197,8 +202,18 @@ class FaultHooks:
             f.write(line)
         for job_id, per_attempt in counts.items():
             self._stall(kind, job_id, [int(a) for a in per_attempt])
-        if any((self.root / "oom" / job_id).exists() for job_id in counts):
+        # A list, not a generator: every job's count moves, whichever fails the call.
+        if any([self._oom(job_id, sum(per_attempt.values())) for job_id, per_attempt in counts.items()]):
             raise InjectedOutOfMemory("CUDA out of memory (injected by TTS_FAULT_DIR/oom)")
+
+    def _oom(self, job_id: str, items: int) -> bool:
+        """Whether ``oom/<job_id>`` fails this call, which carries ``items`` of the job's items."""
+        spec = self._spec("oom", job_id)
+        if spec is None:
+            return False
+        seen = self._oom_items.get(job_id, 0) + items
+        self._oom_items[job_id] = seen
+        return seen > int(spec.get("after_items", 0))
 
     def _stall(self, kind: str, job_id: str, attempts: list[int]) -> None:
         """Blocks this (model) thread while ``stall/<job_id>`` applies: a file, polled, because the

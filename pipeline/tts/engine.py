@@ -11,7 +11,12 @@ differences a queue worker needs:
   ``plan`` (a job's text chunks, chunk ``i`` seeded ``seed + i``), ``run_batch`` (any chunks with
   the same nfe/cfg, one CFM call with per-item noise and masked padding: ``pipeline.tts.sampler``)
   and ``assemble`` (a job's chunks cross-faded exactly as F5-TTS joins them). The worker drives
-  them through ``pipeline.tts.batcher``; ``synthesize`` runs one request on its own.
+  them through ``pipeline.tts.batcher``; ``synthesize`` runs one request on its own;
+- a reference voice without a transcript is prepared in two steps around its ASR call
+  (``begin_reference``: clip, trim, resample; CPU only; ``finish_reference``: the transcript in
+  F5-TTS's form, cached), so that the worker can run the call itself on the model thread, through
+  the batcher, like every other use of the device (``pipeline.worker.render``).
+  ``prepare_reference`` does all three in the calling thread, for callers that own the device.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import soundfile as sf
 
 from pipeline.models.bundle import Bundle
 from pipeline.runtime import metrics
+from pipeline.tts import asr as asr_call
 from pipeline.tts import audio as audio_utils
 from pipeline.tts import sampler
 
@@ -65,6 +71,22 @@ class Reference:
     sample_rate: int
     text: str
     text_source: Literal["manifest", "asr"]
+
+
+@dataclass(frozen=True)
+class UntranscribedReference:
+    """A reference voice prepared as F5-TTS prepares it (``begin_reference``) whose transcript the
+    bundle's ASR model has yet to give: ``asr_audio`` transcribed (``pipeline.tts.asr``), then
+    ``finish_reference``."""
+
+    key: tuple[str, str]  # the engine's cache key
+    audio: np.ndarray  # 24 kHz mono, clipped and trimmed: the reference's audio
+    sample_rate: int
+    asr_audio: np.ndarray  # the same at 16 kHz: what the ASR model hears
+
+    @property
+    def seconds(self) -> float:
+        return len(self.audio) / self.sample_rate
 
 
 @dataclass(frozen=True)
@@ -169,9 +191,30 @@ def _oom_as_engine_error(device: str) -> Iterator[None]:
         raise EngineError("SYNTHESIS_FAILED", f"out of memory on {device}") from e
 
 
+# What f5-tts's preprocessing is given for a reference still to be transcribed: any text, so that
+# it never runs its own ASR call (in whatever thread called it); its audio does not depend on it.
+_NO_TEXT_YET = "-"
+
+
+def _sentence_end(text: str) -> str:
+    """A transcript as ``preprocess_ref_audio_text`` leaves one: ending in ". " (or "。")."""
+    if not text.endswith(". ") and not text.endswith("。"):
+        text += " " if text.endswith(".") else ". "
+    return text
+
+
+def transcription_failed(e: BaseException) -> EngineError:
+    """A reference voice's ASR call failed (the library's words go to the log, not the job)."""
+    log.error("reference transcription failed: %s: %s", type(e).__name__, e)
+    return EngineError("TRANSCRIPTION_FAILED", "the reference voice could not be used: transcribing it failed")
+
+
 class _SoundfileAsr:
     """Stands in for f5-tts's ``asr_pipe``: decodes the file itself (no ffmpeg) and calls the
-    bundle's local transformers ASR pipeline."""
+    bundle's local transformers ASR pipeline. The engine never has f5-tts transcribe (its
+    ``transcribe()`` runs in whatever thread calls it): references are transcribed through
+    ``pipeline.tts.asr`` instead (``begin_reference``). It is set all the same, so that nothing in
+    f5-tts could fetch its default Whisper from the hub."""
 
     def __init__(self, pipe: Any) -> None:
         self.pipe = pipe
@@ -268,9 +311,26 @@ class F5Engine:
     def prepare_reference(self, audio: np.ndarray, sample_rate: int, ref_text: str) -> Reference:
         """Clip/trim the reference and settle its transcript, via f5-tts's own preprocessing.
 
-        Empty ``ref_text`` runs the bundle's ASR model. Results are cached (bounded LRU) by audio
-        content and text, so a voice reused across jobs is prepared once per process.
+        Empty ``ref_text`` runs the bundle's ASR model, here, in the calling thread: for callers
+        that own the device (scripts, tests). The worker does not call this: it runs the ASR call
+        on its model thread (``begin_reference``, a batcher item, ``finish_reference``).
+        Results are cached (bounded LRU) by audio content and text, so a voice reused across jobs
+        is prepared once per process.
         """
+        step = self.begin_reference(audio, sample_rate, ref_text)
+        if isinstance(step, Reference):
+            return step
+        try:
+            with _quiet_stdout():
+                [transcript] = asr_call.runner(self.asr)(None, [step.asr_audio])
+        except Exception as e:
+            raise transcription_failed(e) from e
+        return self.finish_reference(step, transcript)
+
+    def begin_reference(self, audio: np.ndarray, sample_rate: int, ref_text: str) -> Reference | UntranscribedReference:
+        """The prepared reference (cached, or ``ref_text`` given), or, when it must be transcribed,
+        the clip as the ASR model must hear it. No model call: CPU work only (f5-tts's clipping and
+        trimming, resampling), safe in any thread."""
         audio = audio_utils.to_mono(audio)
         if sample_rate != SAMPLE_RATE:
             audio = audio_utils.resample(audio, sample_rate, SAMPLE_RATE)
@@ -280,33 +340,56 @@ class F5Engine:
             if key in self._refs:
                 self._refs.move_to_end(key)
                 return self._refs[key]
-            if not ref_text.strip() and self._ui.asr_pipe is None:
+            if not ref_text.strip() and self.asr is None:
                 raise EngineError(
                     "TRANSCRIPTION_FAILED",
                     f"ref_text is empty and model bundle {self.bundle.name}/{self.bundle.version} has no ASR model;"
                     " pass ref_text in the manifest",
                 )
-            if not ref_text.strip():
-                metrics.ASR_RUNS.inc()
-            ref = self._prepare_reference_locked(audio, ref_text)
+            processed, sr, text = self._preprocess_locked(audio, ref_text)
+        if ref_text.strip():
+            return self._cache(key, Reference(audio=processed, sample_rate=sr, text=text, text_source="manifest"))
+        metrics.ASR_RUNS.inc()
+        return UntranscribedReference(key, processed, sr, audio_utils.resample(processed, sr, asr_call.ASR_SAMPLE_RATE))
+
+    def finish_reference(self, step: UntranscribedReference, transcript: str) -> Reference:
+        """The reference with the ASR model's ``transcript`` of ``step.asr_audio``, in the form
+        f5-tts's ``preprocess_ref_audio_text`` gives a transcript (ending in ". "), cached."""
+        text = _sentence_end(transcript.strip())
+        if not text.strip(" .。"):
+            raise EngineError(
+                "TRANSCRIPTION_FAILED", "the ASR model heard no words in the reference voice; pass ref_text"
+            )
+        ref = Reference(audio=step.audio, sample_rate=step.sample_rate, text=text, text_source="asr")
+        return self._cache(step.key, ref)
+
+    def _cache(self, key: tuple[str, str], ref: Reference) -> Reference:
+        with self._ref_lock:
+            if key in self._refs:  # prepared meanwhile by another caller: one object per key
+                self._refs.move_to_end(key)
+                return self._refs[key]
             self._refs[key] = ref
             while len(self._refs) > self._refs_max:
                 self._refs.popitem(last=False)
             return ref
 
-    def _prepare_reference_locked(self, audio: np.ndarray, ref_text: str) -> Reference:
+    def _preprocess_locked(self, audio: np.ndarray, ref_text: str) -> tuple[np.ndarray, int, str]:
+        """f5-tts's clipping and trimming (and its text rule for a given ``ref_text``). Never its
+        ASR: an empty ``ref_text`` is handed over as a placeholder (the audio does not depend on the
+        text) and the caller transcribes."""
         ui = self._ui
         with tempfile.TemporaryDirectory(prefix="tts-ref-") as tmp:
             src = Path(tmp) / "ref.wav"
             sf.write(src, audio, SAMPLE_RATE, subtype="PCM_16")
             with _quiet_stdout():
                 try:
-                    processed_path, text = ui.preprocess_ref_audio_text(str(src), ref_text, show_info=log.debug)
+                    given = ref_text if ref_text.strip() else _NO_TEXT_YET
+                    processed_path, text = ui.preprocess_ref_audio_text(str(src), given, show_info=log.debug)
                 except Exception as e:
-                    code = "TRANSCRIPTION_FAILED" if not ref_text.strip() else "VOICE_UNREADABLE"
                     log.error("reference preprocessing failed: %s", e)  # the library's words: the log's
-                    what = "transcribing it" if code == "TRANSCRIPTION_FAILED" else "preparing it"
-                    raise EngineError(code, f"the reference voice could not be used: {what} failed") from e
+                    raise EngineError(
+                        "VOICE_UNREADABLE", "the reference voice could not be used: preparing it failed"
+                    ) from e
             processed, sr = sf.read(processed_path, dtype="float32")
             # Our LRU owns caching; drop f5-tts's unbounded module-level entries and temp file.
             audio_hash = hashlib.md5(src.read_bytes()).hexdigest()
@@ -314,16 +397,11 @@ class F5Engine:
             ui._ref_text_cache.pop(audio_hash, None)
             with contextlib.suppress(OSError):
                 os.unlink(processed_path)
-        if not text.strip(" .。"):
+        if ref_text.strip() and not text.strip(" .。"):
             raise EngineError(
                 "TRANSCRIPTION_FAILED", "the ASR model heard no words in the reference voice; pass ref_text"
             )
-        return Reference(
-            audio=audio_utils.to_mono(processed),
-            sample_rate=sr,
-            text=text,
-            text_source="manifest" if ref_text.strip() else "asr",
-        )
+        return audio_utils.to_mono(processed), sr, text
 
     # ----------------------------------------------------------------------------------------
     # Synthesis: plan a request into chunks, run chunks (of any jobs) in batches, assemble a job

@@ -11,20 +11,24 @@ made durable or joined, is judged:
   allots a chunk's duration from its text length, so a skipped or mumbled phrase shows as voiced
   time missing from that duration);
 - **ASR** (when the policy says so): the chunk is transcribed by the bundle's Whisper, through the
-  batcher (work of kind ``"transcription"``: chunks of many jobs share a call on the model's
-  device), and compared with what was meant to be spoken: the chunk's normalized spoken text
-  against the transcript passed through the same normalizer (``pipeline.text.normalize``), both
-  case-folded with punctuation dropped; WER over words, or CER over characters for Chinese (and
-  mixed Chinese-English), the edit distance from rapidfuzz. The score is that error rate (0 is
-  perfect); over ``max_wer`` fails.
+  batcher (work of kind ``"transcription"``, ``pipeline.tts.asr``: chunks of many jobs, and
+  reference voices being transcribed, share a call on the model thread and device), and compared
+  with what was meant to be spoken: the chunk's normalized spoken text against the transcript
+  passed through the same normalizer (``pipeline.text.normalize``), both case-folded with
+  punctuation dropped; WER over words, or CER over characters for Chinese (and mixed
+  Chinese-English), the edit distance from rapidfuzz. The score is that error rate (0 is perfect);
+  over ``max_wer`` fails.
 
 A chunk that fails is synthesised again with the seed ``retry_seed(job seed, chunk, try)``, up to
 ``max_retries`` times, and the best try is kept (passing first, then the lowest error rate, then
-the fewest failed checks, then the earliest). Try 0 keeps the chunk's usual seed, so a job whose
-chunks pass is the job it was without the gate. Everything is deterministic: a resumed attempt
-re-plans the same seeds, and a chunk made durable carries its verdict (``ChunkRecord.quality``:
-tries, kept try, seed, score, transcript), reused as is. The policy (``Policy.tag``) is part of the
-chunk's digest (``pipeline.jobs.chunks.ChunkSpec``); the kept try is not: it is an outcome, recorded.
+the fewest failed checks, then the earliest). A regeneration whose model call fails (out of
+memory, say) ends the chunk's retries: the best try so far is kept, and the job completes with a
+``QUALITY_BELOW_THRESHOLD`` warning that says so (a worker fault, ``BatcherUnavailable``, still
+hands the job back). Try 0 keeps the chunk's usual seed, so a job whose chunks pass is the job it
+was without the gate. Everything is deterministic: a resumed attempt re-plans the same seeds, and a
+chunk made durable carries its verdict (``ChunkRecord.quality``: tries, kept try, seed, score,
+transcript), reused as is. The policy (``Policy.tag``) is part of the chunk's digest
+(``pipeline.jobs.chunks.ChunkSpec``); the kept try is not: it is an outcome, recorded.
 
 The policy: a manifest's ``quality`` (false: off; an object: its fields) over the worker's
 ``TTS_QUALITY_*``. By default chunks are transcribed only where the bundle's ASR model has real
@@ -40,9 +44,9 @@ import hashlib
 import logging
 import math
 import unicodedata
-from collections.abc import Awaitable, Callable, Hashable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from rapidfuzz.distance import Levenshtein
@@ -52,7 +56,9 @@ from pipeline.runtime import metrics
 from pipeline.runtime.faults import NO_FAULTS, FaultHooks
 from pipeline.text import normalize, zh
 from pipeline.tts import audio as audio_utils
+from pipeline.tts.asr import ASR_SAMPLE_RATE
 from pipeline.tts.batcher import BULK, Batcher, BatcherUnavailable, Work
+from pipeline.worker.failures import JobFailed
 
 if TYPE_CHECKING:
     from pipeline.config import Settings
@@ -61,7 +67,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ASR_SAMPLE_RATE = 16000
 FRAME_S = 0.02
 SILENCE_FLOOR = 1e-3  # frame RMS below this is silence, whatever the chunk's level
 SILENCE_REL = 0.01  # ... and so is a frame 40 dB below the chunk's loudest
@@ -204,25 +209,6 @@ def error_rate(expected: str, transcript: str, language: str) -> tuple[float, st
     return Levenshtein.distance(ref, hyp) / len(ref), "cer" if cer else "wer"
 
 
-# -- the ASR runner (model thread) -----------------------------------------------------------------
-
-
-def asr_runner(pipe: Any) -> Callable[[Hashable, Sequence[np.ndarray]], list[str]]:
-    """A transformers ASR pipeline in the batcher's runner shape: group = Whisper language code
-    (None: let the model detect it); payloads: 16 kHz mono float32. One call for the batch."""
-    lang_to_id = getattr(getattr(pipe.model, "generation_config", None), "lang_to_id", None) or {}
-
-    def run(group: Hashable, waves: Sequence[np.ndarray]) -> list[str]:
-        kwargs: dict[str, Any] = {"task": "transcribe"}
-        if isinstance(group, str) and f"<|{group}|>" in lang_to_id:
-            kwargs["language"] = group
-        inputs = [{"raw": w, "sampling_rate": ASR_SAMPLE_RATE} for w in waves]
-        out = pipe(inputs, batch_size=len(inputs), generate_kwargs=kwargs)
-        return [str(o.get("text", "")).strip() for o in out]
-
-    return run
-
-
 # -- the gate ----------------------------------------------------------------------------------------
 
 
@@ -264,6 +250,8 @@ class Gate:
         self.sample_rate = sample_rate
         self.faults = faults
         self._ref_rates: dict[int, float | None] = {}
+        # (chunk, why) of each regeneration whose model call failed: its chunk kept its best try.
+        self.regenerations_failed: list[tuple[int, str]] = []
 
     def reference_rate(self, key: int, ref_audio: np.ndarray, ref_text: str) -> float | None:
         if key not in self._ref_rates:
@@ -283,7 +271,10 @@ class Gate:
         cost: int = 0,
     ) -> tuple[np.ndarray, ChunkQuality]:
         """The kept wave and its verdict; ``again(seed)`` synthesises the chunk once more, which
-        costs ``cost`` model work from the job's regeneration budget (``regen_left``)."""
+        costs ``cost`` model work from the job's regeneration budget (``regen_left``), and raises
+        ``JobFailed`` when that model call fails: then the chunk keeps its best try so far (the
+        failed try counts in ``tries``: it was sent to the model and its budget is spent) and
+        ``regenerations_failed`` says so."""
         best: tuple[_Try, np.ndarray] | None = None
         wave, seed, t = first, first_seed, 0
         while True:
@@ -302,7 +293,17 @@ class Gate:
             metrics.QUALITY_REGENERATIONS.inc()
             why = ",".join(judged.problems)
             log.info("chunk %d failed the quality gate (%s): try %d, seed %d", chunk + 1, why, t, seed)
-            wave = await again(seed)
+            try:
+                wave = await again(seed)
+            except JobFailed as e:
+                # This try's model call failed (out of memory, a shape error: the job's own
+                # synthesis error, which render turns into JobFailed as for any chunk). The tries
+                # made stand: the best is kept and the job goes on, with a warning (render). Worker
+                # faults (BatcherUnavailable, ModelCallStuck) and the attempt's signals (JobAborted,
+                # a lost claim) are not JobFailed: they end the attempt as anywhere else.
+                log.warning("chunk %d: its regeneration (try %d) failed, the best try is kept: %s", chunk + 1, t, e)
+                self.regenerations_failed.append((chunk, e.message))
+                break
         kept, kept_wave = best
         if kept.score is not None:
             metrics.QUALITY_SCORE.observe(kept.score)

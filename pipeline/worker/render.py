@@ -17,10 +17,11 @@ the job is the runner's business (``pipeline.worker.runner``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -50,13 +51,20 @@ from pipeline.text.script import Piece
 from pipeline.tts import sampler
 from pipeline.tts.align import AlignmentImpossible
 from pipeline.tts.assembler import StreamingAssembler
-from pipeline.tts.batcher import Batcher, Work
-from pipeline.tts.engine import CROSS_FADE_S, SAMPLE_RATE, EngineError, Reference, chunk_budget
+from pipeline.tts.batcher import Batcher, BatcherUnavailable, Work
+from pipeline.tts.engine import (
+    CROSS_FADE_S,
+    SAMPLE_RATE,
+    EngineError,
+    Reference,
+    chunk_budget,
+    transcription_failed,
+)
 from pipeline.tts.voices import VoiceError, VoiceLibrary, VoiceRecord
 from pipeline.worker import budget, quality
 from pipeline.worker.attempt import Attempt
 from pipeline.worker.failures import fail
-from pipeline.worker.inputs import JobInputs
+from pipeline.worker.inputs import JobInputs, VoiceInput
 
 if TYPE_CHECKING:
     from pipeline.tts.align import Aligner
@@ -107,10 +115,12 @@ class Renderer:
         self.batcher = batcher
         self.faults = faults
         self.voices = VoiceLibrary(store)
+        # Clips being transcribed now (sha256 -> its lock, and how many preparations hold or want it).
+        self._transcriptions: dict[str, tuple[asyncio.Lock, list[int]]] = {}
 
     # -- synthesis ------------------------------------------------------------------------------
 
-    async def references(self, inputs: JobInputs, model_label: str, check: Callable[[], None]) -> list[Reference]:
+    async def references(self, inputs: JobInputs, model_label: str, attempt: Attempt) -> list[Reference]:
         """One per ``inputs.voices``; prepared once per distinct (clip content, transcript), with
         the attempt's ``check`` between preparations (each may be an ASR run)."""
         prepared: dict[tuple[str, str], Reference] = {}
@@ -118,11 +128,9 @@ class Renderer:
         for voice in inputs.voices:
             ref = prepared.get((voice.sha256, voice.ref_text))
             if ref is None:
-                check()
+                attempt.check()
                 try:
-                    ref = await asyncio.to_thread(
-                        self.engine.prepare_reference, voice.wave, voice.sample_rate, voice.ref_text
-                    )
+                    ref = await self._reference(voice, attempt, inputs.batch_priority)
                 except EngineError as e:
                     fail(e.code, f"voice {voice.name!r}: {e}" if inputs.dialogue else str(e))
                 prepared[(voice.sha256, voice.ref_text)] = ref
@@ -130,6 +138,53 @@ class Renderer:
                     await self._remember_transcript(voice.library, ref.text, model_label)
             refs.append(ref)
         return refs
+
+    async def _reference(self, voice: VoiceInput, attempt: Attempt, priority: int) -> Reference:
+        """A voice's reference. Clipping and trimming run in a thread (CPU only); a voice without a
+        transcript is transcribed by the bundle's ASR model on the model thread, as a
+        ``transcription`` item through the batcher like the quality gate's: one thread owns the
+        device, and the ASR pipeline object is shared with the gate (``pipeline.tts.asr``). One
+        transcription of a clip at a time in this worker: a job that needs the same clip meanwhile
+        waits for the engine's cache instead of transcribing it again."""
+        async with self._transcribing(voice.sha256 if not voice.ref_text.strip() else None):
+            step = await asyncio.to_thread(self.engine.begin_reference, voice.wave, voice.sample_rate, voice.ref_text)
+            if isinstance(step, Reference):
+                return step
+            work = Work(
+                "transcription", None, 1, attempt.job_id, step.asr_audio, attempt.number, priority, step.seconds
+            )
+            fut = self.batcher.submit(work)
+            aborted = asyncio.ensure_future(attempt.abort.event.wait())
+            try:
+                await asyncio.wait([fut, aborted], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                aborted.cancel()
+            if not fut.done():
+                fut.cancel()
+            attempt.check()
+            try:
+                transcript = str(fut.result())
+            except BatcherUnavailable:
+                raise  # the worker's fault, not the voice's: the job goes back to the queue
+            except Exception as e:  # the model call failed (out of memory, say): this job's
+                raise transcription_failed(e) from e
+            return self.engine.finish_reference(step, transcript)
+
+    @contextlib.asynccontextmanager
+    async def _transcribing(self, clip: str | None) -> AsyncIterator[None]:
+        """Held while ``clip`` (its sha256; None: nothing to transcribe) is being prepared."""
+        if clip is None:
+            yield
+            return
+        entry = self._transcriptions.setdefault(clip, (asyncio.Lock(), [0]))
+        entry[1][0] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1][0] -= 1
+            if not entry[1][0]:
+                del self._transcriptions[clip]
 
     async def render(
         self,
@@ -293,13 +348,19 @@ class _Render:
         summary = None if self.gate is None else quality.summary(self.gate.policy, self.verdicts)
         if summary is not None and summary.chunks_failed:
             bad = [c.chunk + 1 for c in summary.chunks if c.problems]
-            self.warnings.append(
-                ResultWarning(
-                    code=WarningCode.QUALITY_BELOW_THRESHOLD,
-                    message=f"{len(bad)} of {total} chunks failed the quality gate after their retries: "
-                    f"chunk {', '.join(map(str, bad[:10]))}{' ...' if len(bad) > 10 else ''}",
-                )
+            message = (
+                f"{len(bad)} of {total} chunks failed the quality gate after their retries: "
+                f"chunk {', '.join(map(str, bad[:10]))}{' ...' if len(bad) > 10 else ''}"
             )
+            assert self.gate is not None
+            failed = self.gate.regenerations_failed  # those chunks failed: their tries before it did
+            if failed:
+                which = ", ".join(str(k + 1) for k, _ in failed[:10]) + (" ..." if len(failed) > 10 else "")
+                message += (
+                    f"; the model call of a regeneration failed for chunk {which}, which kept its best try"
+                    f" ({failed[0][1]})"
+                )
+            self.warnings.append(ResultWarning(code=WarningCode.QUALITY_BELOW_THRESHOLD, message=message))
         if self.skipped:
             self.warnings.append(
                 ResultWarning(

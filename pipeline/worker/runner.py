@@ -443,7 +443,7 @@ class JobRunner:
         with tempfile.TemporaryDirectory(prefix=f"tts-{job_id}-") as tmp:
 
             async def synthesis() -> tuple[list[Reference], Rendered]:
-                refs = await self.renderer.references(inputs, label, attempt.check)
+                refs = await self.renderer.references(inputs, label, attempt)
                 attempt.check()
                 return refs, await self.renderer.render(inputs, refs, seed, label, attempt, Path(tmp), warnings)
 

@@ -286,10 +286,10 @@ async def _load_models(
         await loop.run_in_executor(gpu, _set_torch_threads, threads)
     check_stop()
     runners: dict[str, Runner] = {"synthesis": engine.batch_runner()}
-    if engine.asr is not None:  # the quality gate's transcriptions (pipeline/worker/quality.py)
-        from pipeline.worker.quality import asr_runner
+    if engine.asr is not None:  # reference voices' and the quality gate's transcriptions (pipeline/tts/asr.py)
+        from pipeline.tts import asr
 
-        runners["transcription"] = asr_runner(engine.asr)
+        runners["transcription"] = asr.runner(engine.asr)
     torch_dir = _aligner_torch_dir(settings, report.bundle, engine.device)
     if torch_dir is not None:
         ctc = await loop.run_in_executor(gpu, load_ctc_model, report.path / torch_dir, engine.device)

@@ -133,6 +133,26 @@ def test_a_chunk_that_stays_bad_completes_the_job_with_a_warning(
     assert _calls(faults, "qg-bad").get("synthesis") == 3
 
 
+def test_a_regeneration_whose_model_call_fails_keeps_the_first_try_and_completes_the_job(
+    env: dict[str, str], s3: Any, worker: WorkerProcess, faults: Path, tmp_path: Path
+) -> None:
+    """A one-chunk job: its first try is silence (the gate asks for a regeneration) and the
+    regeneration's model call runs out of memory (``oom/<job_id>`` after the job's first item). The
+    chunk keeps its first try, the job completes, and the warning says what happened."""
+    job = "qg-regen-oom"
+    (faults / "silence" / job).write_text(json.dumps({"chunks": [0], "tries": [0]}))
+    (faults / "oom").mkdir(exist_ok=True)
+    (faults / "oom" / job).write_text(json.dumps({"after_items": 1}))
+    result = _run(env, s3, worker, tmp_path, job, text="This is a sentence of moderate length.")
+    quality = result["quality"]
+    assert result["chunks"] == 1 and (quality["chunks_regenerated"], quality["chunks_failed"]) == (1, 1)
+    [chunk] = quality["chunks"]
+    assert (chunk["tries"], chunk["kept"], chunk["seed"], chunk["problems"]) == (2, 0, SEED, ["silent"])
+    warning = next(w for w in result["warnings"] if w["code"] == "QUALITY_BELOW_THRESHOLD")
+    assert "regeneration failed for chunk 1" in warning["message"] and "out of memory" in warning["message"]
+    assert _calls(faults, job) == {"synthesis": 2}  # the chunk, then its regeneration (which failed)
+
+
 def test_the_console_marks_the_chunk_that_stayed_bad(
     env: dict[str, str], s3: Any, worker: WorkerProcess, faults: Path, tmp_path: Path
 ) -> None:

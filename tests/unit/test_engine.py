@@ -6,9 +6,16 @@ seeds, finiteness, and the ASR path for an empty reference text.
 
 from __future__ import annotations
 
+import hashlib
+import tempfile
+from collections import OrderedDict
+from pathlib import Path
+
 import numpy as np
 import pytest
+import soundfile as sf
 
+from pipeline.tts import audio
 from pipeline.tts.engine import (
     HOP_LENGTH,
     SAMPLE_RATE,
@@ -16,6 +23,7 @@ from pipeline.tts.engine import (
     F5Engine,
     Reference,
     SynthesisRequest,
+    _sentence_end,
     duration_frames,
 )
 from pipeline.tts.sampler import Item
@@ -99,6 +107,31 @@ def test_empty_ref_text_is_transcribed_by_the_bundle_asr(engine: F5Engine) -> No
     assert engine.prepare_reference(wave, sr, "") is ref
 
 
+def test_a_reference_is_transcribed_as_f5_tts_transcribes_it(engine: F5Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine never lets f5-tts's ``preprocess_ref_audio_text`` run its ``transcribe()`` (it
+    runs in the caller's thread; the worker transcribes on the model thread, through the batcher).
+    Its own call (``pipeline.tts.asr``) gives the transcript f5-tts gives, in f5-tts's form."""
+    monkeypatch.setattr(engine, "_refs", OrderedDict())  # transcribed now, not taken from the cache
+    wave, sr, _ = reference_voice()
+    ours = engine.prepare_reference(wave, sr, "")
+    ui = engine._ui
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "ref.wav"  # what the engine hands f5-tts
+        sf.write(src, audio.resample(audio.to_mono(wave), sr, SAMPLE_RATE), SAMPLE_RATE, subtype="PCM_16")
+        md5 = hashlib.md5(src.read_bytes()).hexdigest()
+        processed = None
+        try:
+            processed, theirs = ui.preprocess_ref_audio_text(str(src), "", show_info=lambda _: None)
+            assert ours.text == theirs and ours.text_source == "asr"
+            for given in ("Hello", "Hello.", "Hello. ", "你好。"):  # its rule for a transcript's end
+                assert _sentence_end(given) == ui.preprocess_ref_audio_text(str(src), given, show_info=print)[1]
+        finally:
+            ui._ref_audio_cache.pop(md5, None)
+            ui._ref_text_cache.pop(md5, None)
+            if processed is not None:  # f5-tts's own temporary file
+                Path(processed).unlink(missing_ok=True)
+
+
 def test_reference_cache_is_keyed_by_text_too(engine: F5Engine, ref: Reference) -> None:
     wave, sr, text = reference_voice()
     assert engine.prepare_reference(wave, sr, text) is ref
@@ -108,8 +141,6 @@ def test_reference_cache_is_keyed_by_text_too(engine: F5Engine, ref: Reference) 
 
 def test_resampled_reference(engine: F5Engine) -> None:
     wave, sr, text = reference_voice()
-    from pipeline.tts import audio
-
     ref16 = engine.prepare_reference(audio.resample(wave, sr, 16000), 16000, text)
     assert ref16.sample_rate == SAMPLE_RATE
 

@@ -250,3 +250,46 @@ def test_a_chunk_the_asr_could_not_transcribe_is_marked_not_passed() -> None:
     text = "This is a sentence of moderate length."
     _, verdict = asyncio.run(gate.settle(1, text, "eng", 1.0, None, _speech(3.0), 8, again))
     assert verdict.problems == ["not_transcribed"] and verdict.transcript is None and not verdict.passed
+
+
+def test_a_regeneration_whose_model_call_fails_keeps_the_best_try() -> None:
+    """The chunk's first try is bad; its regeneration's model call fails (render turns that into
+    ``JobFailed``, as for any chunk): the first try is kept, the gate says why, the job goes on."""
+    from pipeline.worker.failures import JobFailed
+
+    asked: list[int] = []
+
+    async def again(seed: int) -> np.ndarray:
+        asked.append(seed)
+        raise JobFailed("SYNTHESIS_FAILED", "chunk 2/3: out of memory on cpu")
+
+    gate = q.Gate(q.Policy(False, None, 2), None, _Attempt(), 7, SR, FaultHooks(None))  # type: ignore[arg-type]
+    gate.regen_left = 1000
+    text = "This is a sentence of moderate length."
+    first = np.zeros(SR, np.float32)
+    wave, verdict = asyncio.run(gate.settle(1, text, "eng", 1.0, None, first, 8, again, 100))
+    assert asked == [q.retry_seed(7, 1, 1)]  # no second regeneration after a failed one
+    assert wave is first and (verdict.tries, verdict.kept, verdict.seed) == (2, 0, 8)
+    assert verdict.problems == ["silent"] and gate.regen_left == 900
+    assert gate.regenerations_failed == [(1, "chunk 2/3: out of memory on cpu")]
+
+
+@pytest.mark.parametrize("fault", ["unavailable", "stuck", "aborted", "lost claim"])
+def test_a_worker_fault_during_a_regeneration_still_ends_the_attempt(fault: str) -> None:
+    """Only the job's own synthesis error is absorbed: a batcher that runs no more work, a stuck
+    model call, the attempt's abort (a lost claim included) propagate as before."""
+    from pipeline.tts.batcher import BatcherUnavailable, ModelCallStuck
+    from pipeline.worker.signals import AbortReason, JobAborted
+
+    error = {
+        "unavailable": BatcherUnavailable("the batcher stopped"),
+        "stuck": ModelCallStuck("a synthesis model call ran past its deadline"),
+        "aborted": JobAborted(AbortReason.CANCELLED),
+        "lost claim": JobAborted(AbortReason.LOST_CLAIM),
+    }[fault]
+
+    async def again(seed: int) -> np.ndarray:
+        raise error
+
+    with pytest.raises(type(error)):
+        _settle(q.Policy(False, None, 2), np.zeros(SR, np.float32), again)
