@@ -55,7 +55,9 @@ BATCH_WAIT_SECONDS = Histogram(
 )
 BATCH_SPLITS = Counter("tts_batch_splits", "Model calls that failed and were retried in halves", ["kind"])
 STREAM_MISMATCHES = Counter(
-    "tts_stream_mismatches", "Speech API streams whose early samples differed from the finished audio (a bug)"
+    "tts_stream_mismatches",
+    "Audio streams (speech API, console live player) failed because the samples already sent were not the "
+    "finished audio's start (an attempt that rendered the job otherwise finished it)",
 )
 QUALITY_SCORE = Histogram(
     "tts_quality_score",

@@ -63,7 +63,7 @@ from pipeline.tts import audio as audio_utils
 from pipeline.tts.voices import VoiceError, VoiceLibrary, is_name
 from pipeline.web import encoders
 from pipeline.web.sessions import SESSION_S, LoginThrottle, Sessions
-from pipeline.web.stream import ChunkFollower, StreamFailed, StreamStalled
+from pipeline.web.stream import ChunkFollower, StreamFailed, StreamMismatch, StreamStalled
 
 log = logging.getLogger(__name__)
 
@@ -479,6 +479,14 @@ class Console:
             try:
                 async for block in follower.blocks():
                     await response.write(await asyncio.to_thread(wav.encode, block))
+            except StreamMismatch as e:
+                # What the player has is not the job's audio (another attempt finished it): cut the
+                # body short, as the speech API does, so the player reports an error rather than
+                # ending as if it had played the job; the page shows the finished audio.
+                log.warning("live audio of %s cut short: %s", job_id, e)
+                if request.transport is not None:
+                    request.transport.close()
+                return response
             except (StreamFailed, StreamStalled, client.JobNotFound, keys.UntrustedKey) as e:
                 log.info("live audio of %s ended early: %s", job_id, e)
             await response.write_eof()

@@ -10,9 +10,20 @@ next chunk may still change is held back.
 
 The finished file is the truth: once the job is COMPLETED the rest (trailing pauses, chunks the
 worker removed before they were read, a one-chunk job's only chunk, records of an older worker
-without a place) is read from the result's audio, from the first sample not yet sent. A digest of
-what was sent is compared with the file's prefix then; a mismatch is logged and counted (it would
-be a bug: the listener heard something else).
+without a place) is read from the result's audio, from the first sample not yet sent.
+
+A stream never splices two renderings. The chunks a stream follows can belong to an attempt that
+does not finish the job: attempt 1 wrote chunks and was handed back (a deploy), and attempt 2
+rendered the job otherwise (a new model version, another voice transcript, other quality
+settings: other chunk digests, so nothing of attempt 1 is reused). The chain check stops the
+stream following attempt 2's chunks after attempt 1's, and before a sample of the finished file
+is sent, what was sent is compared with the file's start: for WAV and FLAC (every speech API job)
+a SHA-256 of the sent samples against the file's first samples, exact; for an mp3 or ogg job (the
+console's live player), whose file decodes near its samples but not to them, a 1 kHz sketch of
+what was sent against the file's, window by window (``_near``). A mismatch raises
+``StreamMismatch`` (counted in ``tts_stream_mismatches``): the caller ends the stream as an error
+the client sees (an HTTP 502 before any audio, an audio body cut short, an SSE ``error`` event),
+never a clean end after audio of two attempts.
 
 Why a listing and not an event: the chunks are already written for resume and for listening
 early, so a listing adds no write to the worker's path; one LIST plus one status GET per poll cost
@@ -53,6 +64,18 @@ log = logging.getLogger(__name__)
 MAX_GAP_S = 600.0
 REST_BLOCK = SAMPLE_RATE  # the finished file's remainder is handed out a second at a time
 LOSSLESS = ("wav", "flac")
+# A lossy file (mp3, ogg) is compared with what was sent through a sketch: the mean of every
+# SKETCH samples (a 1 kHz signal, low-passed), a window of SKETCH_WINDOW points (1 s) at a time. A
+# window matches when its error holds at most half the sent window's energy (3 dB) plus
+# SKETCH_FLOOR (the sketch's RMS difference always allowed, about -60 dBFS: silence, dither).
+# Measured with libsndfile's encoders (the worker's), per window: mp3 and ogg sketches are 15-17 dB
+# from the samples they encode for the tiny bundle's audio, 28-30 dB for voiced speech-like audio,
+# 9-15 dB for white noise; another rendering (the tiny bundle, another seed) is -2.3 to -3.3 dB
+# (two unrelated signals: the error holds both signals' energy).
+SKETCH = 24
+SKETCH_WINDOW = SAMPLE_RATE // SKETCH
+SKETCH_FLOOR = 32.0
+LOSSY_SHORT = 1152  # a lossy file may decode at most one mp3 frame shorter than what was sent
 
 
 class StreamFailed(Exception):
@@ -64,6 +87,15 @@ class StreamFailed(Exception):
         self.status = status
         self.code = code
         self.http = http
+
+
+class StreamMismatch(StreamFailed):
+    """The audio already sent is not the start of the job's finished audio (an attempt that rendered
+    the job otherwise finished it): raised before any of the finished file is sent. The stream must
+    end as an error, not cleanly: what the listener has is not the job's audio."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="stream_mismatch", http=502)
 
 
 class StreamStalled(Exception):
@@ -83,7 +115,9 @@ class ChunkFollower:
     sent: int = 0  # samples yielded
     from_chunks: int = 0  # chunks placed before the job ended
     _joiner: Joiner = field(default_factory=lambda: Joiner(int(CROSS_FADE_S * SAMPLE_RATE)))
-    _digest: hashlib._Hash = field(default_factory=hashlib.sha256)
+    _digest: hashlib._Hash = field(default_factory=hashlib.sha256)  # of every sample sent
+    _sketch: list[np.ndarray] = field(default_factory=list)  # of every sample sent (``SKETCH``)
+    _sketch_rest: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int16))
     _chunks: ChunkStore | None = None
     _last_index: int | None = None
     _last_digest: str | None = None  # the chunk placed last: the next one must name it as ``after``
@@ -161,6 +195,11 @@ class ChunkFollower:
 
     def _emit(self, block: np.ndarray) -> np.ndarray:
         self._digest.update(block.astype("<i2").tobytes())
+        pending = np.concatenate([self._sketch_rest, block.astype(np.int16)])
+        whole = len(pending) // SKETCH * SKETCH
+        if whole:
+            self._sketch.append(_sketch(pending[:whole]))
+        self._sketch_rest = pending[whole:]
         self.sent += len(block)
         return block
 
@@ -191,9 +230,50 @@ class ChunkFollower:
         return rest
 
     def _check_prefix(self, pcm: np.ndarray, lossless: bool) -> None:
-        """What was sent early is the finished file's start (a mismatch would be a bug)."""
-        if not lossless or not self.sent:
+        """What was sent is the finished file's start, or ``StreamMismatch``: called before any
+        sample of the file is sent, so a stream never goes on with another rendering's audio."""
+        if not self.sent:
             return
-        if hashlib.sha256(pcm[: self.sent].astype("<i2").tobytes()).digest() != self._digest.digest():
-            metrics.STREAM_MISMATCHES.inc()
-            log.error("job %s: the %d samples streamed early differ from the finished audio", self.job_id, self.sent)
+        if lossless:
+            same = len(pcm) >= self.sent and (
+                hashlib.sha256(pcm[: self.sent].astype("<i2").tobytes()).digest() == self._digest.digest()
+            )
+        else:
+            same = self._near(pcm)
+        if same:
+            return
+        metrics.STREAM_MISMATCHES.inc()
+        log.error(
+            "job %s: the %d samples streamed early differ from the finished audio (%d samples, %s): the stream "
+            "fails (an attempt that rendered the job otherwise finished it)",
+            self.job_id,
+            self.sent,
+            len(pcm),
+            "lossless" if lossless else "lossy",
+        )
+        raise StreamMismatch(
+            f"job {self.job_id}: the audio streamed so far is not the finished audio's start "
+            "(the job was rendered again otherwise); fetch the finished audio instead"
+        )
+
+    def _near(self, pcm: np.ndarray) -> bool:
+        """A lossy file's start is what was sent, as near as its encoding allows (``SKETCH``)."""
+        if len(pcm) < self.sent - LOSSY_SHORT:
+            return False
+        sent = np.concatenate(self._sketch) if self._sketch else np.zeros(0, dtype=np.int16)
+        n = min(len(sent), len(pcm) // SKETCH)
+        a = sent[:n].astype(np.float64)
+        b = _sketch(pcm[: n * SKETCH]).astype(np.float64)
+        pad = -n % SKETCH_WINDOW
+        a, b = np.pad(a, (0, pad)).reshape(-1, SKETCH_WINDOW), np.pad(b, (0, pad)).reshape(-1, SKETCH_WINDOW)
+        points = np.full(len(a), SKETCH_WINDOW, dtype=np.float64)
+        if pad and len(points):
+            points[-1] -= pad
+        error = ((a - b) ** 2).sum(axis=1)
+        return bool(np.all(error <= 0.5 * (a**2).sum(axis=1) + points * SKETCH_FLOOR**2))
+
+
+def _sketch(pcm: np.ndarray) -> np.ndarray:
+    """The mean of every ``SKETCH`` samples (``len(pcm)`` a multiple of it), as int16."""
+    means = pcm.astype(np.int32).reshape(-1, SKETCH).mean(axis=1)
+    return np.rint(means).astype(np.int16)
