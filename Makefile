@@ -5,7 +5,7 @@ VENV := .venv
 LS_VENV := localstack/.venv
 TTS := $(VENV)/bin/tts-pipeline
 
-.PHONY: help setup browser console venv localstack-venv demo test unit integration faults sweep reliability bench bench-latency bench-gpu lint format schemas clean image-check
+.PHONY: help setup browser console venv localstack-venv demo test unit integration faults sweep nemesis reliability bench bench-latency bench-gpu lint format schemas clean image-check
 
 help:
 	@echo "make demo    set up, start LocalStack, run one voice-cloning job end to end, print the result"
@@ -13,6 +13,7 @@ help:
 	@echo "make console the demo, then a worker and the web console at http://127.0.0.1:8080/ (Ctrl-C stops)"
 	@echo "make setup   only create .venv (app) and localstack/.venv (LocalStack + AWS CLI)"
 	@echo "make sweep   the full fault-point matrix: every request of a job's life x every fault kind"
+	@echo "make nemesis seeded schedules of jobs and overlapping faults, checked (TTS_NEMESIS_SEEDS=0-19)"
 
 setup: venv localstack-venv
 
@@ -93,6 +94,12 @@ integration: setup
 
 faults: setup
 	$(VENV)/bin/pytest -m "faults and not sweep"
+
+# The Jepsen-style nemesis: for each seed of TTS_NEMESIS_SEEDS (default 0-19), a long schedule of jobs
+# and overlapping faults on a stack of its own, healed, settled and checked from S3/SQS/SNS history
+# (tests/nemesis/). `make test` runs two short seeds. Records and figures: .cache/nemesis/.
+nemesis: setup
+	$(VENV)/bin/pytest -m nemesis tests/nemesis
 
 # Every request position of the reference jobs x every fault kind (make test runs one kind per
 # position). TTS_SWEEP_LANES stacks run side by side (3 by default).

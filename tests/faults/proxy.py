@@ -13,7 +13,11 @@ performs it, the client gets a 503 anyway), "truncated" (20 %: LocalStack perfor
 client gets the status line, headers with the full Content-Length, half the body, then a reset).
 ``PUT /_fault/rate`` with a number changes the rate (an outage: 1.0). ``PUT /_fault/rules`` with
 ``[{"match": REGEX, "kind": KIND, "times": N}]`` adds faults for requests whose ``"METHOD /path"``
-matches, N times (-1: always), before the random faults; ``DELETE /_fault/rules`` removes them all.
+matches, N times (-1: always), before the random faults; a rule may also carry ``id``, ``op``
+(a regular expression the request's API action must match, e.g. "SQS ChangeMessageVisibility"),
+``key`` (one the request's keys must match), ``agent`` and ``state`` (of a status document
+written), and the after-kinds ``lost``/``truncated``/``hang`` (held ``hang_s``, default 60).
+``DELETE /_fault/rules`` with a JSON list of ids removes those rules (no body: all of them).
 
 **The trace.** ``--trace`` gets one JSON line per request: ``seq``, ``agent`` (from the
 ``tts-pipeline/<agent>`` User-Agent tag: worker, lease, reconciler, console, cli, tool),
@@ -178,6 +182,7 @@ class Request:
         self.state: str | None = None
         self.attempt: int | None = None
         self.receipts_of: list[str] = []
+        self.messages: list[dict[str, Any]] = []  # a ReceiveMessage answer's messages (id, jobs, sent)
         target = request.headers.get("X-Amz-Target", "")
         if target.startswith("AmazonSQS"):
             self.op = "SQS " + target.split(".")[-1]
@@ -247,6 +252,17 @@ class Request:
             found = jobs_in_event(m.get("Body", ""))
             receipts[m.get("ReceiptHandle", "")] = found
             jobs.update(found)
+            attrs = m.get("Attributes", {})
+            sent_by = (m.get("MessageAttributes", {}).get("tts-sent-by") or {}).get("StringValue")
+            self.messages.append(
+                {
+                    "id": m.get("MessageId"),
+                    "jobs": found,
+                    "sent_ms": int(attrs["SentTimestamp"]) if "SentTimestamp" in attrs else None,
+                    "receives": int(attrs["ApproximateReceiveCount"]) if "ApproximateReceiveCount" in attrs else None,
+                    "sent_by": sent_by,
+                }
+            )
         self.jobs = sorted(jobs)
 
     def record(self) -> dict[str, Any]:
@@ -295,6 +311,16 @@ class Point:
         return self.nth <= self.seen < self.nth + self.count
 
 
+def _rule_matches(rule: dict[str, Any], target: str, r: Request) -> bool:
+    return (
+        re.search(rule.get("match", ""), target) is not None
+        and (rule.get("op") is None or re.search(rule["op"], r.op) is not None)
+        and (rule.get("key") is None or any(re.search(rule["key"], k) for k in r.keys))
+        and rule.get("agent", r.agent) == r.agent
+        and rule.get("state", r.state) == r.state
+    )
+
+
 def _pid_of(request: web.Request, own_port: int) -> int | None:
     """The process on the other end of this request's TCP connection."""
     import psutil
@@ -321,15 +347,15 @@ def make_app(
     seq = [0]
     trace = trace_path.open("a", buffering=1) if trace_path else None
 
-    def pick(request: web.Request) -> str | None:
+    def pick(request: web.Request, r: Request) -> tuple[str | None, dict[str, Any] | None]:
         target = f"{request.method} {request.path}"
         for rule in rules:
-            if rule["times"] != 0 and re.search(rule["match"], target):
+            if rule["times"] != 0 and _rule_matches(rule, target, r):
                 rule["times"] -= 1 if rule["times"] > 0 else 0
-                return str(rule["kind"])
+                return str(rule["kind"]), rule
         if request.path.startswith("/_localstack") or rng.random() >= current["rate"]:
-            return None
-        return rng.choices(list(KINDS), weights=list(KINDS.values()))[0]
+            return None, None
+        return rng.choices(list(KINDS), weights=list(KINDS.values()))[0], None
 
     def save() -> None:
         if stats_path:
@@ -349,9 +375,11 @@ def make_app(
         if path == "/_fault/rules" and request.method == "PUT":
             rules.extend(json.loads(await request.text()))
             return web.Response(text=f"{len(rules)} rules\n")
-        if path == "/_fault/rules" and request.method == "DELETE":  # the fault is over
-            rules.clear()
-            return web.Response(text="0 rules\n")
+        if path == "/_fault/rules" and request.method == "DELETE":
+            text = await request.text()
+            gone = set(json.loads(text)) if text.strip() else None
+            rules[:] = [r for r in rules if gone is not None and r.get("id") not in gone]
+            return web.Response(text=f"{len(rules)} rules\n")
         if path == "/_fault/points" and request.method == "PUT":
             points.extend(Point(s) for s in json.loads(await request.text()))
             return web.Response(text=f"{len(points)} points\n")
@@ -376,7 +404,9 @@ def make_app(
         seq[0] += 1
         entry: dict[str, Any] = {"seq": seq[0], "t": round(time.time(), 3), **r.record()}
         stats["requests"] += 1
-        fault = pick(request)
+        fault, rule = pick(request, r)
+        if rule is not None and rule.get("id") is not None:
+            entry["rule"] = rule["id"]
         point = None if fault else point_for(r, BEFORE_KINDS)
         if point is not None:
             fault = "dropped" if point.kind == "brownout" else point.kind
@@ -404,6 +434,7 @@ def make_app(
         if r.op == "SQS ReceiveMessage":
             r.received(payload, receipts)
             entry["jobs"] = r.jobs
+            entry["messages"] = r.messages
         entry["status"] = status
         if fault is None:
             point = point_for(r, AFTER_KINDS)
@@ -415,6 +446,9 @@ def make_app(
             out_headers["Content-Length"] = head_length  # a HEAD answer's is the object's size
         if point is not None and point.kind in AFTER_KINDS:
             return await _after(request, r, point, fault, status, out_headers, payload)
+        if fault == "hang" and rule is not None:
+            await asyncio.sleep(float(rule.get("hang_s", 60.0)))  # the client gives up long before
+            return _error(request)
         if fault == "lost" or (fault == "truncated" and len(payload) < 2):
             return _error(request)  # (nothing to truncate: the client sees a lost answer)
         if fault == "truncated":
@@ -525,18 +559,18 @@ class ProxyProcess:
     def arm(self, point: dict[str, Any]) -> None:
         self._call("PUT", "/_fault/points", [point])
 
-    def rules(self, rules: list[dict[str, Any]]) -> None:
-        """Add rules (``[]``: none); ``clear_rules`` ends them."""
-        self._call("PUT", "/_fault/rules", rules)
-
-    def clear_rules(self) -> None:
-        self._call("DELETE", "/_fault/rules")
-
     def fired(self, ident: str) -> dict[str, Any] | None:
         return next((f for f in self._call("GET", "/_fault/fired") if f["id"] == ident), None)
 
     def release(self, ident: str) -> None:
         self._call("PUT", f"/_fault/continue/{ident}", {})
+
+    def add_rules(self, rules: list[dict[str, Any]]) -> None:
+        self._call("PUT", "/_fault/rules", rules)
+
+    def remove_rules(self, ids: list[str] | None = None) -> None:
+        """Remove the rules with these ids (None: every rule)."""
+        self._call("DELETE", "/_fault/rules", ids)
 
     def trace(self) -> list[dict[str, Any]]:
         with self.trace_path.open() as f:

@@ -112,7 +112,7 @@ def test_d2_an_s3_outage_shorter_than_the_retry_budget_fails_no_job(
     bucket, job, queue = stack["TTS_BUCKET"], "c2-outage", stack["TTS_QUEUE"]
     budget_s, visibility_s = 100, 5
     outage_s = budget_s / 2
-    fault_proxy.rules([{"match": rf"/status/{job}\.json", "kind": "dropped", "times": -1}])
+    fault_proxy.add_rules([{"match": rf"/status/{job}\.json", "kind": "dropped", "times": -1}])
     w = workers(via, "a", retry_base_s=1, retry_max_s=budget_s, visibility_timeout_s=visibility_s)
     _put_job(s3, bucket, job, _manifest())
     # (the log line before the fix: "could not process ... leaving it for redelivery")
@@ -126,7 +126,7 @@ def test_d2_an_s3_outage_shorter_than_the_retry_budget_fails_no_job(
             ended_early = "the job's message reached the DLQ (or the job moved) during the outage"
             break
         time.sleep(0.5)
-    fault_proxy.clear_rules()
+    fault_proxy.remove_rules()
     assert ended_early is None, ended_early
     final = wait_for_state(s3, job, bucket=bucket, worker=w, timeout_s=240)
     assert final["state"] == "COMPLETED", final

@@ -268,8 +268,16 @@ class LaneWorker:
 class Lane:
     """A stack, a proxy in front of LocalStack and two workers behind it; cells one at a time."""
 
-    def __init__(self, name: str, make_stack: Callable[..., dict[str, str]], upstream: str, workdir: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        make_stack: Callable[..., dict[str, str]],
+        upstream: str,
+        workdir: Path,
+        worker_settings: dict[str, Any] | None = None,  # the nemesis's clock; the sweep's by default
+    ) -> None:
         self.name = name
+        self.worker_settings = worker_settings or WORKER_SETTINGS
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.env = make_stack(name)
@@ -305,7 +313,7 @@ class Lane:
     def _start_worker(self) -> LaneWorker:
         self._spawned += 1
         log = self.workdir / f"worker-{self._spawned}.log"
-        w = start_worker(self.worker_env, log, **{**WORKER_SETTINGS, **self.holds.settings})
+        w = start_worker(self.worker_env, log, **{**self.worker_settings, **self.holds.settings})
         wait_ready(w)
         proc = psutil.Process(w.proc.pid)
         lw = LaneWorker(w, [c.pid for c in proc.children(recursive=True)])

@@ -1,0 +1,312 @@
+"""The nemesis's checker: what the history in S3, SQS and SNS says about every job.
+
+It reads S3 object versions (``status/`` and ``results/``), the ``outputs/`` listing, queue
+attributes (main, interactive, DLQ), the notification queue (FIFO, subscribed to the topic), the
+proxy's trace (which messages were delivered when) and the streamed bytes; never logs.
+
+Per job, the sweep's invariants (tests/sweep/harness.py: I1 final, I2 outputs named exist and
+decode, I3 one result and one audio version, I4 no orphan outputs after a reconciler pass, I5
+notified, I8 no chunk rendered twice in an attempt that was not killed) plus:
+
+- (a) a job whose result exists is COMPLETED;
+- (b) COMPLETED => the result exists and every output it names exists (I2);
+- (c) at most one result version (I3);
+- (d) the final state is notified exactly once: one notification, of that state;
+- (e) no job ends FAILED with a transient code (RETRIES_EXHAUSTED, WORKER_CRASHED) when the faults
+  it lived through could not have used up its deliveries. The policy spaces deliveries by at least
+  ``backoffs()`` (retry_base x 2^(d-1), capped, x0.8 jitter), so faults totalling L seconds of
+  outage (every S3/SQS/visibility/hang window overlapping its life, added up as if contiguous) can
+  consume at most 1 + k deliveries, k the number of backoffs whose sum fits in L; each worker
+  killed, stopped or stopped by SIGTERM during its life, and a forced failed final write, may cost
+  one more. Only when that total is below maxReceiveCount is a transient failure a violation: the
+  check never blames the pipeline for an outage its policy does not promise to outlast;
+- (f) the streamed audio equals the result's audio sample for sample, or the stream ended in an
+  error;
+- (g) after settling, the queues' depth (visible + in flight + delayed) <= the non-final jobs (0
+  when all ended); and no reconciler pass re-enqueued a QUEUED job whose own message was still on
+  the queue (a message sent before the re-enqueue delivered after it: a duplicate it created);
+- (h) no orphan outputs after the last reconciler pass (I4);
+- (i) every worker not killed or stopped on purpose is alive and ready; one sent SIGTERM exited 0;
+  no process of a killed worker remains (I6, I7).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import itertools
+import signal
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+
+from tests.helpers import wait_until
+from tests.nemesis.harness import Run, dlq_depth, queue_depth
+from tests.nemesis.schedule import MAX_RECEIVE_COUNT, SETTINGS, backoffs
+from tests.sweep.harness import TERMINAL, _check_outputs, _get_json, _running
+
+TRANSIENT_CODES = ("RETRIES_EXHAUSTED", "WORKER_CRASHED")
+OUTAGE_KINDS = ("s3_outage", "sqs_outage", "brownout", "visext")
+DISRUPTIONS = ("kill", "term", "stop", "failed_write_cancel")
+
+
+@dataclass
+class JobOutcome:
+    job: str
+    kind: str
+    final: str | None = None
+    code: str | None = None
+    attempts: int = 0
+    life: tuple[float, float] = (0.0, 0.0)  # seconds from the schedule's start
+    broken: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Verdict:
+    jobs: list[JobOutcome]
+    broken: list[str]  # global: (g), (i)
+    figures: dict[str, Any]
+
+    @property
+    def passed(self) -> bool:
+        return not self.broken and not any(j.broken for j in self.jobs)
+
+
+def check(run: Run) -> Verdict:
+    run.lane.drain_notes()
+    outcomes = [_check_job(run, job, kind) for job, kind in _jobs(run)]
+    broken = _check_queues(run, outcomes) + _check_workers(run)
+    return Verdict(outcomes, broken, _figures(run, outcomes))
+
+
+def _jobs(run: Run) -> list[tuple[str, str]]:
+    out = [(j.job, j.kind) for j in run.schedule.jobs if j.kind != "api"]
+    return out + ([(run.stream.job, "api")] if run.stream.job else [])
+
+
+def _at(iso: str | None) -> float:
+    return datetime.fromisoformat(iso).timestamp() if iso else 0.0
+
+
+def _check_job(run: Run, job: str, kind: str) -> JobOutcome:
+    lane = run.lane
+    o = JobOutcome(job, kind)
+    status = lane.status(job) or {}
+    o.final, o.attempts = status.get("state"), status.get("attempt", 0)
+    o.code = (status.get("error") or {}).get("code")
+    start = run.submitted.get(job) or _at(status.get("created_at"))
+    end = _at(status.get("updated_at")) if o.final in TERMINAL else run.wall0 + run.now()
+    o.life = (round(start - run.wall0, 1), round(end - run.wall0, 1))
+    if o.final not in TERMINAL:
+        o.broken.append(f"I1: not final after settling: {o.final}")
+    result = _get_json(lane.s3, lane.bucket, f"results/{job}.json")
+    results = lane.versions(f"results/{job}.json")
+    if result is not None and o.final != "COMPLETED":
+        o.broken.append(f"(a): its result exists, it ended {o.final} ({o.code})")
+    if o.final == "COMPLETED" and result is None:
+        o.broken.append("(b): COMPLETED without a result")
+    if len(results) > 1:
+        o.broken.append(f"(c): {len(results)} result versions")
+    named: set[str] = set()
+    if result is not None:
+        named = {
+            u.removeprefix(f"s3://{lane.bucket}/") for u in [result["audio"]["uri"], *result["subtitles"].values()]
+        }
+        _check_outputs(lane, result, named, o.broken)
+    left = set(lane.outputs(job))
+    if left != named:
+        o.broken.append(f"(h): outputs left {sorted(left - named)}, missing {sorted(named - left)}")
+    _check_notes(run, job, o)
+    _check_budget(run, o)
+    _check_calls(run, job, result, status, o)
+    if kind == "api":
+        _check_stream(run, result, o)
+    return o
+
+
+def _check_notes(run: Run, job: str, o: JobOutcome) -> None:
+    lane = run.lane
+    if o.final in TERMINAL:
+        with contextlib.suppress(AssertionError):  # what arrived is judged below
+            wait_until(lambda: (lane.drain_notes(), job in lane.notes)[1], f"{job}'s notification", 30)
+    got = [n["state"] for n in lane.notes.get(job, [])]
+    want = [o.final] if o.final in TERMINAL else []
+    if got != want:
+        o.broken.append(f"(d): notifications {got}, final state {o.final}")
+
+
+def _windows(run: Run, start: float, end: float) -> tuple[float, int]:
+    """Outage seconds (merged, overlapping [start, end]) and disruptions within it."""
+    spans: list[tuple[float, float]] = []
+    disruptions = 0
+    for e in run.schedule.events:
+        if not e.overlaps(start, end):
+            continue
+        if e.kind in OUTAGE_KINDS and e.until is not None:
+            spans.append((max(e.at, start), min(e.until, end)))
+        elif e.kind == "hang":  # each hung call costs one call timeout before its retry
+            spans.append((e.at, e.at + e.params["count"] * float(SETTINGS["call_timeout_s"])))
+        if e.kind in DISRUPTIONS:
+            disruptions += 1
+    spans.sort()
+    total, cur_s, cur_e = 0.0, None, None
+    for s, t in spans:
+        if cur_e is None or s > cur_e:
+            total += (cur_e - cur_s) if cur_e is not None and cur_s is not None else 0.0
+            cur_s, cur_e = s, t
+        else:
+            cur_e = max(cur_e, t)
+    total += (cur_e - cur_s) if cur_e is not None and cur_s is not None else 0.0
+    return total, disruptions
+
+
+def deliveries_consumable(outage_s: float) -> int:
+    """At most how many deliveries an outage of ``outage_s`` can fail, the policy's backoffs between."""
+    k, spent = 0, 0.0
+    for b in backoffs():
+        if spent + b > outage_s:
+            break
+        spent += b
+        k += 1
+    return 1 + k if outage_s > 0 else 0
+
+
+def _check_budget(run: Run, o: JobOutcome) -> None:
+    if o.final != "FAILED" or o.code not in TRANSIENT_CODES:
+        return
+    outage, disruptions = _windows(run, *o.life)
+    can = deliveries_consumable(outage) + disruptions
+    if can < MAX_RECEIVE_COUNT:
+        o.broken.append(
+            f"(e): FAILED {o.code} after {outage:.0f}s of outage and {disruptions} disruptions in its life, "
+            f"which can use up {can} of its {MAX_RECEIVE_COUNT} deliveries (retry budget {sum(backoffs()):.0f}s)"
+        )
+
+
+def _check_calls(run: Run, job: str, result: dict[str, Any] | None, status: dict[str, Any], o: JobOutcome) -> None:
+    """I8: no attempt that was not killed rendered a chunk twice; none began after the result."""
+    chunks = (result or {}).get("chunks") or ((status.get("progress") or {}).get("chunks_total")) or 0
+    killed = {f"{w.worker_id}" for w in run.lane.workers if w.pid in run.killed}
+    calls = run.lane.calls(job)
+    for (worker, n), items in sorted(calls.items()):
+        if worker not in killed and chunks and items > chunks:
+            o.broken.append(f"I8: attempt {n} ({worker}) rendered {items} chunks of {chunks}")
+    landed = [e for e in run.lane.proxy.trace() if e["op"] == "S3 PutObject" and e.get("status") == 200]
+    result_at = next((e["seq"] for e in landed if e["keys"] == [f"results/{job}.json"]), None)
+    if result_at is None:
+        return
+    claimed: dict[int, int] = {}
+    for e in landed:
+        if e["keys"] == [f"status/{job}.json"] and e.get("state") == "PROCESSING" and e.get("attempt"):
+            claimed.setdefault(e["attempt"], e["seq"])
+    for n, seq in sorted(claimed.items()):
+        rendered = sum(items for (_, a), items in calls.items() if a == n)
+        if seq > result_at and rendered:
+            o.broken.append(f"I8: attempt {n} began after the result existed and rendered {rendered} chunks")
+
+
+def _check_stream(run: Run, result: dict[str, Any] | None, o: JobOutcome) -> None:
+    s = run.stream
+    if s.error is not None or s.status != 200:
+        return  # the stream ended in an error: allowed
+    if result is None:
+        o.broken.append(f"(f): the stream ended cleanly ({len(s.data)} bytes) but the job has no result")
+        return
+    key = result["audio"]["uri"].removeprefix(f"s3://{run.lane.bucket}/")
+    data = run.lane.s3.get_object(Bucket=run.lane.bucket, Key=key)["Body"].read()
+    final, _ = sf.read(io.BytesIO(data), dtype="int16")
+    streamed = np.frombuffer(s.data[: len(s.data) // 2 * 2], dtype="<i2")
+    if len(streamed) != len(final) or not np.array_equal(streamed, final):
+        o.broken.append(f"(f): streamed {len(streamed)} samples, the result's audio has {len(final)}; they differ")
+
+
+def _check_queues(run: Run, outcomes: list[JobOutcome]) -> list[str]:
+    broken = []
+    live = sum(1 for o in outcomes if o.final not in TERMINAL)
+    depth = queue_depth(run.lane)
+    if sum(depth.values()) > live:
+        broken.append(f"(g): queue depth {depth} after settling, {live} jobs not final")
+    broken += _reenqueued_live(run)
+    return broken
+
+
+def _reenqueued_live(run: Run) -> list[str]:
+    """Reconciler re-enqueues of a QUEUED job whose own message was still on the queue: a message
+    for the job sent before the re-enqueue was delivered (to a worker) after it."""
+    out = []
+    main = {run.lane.bucket, f"{run.lane.bucket}-interactive"}
+    trace = [e for e in run.lane.proxy.trace() if e["op"] == "SQS ReceiveMessage" and e.get("queue") in main]
+    for job, _ in _jobs(run):
+        history = (run.lane.status(job) or {}).get("history", [])
+        for prev, h in itertools.pairwise(history):
+            if prev["state"] != "QUEUED" or not (h.get("note") or "").startswith("re-enqueued by the reconciler"):
+                continue
+            at_ms = _at(h["at"]) * 1000
+            alive = [
+                m["id"]
+                for e in trace
+                if e["t"] * 1000 > at_ms and e.get("agent") == "worker"
+                for m in e.get("messages", [])
+                if job in m["jobs"] and m.get("sent_ms") and m["sent_ms"] < at_ms and m.get("sent_by") != "reconciler"
+            ]
+            if alive:
+                out.append(
+                    f"(g): {job} re-enqueued by the reconciler at {_at(h['at']) - run.wall0:.1f}s while QUEUED, "
+                    f"its message {alive[0]} still on the queue (delivered after): a duplicate"
+                )
+    return out
+
+
+def _check_workers(run: Run) -> list[str]:
+    broken = []
+    for w in run.lane.workers:
+        if w.pid in run.killed:
+            left = [p for p in w.descendants if _running(p)]
+            if left:
+                with contextlib.suppress(AssertionError):
+                    wait_until(lambda w=w: not [p for p in w.descendants if _running(p)], "children to exit", 60)
+                left = [p for p in w.descendants if _running(p)]
+            if left:
+                broken.append(f"(i): processes of killed worker {w.pid} remain: {left}")
+            continue
+        if w.pid in run.termed:
+            code = w.proc.proc.wait(timeout=120) if w.proc.proc.poll() is None else w.proc.proc.returncode
+            if code != 0:
+                broken.append(f"(i): worker {w.pid} exited {code} on SIGTERM")
+            continue
+        if not w.alive():
+            code = w.proc.proc.returncode
+            broken.append(f"(i): worker {w.pid} died ({code}{' SIGKILL' if code == -signal.SIGKILL else ''})")
+        elif not w.ready():
+            broken.append(f"(i): worker {w.pid} is alive but not ready")
+    return broken
+
+
+def _figures(run: Run, outcomes: list[JobOutcome]) -> dict[str, Any]:
+    by_state: dict[str, int] = {}
+    for o in outcomes:
+        key = f"{o.final}{f' {o.code}' if o.code else ''}"
+        by_state[key] = by_state.get(key, 0) + 1
+    faults: dict[str, int] = {}
+    for e in run.schedule.events:
+        if e.kind not in ("cancel", "dup", "resubmit"):
+            faults[e.kind] = faults.get(e.kind, 0) + 1
+    trace = run.lane.proxy.trace()
+    return {
+        "seed": run.schedule.seed,
+        "short": run.schedule.short,
+        "jobs": len(outcomes),
+        "jobs_by_final_state": by_state,
+        "faults_by_kind": faults,
+        "client_events": {k: sum(1 for e in run.schedule.events if e.kind == k) for k in ("cancel", "dup", "resubmit")},
+        "requests": len(trace),
+        "requests_faulted": sum(1 for e in trace if e.get("fault")),
+        "reconciler_passes": len(run.reports),
+        "dlq_messages": dlq_depth(run.lane),
+        "stream": {"status": run.stream.status, "bytes": len(run.stream.data), "error": run.stream.error}
+        if any(j.kind == "api" for j in run.schedule.jobs)
+        else None,
+    }

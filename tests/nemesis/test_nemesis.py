@@ -1,0 +1,137 @@
+"""The Jepsen-style nemesis (tests/nemesis/harness.py) on the real stack, one test per seed.
+
+``make test`` runs two short seeds (``TTS_NEMESIS_SHORT_SEEDS``, default ``1,2``); ``make nemesis``
+runs the long schedules for ``TTS_NEMESIS_SEEDS`` (default ``0-19``; "3", "0-9", "1,5,7-9").
+Each run's schedule, what fired when and the checker's findings go to
+``.cache/nemesis/seed-<seed>-<short|long>.json``; the figures of the seeds that passed go to
+``.cache/nemesis/summary.json`` (for a docs script).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.nemesis.checker import Verdict, check
+from tests.nemesis.harness import Run
+from tests.nemesis.schedule import RETRY_BUDGET_S, SETTINGS, Schedule, draw
+from tests.sweep.harness import Lane
+
+OUT = Path(__file__).resolve().parents[2] / ".cache" / "nemesis"
+_passed: list[dict[str, Any]] = []  # this session's passing runs, for summary.json
+
+
+def parse_seeds(text: str) -> list[int]:
+    out: list[int] = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        lo, _, hi = part.partition("-")
+        out.extend(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+SHORT_SEEDS = parse_seeds(os.environ.get("TTS_NEMESIS_SHORT_SEEDS", "1,2"))
+SEEDS = parse_seeds(os.environ.get("TTS_NEMESIS_SEEDS", "0-19"))
+
+
+@pytest.mark.integration
+@pytest.mark.faults
+@pytest.mark.parametrize("seed", SHORT_SEEDS)
+def test_short_nemesis_schedule(seed: int, make_stack: Any, localstack: Any, tmp_path: Path) -> None:
+    """A short seeded schedule of jobs and overlapping faults: every job's history intact."""
+    _run_seed(draw(seed, short=True), make_stack, localstack, tmp_path)
+
+
+@pytest.mark.nemesis
+@pytest.mark.integration
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize("seed", SEEDS)
+def test_nemesis_schedule(seed: int, make_stack: Any, localstack: Any, tmp_path: Path) -> None:
+    """A long seeded schedule (more jobs, more and longer faults)."""
+    _run_seed(draw(seed, short=False), make_stack, localstack, tmp_path)
+
+
+def _run_seed(schedule: Schedule, make_stack: Any, localstack: Any, tmp_path: Path) -> None:
+    t0 = time.monotonic()
+    name = f"nm{schedule.seed}{'s' if schedule.short else 'l'}-{os.getpid()}"
+    lane = Lane(name, make_stack, localstack.endpoint, tmp_path / "lane", worker_settings=SETTINGS)
+    run = Run(lane, schedule, tmp_path)
+    try:
+        run.start()
+        run.play()
+        run.heal()
+        run.settle()
+        verdict = check(run)
+    finally:
+        problems = run.close()
+    seconds = round(time.monotonic() - t0, 1)
+    path = _write_record(run, verdict, seconds, problems)
+    if not verdict.passed or problems:  # the workers' logs and the proxy's trace, for whoever looks
+        shutil.copytree(tmp_path / "lane", path.with_suffix(""), dirs_exist_ok=True)
+    assert verdict.passed and not problems, _message(run, verdict, problems, path)
+    _passed.append({**verdict.figures, "seconds": seconds})
+    _write_summary()
+
+
+def _write_record(run: Run, verdict: Verdict, seconds: float, problems: list[str]) -> Path:
+    OUT.mkdir(parents=True, exist_ok=True)
+    s = run.schedule
+    path = OUT / f"seed-{s.seed}-{'short' if s.short else 'long'}.json"
+    doc = {
+        "schedule": s.as_dict(),
+        "retry_budget_s": RETRY_BUDGET_S,
+        "fired": [asdict(f) for f in run.fired],
+        "reconciler": run.reports,
+        "stream": {"status": run.stream.status, "job": run.stream.job, "bytes": len(run.stream.data)}
+        | {"error": run.stream.error},
+        "jobs": [asdict(o) for o in verdict.jobs],
+        "broken": verdict.broken + problems,
+        "figures": verdict.figures,
+        "seconds": seconds,
+    }
+    path.write_text(json.dumps(doc, indent=1, default=str))
+    return path
+
+
+def _message(run: Run, verdict: Verdict, problems: list[str], path: Path) -> str:
+    s = run.schedule
+    lines = [f"nemesis seed {s.seed} ({'short' if s.short else 'long'}) broke invariants; record: {path}"]
+    lines += [f"  {b}" for b in verdict.broken + problems]
+    for o in verdict.jobs:
+        if not o.broken:
+            continue
+        lines.append(f"  job {o.job} ({o.kind}) ended {o.final} {o.code or ''}, life {o.life[0]}-{o.life[1]}s:")
+        lines += [f"    {b}" for b in o.broken]
+        overlapping = [e for e in s.events if e.overlaps(*o.life)]
+        lines.append("    events that overlapped its life (the minimal schedule to try first):")
+        lines += [f"      {e.label()}" for e in overlapping] or ["      (none)"]
+    lines.append(s.describe())
+    lines.append(f"rerun: TTS_NEMESIS_{'SHORT_' if s.short else ''}SEEDS={s.seed}")
+    return "\n".join(lines)
+
+
+def _write_summary() -> None:
+    jobs: dict[str, int] = {}
+    faults: dict[str, int] = {}
+    for r in _passed:
+        for k, v in r["jobs_by_final_state"].items():
+            jobs[k] = jobs.get(k, 0) + v
+        for k, v in r["faults_by_kind"].items():
+            faults[k] = faults.get(k, 0) + v
+    summary = {
+        "seeds": [r["seed"] for r in _passed],
+        "runs": _passed,
+        "jobs_by_final_state": jobs,
+        "faults_by_kind": faults,
+        "checks_passed": len(_passed),
+        "retry_budget_s": RETRY_BUDGET_S,
+        "settings": SETTINGS,
+    }
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "summary.json").write_text(json.dumps(summary, indent=1))
