@@ -36,6 +36,7 @@ LONGEST_FIRST = (
     "tests/sweep/test_sweep.py",
     "tests/faults/test_faults.py",
     "tests/faults/test_defects.py",
+    "tests/nemesis/test_nemesis.py",
     "tests/integration/test_model_paths.py",
     "tests/integration/test_hostile.py",
     "tests/integration/test_longform.py",

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-import itertools
+import json
 import signal
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -44,13 +44,14 @@ import numpy as np
 import soundfile as sf
 
 from tests.helpers import wait_until
-from tests.nemesis.harness import Run, dlq_depth, queue_depth
+from tests.nemesis.harness import Run, dead_letters, dlq_depth, queue_depth
 from tests.nemesis.schedule import MAX_RECEIVE_COUNT, SETTINGS, backoffs
 from tests.sweep.harness import TERMINAL, _check_outputs, _get_json, _running
 
 TRANSIENT_CODES = ("RETRIES_EXHAUSTED", "WORKER_CRASHED")
 OUTAGE_KINDS = ("s3_outage", "sqs_outage", "brownout", "visext")
 DISRUPTIONS = ("kill", "term", "stop", "failed_write_cancel")
+REENQUEUED = "re-enqueued by the reconciler"
 
 
 @dataclass
@@ -230,33 +231,68 @@ def _check_queues(run: Run, outcomes: list[JobOutcome]) -> list[str]:
     if sum(depth.values()) > live:
         broken.append(f"(g): queue depth {depth} after settling, {live} jobs not final")
     broken += _reenqueued_live(run)
+    broken += _own_dead_letters(run, outcomes)
     return broken
 
 
+def _own_dead_letters(run: Run, outcomes: list[JobOutcome]) -> list[str]:
+    """A job's own message (the one its final claim names) in the DLQ is only for a job that ended
+    FAILED on its deliveries; a duplicate's dead letter is allowed (docs/contract.md)."""
+    dead = dead_letters(run.lane)
+    out = []
+    for o in outcomes:
+        own = (run.lane.status(o.job) or {}).get("message_id")
+        if own in dead and not (o.final == "FAILED" and o.code in TRANSIENT_CODES):
+            ended = f"{o.final}{f' {o.code}' if o.code else ''}"
+            out.append(f"(g): {o.job} ended {ended}, but its own message {own} is in the DLQ")
+    return out
+
+
 def _reenqueued_live(run: Run) -> list[str]:
-    """Reconciler re-enqueues of a QUEUED job whose own message was still on the queue: a message
-    for the job sent before the re-enqueue was delivered (to a worker) after it."""
+    """Reconciler re-enqueues of a QUEUED job whose message was still on the queue: its own message
+    (the one the QUEUED status names), or any message for it when none is named yet, sent before
+    the re-enqueue and delivered to a worker after it. Read from the status's S3 versions and the
+    deliveries the proxy saw."""
     out = []
     main = {run.lane.bucket, f"{run.lane.bucket}-interactive"}
-    trace = [e for e in run.lane.proxy.trace() if e["op"] == "SQS ReceiveMessage" and e.get("queue") in main]
+    received = [
+        (e["t"] * 1000, m)
+        for e in run.lane.proxy.trace()
+        if e["op"] == "SQS ReceiveMessage" and e.get("queue") in main and e.get("agent") == "worker"
+        for m in e.get("messages", [])
+    ]
     for job, _ in _jobs(run):
-        history = (run.lane.status(job) or {}).get("history", [])
-        for prev, h in itertools.pairwise(history):
-            if prev["state"] != "QUEUED" or not (h.get("note") or "").startswith("re-enqueued by the reconciler"):
-                continue
-            at_ms = _at(h["at"]) * 1000
+        for before, at_ms in _reenqueues(run, job):
+            own = before.get("message_id")
             alive = [
                 m["id"]
-                for e in trace
-                if e["t"] * 1000 > at_ms and e.get("agent") == "worker"
-                for m in e.get("messages", [])
-                if job in m["jobs"] and m.get("sent_ms") and m["sent_ms"] < at_ms and m.get("sent_by") != "reconciler"
+                for t, m in received
+                if t > at_ms and job in m["jobs"] and (m["id"] == own if own else (m.get("sent_ms") or at_ms) < at_ms)
             ]
             if alive:
                 out.append(
-                    f"(g): {job} re-enqueued by the reconciler at {_at(h['at']) - run.wall0:.1f}s while QUEUED, "
-                    f"its message {alive[0]} still on the queue (delivered after): a duplicate"
+                    f"(g): {job} re-enqueued by the reconciler at {at_ms / 1000 - run.wall0:.1f}s while QUEUED "
+                    f"(since {_at(before.get('updated_at')) - run.wall0:.1f}s), its message {alive[0]} still on "
+                    "the queue (delivered after): a duplicate"
                 )
+    return out
+
+
+def _reenqueues(run: Run, job: str) -> list[tuple[dict[str, Any], float]]:
+    """(the QUEUED status it replaced, when) for each reconciler re-enqueue of a QUEUED job."""
+    lane = run.lane
+    docs = []
+    for v in lane.versions(f"status/{job}.json"):
+        body = lane.s3.get_object(Bucket=lane.bucket, Key=f"status/{job}.json", VersionId=v["VersionId"])["Body"]
+        with contextlib.suppress(ValueError):
+            docs.append(json.loads(body.read()))
+    by_len = {len(d.get("history", [])): d for d in docs}
+    out = []
+    for n, d in sorted(by_len.items()):
+        last = d["history"][-1] if d.get("history") else {}
+        before = by_len.get(n - 1)
+        if before and before.get("state") == "QUEUED" and (last.get("note") or "").startswith(REENQUEUED):
+            out.append((before, _at(last["at"]) * 1000))
     return out
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from tests.helpers import TTS, add_library_voice, s3_event, start_console
 from tests.nemesis.schedule import FAMILIES, SETTINGS, Event, Job, Schedule
-from tests.sweep.harness import REFERENCES, TERMINAL, Lane, LaneWorker, _get_json
+from tests.sweep.harness import REFERENCES, TERMINAL, Lane, LaneWorker
 
 API_VOICE = "nemesis-voice"
 API_TEXT = (
@@ -392,13 +392,12 @@ class Run:
 def queue_depth(lane: Lane) -> dict[str, int]:
     """Messages on the main and interactive queues (visible, in flight, delayed) and in the DLQ."""
     out = {}
-    for name in (lane.bucket, f"{lane.bucket}-interactive", f"{lane.bucket}-dlq"):
+    for name in (lane.bucket, f"{lane.bucket}-interactive"):
         url = lane.sqs.get_queue_url(QueueName=name)["QueueUrl"]
         names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
         names.append("ApproximateNumberOfMessagesDelayed")
         attrs = lane.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=names)["Attributes"]
         out[name.removeprefix(lane.bucket).lstrip("-") or "main"] = sum(int(attrs.get(n, 0)) for n in names)
-    out.pop("dlq")
     return out
 
 
@@ -409,4 +408,12 @@ def dlq_depth(lane: Lane) -> int:
     return sum(int(attrs.get(n, 0)) for n in names)
 
 
-__all__ = ["Run", "Stream", "_get_json", "dlq_depth", "queue_depth"]
+def dead_letters(lane: Lane) -> set[str]:
+    """The ids of the messages in the DLQ (received with a visibility timeout: read once, left there)."""
+    url = lane.sqs.get_queue_url(QueueName=f"{lane.bucket}-dlq")["QueueUrl"]
+    ids: set[str] = set()
+    while True:
+        msgs = lane.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=60).get("Messages", [])
+        if not msgs:
+            return ids
+        ids.update(m["MessageId"] for m in msgs)

@@ -86,7 +86,7 @@ class Schedule:
 
 def draw(seed: int, short: bool) -> Schedule:
     rng = random.Random(seed)
-    duration = 30.0 if short else 75.0
+    duration = 30.0 if short else 60.0
     jobs = _workload(rng, seed, short, duration)
     events = _client_events(rng, jobs) + _faults(rng, jobs, short, duration)
     events.sort(key=lambda e: e.at)
