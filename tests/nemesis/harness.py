@@ -178,10 +178,11 @@ class Run:
             method="POST",
             headers={"Content-Type": "application/json"},
         )
-        s = self.stream
+        s, sent = self.stream, time.time()
         try:
             with urllib.request.urlopen(req, timeout=120) as resp:
                 s.status, s.job = resp.status, resp.headers.get("x-job-id")
+                self.submitted[s.job or ""] = sent
                 while part := resp.read(65536):
                     s.data += part
         except urllib.error.HTTPError as e:
@@ -220,8 +221,8 @@ class Run:
         return {}
 
     def _victim(self, e: Event) -> LaneWorker | None:
-        alive = sorted((w for w in self.lane.workers if w.alive() and w.pid not in self.stopped.values()),
-                       key=lambda w: w.pid)  # fmt: skip
+        spared = {*self.stopped.values(), *self.termed, *self.killed}  # already hit: the next one is picked
+        alive = sorted((w for w in self.lane.workers if w.alive() and w.pid not in spared), key=lambda w: w.pid)
         return alive[e.params["victim"] % len(alive)] if alive else None
 
     def _kill(self, index: int, e: Event, phase: str) -> dict[str, Any]:
@@ -283,16 +284,7 @@ class Run:
     def _failed_write_cancel(self, index: int, e: Event, phase: str) -> dict[str, Any]:
         """The job's COMPLETED status write fails its whole retry budget (and more); a user cancels
         while it fails, and again once the job is handed back QUEUED."""
-        rule = {
-            "id": f"e{index}",
-            "op": "^S3 PutObject$",
-            "key": rf"^status/{e.job}\.json$",
-            "state": "COMPLETED",
-            "agent": "worker",
-            "kind": "dropped",
-            "times": e.params["times"],
-        }
-        self.lane.proxy.add_rules([rule])
+        self.lane.proxy.add_rules([_status_rule(f"e{index}", e.job or "", "COMPLETED", e.params["times"])])
         self._spawn(lambda: self._cancel_meets_failed_write(index, e.job or ""))
         return {}
 
@@ -308,6 +300,8 @@ class Run:
         if not hit():
             self.record("failed_write_cancel unreached", index, job=job)
             return
+        claims = self.schedule.events[index].params["claims"]
+        self.lane.proxy.add_rules([_status_rule(f"{ident}b", job, "PROCESSING", claims)])  # it stays QUEUED
         self.record("cancel (during the failed write)", index, job=job, **self.cancel(job))
         while time.monotonic() < deadline and not self.settled:
             status = self.lane.status(job) or {}
@@ -387,6 +381,12 @@ class Run:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
         return problems + self.lane.close()
+
+
+def _status_rule(ident: str, job: str, state: str, times: int) -> dict[str, Any]:
+    """The worker's writes of ``job``'s status in ``state`` fail (the next ``times`` requests)."""
+    rule = {"id": ident, "op": "^S3 PutObject$", "key": rf"^status/{job}\.json$", "state": state}
+    return {**rule, "agent": "worker", "kind": "dropped", "times": times}
 
 
 def queue_depth(lane: Lane) -> dict[str, int]:

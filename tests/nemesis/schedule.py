@@ -88,7 +88,11 @@ def draw(seed: int, short: bool) -> Schedule:
     rng = random.Random(seed)
     duration = 30.0 if short else 60.0
     jobs = _workload(rng, seed, short, duration)
-    events = _client_events(rng, jobs) + _faults(rng, jobs, short, duration)
+    client = _client_events(rng, jobs)
+    cancelled = {e.job for e in client if e.kind == "cancel"}
+    plain = [j for j in jobs if j.kind != "api"]
+    targets = [j for j in plain if j.job not in cancelled] or plain  # for a failed final write
+    events = client + _faults(rng, targets, short, duration)
     events.sort(key=lambda e: e.at)
     return Schedule(seed, short, duration, jobs, events)
 
@@ -119,12 +123,12 @@ def _client_events(rng: random.Random, jobs: list[Job]) -> list[Event]:
     return out
 
 
-def _faults(rng: random.Random, jobs: list[Job], short: bool, duration: float) -> list[Event]:
+def _faults(rng: random.Random, targets: list[Job], short: bool, duration: float) -> list[Event]:
     n = rng.randint(3, 4) if short else rng.randint(6, 9)
     kinds = [*WINDOW_KINDS, *INSTANT_KINDS]
     weights = [3, 2, 3, 2, 1, 1, 2, 1, 2, 2]
-    out = [_fault(rng, k, jobs, short, duration) for k in rng.choices(kinds, weights, k=n)]
-    out.append(_fault(rng, "reconcile", jobs, short, duration))  # at least one pass mid-run
+    out = [_fault(rng, k, targets, short, duration) for k in rng.choices(kinds, weights, k=n)]
+    out.append(_fault(rng, "reconcile", targets, short, duration))  # at least one pass mid-run
     windows = [e for e in out if e.until is not None]
     if len(windows) >= 2:  # faults overlap: the second window starts inside the first
         a, b = windows[0], windows[1]
@@ -134,7 +138,7 @@ def _faults(rng: random.Random, jobs: list[Job], short: bool, duration: float) -
     return out
 
 
-def _fault(rng: random.Random, kind: str, jobs: list[Job], short: bool, duration: float) -> Event:
+def _fault(rng: random.Random, kind: str, targets: list[Job], short: bool, duration: float) -> Event:
     at = round(rng.uniform(0, duration * 0.8), 1)
     longest = 15.0 if short else 45.0
 
@@ -158,7 +162,10 @@ def _fault(rng: random.Random, kind: str, jobs: list[Job], short: bool, duration
         return Event(at, kind, params={"op": rng.choice(HANG_OPS), "count": rng.randint(1, 3)})
     if kind == "reconcile":
         return Event(at, kind, params={"older_than": round(rng.uniform(0.5, 8), 1)})
-    if kind == "failed_write_cancel":  # the job's COMPLETED write fails its whole budget; a cancel meets it
-        target = rng.choice([j for j in jobs if j.kind in ("short", "long", "dialogue")])
-        return Event(target.at, kind, job=target.job, params={"times": rng.randint(6, 8)})  # armed at submit
+    if kind == "failed_write_cancel":
+        # The job's COMPLETED write fails its whole budget (``times`` tries), then its next claims
+        # (``claims`` tries of the PROCESSING write): a user's cancel meets it handed back QUEUED.
+        target = rng.choice(targets)
+        params = {"times": rng.randint(6, 8), "claims": rng.randint(6, 12)}
+        return Event(target.at, kind, job=target.job, params=params)  # armed at submit
     raise ValueError(kind)
