@@ -45,7 +45,7 @@ import soundfile as sf
 
 from tests.helpers import wait_until
 from tests.nemesis.harness import Run, dead_letters, dlq_depth, queue_depth
-from tests.nemesis.schedule import MAX_RECEIVE_COUNT, SETTINGS, backoffs
+from tests.nemesis.schedule import MAX_RECEIVE_COUNT, backoffs
 from tests.sweep.harness import TERMINAL, _check_outputs, _get_json, _running
 
 TRANSIENT_CODES = ("RETRIES_EXHAUSTED", "WORKER_CRASHED")
@@ -149,7 +149,7 @@ def _windows(run: Run, start: float, end: float) -> tuple[float, int]:
         if e.kind in OUTAGE_KINDS and e.until is not None:
             spans.append((max(e.at, start), min(e.until, end)))
         elif e.kind == "hang":  # each hung call costs one call timeout before its retry
-            spans.append((e.at, e.at + e.params["count"] * float(SETTINGS["call_timeout_s"])))
+            spans.append((e.at, e.at + e.params["count"] * float(run.schedule.settings["call_timeout_s"])))
         if e.kind in DISRUPTIONS:
             disruptions += 1
     spans.sort()
@@ -164,10 +164,10 @@ def _windows(run: Run, start: float, end: float) -> tuple[float, int]:
     return total, disruptions
 
 
-def deliveries_consumable(outage_s: float) -> int:
+def deliveries_consumable(outage_s: float, settings: dict[str, Any]) -> int:
     """At most how many deliveries an outage of ``outage_s`` can fail, the policy's backoffs between."""
     k, spent = 0, 0.0
-    for b in backoffs():
+    for b in backoffs(settings):
         if spent + b > outage_s:
             break
         spent += b
@@ -179,11 +179,12 @@ def _check_budget(run: Run, o: JobOutcome) -> None:
     if o.final != "FAILED" or o.code not in TRANSIENT_CODES:
         return
     outage, disruptions = _windows(run, *o.life)
-    can = deliveries_consumable(outage) + disruptions
+    can = deliveries_consumable(outage, run.schedule.settings) + disruptions
     if can < MAX_RECEIVE_COUNT:
         o.broken.append(
             f"(e): FAILED {o.code} after {outage:.0f}s of outage and {disruptions} disruptions in its life, "
-            f"which can use up {can} of its {MAX_RECEIVE_COUNT} deliveries (retry budget {sum(backoffs()):.0f}s)"
+            f"which can use up {can} of its {MAX_RECEIVE_COUNT} deliveries "
+            f"(retry budget {sum(backoffs(run.schedule.settings)):.0f}s)"
         )
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.helpers import TTS, add_library_voice, s3_event, start_console
-from tests.nemesis.schedule import FAMILIES, SETTINGS, Event, Job, Schedule
+from tests.nemesis.schedule import FAMILIES, Event, Job, Schedule
 from tests.sweep.harness import REFERENCES, TERMINAL, Lane, LaneWorker
 
 API_VOICE = "nemesis-voice"
@@ -95,7 +95,8 @@ class Run:
     def start(self) -> None:
         if any(j.kind == "api" for j in self.schedule.jobs):
             add_library_voice(self.lane.env, API_VOICE)
-            console_env = {**self.lane.worker_env, **{f"TTS_{k.upper()}": str(v) for k, v in SETTINGS.items()}}
+            clock = {f"TTS_{k.upper()}": str(v) for k, v in self.schedule.settings.items()}
+            console_env = {**self.lane.worker_env, **clock}
             self.console, self.console_url = start_console(console_env, self.workdir / "console.log", api_wait_s="60")
         for j in self.schedule.jobs:
             if j.kind == "dialogue":
@@ -263,7 +264,8 @@ class Run:
     def reconcile(self, older_than: float, *, through_proxy: bool) -> dict[str, Any]:
         """``tts-pipeline reconcile --older-than N --all``, its report kept for the checker."""
         env = self.lane.worker_env if through_proxy else {**self.lane.env, "TTS_NOTIFY_TOPIC_ARN": self.lane.topic}
-        extra = {f"TTS_{k.upper()}": str(SETTINGS[k]) for k in ("visibility_timeout_s", "heartbeat_interval_s")}
+        clock = ("visibility_timeout_s", "heartbeat_interval_s")
+        extra = {f"TTS_{k.upper()}": str(self.schedule.settings[k]) for k in clock}
         start = time.time()
         cmd = [TTS, "reconcile", "--older-than", str(older_than), "--all"]
         try:

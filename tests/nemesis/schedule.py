@@ -77,6 +77,13 @@ class Schedule:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> Schedule:
+        """A schedule as recorded (``.cache/nemesis/seed-*.json``'s "schedule"), maybe trimmed by hand."""
+        jobs = [Job(**j) for j in doc["jobs"]]
+        events = [Event(**e) for e in doc["events"]]
+        return cls(doc["seed"], doc["short"], doc["duration"], jobs, events, doc.get("settings", dict(SETTINGS)))
+
     def describe(self) -> str:
         lines = [f"seed {self.seed} ({'short' if self.short else 'long'}, {self.duration:.0f}s):"]
         lines += [f"  {j.at:5.1f}s       submit {j.job} ({j.kind})" for j in sorted(self.jobs, key=lambda j: j.at)]

@@ -57,10 +57,25 @@ def test_nemesis_schedule(seed: int, make_stack: Any, localstack: Any, tmp_path:
     _run_seed(draw(seed, short=False), make_stack, localstack, tmp_path)
 
 
+SCHEDULE_FILES = [p for p in os.environ.get("TTS_NEMESIS_SCHEDULE", "").split(",") if p]
+
+
+@pytest.mark.nemesis
+@pytest.mark.integration
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize("path", SCHEDULE_FILES)
+def test_recorded_schedule(path: str, make_stack: Any, localstack: Any, tmp_path: Path) -> None:
+    """Schedules from files (``TTS_NEMESIS_SCHEDULE``, comma-separated: a run's record, or its
+    "schedule" with events dropped by hand): to replay a failure, or to check that a smaller
+    schedule still fails."""
+    doc = json.loads(Path(path).read_text())
+    _run_seed(Schedule.from_dict(doc.get("schedule", doc)), make_stack, localstack, tmp_path)
+
+
 def _run_seed(schedule: Schedule, make_stack: Any, localstack: Any, tmp_path: Path) -> None:
     t0 = time.monotonic()
     name = f"nm{schedule.seed}{'s' if schedule.short else 'l'}-{os.getpid()}"
-    lane = Lane(name, make_stack, localstack.endpoint, tmp_path / "lane", worker_settings=SETTINGS)
+    lane = Lane(name, make_stack, localstack.endpoint, tmp_path / "lane", worker_settings=schedule.settings)
     run = Run(lane, schedule, tmp_path)
     try:
         run.start()
@@ -108,12 +123,22 @@ def _message(run: Run, verdict: Verdict, problems: list[str], path: Path) -> str
             continue
         lines.append(f"  job {o.job} ({o.kind}) ended {o.final} {o.code or ''}, life {o.life[0]}-{o.life[1]}s:")
         lines += [f"    {b}" for b in o.broken]
-        overlapping = [e for e in s.events if e.overlaps(*o.life)]
+        smaller = _around(s, o.job, o.life)
         lines.append("    events that overlapped its life (the minimal schedule to try first):")
-        lines += [f"      {e.label()}" for e in overlapping] or ["      (none)"]
+        lines += [f"      {e.label()}" for e in smaller.events] or ["      (none)"]
+        replay = path.with_name(f"{path.stem}-{o.job}.json")
+        replay.write_text(json.dumps(smaller.as_dict(), indent=1))
+        lines.append(f"    replay: TTS_NEMESIS_SCHEDULE={replay} .venv/bin/pytest -m nemesis tests/nemesis -k recorded")
     lines.append(s.describe())
     lines.append(f"rerun: TTS_NEMESIS_{'SHORT_' if s.short else ''}SEEDS={s.seed}")
     return "\n".join(lines)
+
+
+def _around(s: Schedule, job: str, life: tuple[float, float]) -> Schedule:
+    """The failing job alone (an API job keeps its slot) with the events that overlapped its life."""
+    jobs = [j for j in s.jobs if j.job == job] or [j for j in s.jobs if j.kind == "api"]
+    events = [e for e in s.events if e.overlaps(*life) and (e.job is None or e.job == job)]
+    return Schedule(s.seed, s.short, s.duration, jobs, events, s.settings)
 
 
 def _write_summary() -> None:
