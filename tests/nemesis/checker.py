@@ -13,18 +13,23 @@ notified, I8 no chunk rendered twice in an attempt that was not killed) plus:
 - (c) at most one result version (I3);
 - (d) the final state is notified exactly once: one notification, of that state;
 - (e) no job ends FAILED with a transient code (RETRIES_EXHAUSTED, WORKER_CRASHED) when the faults
-  it lived through could not have used up its deliveries. The policy spaces deliveries by at least
-  ``backoffs()`` (retry_base x 2^(d-1), capped, x0.8 jitter), so faults totalling L seconds of
-  outage (every S3/SQS/visibility/hang window overlapping its life, added up as if contiguous) can
-  consume at most 1 + k deliveries, k the number of backoffs whose sum fits in L; each worker
-  killed, stopped or stopped by SIGTERM during its life, and a forced failed final write, may cost
-  one more. Only when that total is below maxReceiveCount is a transient failure a violation: the
-  check never blames the pipeline for an outage its policy does not promise to outlast;
+  it lived through could not have used up its deliveries (``Budget``). The policy spaces failed
+  deliveries by at least ``backoffs()`` (retry_base x 2^(d-1), capped at retry_max, x0.8 jitter),
+  so S3/SQS outages, brownouts and hung calls totalling L seconds (every window overlapping its
+  life, added up as if contiguous) can fail at most 1 + k deliveries, k the number of backoffs
+  whose sum fits in L; failing visibility extensions for V seconds cost at most one redelivery per
+  lease (V // visibility + 1); each worker killed, stopped or sent SIGTERM during its life, and a
+  forced failed final write, at most one more (whichever job that worker held). Only when that
+  total is below maxReceiveCount is a transient failure a violation: the check never blames the
+  pipeline for an outage its policy does not promise to outlast, and over-counts faults rather
+  than under-counting them;
 - (f) the streamed audio equals the result's audio sample for sample, or the stream ended in an
   error;
 - (g) after settling, the queues' depth (visible + in flight + delayed) <= the non-final jobs (0
-  when all ended); and no reconciler pass re-enqueued a QUEUED job whose own message was still on
-  the queue (a message sent before the re-enqueue delivered after it: a duplicate it created);
+  when all ended); no reconciler pass re-enqueued a QUEUED job whose message was still on the
+  queue (its message, sent before the re-enqueue, delivered after it: a duplicate it created);
+  and a job's own message (the one its claim names) is in the DLQ only when its faults can account
+  for every delivery, as in (e) (a duplicate's dead letter is allowed: docs/contract.md);
 - (h) no orphan outputs after the last reconciler pass (I4);
 - (i) every worker not killed or stopped on purpose is alive and ready; one sent SIGTERM exited 0;
   no process of a killed worker remains (I6, I7).
@@ -49,7 +54,7 @@ from tests.nemesis.schedule import MAX_RECEIVE_COUNT, backoffs
 from tests.sweep.harness import TERMINAL, _check_outputs, _get_json, _running
 
 TRANSIENT_CODES = ("RETRIES_EXHAUSTED", "WORKER_CRASHED")
-OUTAGE_KINDS = ("s3_outage", "sqs_outage", "brownout", "visext")
+OUTAGE_KINDS = ("s3_outage", "sqs_outage", "brownout")
 DISRUPTIONS = ("kill", "term", "stop", "failed_write_cancel")
 REENQUEUED = "re-enqueued by the reconciler"
 
@@ -78,6 +83,7 @@ class Verdict:
 
 def check(run: Run) -> Verdict:
     run.lane.drain_notes()
+    run.dead = dead_letters(run.lane)
     outcomes = [_check_job(run, job, kind) for job, kind in _jobs(run)]
     broken = _check_queues(run, outcomes) + _check_workers(run)
     return Verdict(outcomes, broken, _figures(run, outcomes))
@@ -139,29 +145,16 @@ def _check_notes(run: Run, job: str, o: JobOutcome) -> None:
         o.broken.append(f"(d): notifications {got}, final state {o.final}")
 
 
-def _windows(run: Run, start: float, end: float) -> tuple[float, int]:
-    """Outage seconds (merged, overlapping [start, end]) and disruptions within it."""
-    spans: list[tuple[float, float]] = []
-    disruptions = 0
-    for e in run.schedule.events:
-        if not e.overlaps(start, end):
-            continue
-        if e.kind in OUTAGE_KINDS and e.until is not None:
-            spans.append((max(e.at, start), min(e.until, end)))
-        elif e.kind == "hang":  # each hung call costs one call timeout before its retry
-            spans.append((e.at, e.at + e.params["count"] * float(run.schedule.settings["call_timeout_s"])))
-        if e.kind in DISRUPTIONS:
-            disruptions += 1
-    spans.sort()
-    total, cur_s, cur_e = 0.0, None, None
-    for s, t in spans:
-        if cur_e is None or s > cur_e:
-            total += (cur_e - cur_s) if cur_e is not None and cur_s is not None else 0.0
-            cur_s, cur_e = s, t
+def _merged(spans: list[tuple[float, float]]) -> float:
+    """Seconds covered by ``spans`` (overlaps counted once)."""
+    total, cur = 0.0, None
+    for s, t in sorted(spans):
+        if cur is None or s > cur[1]:
+            total += cur[1] - cur[0] if cur else 0.0
+            cur = (s, t)
         else:
-            cur_e = max(cur_e, t)
-    total += (cur_e - cur_s) if cur_e is not None and cur_s is not None else 0.0
-    return total, disruptions
+            cur = (cur[0], max(cur[1], t))
+    return total + (cur[1] - cur[0] if cur else 0.0)
 
 
 def deliveries_consumable(outage_s: float, settings: dict[str, Any]) -> int:
@@ -175,17 +168,59 @@ def deliveries_consumable(outage_s: float, settings: dict[str, Any]) -> int:
     return 1 + k if outage_s > 0 else 0
 
 
-def _check_budget(run: Run, o: JobOutcome) -> None:
-    if o.final != "FAILED" or o.code not in TRANSIENT_CODES:
-        return
-    outage, disruptions = _windows(run, *o.life)
-    can = deliveries_consumable(outage, run.schedule.settings) + disruptions
-    if can < MAX_RECEIVE_COUNT:
-        o.broken.append(
-            f"(e): FAILED {o.code} after {outage:.0f}s of outage and {disruptions} disruptions in its life, "
-            f"which can use up {can} of its {MAX_RECEIVE_COUNT} deliveries "
-            f"(retry budget {sum(backoffs(run.schedule.settings)):.0f}s)"
+@dataclass
+class Budget:
+    """What the faults a job lived through can legitimately cost it in deliveries."""
+
+    outage_s: float  # S3/SQS outages, brownouts, hung calls: failures the policy backs off from
+    visext_s: float  # failing visibility extensions: a redelivery per lease at most
+    disruptions: int  # workers killed, stopped, sent SIGTERM; a forced failed final write
+    settings: dict[str, Any]
+
+    @property
+    def deliveries(self) -> int:
+        lease = float(self.settings["visibility_timeout_s"])
+        visext = int(self.visext_s // lease) + 1 if self.visext_s else 0
+        return deliveries_consumable(self.outage_s, self.settings) + visext + self.disruptions
+
+    def describe(self) -> str:
+        return (
+            f"{self.outage_s:.0f}s of outage, {self.visext_s:.0f}s of failing visibility extensions and "
+            f"{self.disruptions} disruptions in its life can use up {self.deliveries} of its {MAX_RECEIVE_COUNT} "
+            f"deliveries (retry budget {sum(backoffs(self.settings)):.0f}s)"
         )
+
+
+def budget(run: Run, start: float, end: float) -> Budget:
+    outages: list[tuple[float, float]] = []
+    visext: list[tuple[float, float]] = []
+    disruptions = 0
+    call_s = float(run.schedule.settings["call_timeout_s"])
+    for e in run.schedule.events:
+        if not e.overlaps(start, end):
+            continue
+        span = (max(e.at, start), min(e.until if e.until is not None else e.at, end))
+        if e.kind in OUTAGE_KINDS:
+            outages.append(span)
+        elif e.kind == "visext":
+            visext.append(span)
+        elif e.kind == "hang":  # each hung call costs one call timeout before its retry
+            outages.append((e.at, e.at + e.params["count"] * call_s))
+        disruptions += e.kind in DISRUPTIONS
+    return Budget(_merged(outages), _merged(visext), disruptions, run.schedule.settings)
+
+
+def _check_budget(run: Run, o: JobOutcome) -> None:
+    """(e), and the DLQ half of (g): a job's own message reaching the DLQ, or a transient
+    failure, only when its faults can account for every delivery."""
+    b = budget(run, *o.life)
+    if b.deliveries >= MAX_RECEIVE_COUNT:
+        return
+    if o.final == "FAILED" and o.code in TRANSIENT_CODES:
+        o.broken.append(f"(e): FAILED {o.code}, but {b.describe()}")
+    own = (run.lane.status(o.job) or {}).get("message_id")
+    if own is not None and own in run.dead:
+        o.broken.append(f"(g): its own message {own} is in the DLQ, but {b.describe()}")
 
 
 def _check_calls(run: Run, job: str, result: dict[str, Any] | None, status: dict[str, Any], o: JobOutcome) -> None:
@@ -232,21 +267,7 @@ def _check_queues(run: Run, outcomes: list[JobOutcome]) -> list[str]:
     if sum(depth.values()) > live:
         broken.append(f"(g): queue depth {depth} after settling, {live} jobs not final")
     broken += _reenqueued_live(run)
-    broken += _own_dead_letters(run, outcomes)
     return broken
-
-
-def _own_dead_letters(run: Run, outcomes: list[JobOutcome]) -> list[str]:
-    """A job's own message (the one its final claim names) in the DLQ is only for a job that ended
-    FAILED on its deliveries; a duplicate's dead letter is allowed (docs/contract.md)."""
-    dead = dead_letters(run.lane)
-    out = []
-    for o in outcomes:
-        own = (run.lane.status(o.job) or {}).get("message_id")
-        if own in dead and not (o.final == "FAILED" and o.code in TRANSIENT_CODES):
-            ended = f"{o.final}{f' {o.code}' if o.code else ''}"
-            out.append(f"(g): {o.job} ended {ended}, but its own message {own} is in the DLQ")
-    return out
 
 
 def _reenqueued_live(run: Run) -> list[str]:

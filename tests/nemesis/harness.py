@@ -82,6 +82,7 @@ class Run:
         self.threads: list[threading.Thread] = []
         self.lock = threading.Lock()
         self.settled = False
+        self.dead: set[str] = set()  # ids of the DLQ's messages after settling (the checker's)
 
     # -- the schedule --------------------------------------------------------------------------
 

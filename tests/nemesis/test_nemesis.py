@@ -89,7 +89,8 @@ def _run_seed(schedule: Schedule, make_stack: Any, localstack: Any, tmp_path: Pa
     path = _write_record(run, verdict, seconds, problems)
     if not verdict.passed or problems:  # the workers' logs and the proxy's trace, for whoever looks
         shutil.copytree(tmp_path / "lane", path.with_suffix(""), dirs_exist_ok=True)
-    assert verdict.passed and not problems, _message(run, verdict, problems, path)
+    if not verdict.passed or problems:
+        pytest.fail(_message(run, verdict, problems, path), pytrace=False)
     _passed.append({**verdict.figures, "seconds": seconds})
     _write_summary()
 
