@@ -32,12 +32,13 @@ from tests.sweep.harness import REFERENCES, TERMINAL, Lane, LaneWorker
 API_VOICE = "nemesis-voice"
 API_TEXT = (
     "The first sentence is short. Then comes a much longer second sentence, which carries on for a "
-    "while so that it fills a chunk of its own. A third sentence closes the request."
-)
+    "while so that it fills a chunk of its own. A third sentence closes the request. "
+) * 4
 SETTLE_DEADLINE_S = 900.0  # a hang guard: a broken run fails instead of hanging, nothing is timed
 RECONCILE_EVERY_S = 8.0  # while settling
 SETTLE_OLDER_THAN_S = 3.0  # the settling passes' threshold (small: the clock moved on)
 REF = {r.name: r for r in REFERENCES}
+LONG_TIMES = 5
 
 
 @dataclass
@@ -134,7 +135,10 @@ class Run:
 
     def manifest(self, job: str, kind: str) -> dict[str, Any]:
         ref = {"short": "one-chunk", "long": "chunks", "dialogue": "dialogue"}[kind]
-        return REF[ref].manifest(job)
+        doc = REF[ref].manifest(job)
+        if kind == "long":  # five times the sweep's: many durable chunks, in flight while faults come
+            doc["text"] = doc["text"] * LONG_TIMES
+        return doc
 
     def _put_manifest(self, job: str, kind: str) -> None:
         body = json.dumps(self.manifest(job, kind)).encode()
