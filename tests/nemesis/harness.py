@@ -130,8 +130,19 @@ class Run:
             self._spawn(self._stream_request)
             self.record("submit", None, job=job.job, via="speech API")
             return
-        self._put_manifest(job.job, job.kind)
-        self.record("submit", None, job=job.job)
+        if job.via == "cli":
+            self._spawn(lambda: self.record("submit end", None, job=job.job, **self._cli_submit(job.job)))
+        else:
+            self._put_manifest(job.job, job.kind)
+        self.record("submit", None, job=job.job, via=job.via)
+
+    def _cli_submit(self, job: str) -> dict[str, Any]:
+        """``tts-pipeline submit`` as a user runs it (QUEUED written before the manifest)."""
+        m = self.manifest(job, "short")
+        args = ["--text", m["text"], "--voice", m["voice"], "--ref-text", m["ref_text"], "--job-id", job]
+        args += ["--nfe-step", str(m["nfe_step"]), "--seed", str(m["seed"]), "--json"]
+        p = subprocess.run([TTS, "submit", *args], env=self.lane.env, capture_output=True, text=True, timeout=120)
+        return {"rc": p.returncode, "out": "" if p.returncode == 0 else (p.stderr or p.stdout)[-200:]}
 
     def manifest(self, job: str, kind: str) -> dict[str, Any]:
         ref = {"short": "one-chunk", "long": "chunks", "dialogue": "dialogue"}[kind]
@@ -173,6 +184,9 @@ class Run:
 
     def _resubmit(self, index: int, e: Event, phase: str) -> dict[str, Any]:
         job = next(j for j in self.schedule.jobs if j.job == e.job)
+        if job.via == "cli":  # a client retrying its submit: refused (job ids are single-use)
+            self._spawn(lambda: self.record("resubmit end", index, job=job.job, **self._cli_submit(job.job)))
+            return {"via": "cli"}
         self._put_manifest(job.job, job.kind)  # the same manifest again: a second S3 event
         return {}
 

@@ -48,6 +48,7 @@ class Job:
     job: str
     kind: str  # short | long | dialogue | api
     at: float  # submitted
+    via: str = "s3"  # s3: the manifest put in the inbox; cli: `tts-pipeline submit` (QUEUED at once)
 
 
 @dataclass
@@ -113,7 +114,12 @@ def _workload(rng: random.Random, seed: int, short: bool, duration: float) -> li
         kinds.append("api")
     rng.shuffle(kinds)
     return [
-        Job(f"n{seed:04d}-{i:02d}-{kind}", kind, round(rng.uniform(0, duration * 0.5), 1))
+        Job(
+            f"n{seed:04d}-{i:02d}-{kind}",
+            kind,
+            round(rng.uniform(0, duration * 0.5), 1),
+            "cli" if kind == "short" and rng.random() < 0.4 else "s3",
+        )
         for i, kind in enumerate(kinds)
     ]
 
