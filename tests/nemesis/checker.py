@@ -18,8 +18,8 @@ notified, I8 no chunk rendered twice in an attempt that was not killed) plus:
   so S3/SQS outages, brownouts and hung calls totalling L seconds (every window overlapping its
   life, added up as if contiguous) can fail at most 1 + k deliveries, k the number of backoffs
   whose sum fits in L; failing visibility extensions for V seconds cost at most one redelivery per
-  lease (V // visibility + 1); each worker killed, stopped or sent SIGTERM during its life, and a
-  forced failed final write, at most one more (whichever job that worker held). Only when that
+  lease (V // visibility + 1); each kill, stop or SIGTERM of the worker holding it (by its status
+  history), and a forced failed final write of its own, at most one more. Only when that
   total is below maxReceiveCount is a transient failure a violation: the check never blames the
   pipeline for an outage its policy does not promise to outlast, and over-counts faults rather
   than under-counting them;
@@ -191,12 +191,13 @@ class Budget:
         )
 
 
-def budget(run: Run, start: float, end: float) -> Budget:
+def budget(run: Run, job: str, start: float, end: float) -> Budget:
     outages: list[tuple[float, float]] = []
     visext: list[tuple[float, float]] = []
     disruptions = 0
     call_s = float(run.schedule.settings["call_timeout_s"])
-    for e in run.schedule.events:
+    history = (run.lane.status(job) or {}).get("history", [])
+    for i, e in enumerate(run.schedule.events):
         if not e.overlaps(start, end):
             continue
         span = (max(e.at, start), min(e.until if e.until is not None else e.at, end))
@@ -206,14 +207,29 @@ def budget(run: Run, start: float, end: float) -> Budget:
             visext.append(span)
         elif e.kind == "hang":  # each hung call costs one call timeout before its retry
             outages.append((e.at, e.at + e.params["count"] * call_s))
-        disruptions += e.kind in DISRUPTIONS
+        elif e.kind == "failed_write_cancel":
+            disruptions += e.job == job
+        elif e.kind in DISRUPTIONS:
+            disruptions += _hit_holder(run, i, history)
     return Budget(_merged(outages), _merged(visext), disruptions, run.schedule.settings)
+
+
+def _hit_holder(run: Run, index: int, history: list[dict[str, Any]]) -> bool:
+    """Did event ``index`` (a kill, stop or SIGTERM) hit the worker holding the job? By the status
+    history: the job was PROCESSING, claimed by that worker, when the signal went."""
+    hit = next((f for f in run.fired if f.event == index and f.detail.get("pid")), None)
+    if hit is None:
+        return False
+    at = run.wall0 + hit.at
+    before = [h for h in history if _at(h["at"]) <= at]
+    last = before[-1] if before else {}
+    return last.get("state") == "PROCESSING" and str(last.get("worker", "")).endswith(f"-{hit.detail['pid']}")
 
 
 def _check_budget(run: Run, o: JobOutcome) -> None:
     """(e), and the DLQ half of (g): a job's own message reaching the DLQ, or a transient
     failure, only when its faults can account for every delivery."""
-    b = budget(run, *o.life)
+    b = budget(run, o.job, *o.life)
     if b.deliveries >= MAX_RECEIVE_COUNT:
         return
     if o.final == "FAILED" and o.code in TRANSIENT_CODES:
