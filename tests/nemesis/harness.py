@@ -178,9 +178,29 @@ class Run:
         return {"rc": p.returncode, "state": state, "out": out if state is None else ""}
 
     def _dup(self, index: int, e: Event, phase: str) -> dict[str, Any]:
+        """A second S3 event for the manifest, once it exists: S3 sends events only for objects
+        that were written (a ``tts-pipeline submit`` may still be on its way)."""
+        key = f"inbox/{e.job}.json"
+        if self._exists(key):
+            self._send_event(key)
+            return {}
+        self._spawn(lambda: self._dup_later(index, key))
+        return {"postponed": "until the manifest exists"}
+
+    def _dup_later(self, index: int, key: str) -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not self.settled and not self._exists(key):
+            time.sleep(0.2)
+        if self._exists(key):
+            self._send_event(key)
+            self.record("dup (postponed)", index)
+
+    def _exists(self, key: str) -> bool:
+        return self.lane.s3.list_objects_v2(Bucket=self.lane.bucket, Prefix=key).get("KeyCount", 0) > 0
+
+    def _send_event(self, key: str) -> None:
         url = self.lane.sqs.get_queue_url(QueueName=self.lane.bucket)["QueueUrl"]
-        self.lane.sqs.send_message(QueueUrl=url, MessageBody=s3_event(self.lane.bucket, f"inbox/{e.job}.json"))
-        return {}
+        self.lane.sqs.send_message(QueueUrl=url, MessageBody=s3_event(self.lane.bucket, key))
 
     def _resubmit(self, index: int, e: Event, phase: str) -> dict[str, Any]:
         job = next(j for j in self.schedule.jobs if j.job == e.job)
