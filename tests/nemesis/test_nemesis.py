@@ -168,7 +168,8 @@ def _message(run: Run, verdict: Verdict, problems: list[str], path: Path) -> str
     for o in verdict.jobs:
         if not o.broken:
             continue
-        lines.append(f"  job {o.job} ({o.kind}) ended {o.final} {o.code or ''}, life {o.life[0]}-{o.life[1]}s:")
+        ended = f"{o.final}{f' {o.code}' if o.code else ''}"
+        lines.append(f"  job {o.job} ({o.kind}) ended {ended}, life {o.life[0]}-{o.life[1]}s:")
         lines += [f"    {b}" for b in o.broken]
         smaller = _around(s, o.job, o.life)
         lines.append("    events that overlapped its life (the minimal schedule to try first):")
