@@ -48,9 +48,6 @@ class Message:
     # The queue it came from: its acknowledgements (delete, visibility, extensions) go there,
     # whichever Queue object makes them (one worker receives from two queues on one client).
     queue_url: str | None = None
-    # When SQS first handed this message out (ApproximateFirstReceiveTimestamp): where the retry
-    # budget of a job whose deliveries keep meeting transient faults starts.
-    first_received_ms: int | None = None
 
     @property
     def identity(self) -> str:
@@ -153,11 +150,7 @@ class Queue:
             MaxNumberOfMessages=max_messages,
             WaitTimeSeconds=wait_s,
             VisibilityTimeout=visibility_s,
-            MessageSystemAttributeNames=[
-                "ApproximateReceiveCount",
-                "SentTimestamp",
-                "ApproximateFirstReceiveTimestamp",
-            ],
+            MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
             MessageAttributeNames=["All"],
         )
         out = []
@@ -172,7 +165,6 @@ class Queue:
                     sent_at_ms=int(attrs["SentTimestamp"]) if "SentTimestamp" in attrs else None,
                     attributes={k: v.get("StringValue", "") for k, v in m.get("MessageAttributes", {}).items()},
                     queue_url=self.url,
-                    first_received_ms=_int(attrs.get("ApproximateFirstReceiveTimestamp")),
                 )
             )
         return out
@@ -291,13 +283,6 @@ class Queue:
 def _kept(m: Message) -> dict[str, str]:
     """A copy's attributes: the original's, and its identity."""
     return {**(m.attributes or {}), IDENTITY: m.identity}
-
-
-def _int(value: str | None) -> int | None:
-    try:
-        return int(value) if value is not None else None
-    except ValueError:
-        return None
 
 
 def _attrs(attributes: dict[str, str] | None) -> dict[str, Any]:

@@ -5,31 +5,25 @@ kept from doing its work.
 The promise (docs/contract.md): **a transient fault shorter than ``TTS_RETRY_MAX_S`` never fails
 a job.** SQS counts deliveries, not time: the redrive policy moves a message to the DLQ after
 ``maxReceiveCount`` receives whatever their spacing, so exponential delays alone (10, 20, 40, 80 s
-for five deliveries) would give up after 150 s of a 15-minute budget. So the delays grow from
+for five deliveries) gave up after 150 s of a 15-minute budget. So the delays grow from
 ``TTS_RETRY_BASE_S`` x 2^(delivery-1) as before (a short blip costs seconds), and the gap before
-the *last* delivery stretches to what is left of the budget, counted from the message's first
-receive as SQS reports it: the last delivery comes no sooner than the budget after the first
-failure, however many deliveries went on other things (a deferral, a lost claim) or how long each
-took. Jitter only lengthens a delay (up to 20 %): workers released by one outage come back spread
-out, never before the budget.
+the *last* delivery is at least ``TTS_RETRY_MAX_S``. The delivery before it failed inside the
+outage; an outage shorter than the budget has therefore ended when the last delivery comes,
+however many deliveries went on other things (a deferral, a lost claim, a crash) and however long
+the job ran before the outage began. Jitter only lengthens a delay (up to 20 %): workers released
+by one outage come back spread out, never sooner than the policy says.
 """
 
 from __future__ import annotations
 
 import random
-import time
 
 from pipeline.cloud.consumer import MAX_VISIBILITY_S, Message
 
 
-def retry_delay(
-    msg: Message, *, base_s: float, budget_s: float, max_deliveries: int, now_s: float | None = None
-) -> float:
+def retry_delay(msg: Message, *, base_s: float, budget_s: float, max_deliveries: int) -> float:
     """Seconds to keep ``msg`` hidden before its next delivery."""
-    now_s = time.time() if now_s is None else now_s
     step = base_s * 2 ** max(msg.receive_count - 1, 0)
-    first = msg.first_received_ms if msg.first_received_ms is not None else msg.sent_at_ms
-    spent = max(0.0, now_s - first / 1000) if first is not None else 0.0
     last_gap = max_deliveries - msg.receive_count <= 1  # the next delivery is the last one
-    delay = max(step, budget_s - spent) if last_gap else min(step, max(budget_s, base_s))
+    delay = max(step, budget_s) if last_gap else min(step, max(budget_s, base_s))
     return min(delay * random.uniform(1.0, 1.2), MAX_VISIBILITY_S)

@@ -14,10 +14,11 @@ notified, I8 no chunk rendered twice in an attempt that was not killed) plus:
 - (d) the final state is notified exactly once: one notification, of that state;
 - (e) no job ends FAILED with a transient code (RETRIES_EXHAUSTED, WORKER_CRASHED) when the faults
   it lived through could not have used up its deliveries (``Budget``). The policy spaces failed
-  deliveries by at least ``backoffs()`` (retry_base x 2^(d-1), capped at retry_max, x0.8 jitter),
-  so S3/SQS outages, brownouts and hung calls totalling L seconds (every window overlapping its
-  life, added up as if contiguous) can fail at most 1 + k deliveries, k the number of backoffs
-  whose sum fits in L; failing visibility extensions for V seconds cost at most one redelivery per
+  deliveries by at least ``backoffs()`` (retry_base x 2^(d-1), and a last gap of at least
+  retry_max), so S3/SQS outages, brownouts and hung calls totalling L seconds (every window
+  overlapping its life, added up as if contiguous) can fail at most 1 + k deliveries, k the number
+  of backoffs whose sum fits in L, plus one for each further separate window (a second outage may
+  meet the delivery after a gap); failing visibility extensions for V seconds cost at most one redelivery per
   lease (V // visibility + 1); each kill, stop or SIGTERM of the worker holding it (by its status
   history), and a forced failed final write of its own, at most one more. Only when that
   total is below maxReceiveCount is a transient failure a violation: the check never blames the
@@ -147,14 +148,18 @@ def _check_notes(run: Run, job: str, o: JobOutcome) -> None:
 
 def _merged(spans: list[tuple[float, float]]) -> float:
     """Seconds covered by ``spans`` (overlaps counted once)."""
-    total, cur = 0.0, None
+    return sum(t - s for s, t in _windows(spans))
+
+
+def _windows(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """``spans`` merged where they overlap."""
+    out: list[tuple[float, float]] = []
     for s, t in sorted(spans):
-        if cur is None or s > cur[1]:
-            total += cur[1] - cur[0] if cur else 0.0
-            cur = (s, t)
+        if out and s <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], t))
         else:
-            cur = (cur[0], max(cur[1], t))
-    return total + (cur[1] - cur[0] if cur else 0.0)
+            out.append((s, t))
+    return out
 
 
 def deliveries_consumable(outage_s: float, settings: dict[str, Any]) -> int:
@@ -173,6 +178,7 @@ class Budget:
     """What the faults a job lived through can legitimately cost it in deliveries."""
 
     outage_s: float  # S3/SQS outages, brownouts, hung calls: failures the policy backs off from
+    outage_windows: int  # how many separate windows they make
     visext_s: float  # failing visibility extensions: a redelivery per lease at most
     disruptions: int  # workers killed, stopped, sent SIGTERM; a forced failed final write
     settings: dict[str, Any]
@@ -181,13 +187,15 @@ class Budget:
     def deliveries(self) -> int:
         lease = float(self.settings["visibility_timeout_s"])
         visext = int(self.visext_s // lease) + 1 if self.visext_s else 0
-        return deliveries_consumable(self.outage_s, self.settings) + visext + self.disruptions
+        separate = max(0, self.outage_windows - 1)
+        return deliveries_consumable(self.outage_s, self.settings) + separate + visext + self.disruptions
 
     def describe(self) -> str:
         return (
-            f"{self.outage_s:.0f}s of outage, {self.visext_s:.0f}s of failing visibility extensions and "
+            f"{self.outage_s:.0f}s of outage in {self.outage_windows} window(s), "
+            f"{self.visext_s:.0f}s of failing visibility extensions and "
             f"{self.disruptions} disruptions in its life can use up {self.deliveries} of its {MAX_RECEIVE_COUNT} "
-            f"deliveries (retry budget {sum(backoffs(self.settings)):.0f}s)"
+            f"deliveries (retry budget {float(self.settings['retry_max_s']):.0f}s)"
         )
 
 
@@ -211,7 +219,7 @@ def budget(run: Run, job: str, start: float, end: float) -> Budget:
             disruptions += e.job == job
         elif e.kind in DISRUPTIONS:
             disruptions += _hit_holder(run, i, history)
-    return Budget(_merged(outages), _merged(visext), disruptions, run.schedule.settings)
+    return Budget(_merged(outages), len(_windows(outages)), _merged(visext), disruptions, run.schedule.settings)
 
 
 def _hit_holder(run: Run, index: int, history: list[dict[str, Any]]) -> bool:

@@ -14,22 +14,24 @@ from typing import Any
 from tests.sweep.harness import WORKER_SETTINGS
 
 # The compressed clock. The sweep's (6 s visibility/lease, 1.5 s beats, 2 s per call attempt), with
-# a job-level backoff whose budget (RETRY_BUDGET_S: 72 s, twelve leases; the defaults' is 120 s,
-# under three 45 s leases) is long enough that deliveries which skip the backoff (redelivered
-# after a lease) use it up well inside it: an outage shorter than the budget must never fail a job
-# (check (e), tests/nemesis/checker.py).
-SETTINGS: dict[str, Any] = {**WORKER_SETTINGS, "retry_base_s": 6, "retry_max_s": 48}
+# a job-level retry budget (TTS_RETRY_MAX_S: 72 s, twelve leases) long enough that deliveries which
+# skip the backoff (redelivered after a lease) come well inside it: an outage shorter than the
+# budget must never fail a job (check (e), tests/nemesis/checker.py).
+SETTINGS: dict[str, Any] = {**WORKER_SETTINGS, "retry_base_s": 6, "retry_max_s": 72}
 MAX_RECEIVE_COUNT = 5  # pipeline/ops/bootstrap.py: deliveries before the DLQ
-JITTER_LOW = 0.8  # pipeline/worker/runner.py: a backoff is drawn in [0.8, 1.2] x its nominal value
+JITTER_LOW = 1.0  # pipeline/worker/backoff.py: jitter only lengthens a delay
 
 
 def backoffs(settings: dict[str, Any] = SETTINGS) -> list[float]:
-    """The shortest wait the policy puts between delivery d and d+1 (d = 1 .. maxReceiveCount-1)."""
-    base, cap = float(settings["retry_base_s"]), float(settings["retry_max_s"])
-    return [JITTER_LOW * min(base * 2 ** (d - 1), cap) for d in range(1, MAX_RECEIVE_COUNT)]
+    """The shortest waits the policy puts between delivery d and d+1 (pipeline/worker/backoff.py):
+    exponential steps, and a last gap (before the last delivery) of at least the budget."""
+    base, budget = float(settings["retry_base_s"]), float(settings["retry_max_s"])
+    steps = [JITTER_LOW * min(base * 2 ** (d - 1), max(budget, base)) for d in range(1, MAX_RECEIVE_COUNT - 1)]
+    last = MAX_RECEIVE_COUNT - 1
+    return [*steps, JITTER_LOW * max(base * 2 ** (last - 1), budget)]
 
 
-RETRY_BUDGET_S = sum(backoffs())  # 72 s: first to last delivery when every delivery fails at once
+RETRY_BUDGET_S = float(SETTINGS["retry_max_s"])  # an outage shorter than this never fails a job
 
 # Fault kinds. Windows (start..end): proxy rules, or a stopped worker. Instants: the rest.
 WINDOW_KINDS = ("s3_outage", "sqs_outage", "brownout", "visext", "stop")
