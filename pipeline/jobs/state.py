@@ -238,6 +238,22 @@ async def committed(store: Store, job_id: str) -> bool:
     return await store.exists(keys.result_key(job_id))
 
 
+async def recheck_commit(store: Store, written: JobStatus, etag: str, worker: str) -> tuple[JobStatus, str]:
+    """After writing a final state other than COMPLETED: a result that landed between the look
+    (``committed``) and the write, from an attempt that had lost its claim, would be older than
+    that status, where the reconciler no longer looks. So look once more, and if it is there, the
+    job is COMPLETED after all (conditional on what was just written). A result landing after this
+    look is newer than the status, and the reconciler completes the job from it."""
+    if written.state is JobState.COMPLETED or not await committed(store, written.job_id):
+        return written, etag
+    new = written.moved_to(JobState.COMPLETED, worker=worker, note=f"its result landed as it ended {written.state}")
+    new.result_key = keys.result_key(written.job_id)
+    try:
+        return new, await store.put_json(keys.status_key(written.job_id), new, if_match=etag)
+    except PreconditionFailed:
+        return written, etag  # moved again meanwhile: whoever moved it looked for the result too
+
+
 async def request_cancel(store: Store, job_id: str) -> JobStatus | None:
     """Ask for a job to be cancelled: write ``cancel/<job_id>``; a QUEUED job is cancelled at once,
     unless its result exists (an attempt published it and could not write COMPLETED: the job is
@@ -257,8 +273,8 @@ async def request_cancel(store: Store, job_id: str) -> JobStatus | None:
             return status
         new = status.moved_to(JobState.CANCELLED, note="cancelled before a worker started it")
         try:
-            await store.put_json(keys.status_key(job_id), new, if_match=etag)
+            new_etag = await store.put_json(keys.status_key(job_id), new, if_match=etag)
         except PreconditionFailed:
             continue  # a worker claimed it meanwhile: it will see the marker
-        return new
+        return (await recheck_commit(store, new, new_etag, new.worker or "cancel"))[0]
     return None

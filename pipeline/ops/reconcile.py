@@ -69,7 +69,7 @@ from pipeline.config import Settings
 from pipeline.jobs import keys
 from pipeline.jobs.contract import ErrorCode, JobErrorInfo, JobResult, JobState, JobStatus, Priority, utcnow
 from pipeline.jobs.outputs import named_keys, unneeded
-from pipeline.jobs.state import committed
+from pipeline.jobs.state import committed, recheck_commit
 from pipeline.ops.dlq import drain, read
 from pipeline.runtime import metrics
 
@@ -78,6 +78,10 @@ log = logging.getLogger(__name__)
 WORKER = "reconciler"
 DEFAULT_OLDER_THAN_S = 3600.0
 _DLQ_HOLD_S = 30
+# A job unmoved this many thresholds is re-enqueued even while its lane is busy: a lost message
+# must not wait for the lane to drain (a steady lane never does), and one copy per job per grace
+# period is what a backlog that long costs at most.
+BACKLOG_GRACE = 6
 
 
 class Action(StrEnum):
@@ -238,17 +242,21 @@ class Reconciler:
         return {Priority.bulk: bulk, Priority.interactive: interactive if self.interactive else bulk}
 
     def _message_lost(self, priority: Priority | None, since: datetime, now: datetime) -> bool:
-        """Whether a job not moved since ``since`` can have no message left to carry it, so that a
-        copy is no duplicate: its lane's queue held no message when this pass began (nothing
-        waiting, in flight or delayed: a job still in a backlog or in a worker's look-ahead is
-        counted there), or the queue's retention has passed since (any message it had then has
-        expired). A backlog therefore never gets a second message per job per pass; a job whose
-        message was lost is re-enqueued once its lane drains, or after the retention period."""
+        """Whether a job not moved since ``since`` has, as far as can be told, no message left to
+        carry it, so that a copy is no duplicate: its lane's queue held no message when this pass
+        began (nothing waiting, in flight or delayed: a job still in a backlog or in a worker's
+        look-ahead is counted there), or it has not moved for ``BACKLOG_GRACE`` thresholds (a
+        lost message in a lane that never drains), or the queue's retention has passed since (any
+        message it had then has expired). A backlogged job gets at most one copy per grace period
+        (the re-enqueue moves it), where it used to get one per threshold."""
         if self._lanes_empty.get(priority or Priority.bulk, False):
+            return True
+        idle = now - since
+        if idle > self.older_than * BACKLOG_GRACE:
             return True
         lane = self.interactive if priority is Priority.interactive and self.interactive else self.queue
         retention = lane.retention_s
-        return retention is not None and (now - since).total_seconds() > retention
+        return retention is not None and idle.total_seconds() > retention
 
     # -- jobs ----------------------------------------------------------------------------------
 
@@ -344,8 +352,10 @@ class Reconciler:
         if current.state.terminal:
             await self._notify(current, etag, report)
             return
-        if current.message_id is not None and current.message_id != msg.identity:
+        if current.message_id is not None and current.message_id not in (msg.identity, msg.id):
             return  # a duplicate's dead letter: the job's own message still carries it
+        if current.state is JobState.QUEUED and current.updated_at > now - self.older_than:
+            return  # moved recently (redriven, released for a retry): a copy of it may be queued
         if current.message_id is None and current.updated_at > now - self.older_than:
             return  # no claim names a message yet, and the job moved recently: give it time
         lease = current.lease_expires_at
@@ -405,6 +415,8 @@ class Reconciler:
             new_etag = await self.store.put_json(keys.status_key(job_id), new, if_match=etag)
         except PreconditionFailed:
             return  # changed meanwhile (a worker claimed it): nothing stuck after all
+        new, new_etag = await recheck_commit(self.store, new, new_etag, WORKER)
+        state, error = new.state, new.error
         metrics.JOBS.labels(state, error.code if error else "").inc()
         if state is JobState.EXPIRED:
             report.add(Action.EXPIRED, job_id, why)

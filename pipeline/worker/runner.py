@@ -132,6 +132,9 @@ class Outcome:
     error: JobErrorInfo | None = None
     note: str | None = None
     delay_s: float = 0.0
+    # Handed back through no fault of the job (a shutdown, a stuck model call, a dead text
+    # process): its message goes back as a copy, so the hand-back costs no delivery of the job's.
+    requeue: bool = False
 
 
 def _failed(code: ErrorCode | str, message: str) -> Outcome:
@@ -239,6 +242,7 @@ class JobRunner:
                 # to the DLQ under a running job. A copy of the same identity, hidden for a lease,
                 # starts the count afresh; the attempt runs on, and meets the copy as this one.
                 log.warning("the running attempt's message came back %d times: put back as a copy", msg.receive_count)
+                running.msg = msg  # the handle SQS honours, should the copy not be sent
                 return Decision(Ack.REQUEUE, self.settings.visibility_timeout_s)
             # Its own message, visible again (beats missed it): the attempt keeps it, with the
             # receipt handle of this delivery, the one SQS now honours.
@@ -250,7 +254,8 @@ class JobRunner:
         return DELETE
 
     def _near_dead_letter(self, msg: Message) -> bool:
-        """Whether the queue's redrive policy would dead-letter ``msg`` at its next receive."""
+        """Whether ``msg`` has one receive left before the queue's redrive policy dead-letters it
+        (one early: a copy costs a send, a dead letter under a running job costs the job)."""
         limit = self.queue.max_receive_count or self.settings.max_attempts
         return msg.receive_count >= limit - 1
 
@@ -314,7 +319,8 @@ class JobRunner:
 
     def _busy(self, seen: Seen, msg: Message) -> Decision:
         status = seen.status
-        if status.message_id is not None and status.message_id != msg.identity:
+        # (msg.id too: a worker of the release before identities recorded a copy's own id)
+        if status.message_id is not None and status.message_id not in (msg.identity, msg.id):
             # The job's own message (the one its holder claimed with) carries it: this is a
             # duplicate (an S3 event sent twice, a re-enqueue). Dropped, so it cannot bounce
             # into the DLQ while the job runs.
@@ -367,10 +373,10 @@ class JobRunner:
             why = (
                 "its model call is stuck past its deadline" if isinstance(e, ModelCallStuck) else "its batcher stopped"
             )
-            return Outcome(JobState.QUEUED, note=f"released by {self.settings.worker_id}: {why}")
+            return Outcome(JobState.QUEUED, note=f"released by {self.settings.worker_id}: {why}", requeue=True)
         except TextSandboxUnavailable as e:  # the worker's text process failed, not the job's text
             log.warning("the text front-end is unavailable (%s): handing the job back", e)
-            return Outcome(JobState.QUEUED, note=f"released by {self.settings.worker_id}: {e}")
+            return Outcome(JobState.QUEUED, note=f"released by {self.settings.worker_id}: {e}", requeue=True)
         except Exception as e:
             if is_missing_resource(e):  # bucket or queue deleted, LocalStack restarted empty
                 log.warning("the job's bucket or queue is gone (%s): stopping without publishing", e)
@@ -476,7 +482,7 @@ class JobRunner:
         if reason is AbortReason.TIMEOUT:
             return _failed(ErrorCode.TIMEOUT, f"job exceeded TTS_JOB_TIMEOUT_S={self.settings.job_timeout_s:g}s")
         why = self._handing_back or "worker shutting down"
-        return Outcome(JobState.QUEUED, note=f"released by {self.settings.worker_id}: {why}")
+        return Outcome(JobState.QUEUED, note=f"released by {self.settings.worker_id}: {why}", requeue=True)
 
     def _transient(self, attempt: Attempt, e: Exception) -> Outcome:
         s, msg = self.settings, attempt.msg
@@ -608,4 +614,7 @@ class JobRunner:
             log.warning("could not hand the job back (%s): it comes back when its lease lapses", e)
         else:
             log.info("released for another attempt: %s", outcome.note)
+        if outcome.requeue:
+            # Hidden until any long poll of this (stopping) worker that SQS may still hold has ended.
+            return Decision(Ack.REQUEUE, max(outcome.delay_s, self.settings.receive_wait_s + 1))
         return Decision(Ack.RETRY, outcome.delay_s)
