@@ -14,6 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ROOT / ".cache" / "reliability"
 OUT = ROOT / "docs" / "reliability.md"
+NEMESIS = ROOT / ".cache" / "nemesis" / "summary.json"  # written by tests/nemesis after its checks passed
 
 ORDER = [
     ("test_kill_9_mid_synthesis_then_another_worker_completes_the_job_once", "1. kill -9, 3 jobs in flight"),
@@ -217,7 +218,8 @@ def main() -> int:
             lines += [f"**{title}.** {' '.join(docs[name]['doc'].split())}", ""]
     lines += _sweep(docs.get("sweep"))
     current = OUT.read_text() if OUT.exists() else ""
-    lines += [RECONCILER, _kept(current, KEPT), CONTAINMENT_DEADLINES, _kept(current, KEPT_COMBINED), UNTESTED]
+    lines += [RECONCILER, _kept(current, KEPT), CONTAINMENT_DEADLINES, _kept(current, KEPT_COMBINED)]
+    lines += [_nemesis(current), UNTESTED]
     OUT.write_text("\n".join(lines))
     print(f"wrote {OUT}")
     return 0
@@ -283,6 +285,68 @@ def _sweep(doc: dict | None) -> list[str]:
         lines.append(f"| {row['ref']} | {row['index']} | `{position}` | " + " | ".join(cells) + " |")
     lines += ["", "✓: the cell passed every invariant; –: the kind does not apply to that request.", ""]
     return lines
+
+
+NEMESIS_HEADING = "## The nemesis (tests/nemesis/, `make nemesis`)"
+
+NEMESIS_INTRO = """\
+Each seed draws, with `random.Random(seed)`, a workload (short jobs, some submitted with
+`tts-pipeline submit`; one or two long jobs with durable chunks; a dialogue; a speech-API request
+streamed through the console) and a schedule of faults that overlap: S3 and SQS outages,
+brownouts of one key family (`status/`, `results/`, `outputs/`, a chunk prefix), failing
+visibility extensions, hung calls, kill -9, SIGSTOP/SIGCONT and SIGTERM (a deploy: a replacement
+starts) of workers, reconciler passes at arbitrary times, a cancel that meets a failed COMPLETED
+write, plus cancels, duplicate S3 events and re-submits. Every worker, the console and the
+mid-run reconciler go through the fault proxy, on a compressed clock (6 s lease, 1.5 s beats,
+`TTS_RETRY_BASE_S` 6, `TTS_RETRY_MAX_S` 72). Then the faults are lifted, and reconciler passes run
+until every job is final. The checker reads S3 object versions, the `outputs/` listing, queue
+attributes, a queue subscribed to the topic, the proxy's trace and the streamed bytes, never
+logs, and holds the sweep's invariants I1-I8 plus: (a) a job whose result exists is COMPLETED;
+(b) COMPLETED => the result and every output it names exist; (c) one result version; (d) one
+notification per job, of its final state; (e) no transient failure (`RETRIES_EXHAUSTED`,
+`WORKER_CRASHED`) and no own dead letter unless the faults the job lived through could use up
+its five deliveries under the retry policy; (f) streamed audio equals the result's, or the stream
+ended in an error; (g) queue depth after settling <= jobs not final, and no re-enqueue of a job
+whose message was still queued; (h) no orphan outputs; (i) every worker not hit on purpose alive.
+A failing seed prints its schedule and the events that overlapped the failing job's life, and
+writes that smaller schedule for replay (`TTS_NEMESIS_SCHEDULE`).
+"""
+
+
+def _nemesis(current: str) -> str:
+    """The nemesis' figures from its last run's summary (seeds that passed), else the section as it is."""
+    if not NEMESIS.exists():
+        return _kept(current, NEMESIS_HEADING)
+    doc = json.loads(NEMESIS.read_text())
+    runs = sorted(doc["runs"], key=lambda r: (r.get("short", False), r["seed"]))
+    lines = [NEMESIS_HEADING, "", NEMESIS_INTRO]
+    seconds = [r["seconds"] for r in runs]
+    states = ", ".join(f"{k} {v}" for k, v in sorted(doc["jobs_by_final_state"].items()))
+    faults = ", ".join(f"{k} {v}" for k, v in sorted(doc["faults_by_kind"].items()))
+    at = f" on commit {doc['commit']}" if doc.get("commit") else ""
+    lines += [
+        f"Last run{at}: {len(runs)} seeds, every checker invariant held on each (a failing seed writes no figures).",
+        f"Jobs by final state: {states}. Faults injected, by kind: {faults}.",
+        f"Requests through the proxy: {sum(r['requests'] for r in runs)}, of which faulted "
+        f"{sum(r['requests_faulted'] for r in runs)}; reconciler passes: {sum(r['reconciler_passes'] for r in runs)}. "
+        f"Wall time per seed: {min(seconds):.0f}-{max(seconds):.0f} s, {sum(seconds) / 60:.0f} min in all "
+        f"({_cpus()} CPUs).",
+        "",
+        "| seed | jobs | final states | faults | requests faulted | reconciler passes | stream | s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        final = ", ".join(f"{k} {v}" for k, v in sorted(r["jobs_by_final_state"].items()))
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted(r["faults_by_kind"].items()))
+        stream = r.get("stream") or {}
+        shown = f"{stream.get('status')}, {stream.get('bytes')} B" if stream else "-"
+        shown += ", ended in an error" if stream.get("error") else ""
+        name = f"{r['seed']}{' (short)' if r.get('short') else ''}"
+        lines.append(
+            f"| {name} | {r['jobs']} | {final} | {kinds} | {r['requests_faulted']}/{r['requests']} | "
+            f"{r['reconciler_passes']} | {shown} | {r['seconds']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def _fmt(v: object) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -189,6 +190,18 @@ def _around(s: Schedule, job: str, life: tuple[float, float]) -> Schedule:
     return Schedule(s.seed, s.short, s.duration, jobs, events, s.settings)
 
 
+def _commit() -> str | None:
+    """The checkout the seeds ran on (``+`` when it had uncommitted changes), for the docs."""
+    root = OUT.parents[1]
+    try:
+        git = {"cwd": root, "capture_output": True, "text": True}
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], **git)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "pipeline"], **git)
+    except OSError:
+        return None
+    return head.stdout.strip() + ("+" if dirty.stdout.strip() else "") if head.returncode == 0 else None
+
+
 def _write_summary() -> None:
     jobs: dict[str, int] = {}
     faults: dict[str, int] = {}
@@ -205,6 +218,7 @@ def _write_summary() -> None:
         "checks_passed": len(_passed),
         "retry_budget_s": RETRY_BUDGET_S,
         "settings": SETTINGS,
+        "commit": _commit(),
     }
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "summary.json").write_text(json.dumps(summary, indent=1))
