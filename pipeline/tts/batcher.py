@@ -361,3 +361,19 @@ def _free_device_memory(exc: BaseException) -> None:
 
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+async def settled(batcher: Batcher, work: Work, abort: asyncio.Event, check: Callable[[], None]) -> asyncio.Future[Any]:
+    """Submit ``work`` to ``batcher`` and wait for its answer, or for ``abort`` (then ``check``
+    raises, and the item, if not started, is dropped). Returns the answered future: its
+    ``result()`` raises the call's own error, for the caller to judge apart from an abort."""
+    fut = batcher.submit(work)
+    aborted = asyncio.ensure_future(abort.wait())
+    try:
+        await asyncio.wait([fut, aborted], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        aborted.cancel()
+    if not fut.done():
+        fut.cancel()
+    check()
+    return fut

@@ -57,7 +57,7 @@ from pipeline.runtime.faults import NO_FAULTS, FaultHooks
 from pipeline.text import normalize, zh
 from pipeline.tts import audio as audio_utils
 from pipeline.tts.asr import ASR_SAMPLE_RATE
-from pipeline.tts.batcher import BULK, Batcher, BatcherUnavailable, Work
+from pipeline.tts.batcher import BULK, Batcher, BatcherUnavailable, Work, settled
 from pipeline.worker.failures import JobFailed
 
 if TYPE_CHECKING:
@@ -346,17 +346,9 @@ class Gate:
         work = Work(
             "transcription", WHISPER_LANGUAGES.get(language), 1, a.job_id, audio16, a.number, self.priority, seconds
         )
-        fut = self.batcher.submit(work)
-        aborted = asyncio.ensure_future(a.abort.event.wait())
+        answer = await settled(self.batcher, work, a.abort.event, a.check)
         try:
-            await asyncio.wait([fut, aborted], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            aborted.cancel()
-        if not fut.done():
-            fut.cancel()
-        a.check()
-        try:
-            return str(fut.result())
+            return str(answer.result())
         except BatcherUnavailable:
             raise  # the worker's fault, not the chunk's: the job goes back to the queue
         except Exception as e:

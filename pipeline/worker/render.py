@@ -51,7 +51,7 @@ from pipeline.text.script import Piece
 from pipeline.tts import sampler
 from pipeline.tts.align import AlignmentImpossible
 from pipeline.tts.assembler import StreamingAssembler
-from pipeline.tts.batcher import Batcher, BatcherUnavailable, Work
+from pipeline.tts.batcher import Batcher, BatcherUnavailable, Work, settled
 from pipeline.tts.engine import (
     CROSS_FADE_S,
     SAMPLE_RATE,
@@ -153,17 +153,9 @@ class Renderer:
             work = Work(
                 "transcription", None, 1, attempt.job_id, step.asr_audio, attempt.number, priority, step.seconds
             )
-            fut = self.batcher.submit(work)
-            aborted = asyncio.ensure_future(attempt.abort.event.wait())
+            answer = await settled(self.batcher, work, attempt.abort.event, attempt.check)
             try:
-                await asyncio.wait([fut, aborted], return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                aborted.cancel()
-            if not fut.done():
-                fut.cancel()
-            attempt.check()
-            try:
-                transcript = str(fut.result())
+                transcript = str(answer.result())
             except BatcherUnavailable:
                 raise  # the worker's fault, not the voice's: the job goes back to the queue
             except Exception as e:  # the model call failed (out of memory, say): this job's

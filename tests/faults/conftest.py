@@ -17,6 +17,7 @@ import pytest
 
 from tests.faults.proxy import ProxyProcess
 from tests.helpers import (
+    REF_TEXT,
     Holds,
     WorkerProcess,
     aws,
@@ -125,6 +126,16 @@ def record(request: pytest.FixtureRequest) -> Callable[..., None]:
         (FIGURES_DIR / f"{request.node.name}.json").write_text(json.dumps(doc, indent=2, default=str))
 
     return write
+
+
+def short_manifest(**fields: Any) -> dict[str, Any]:
+    """A one-chunk job on the stack's test voice; ``fields`` override or add manifest fields."""
+    return {"text": "Short and sweet.", "voice": "voices/alice.wav", "ref_text": REF_TEXT, "nfe_step": 2, **fields}
+
+
+def put_job(s3: Any, bucket: str, job_id: str, manifest: dict[str, Any]) -> None:
+    """Drop ``manifest`` into the bulk inbox (its S3 event is the job's message)."""
+    s3.put_object(Bucket=bucket, Key=f"inbox/{job_id}.json", Body=json.dumps(manifest).encode())
 
 
 def versions(s3: Any, bucket: str, key: str) -> list[dict[str, Any]]:

@@ -12,7 +12,6 @@ this machine works.
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import subprocess
 import time
@@ -23,7 +22,7 @@ from typing import Any
 import pytest
 
 from pipeline.jobs.contract import utcnow
-from tests.faults.conftest import versions
+from tests.faults.conftest import put_job, short_manifest, versions
 from tests.faults.proxy import ProxyProcess
 from tests.helpers import (
     REF_TEXT,
@@ -37,14 +36,6 @@ from tests.helpers import (
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
-
-
-def _manifest(**fields: Any) -> dict[str, Any]:
-    return {"text": "Short and sweet.", "voice": "voices/alice.wav", "ref_text": REF_TEXT, "nfe_step": 2, **fields}
-
-
-def _put_job(s3: Any, bucket: str, job_id: str, manifest: dict[str, Any]) -> None:
-    s3.put_object(Bucket=bucket, Key=f"inbox/{job_id}.json", Body=json.dumps(manifest).encode())
 
 
 def _dlq_depth(sqs: Any, queue: str) -> int:
@@ -71,7 +62,7 @@ def test_d1_a_job_whose_result_exists_is_not_cancelled_while_queued(
         {"id": "c1", "job": job, "op": "S3 PutObject", "key": key, "state": "COMPLETED", "kind": "brownout"}
     )
     w = workers(via, "a", retry_base_s=30, retry_max_s=60)
-    _put_job(s3, bucket, job, _manifest())
+    put_job(s3, bucket, job, short_manifest())
     queued = wait_until(
         lambda: (st := get_json(s3, key, bucket)) and st["state"] == "QUEUED" and st["attempt"] == 1 and st,
         "the attempt to hand the job back after its final write failed",
@@ -114,7 +105,7 @@ def test_d2_an_s3_outage_shorter_than_the_retry_budget_fails_no_job(
     outage_s = budget_s / 2
     fault_proxy.add_rules([{"match": rf"/status/{job}\.json", "kind": "dropped", "times": -1}])
     w = workers(via, "a", retry_base_s=1, retry_max_s=budget_s, visibility_timeout_s=visibility_s)
-    _put_job(s3, bucket, job, _manifest())
+    put_job(s3, bucket, job, short_manifest())
     # (the log line before the fix: "could not process ... leaving it for redelivery")
     wait_until(
         lambda: "could not claim the job" in w.log() or "could not process" in w.log(), "a failed claim", worker=w
@@ -154,7 +145,7 @@ def test_d3_a_running_jobs_message_is_not_burned_into_the_dlq_when_its_extension
     bucket, job, queue = stack["TTS_BUCKET"], "c3-burn", stack["TTS_QUEUE"]
     holds.hold(job, attempts=[1])
     a = workers(via, "a")
-    _put_job(s3, bucket, job, _manifest())
+    put_job(s3, bucket, job, short_manifest())
     holds.wait_held(job, a)
     fault_proxy.arm(
         {"id": "c3", "op": "SQS ChangeMessageVisibilityBatch", "pid": a.proc.pid, "kind": "brownout", "count": 10**6}

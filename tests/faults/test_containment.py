@@ -17,10 +17,10 @@ from pipeline.cloud.aws import Calls
 from pipeline.cloud.store import Store
 from pipeline.jobs.contract import JobState, JobStatus, Progress, utcnow
 from pipeline.jobs.state import Claim, ClaimResult, Ledger
+from tests.faults.conftest import put_job, short_manifest
 from tests.faults.proxy import DENIED_MESSAGE, ProxyProcess
 from tests.helpers import (
     BUCKET,
-    REF_TEXT,
     TTS,
     Holds,
     WorkerProcess,
@@ -39,14 +39,6 @@ PLS = (
 )
 
 
-def _manifest(**fields: Any) -> dict[str, Any]:
-    return {"text": "Short and sweet.", "voice": "voices/alice.wav", "ref_text": REF_TEXT, "nfe_step": 2, **fields}
-
-
-def _put_job(s3: Any, bucket: str, job_id: str, manifest: dict[str, Any]) -> None:
-    s3.put_object(Bucket=bucket, Key=f"inbox/{job_id}.json", Body=json.dumps(manifest).encode())
-
-
 # 4 --------------------------------------------------------------------------------------------
 
 
@@ -59,7 +51,7 @@ def test_c4_a_queue_deleted_while_its_job_runs_leaves_the_worker_running(
     bucket = stack["TTS_BUCKET"]
     w: WorkerProcess = workers(stack, "a")
     holds.hold("c4-held", after_chunks=1)
-    _put_job(s3, bucket, "c4-held", _manifest(text=LONG_TEXT))
+    put_job(s3, bucket, "c4-held", short_manifest(text=LONG_TEXT))
     holds.wait_held("c4-held")
     sqs.delete_queue(QueueUrl=sqs.get_queue_url(QueueName=stack["TTS_QUEUE"])["QueueUrl"])
     holds.release("c4-held")
@@ -68,7 +60,7 @@ def test_c4_a_queue_deleted_while_its_job_runs_leaves_the_worker_running(
     wait_until(lambda: "is gone" in w.log() and "waiting for it to be created again" in w.log(), "the wait", 120, w)
     assert w.proc.poll() is None, w.log()[-3000:]
     subprocess.run([TTS, "bootstrap"], env=stack, check=True, capture_output=True)
-    _put_job(s3, bucket, "c4-after", _manifest())
+    put_job(s3, bucket, "c4-after", short_manifest())
     assert wait_for_state(s3, "c4-after", bucket=bucket, worker=w)["state"] == "COMPLETED"
     assert w.proc.poll() is None
 
@@ -83,7 +75,7 @@ def test_c4_a_worker_started_before_its_queue_exists_waits_for_it(stack: dict[st
     assert w.proc.poll() is None
     subprocess.run([TTS, "bootstrap"], env=env, check=True, capture_output=True)
     wait_ready(w)
-    _put_job(s3, stack["TTS_BUCKET"], "c4-late", _manifest())
+    put_job(s3, stack["TTS_BUCKET"], "c4-late", short_manifest())
     assert wait_for_state(s3, "c4-late", bucket=stack["TTS_BUCKET"], worker=w)["state"] == "COMPLETED"
 
 
@@ -141,7 +133,7 @@ def test_c6_an_input_the_role_may_not_read_fails_in_the_projects_words(
     s3.put_object(Bucket=bucket, Key="lexicons/c6.pls", Body=PLS)
     fault_proxy.arm({"id": "c6", "op": "S3 GetObject", "key": r"lexicons/c6\.pls", "kind": "denied"})
     w: WorkerProcess = workers(via, "a")
-    _put_job(s3, bucket, job, _manifest(text="A GIF for you.", lexicons=["lexicons/c6.pls"]))
+    put_job(s3, bucket, job, short_manifest(text="A GIF for you.", lexicons=["lexicons/c6.pls"]))
     status = wait_for_state(s3, job, bucket=bucket, worker=w)
     assert fault_proxy.fired("c6"), "the AccessDenied was never answered"
     assert status["state"] == "FAILED" and status["error"]["code"] == "ACCESS_DENIED", status
@@ -160,7 +152,7 @@ def test_c6_a_transient_errors_note_carries_no_error_text(
     bucket, job = stack["TTS_BUCKET"], "c6-transient"
     fault_proxy.arm({"id": "c6t", "op": "S3 GetObject", "key": rf"inbox/{job}\.json", "kind": "brownout"})
     w: WorkerProcess = workers(via, "a")
-    _put_job(s3, bucket, job, _manifest())
+    put_job(s3, bucket, job, short_manifest())
     status = wait_for_state(s3, job, bucket=bucket, worker=w)
     assert fault_proxy.fired("c6t"), "the brownout never happened"
     assert status["state"] == "COMPLETED", status

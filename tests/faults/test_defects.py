@@ -17,7 +17,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.faults.conftest import audio_key, versions
+from tests.faults.conftest import audio_key, put_job, short_manifest, versions
 from tests.faults.proxy import ProxyProcess
 from tests.helpers import (
     REF_TEXT,
@@ -38,14 +38,6 @@ from tests.helpers import (
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 LONG_TEXT = "This is a sentence of moderate length. " * 12  # three chunks with the test voice
-
-
-def _manifest(**fields: Any) -> dict[str, Any]:
-    return {"text": "Short and sweet.", "voice": "voices/alice.wav", "ref_text": REF_TEXT, "nfe_step": 2, **fields}
-
-
-def _put_job(s3: Any, bucket: str, job_id: str, manifest: dict[str, Any]) -> None:
-    s3.put_object(Bucket=bucket, Key=f"inbox/{job_id}.json", Body=json.dumps(manifest).encode())
 
 
 def _notifications(sqs: Any, sns: Any, topic_name: str) -> tuple[str, Callable[[], list[dict[str, Any]]]]:
@@ -84,7 +76,7 @@ def test_d1_a_final_status_write_failing_past_its_retries_keeps_the_audio_its_re
         {"id": "d1", "job": job, "op": "S3 PutObject", "key": key, "state": "COMPLETED", "kind": "brownout"}
     )
     w = workers(via, "a")
-    _put_job(s3, bucket, job, _manifest(subtitles=["srt"]))
+    put_job(s3, bucket, job, short_manifest(subtitles=["srt"]))
     final = wait_for_state(s3, job, bucket=bucket, worker=w)
     assert fault_proxy.fired("d1"), "the brownout never happened"
     assert final["state"] == "COMPLETED", final
@@ -114,7 +106,7 @@ def test_d2_a_hung_cancel_poll_delays_no_lease_renewal(
     w = workers(via, "a")
     for job in ("d2-hung", "d2-other"):
         holds.hold(job)
-        _put_job(s3, bucket, job, _manifest())
+        put_job(s3, bucket, job, short_manifest())
         holds.wait_held(job, w)
     fault_proxy.arm(
         {"id": "d2", "job": "d2-hung", "op": "S3 HeadObject", "key": "cancel/d2-hung", "kind": "hang", "count": 10**6}
@@ -154,7 +146,7 @@ def test_d3_duplicates_of_a_running_job_are_dropped_not_bounced_to_the_dlq(
     bucket, job = stack["TTS_BUCKET"], "d3-dup"
     a, b = workers(stack, "a"), workers(stack, "b")
     holds.hold(job)
-    _put_job(s3, bucket, job, _manifest())
+    put_job(s3, bucket, job, short_manifest())
     holds.wait_held(job)
     url = sqs.get_queue_url(QueueName=bucket)["QueueUrl"]
     for _ in range(2):
@@ -192,7 +184,7 @@ def test_d4_a_job_cancelled_while_queued_and_one_the_reconciler_expires_are_noti
     subprocess.run([TTS, "cancel", "d4-cancel"], env=env, check=True, capture_output=True)
     assert get_json(s3, "status/d4-cancel.json", bucket)["state"] == "CANCELLED"
     # A manifest with no status and no message (its event was lost), past the TTL of this run.
-    s3.put_object(Bucket=bucket, Key="inbox/d4-expired.json", Body=json.dumps(_manifest()).encode())
+    s3.put_object(Bucket=bucket, Key="inbox/d4-expired.json", Body=json.dumps(short_manifest()).encode())
     out = subprocess.run(
         [TTS, "reconcile", "--older-than", "0"], env={**env, "TTS_JOB_TTL_S": "0.001"}, capture_output=True, text=True
     )
@@ -233,7 +225,7 @@ def test_d5_an_attempt_that_lost_its_lease_removes_nothing_of_its_successor(
     a = start_worker(env, tmp_path / "a.log", **fast, **ha.settings)
     wait_ready(a)
     ha.hold(job, after_chunks=1, attempts=[1])
-    _put_job(s3, bucket, job, _manifest(text=LONG_TEXT, seed=3))
+    put_job(s3, bucket, job, short_manifest(text=LONG_TEXT, seed=3))
     ha.wait_held(job, a)
     # a is cut off from its status and the queue (it still reads and writes chunks).
     for op in ("S3 PutObject", "SQS ChangeMessageVisibilityBatch", "SQS ChangeMessageVisibility", "SQS ReceiveMessage"):
@@ -282,7 +274,7 @@ def test_d5_a_cancelled_jobs_chunks_go_in_one_request_while_its_message_is_still
 
     def cancel_held(job: str) -> None:
         holds.hold(job, after_chunks=2)
-        _put_job(s3, bucket, job, _manifest(text=LONG_TEXT))
+        put_job(s3, bucket, job, short_manifest(text=LONG_TEXT))
         holds.wait_held(job, w)
         s3.put_object(Bucket=bucket, Key=f"cancel/{job}", Body=b"")
 
@@ -323,7 +315,7 @@ def test_d6_a_dead_background_task_stops_the_worker_and_hands_its_job_back(
     bucket, job = stack["TTS_BUCKET"], f"d6-{task}"
     a = workers(stack, "a")
     holds.hold(job, attempts=[1])
-    _put_job(s3, bucket, job, _manifest())
+    put_job(s3, bucket, job, short_manifest())
     holds.wait_held(job, a)
     (holds.root / "crash").mkdir(exist_ok=True)
     (holds.root / "crash" / task).write_text("")
@@ -348,7 +340,7 @@ def test_d7_no_process_outlives_a_worker_killed_with_sigkill(stack: dict[str, st
     wait_ready(w)
     before = {c.pid for c in psutil.Process(w.proc.pid).children(recursive=True)}
     assert before, "the worker has no aligner process"
-    _put_job(s3, stack["TTS_BUCKET"], "d7-text", _manifest())
+    put_job(s3, stack["TTS_BUCKET"], "d7-text", short_manifest())
     assert wait_for_state(s3, "d7-text", bucket=stack["TTS_BUCKET"], worker=w)["state"] == "COMPLETED"
     children = psutil.Process(w.proc.pid).children(recursive=True)
     assert {c.pid for c in children} - before, "the job started no text front-end process"
@@ -375,7 +367,7 @@ def test_d8_a_job_whose_result_exists_is_not_rendered_again(
     a = start_worker(via, tmp_path / "a.log", **fast)
     wait_ready(a)
     fault_proxy.arm({"id": "d8", "job": job, "op": "S3 PutObject", "key": f"results/{job}.json", "kind": "kill"})
-    _put_job(s3, bucket, job, _manifest(text=LONG_TEXT))
+    put_job(s3, bucket, job, short_manifest(text=LONG_TEXT))
     a.proc.wait(timeout=300)
     assert fault_proxy.fired("d8") and a.proc.returncode == -signal.SIGKILL
     b = start_worker(via, tmp_path / "b.log", **fast)

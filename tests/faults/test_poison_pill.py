@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
+from tests.faults.conftest import short_manifest
 from tests.helpers import (
-    REF_TEXT,
     TTS,
     Holds,
     WorkerProcess,
@@ -43,10 +43,6 @@ LEASE = {"visibility_timeout_s": 12, "heartbeat_interval_s": 3, "receive_wait_s"
 # Far below the default, so the lexicon bomb's text is over budget (not rendered for minutes).
 BUDGET = {"max_spoken_chars": 20_000}
 WORKER_FAULTS = {"JOB_TOO_COSTLY", "TEXT_NOT_SPEAKABLE", "TEXT_TOO_LONG", "INVALID_LEXICON", "INVALID_MANIFEST"}
-
-
-def _manifest(**fields: Any) -> dict[str, Any]:
-    return {"text": "Short and sweet.", "voice": "voices/alice.wav", "ref_text": REF_TEXT, "nfe_step": 2, **fields}
 
 
 def _bad_messages(bucket: str) -> list[str]:
@@ -79,7 +75,7 @@ def _lexicon_bomb() -> dict[str, Any]:
     """1,000 entries of 200 characters that almost match a text of 100,000: an alternation regex
     tries each entry at every word (~50 s holding the GIL on a busy 2-core machine)."""
     entries = {f"{'a ' * 98}b{i:03d}": "x" for i in range(1000)}
-    return _manifest(text="a " * 49_999 + "a.", lexicon=entries)
+    return short_manifest(text="a " * 49_999 + "a.", lexicon=entries)
 
 
 def _status_versions(s3: Any, bucket: str, job: str) -> list[tuple[datetime, dict[str, Any]]]:
@@ -118,11 +114,11 @@ def test_poison_pills_take_no_worker_down_and_hold_no_job(
     # then see the bad input.
     w1: WorkerProcess = workers(stack, "w1", max_jobs_in_flight=1, bulk_lookahead=0, **settings)
     holds.hold("pp-held-1", after_chunks=1)
-    s3.put_object(Bucket=bucket, Key="inbox/pp-held-1.json", Body=json.dumps(_manifest(text=LONG_TEXT)).encode())
+    s3.put_object(Bucket=bucket, Key="inbox/pp-held-1.json", Body=json.dumps(short_manifest(text=LONG_TEXT)).encode())
     holds.wait_held("pp-held-1", w1)
     w2: WorkerProcess = workers(stack, "w2", **settings)
     holds.hold("pp-held-2", after_chunks=1)
-    s3.put_object(Bucket=bucket, Key="inbox/pp-held-2.json", Body=json.dumps(_manifest(text=LONG_TEXT)).encode())
+    s3.put_object(Bucket=bucket, Key="inbox/pp-held-2.json", Body=json.dumps(short_manifest(text=LONG_TEXT)).encode())
     holds.wait_held("pp-held-2", w2)
 
     bad = _bad_messages(bucket)
@@ -132,7 +128,7 @@ def test_poison_pills_take_no_worker_down_and_hold_no_job(
             sqs.send_message(QueueUrl=url, MessageBody=body)
     manifests = {
         "pp-lexicon-bomb": _lexicon_bomb(),
-        "pp-long-word": _manifest(text="." * 99_999 + "a"),
+        "pp-long-word": short_manifest(text="." * 99_999 + "a"),
     }
     for job, manifest in manifests.items():
         for inbox in ("inbox", "inbox-interactive"):
