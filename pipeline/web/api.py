@@ -45,6 +45,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.client import jobs as client
+from pipeline.cloud.aws import describe, is_transient
 from pipeline.cloud.store import NotFound, Store, TooLarge
 from pipeline.config import Settings
 from pipeline.jobs import keys
@@ -134,6 +135,19 @@ class SpeechApi:
             if not request.path.startswith("/v1/"):
                 raise
             return ApiError(e.status, e.reason or "error").response()
+        except Exception as e:
+            # What the handlers do not answer themselves (S3 unreachable past the retries while a
+            # voice or a job is looked up) still gets OpenAI's error shape, never aiohttp's bare
+            # 500 page: a 503 the client's own retries handle, or a 500 that points at the log.
+            if not request.path.startswith("/v1/"):
+                raise
+            if is_transient(e):
+                log.warning("%s %s: the job store is unreachable: %s", request.method, request.path, describe(e))
+                return ApiError(503, "the job store is unreachable; try again", code="service_unavailable").response(
+                    **{"Retry-After": "5"}
+                )
+            log.exception("%s %s failed", request.method, request.path)
+            return ApiError(500, "internal error; the console's log has the details", code="internal_error").response()
 
     def _authorise(self, request: web.Request) -> None:
         secret = self.settings.api_key

@@ -95,3 +95,26 @@ def test_an_idempotency_key_retry_racing_the_first_request_waits_on_its_job(
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_a_speech_request_while_the_store_is_unreachable_gets_an_openai_shaped_503(
+    stack: dict[str, str], via: dict[str, str], fault_proxy: ProxyProcess, tmp_path: Path
+) -> None:
+    """Every S3 request for the voice library fails (a brownout past the console's retries) while
+    a speech request looks its voice up. The answer is OpenAI's error shape, 503 with
+    Retry-After, which the client's own retries handle (before: aiohttp's bare 500 page)."""
+    add_library_voice(stack, "unreachable-voice")
+    proc, url = start_console(via, tmp_path / "console.log", call_timeout_s="2")
+    try:
+        fault_proxy.add_rules([{"match": r"/voices/", "kind": "dropped", "times": -1}])
+        body = json.dumps({"model": "tts-1", "input": "Hello.", "voice": "unreachable-voice"}).encode()
+        code, payload, headers = http_request(
+            f"{url}/v1/audio/speech", "POST", body, {"Content-Type": "application/json"}
+        )
+        assert code == 503, payload
+        assert json.loads(payload)["error"]["code"] == "service_unavailable"
+        assert headers["Retry-After"] == "5"
+    finally:
+        fault_proxy.remove_rules()
+        proc.terminate()
+        proc.wait(timeout=30)
