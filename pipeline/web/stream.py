@@ -48,6 +48,7 @@ import numpy as np
 import soundfile as sf
 
 from pipeline.client import jobs as client
+from pipeline.cloud.aws import describe, is_transient
 from pipeline.cloud.store import NotFound, Store, TooLarge
 from pipeline.jobs import chunks as chunk_io
 from pipeline.jobs import keys
@@ -127,25 +128,48 @@ class ChunkFollower:
         self._chunks = ChunkStore(self.store, self.job_id)
         progressed, seen = time.monotonic(), None
         while True:
-            self.status = await client.get_status(self.store, self.job_id)
-            if self.status.state.terminal:
-                break
-            # Progress is audio sent or the job's own status moving (a job rendering while the
-            # stream waits for its finished file is not stalled).
-            if self.status.updated_at != seen:
-                progressed, seen = time.monotonic(), self.status.updated_at
-            if self._follow:
-                async for block in self._new_chunks():
-                    progressed = time.monotonic()
-                    yield block
-            if time.monotonic() - progressed > self.idle_s:
-                raise StreamStalled(f"job {self.job_id}: no progress and no final state for {self.idle_s:g}s")
+            # S3 unreachable past the store's retries is a poll without progress, not the end of
+            # the stream: the job goes on through an outage, and so does its listener, until
+            # ``idle_s`` passes with nothing new (the stall rule).
+            try:
+                self.status = await client.get_status(self.store, self.job_id)
+                if self.status.state.terminal:
+                    break
+                # Progress is audio sent or the job's own status moving (a job rendering while the
+                # stream waits for its finished file is not stalled).
+                if self.status.updated_at != seen:
+                    progressed, seen = time.monotonic(), self.status.updated_at
+                if self._follow:
+                    async for block in self._new_chunks():
+                        progressed = time.monotonic()
+                        yield block
+            except Exception as e:
+                if not is_transient(e):
+                    raise
+                log.warning("job %s: the store is unreachable (%s): the stream waits", self.job_id, describe(e))
+            self._stalled(progressed)
             await asyncio.sleep(self.poll_s)
         if self.status.state is not JobState.COMPLETED:
             raise StreamFailed(f"job {self.job_id} ended {self.status.state}", self.status)
-        rest = await self._rest_of_final()
+        rest = await self._final_rest(time.monotonic())
         for i in range(0, len(rest), REST_BLOCK):  # a second at a time: each is encoded off the loop
             yield rest[i : i + REST_BLOCK]
+
+    def _stalled(self, progressed: float) -> None:
+        if time.monotonic() - progressed > self.idle_s:
+            raise StreamStalled(f"job {self.job_id}: no progress and no final state for {self.idle_s:g}s")
+
+    async def _final_rest(self, since: float) -> np.ndarray:
+        """``_rest_of_final``, read again while the store is unreachable (within ``idle_s``)."""
+        while True:
+            try:
+                return await self._rest_of_final()
+            except Exception as e:
+                if not is_transient(e):
+                    raise
+                log.warning("job %s: its audio is unreachable (%s): the stream waits", self.job_id, describe(e))
+            self._stalled(since)
+            await asyncio.sleep(self.poll_s)
 
     async def _new_chunks(self) -> AsyncIterator[np.ndarray]:
         assert self._chunks is not None

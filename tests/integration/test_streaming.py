@@ -507,6 +507,48 @@ async def test_planted_other_chunks_with_the_same_audio_stream_the_finished_file
     assert _mismatches() == before
 
 
+async def test_planted_a_stream_waits_out_a_store_outage_and_sends_the_finished_file(
+    store: Any, localstack: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stream's S3 goes through the fault proxy. After two chunks were sent, every read fails
+    (an outage past the store's retries) while the job finishes; the outage ends. The stream
+    waits it out (polls without progress, within its idle limit) and then sends the finished
+    file's rest: the listener gets the job's audio, sample for sample, and no error (before: the
+    first failed poll ended the stream, cut short, although the job completed)."""
+    from tests.faults.proxy import ProxyProcess
+
+    job = "planted-outage"
+    proxy = ProxyProcess(localstack.endpoint, tmp_path)
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+        async with Store.open(PLANTED) as through_proxy:
+            await _put_status(store, job, JobState.PROCESSING)
+            chunks = _rendering(1)
+            await _put_chunks(store, job, chunks[:2], "attempt-1", [(0, 0), (1, 1)])
+            follower = ChunkFollower(through_proxy, job, poll_s=0.02, idle_s=120)
+            blocks = follower.blocks()
+            early = [await anext(blocks), await anext(blocks)]
+            proxy.add_rules([{"match": rf"^(GET|HEAD) /{PLANTED}", "kind": "dropped", "times": -1}])
+            rest: list[np.ndarray] = []
+
+            async def drain() -> None:
+                async for block in blocks:
+                    rest.append(block)
+
+            task = asyncio.create_task(drain())
+            for _ in range(6000):  # two whole polls failed past the store's retries (a hang guard)
+                if sum(1 for e in proxy.trace() if e.get("fault")) >= 12 or task.done():
+                    break
+                await asyncio.sleep(0.05)
+            assert not task.done(), task.exception() if task.done() else None
+            await _complete(store, job, _joined(chunks))
+            proxy.remove_rules()
+            await asyncio.wait_for(task, 120)
+        np.testing.assert_array_equal(np.concatenate([*early, *rest]), _joined(chunks))
+    finally:
+        proxy.stop()
+
+
 @pytest.mark.parametrize("fmt", ["mp3", "ogg"])
 @pytest.mark.parametrize("rendering", ["same", "other"])
 async def test_planted_a_lossy_file_is_checked_as_near_as_its_encoding_allows(
