@@ -72,6 +72,7 @@ from pipeline.jobs.outputs import named_keys, unneeded
 from pipeline.jobs.state import committed, recheck_commit
 from pipeline.ops.dlq import drain, read
 from pipeline.runtime import metrics
+from pipeline.worker.backoff import longest_delay
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +147,14 @@ class Reconciler:
         self.dlq_limit = dlq_limit
         self.max_attempts = queue.max_receive_count or settings.max_attempts
         self._lanes_empty: dict[Priority, bool] = {}
+        # A job handed back for a retry waits up to this for its message (run the reconciler with
+        # the workers' TTS_RETRY_* settings): never a lost message before then.
+        self._retry_horizon = timedelta(
+            seconds=longest_delay(
+                base_s=settings.retry_base_s, budget_s=settings.retry_max_s, max_deliveries=self.max_attempts
+            )
+            + settings.visibility_timeout_s
+        )
 
     async def run(self, *, now: datetime | None = None) -> Report:
         """One pass. ``now`` is the reconciler's clock (a test may move it forward)."""
@@ -252,7 +261,7 @@ class Reconciler:
         if self._lanes_empty.get(priority or Priority.bulk, False):
             return True
         idle = now - since
-        if idle > self.older_than * BACKLOG_GRACE:
+        if idle > max(self.older_than * BACKLOG_GRACE, self._retry_horizon):
             return True
         lane = self.interactive if priority is Priority.interactive and self.interactive else self.queue
         retention = lane.retention_s

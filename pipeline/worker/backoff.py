@@ -20,10 +20,19 @@ import random
 
 from pipeline.cloud.consumer import MAX_VISIBILITY_S, Message
 
+JITTER = 1.2  # the most a delay is lengthened
+
+
+def longest_delay(*, base_s: float, budget_s: float, max_deliveries: int) -> float:
+    """The longest a job's message can stay hidden between two deliveries under this policy: a
+    QUEUED job that has not moved for less than this (plus a lease) may just be waiting for it."""
+    step = base_s * 2 ** max(max_deliveries - 2, 0)
+    return min(max(step, budget_s) * JITTER, MAX_VISIBILITY_S)
+
 
 def retry_delay(msg: Message, *, base_s: float, budget_s: float, max_deliveries: int) -> float:
     """Seconds to keep ``msg`` hidden before its next delivery."""
     step = base_s * 2 ** max(msg.receive_count - 1, 0)
     last_gap = max_deliveries - msg.receive_count <= 1  # the next delivery is the last one
     delay = max(step, budget_s) if last_gap else min(step, max(budget_s, base_s))
-    return min(delay * random.uniform(1.0, 1.2), MAX_VISIBILITY_S)
+    return min(delay * random.uniform(1.0, JITTER), MAX_VISIBILITY_S)

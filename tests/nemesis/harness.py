@@ -303,7 +303,7 @@ class Run:
     def reconcile(self, older_than: float, *, through_proxy: bool) -> dict[str, Any]:
         """``tts-pipeline reconcile --older-than N --all``, its report kept for the checker."""
         env = self.lane.worker_env if through_proxy else {**self.lane.env, "TTS_NOTIFY_TOPIC_ARN": self.lane.topic}
-        clock = ("visibility_timeout_s", "heartbeat_interval_s")
+        clock = ("visibility_timeout_s", "heartbeat_interval_s", "retry_base_s", "retry_max_s")
         extra = {f"TTS_{k.upper()}": str(self.schedule.settings[k]) for k in clock}
         start = time.time()
         cmd = [TTS, "reconcile", "--older-than", str(older_than), "--all"]
