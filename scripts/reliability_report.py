@@ -195,7 +195,7 @@ def main() -> int:
         "Measured by the fault suite (`tests/faults/`, marker `faults`) on real LocalStack with real",
         "worker processes and the tiny model. Regenerate with `make reliability`.",
         "",
-        f"Last run: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.machine()}, "
+        f"Last run: {_recorded():%Y-%m-%d %H:%M} UTC on {platform.machine()}, "
         f"{_cpus()} CPU cores, Python {platform.python_version()}.",
         "",
         "| scenario | jobs | lost | duplicated | key figures |",
@@ -347,6 +347,12 @@ def _nemesis(current: str) -> str:
             f"{r['reconciler_passes']} | {shown} | {r['seconds']:.0f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _recorded() -> datetime:
+    """When the newest figure of the fault suite was written (not when this script ran)."""
+    times = [p.stat().st_mtime for p in FIGURES.glob("test_*.json")]
+    return datetime.fromtimestamp(max(times), UTC) if times else datetime.now(UTC)
 
 
 def _fmt(v: object) -> str:
