@@ -175,6 +175,23 @@ class Settings(BaseSettings):
     api_max_concurrent: int = Field(default=32, ge=1, description="speech requests at once; more get 429")
     # The most a request may read of one job's audio (the API's answer, the console's waveform).
     console_max_audio_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
+    # Per-client budgets at the door (pipeline/web/door.py, docs/security.md "Cost"): a client is
+    # its address (the proxy's X-Forwarded-For entry with TTS_CONSOLE_TRUST_PROXY). Over one, a
+    # 429 with Retry-After before any S3 call. requests: every /v1 and /console/api request;
+    # streams: answers carrying audio at once (speech, live players); jobs: jobs the API made for
+    # the client that have not ended (a client that hangs up still holds its job's place until it
+    # ends); chars: input characters the API takes per minute.
+    door_requests_per_s: float = Field(default=20.0, gt=0)
+    door_request_burst: int = Field(default=60, ge=1)
+    door_streams: int = Field(default=4, ge=1)
+    door_jobs: int = Field(default=4, ge=1)
+    door_chars_per_minute: int = Field(default=100_000, ge=1)
+    # The longest input a speech request sends to the interactive lane; longer input becomes a
+    # bulk job (still answered, behind no one's interactive request). OpenAI's own limit is 4,096.
+    api_interactive_chars: int = Field(default=4_096, ge=1)
+    # A client that takes no bytes of an answer (or sends none of its body) for this long is cut
+    # off: nothing the server holds for it (a slot, a buffer) waits on a client forever.
+    api_io_timeout_s: float = Field(default=30.0, gt=0)
 
     # Test and fault-injection hooks (pipeline/runtime/faults.py). Off by default; only the worker's own
     # environment can turn them on, never a manifest.

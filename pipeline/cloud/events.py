@@ -15,8 +15,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus
+
+if TYPE_CHECKING:
+    from pipeline.cloud.store import ObjectInfo
 
 
 @dataclass(frozen=True)
@@ -179,3 +182,19 @@ def _parse_time(value: object) -> datetime | None:
     # S3 always says UTC; a naive time would become a status's created_at that cannot be compared
     # with the reconciler's clock (TypeError), so it is read as UTC too.
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def s3_event(bucket: str, key: str, obj: ObjectInfo | None = None, *, principal: str) -> str:
+    """An SQS body in the shape S3 sends for ObjectCreated, for the messages the pipeline sends
+    itself (the reconciler's re-enqueues, the speech API's interactive jobs), so a worker needs no
+    second path. ``principal`` names the sender (the fair share's submitter)."""
+    at = obj.last_modified if obj else datetime.now(UTC)
+    record: dict[str, Any] = {
+        "eventVersion": "2.1",
+        "eventSource": "aws:s3",
+        "eventName": "ObjectCreated:Put",
+        "eventTime": at.isoformat().replace("+00:00", "Z"),
+        "userIdentity": {"principalId": principal},
+        "s3": {"bucket": {"name": bucket}, "object": {"key": key, **({"size": obj.size} if obj else {})}},
+    }
+    return json.dumps({"Records": [record]})

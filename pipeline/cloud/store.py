@@ -33,7 +33,7 @@ M = TypeVar("M", bound=BaseModel)
 
 PART_BYTES = 8 * 1024 * 1024  # multipart part size (S3's minimum is 5 MiB)
 _PARTS_IN_FLIGHT = 2  # with one being read: ~24 MiB of a file in memory, whatever its size
-_STREAM_CHUNK = 256 * 1024  # what Store.stream hands over at a time
+RANGE_BLOCK = 1024 * 1024  # what Store.ranges reads per request
 _WRITE_TOKEN = "tts-write"  # metadata naming one logical write, identical on all its retries
 _DELETE_BATCH = 1000  # DeleteObjects limit
 
@@ -89,6 +89,12 @@ def _is_not_found(e: ClientError) -> bool:
     return _code(e) in {"NoSuchKey", "404", "NotFound"}
 
 
+def _total_size(resp: dict[str, Any]) -> int:
+    """The object's size from a ranged answer (``Content-Range: bytes a-b/total``)."""
+    total = str(resp.get("ContentRange", "")).rpartition("/")[2]
+    return int(total) if total.isdigit() else int(resp.get("ContentLength", 0))
+
+
 def _is_precondition(e: ClientError) -> bool:
     # Not ConditionalRequestConflict (409): that one is transient (pipeline/cloud/aws.py).
     return _code(e) in {"PreconditionFailed", "412"}
@@ -106,10 +112,10 @@ class Store:
     @classmethod
     @asynccontextmanager
     async def open(
-        cls, bucket: str, put_params: dict[str, str] | None = None, calls: aws.Calls | None = None
+        cls, bucket: str, put_params: dict[str, str] | None = None, calls: aws.Calls | None = None, max_pool: int = 16
     ) -> AsyncIterator[Store]:
         calls = calls or aws.Calls()
-        async with aws.session().client("s3", config=calls.config()) as s3:
+        async with aws.session().client("s3", config=calls.config(max_pool)) as s3:
             yield cls(s3, bucket, put_params, calls)
 
     def with_calls(self, calls: aws.Calls) -> Store:
@@ -142,31 +148,52 @@ class Store:
                         return await body.read(), resp["ETag"]
         raise AssertionError("unreachable")
 
-    @asynccontextmanager
-    async def stream(self, key: str, max_bytes: int | None = None) -> AsyncIterator[tuple[int, AsyncIterator[bytes]]]:
-        """An object's size and its body chunk by chunk, for serving it without holding it whole;
-        NotFound, or TooLarge before reading a body over ``max_bytes``. Each chunk's read is
-        bounded by the call timeout (a stalled body does not hold the caller forever)."""
-        resp = None
+    async def get_range(self, key: str, start: int, length: int) -> tuple[bytes, int]:
+        """``length`` bytes of an object from byte ``start`` (fewer at its end), and the object's
+        size; NotFound. One GetObject with a Range, read whole under the call's deadline: the
+        connection goes back to the pool at once, however slowly the caller hands the bytes on
+        (a reader that never reads cannot hold one of the client's connections)."""
+        if start < 0 or length < 1:
+            raise ValueError(f"bad range {start}+{length}")
         async for attempt in self.calls.retrying():
             with attempt:
-                resp = await self._get_object(key)
-        assert resp is not None
-        size = resp["ContentLength"]
-        body = resp["Body"]  # aiobotocore's StreamingBody (its context manager yields the raw response)
-        async with body:
-            if max_bytes is not None and size > max_bytes:
-                raise TooLarge(key, size, max_bytes)
+                async with asyncio.timeout(self.calls.timeout_s):
+                    try:
+                        resp = await self.s3.get_object(
+                            Bucket=self.bucket, Key=key, Range=f"bytes={start}-{start + length - 1}"
+                        )
+                    except ClientError as e:
+                        if _is_not_found(e):
+                            raise NotFound(key) from None
+                        if _code(e) == "InvalidRange":  # start at or past the end
+                            return b"", start
+                        raise
+                size = _total_size(resp)
+                async with resp["Body"] as body, asyncio.timeout(self.calls.for_bytes(length)):
+                    return await body.read(), size
+        raise AssertionError("unreachable")
 
-            async def chunks() -> AsyncIterator[bytes]:
-                while True:
-                    async with asyncio.timeout(self.calls.timeout_s):
-                        chunk = await body.read(_STREAM_CHUNK)
-                    if not chunk:
-                        return
-                    yield chunk
+    async def size(self, key: str, max_bytes: int | None = None) -> int:
+        """An object's size; NotFound; TooLarge over ``max_bytes``."""
+        head = await self.head(key)
+        if head is None:
+            raise NotFound(key)
+        size = int(head["ContentLength"])
+        if max_bytes is not None and size > max_bytes:
+            raise TooLarge(key, size, max_bytes)
+        return size
 
-            yield size, chunks()
+    async def ranges(self, key: str, size: int, start: int = 0, block: int = RANGE_BLOCK) -> AsyncIterator[bytes]:
+        """Bytes ``start`` to ``size`` of an object, ``block`` at a time, each a ranged GET of its
+        own (``get_range``): memory and connections held stay one block, whatever the object's
+        size or the reader's pace. Ends early if the object is shorter than ``size``."""
+        at = start
+        while at < size:
+            data, _ = await self.get_range(key, at, min(block, size - at))
+            if not data:
+                return
+            at += len(data)
+            yield data
 
     async def _get_object(self, key: str) -> dict[str, Any]:
         """One GetObject, up to its headers (the body is the caller's to read); NotFound."""
@@ -381,6 +408,6 @@ class Store:
         return len(todo)
 
 
-def open_store(settings: Settings, agent: str = "cli") -> AbstractAsyncContextManager[Store]:
+def open_store(settings: Settings, agent: str = "cli", max_pool: int = 16) -> AbstractAsyncContextManager[Store]:
     """The job bucket, with the configured server-side encryption on every write."""
-    return Store.open(settings.bucket, sse_params(settings), settings.calls(agent))
+    return Store.open(settings.bucket, sse_params(settings), settings.calls(agent), max_pool)

@@ -55,7 +55,6 @@ crash-looping), which is exactly when jobs get stuck.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -63,6 +62,7 @@ from enum import StrEnum
 from typing import Any
 
 from pipeline.cloud.consumer import Message, Queue
+from pipeline.cloud.events import s3_event
 from pipeline.cloud.notify import Notifier, ensure_notified, record_in
 from pipeline.cloud.store import ObjectInfo, PreconditionFailed, Store, Unreadable
 from pipeline.config import Settings
@@ -441,7 +441,7 @@ class Reconciler:
         """An S3-shaped event for the job's manifest, on the queue of the inbox it is in."""
         key = manifest.key if manifest is not None else keys.manifest_key(job_id, priority)
         lane = self.interactive if keys.inbox_of(key) is Priority.interactive and self.interactive else self.queue
-        await lane.send(s3_event(self.settings.bucket, key, manifest), {"tts-sent-by": WORKER})
+        await lane.send(s3_event(self.settings.bucket, key, manifest, principal=WORKER), {"tts-sent-by": WORKER})
 
     # -- outputs ---------------------------------------------------------------------------------
 
@@ -479,19 +479,6 @@ class Reconciler:
         if current is None:
             current = await self.store.get_model(keys.status_key(job_id), JobStatus)
         return None, current is None or current.state.terminal
-
-
-def s3_event(bucket: str, key: str, obj: ObjectInfo | None = None) -> str:
-    """An SQS body in the shape S3 sends for ObjectCreated, so a worker needs no second path."""
-    record: dict[str, Any] = {
-        "eventVersion": "2.1",
-        "eventSource": "aws:s3",
-        "eventName": "ObjectCreated:Put",
-        "eventTime": (obj.last_modified if obj else utcnow()).isoformat().replace("+00:00", "Z"),
-        "userIdentity": {"principalId": WORKER},
-        "s3": {"bucket": {"name": bucket}, "object": {"key": key, **({"size": obj.size} if obj else {})}},
-    }
-    return json.dumps({"Records": [record]})
 
 
 async def reconcile_once(

@@ -38,6 +38,7 @@ import hmac
 import json
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Literal, NoReturn
 
@@ -46,6 +47,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.client import jobs as client
 from pipeline.cloud.aws import describe, is_transient
+from pipeline.cloud.consumer import Queue
+from pipeline.cloud.events import s3_event
 from pipeline.cloud.store import NotFound, Store, TooLarge
 from pipeline.config import Settings
 from pipeline.jobs import keys
@@ -53,10 +56,14 @@ from pipeline.jobs.contract import JobResult, JobState, JobStatus, Manifest, Out
 from pipeline.jobs.state import request_cancel
 from pipeline.tts.voices import VoiceError, VoiceLibrary, is_name
 from pipeline.web import encoders
-from pipeline.web.stream import ChunkFollower, StreamFailed, StreamStalled
+from pipeline.web.door import Door, OverBudget, Ticket
+from pipeline.web.stream import ChunkFollower, ClientGone, StreamFailed, StreamStalled, write_within
 
 log = logging.getLogger(__name__)
 
+SENT_BY = "tts-console"  # the principal and sender the API's own messages name
+WATCH_MAX_S = 24 * 3600.0  # a job a hung-up client left is watched this long at most
+WATCH_MAX_DELAY_S = 30.0
 MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts", "f5-tts")
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
 
@@ -108,9 +115,11 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class SpeechApi:
-    def __init__(self, settings: Settings, store: Store) -> None:
+    def __init__(self, settings: Settings, store: Store, door: Door, lane: Queue | None = None) -> None:
         self.settings = settings
         self.store = store
+        self.door = door
+        self.lane = lane  # the interactive queue, sent to directly (None: the S3 notification only)
         self.voices = VoiceLibrary(store)
         self.slots = asyncio.Semaphore(settings.api_max_concurrent)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -125,8 +134,12 @@ class SpeechApi:
     async def errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             if request.path.startswith("/v1/"):
-                self._authorise(request)
+                await self._authorise(request)
             return await handler(request)
+        except ClientGone as e:  # cut off mid-answer: nothing more to send it
+            return e.response
+        except OverBudget:  # the door's 429 (pipeline.web.app)
+            raise
         except JobTimeout as e:
             return e.response(**{"X-Job-Id": e.job_id})
         except ApiError as e:
@@ -149,36 +162,86 @@ class SpeechApi:
             log.exception("%s %s failed", request.method, request.path)
             return ApiError(500, "internal error; the console's log has the details", code="internal_error").response()
 
-    def _authorise(self, request: web.Request) -> None:
+    async def _authorise(self, request: web.Request) -> None:
+        """The bearer key, when one is set. A wrong one counts against the address's guesses
+        (``Door``): past them the address is refused 429 before its key is even compared."""
         secret = self.settings.api_key
         if secret is None or not secret.get_secret_value():
             return
+        client = self.door.client(request)
+        self.door.check_guesses(client)
         given = request.headers.get("Authorization", "")
         scheme, _, token = given.partition(" ")
         expected = secret.get_secret_value().encode()
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
+            await self.door.wrong_key(client)
             raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
+        self.door.right_key(client)
 
     async def speech(self, request: web.Request) -> web.StreamResponse:
-        if self.slots.locked():
-            raise ApiError(
-                429,
-                f"more than {self.settings.api_max_concurrent} speech requests at once; retry shortly",
-                code="rate_limit_exceeded",
-            )
-        async with self.slots:
-            return await self._speech(request)
-
-    async def _speech(self, request: web.Request) -> web.StreamResponse:
+        """The body is read and checked before anything is held for it (a slow body holds no slot);
+        then, in order and before any S3 call: the client's stream budget, the server's
+        concurrency bound, the client's job and character budgets."""
+        client = self.door.client(request)
         req, manifest = await self._speech_request(request)
+        with self.door.stream(client):
+            if self.slots.locked():
+                raise ApiError(
+                    429,
+                    f"more than {self.settings.api_max_concurrent} speech requests at once; retry shortly",
+                    code="rate_limit_exceeded",
+                )
+            async with self.slots:
+                ticket = self.door.job(client, len(req.input), self._job_id_for(request))
+                try:
+                    return await self._speech(request, req, manifest, ticket)
+                finally:
+                    self._settle(ticket)
+
+    def _settle(self, ticket: Ticket) -> None:
+        """Give the ticket's place back now if its job ended or was never made; else once the job
+        ends (the client hung up, or waited past TTS_API_WAIT_S: the job goes on)."""
+        if ticket.ended or ticket.watched:
+            return
+        if not ticket.made:
+            self.door.ended(ticket)
+        else:
+            ticket.watched = True
+            self._later(self._watch(ticket))
+
+    async def _watch(self, ticket: Ticket) -> None:
+        """Look at the job, less and less often, until it ends; then free its place. A job that
+        never ends (a lost one the reconciler has not met yet) frees it after ``WATCH_MAX_S``."""
+        delay, deadline = 1.0, time.monotonic() + WATCH_MAX_S
+        try:
+            while time.monotonic() < deadline:
+                await asyncio.sleep(delay)
+                delay = min(WATCH_MAX_DELAY_S, delay * 2)
+                try:
+                    if (await client.get_status(self.store, ticket.job_id)).state.terminal:
+                        return
+                except client.JobNotFound:
+                    return
+                except Exception as e:  # the store unreachable: look again later
+                    log.info("job %s: its status is unreachable (%s); looking again later", ticket.job_id, e)
+        finally:
+            self.door.ended(ticket)
+
+    async def _speech(
+        self, request: web.Request, req: SpeechRequest, manifest: Manifest, ticket: Ticket
+    ) -> web.StreamResponse:
         await self._check_voice(req.voice)
         streamed = req.response_format in encoders.STREAMED
-        job_id = await self._submit(request, manifest)
-        log.info("speech request: job %s (voice %r, %d chars)", job_id, req.voice, len(req.input))
+        job_id = ticket.job_id
+        await self._submit(request, job_id, manifest)
+        ticket.made = True
+        log.info(
+            "speech request: job %s (voice %r, %d chars, %s lane)", job_id, req.voice, len(req.input), manifest.priority
+        )
         try:
             if streamed:
-                return await self._stream(request, req, job_id)
-            return await self._whole(request, job_id)
+                return await self._stream(request, req, job_id, ticket)
+            return await self._whole(request, job_id, ticket)
         except asyncio.CancelledError:
             # The client went away (aiohttp cancels the handler). The job goes on unless asked.
             if req.cancel_on_disconnect:
@@ -188,7 +251,9 @@ class SpeechApi:
                 log.info("job %s: its client went away: the job goes on (fetch it by its id)", job_id)
             raise
 
-    async def _stream(self, request: web.Request, req: SpeechRequest, job_id: str) -> web.StreamResponse:
+    async def _stream(
+        self, request: web.Request, req: SpeechRequest, job_id: str, ticket: Ticket
+    ) -> web.StreamResponse:
         """Audio as the job renders (``pipeline.web.stream``), encoded as it arrives. Until the
         first audio nothing is sent, so a job that fails first still gets an HTTP error; after it,
         a failure ends an SSE stream with an ``error`` event and cuts an audio stream short (the
@@ -197,7 +262,7 @@ class SpeechApi:
         follower = ChunkFollower(
             self.store, job_id, poll_s=s.api_stream_poll_s, idle_s=s.api_wait_s, max_bytes=s.console_max_audio_bytes
         )
-        out = _Out(request, job_id, req.response_format, req.stream_format == "sse")
+        out = _Out(request, job_id, req.response_format, req.stream_format == "sse", s.api_io_timeout_s)
         try:
             async for block in follower.blocks():  # encoding is CPU work: off the event loop
                 await out.send(await asyncio.to_thread(out.encoder.encode, block))
@@ -213,11 +278,16 @@ class SpeechApi:
             if out.response is None:
                 raise error from None
             return await out.fail(error.code or "job_failed", error.message)
+        finally:
+            if follower.status is not None and follower.status.state.terminal:
+                self.door.ended(ticket)
 
-    async def _whole(self, request: web.Request, job_id: str) -> web.StreamResponse:
+    async def _whole(self, request: web.Request, job_id: str, ticket: Ticket) -> web.StreamResponse:
         """FLAC: the worker's file once the job is COMPLETED, streamed from S3 as stored."""
         status = await client.wait(self.store, job_id, timeout_s=self.settings.api_wait_s, poll_s=0.25)
-        if not status.state.terminal:
+        if status.state.terminal:
+            self.door.ended(ticket)
+        else:
             raise JobTimeout(job_id, self.settings.api_wait_s)
         if status.state is not JobState.COMPLETED:
             raise _job_error(job_id, status)
@@ -238,7 +308,9 @@ class SpeechApi:
         task.add_done_callback(self._tasks.discard)
 
     async def _audio(self, request: web.Request, job_id: str, result: JobResult) -> web.StreamResponse:
-        """The job's audio, streamed from S3 as stored."""
+        """The job's audio as stored, a ranged GET at a time (``Store.ranges``): a client that reads
+        slowly holds one block and no S3 connection; one that reads nothing is cut off after
+        TTS_API_IO_TIMEOUT_S."""
         try:
             key = keys.job_output_key(self.store.bucket, job_id, result.audio.uri)
         except keys.UntrustedKey as e:
@@ -246,16 +318,7 @@ class SpeechApi:
             raise ApiError(502, f"job {job_id}'s result names no audio of its own", code="bad_result") from None
         limit = self.settings.console_max_audio_bytes
         try:
-            async with self.store.stream(key, max_bytes=limit) as (size, chunks):
-                response = web.StreamResponse(
-                    headers={"X-Job-Id": job_id, "Content-Type": encoders.CONTENT_TYPES["flac"]}
-                )
-                response.content_length = size
-                await response.prepare(request)
-                async for chunk in chunks:
-                    await response.write(chunk)
-                await response.write_eof()
-                return response
+            size = await self.store.size(key, max_bytes=limit)
         except NotFound:
             raise ApiError(502, f"job {job_id}'s audio is gone", code="audio_not_found") from None
         except TooLarge as e:
@@ -264,29 +327,65 @@ class SpeechApi:
                 f"job {job_id}'s audio is {e.size} bytes, over {limit} (TTS_CONSOLE_MAX_AUDIO_BYTES)",
                 code="too_large",
             ) from None
+        response = web.StreamResponse(headers={"X-Job-Id": job_id, "Content-Type": encoders.CONTENT_TYPES["flac"]})
+        response.content_length = size
+        await response.prepare(request)
+        try:
+            async for block in self.store.ranges(key, size):
+                await write_within(request, response, block, self.settings.api_io_timeout_s)
+        except NotFound:  # removed after the answer began: cut it short (the body is incomplete)
+            log.warning("job %s: its audio went away while it was sent", job_id)
+            if request.transport is not None:
+                request.transport.close()
+            return response
+        await response.write_eof()
+        return response
 
-    async def _submit(self, request: web.Request, manifest: Manifest) -> str:
+    @staticmethod
+    def _job_id_for(request: web.Request) -> str:
+        """A fresh job id; or, for a request carrying an ``Idempotency-Key``, the key's job."""
+        idem = request.headers.get("Idempotency-Key", "").strip()
+        return f"api-{hashlib.sha256(idem.encode()).hexdigest()[:32]}" if idem else client.new_job_id()
+
+    async def _submit(self, request: web.Request, job_id: str, manifest: Manifest) -> None:
         """A new job; or, for a request carrying an ``Idempotency-Key`` seen before (a client retrying
         after a 504, or racing the first request), the job that key started, so retries wait on one
         job instead of starting more. ``client.submit`` creates the status only if there is none, so
         a retry never puts that job back to QUEUED (not even once its manifest has expired)."""
-        idem = request.headers.get("Idempotency-Key", "").strip()
-        if not idem:
-            job_id = client.new_job_id()
-            await client.submit(self.store, job_id, manifest)
-            return job_id
-        digest = hashlib.sha256(idem.encode()).hexdigest()[:32]
-        job_id = f"api-{digest}"
         try:
             await client.submit(self.store, job_id, manifest)
         except client.JobExists:  # the same request again (earlier, or at the same time)
+            if not request.headers.get("Idempotency-Key", "").strip():
+                raise
             log.info("idempotency key seen before: waiting on job %s", job_id)
-        return job_id
+            return
+        await self._announce(job_id, manifest)
+
+    async def _announce(self, job_id: str, manifest: Manifest) -> None:
+        """Put the interactive job's message on its queue now, not when S3's notification arrives
+        (on AWS "typically in seconds, sometimes a minute or longer"): someone is waiting. The
+        notification's message follows as a duplicate the worker drops (the claim decides). A
+        failed send costs only that wait: the notification is still on its way."""
+        if self.lane is None or manifest.priority is not Priority.interactive:
+            return
+        key = keys.manifest_key(job_id, manifest.priority)
+        try:
+            if self.lane.url is None:
+                await self.lane.resolve()
+            await self.lane.send(s3_event(self.store.bucket, key, principal=SENT_BY), {"tts-sent-by": SENT_BY})
+        except Exception as e:
+            log.warning("job %s: could not send its message (%s): the S3 notification will", job_id, describe(e))
 
     async def _speech_request(self, request: web.Request) -> tuple[SpeechRequest, Manifest]:
         if request.content_length is not None and request.content_length > self.settings.max_manifest_bytes:
             raise ApiError(413, f"request body over {self.settings.max_manifest_bytes} bytes", code="too_large")
-        return parse_speech_request(await request.read(), self.settings.max_text_chars)
+        try:
+            async with asyncio.timeout(self.settings.api_io_timeout_s):
+                raw = await request.read()
+        except TimeoutError:
+            raise ApiError(408, "the request body did not arrive in time", code="request_timeout") from None
+        s = self.settings
+        return parse_speech_request(raw, s.max_text_chars, interactive_chars=s.api_interactive_chars)
 
     async def _check_voice(self, voice: str) -> None:
         """Only library voices, named exactly as the worker names them: never a key or a path."""
@@ -315,9 +414,12 @@ class SpeechApi:
         return web.json_response({"object": "list", "data": data})
 
 
-def parse_speech_request(raw: bytes, max_text_chars: int) -> tuple[SpeechRequest, Manifest]:
+def parse_speech_request(
+    raw: bytes, max_text_chars: int, *, interactive_chars: int | None = None
+) -> tuple[SpeechRequest, Manifest]:
     """A speech request body and the job it asks for, or ``ApiError`` (400): never another
-    exception, whatever the bytes (a 500 for a bad body would say the server is at fault)."""
+    exception, whatever the bytes (a 500 for a bad body would say the server is at fault). Input
+    over ``interactive_chars`` is a bulk job: the interactive lane is for short requests."""
     try:
         body = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)  # JSON is UTF-8 (RFC 8259)
         json.dumps(body, ensure_ascii=False).encode("utf-8")  # a lone surrogate from "\ud800" is no text
@@ -359,8 +461,10 @@ def parse_speech_request(raw: bytes, max_text_chars: int) -> tuple[SpeechRequest
             # sentence (Chinese, mixed with English, is the model's other language); the rest is English.
             language="auto" if _CJK.search(req.input) else "eng",
             # Someone is waiting: the interactive lane (received first, chunks lead the batcher,
-            # a short first chunk).
-            priority=Priority.interactive,
+            # a short first chunk), for short input; a long one must not lead everyone's batches.
+            priority=Priority.bulk
+            if interactive_chars is not None and len(req.input) > interactive_chars
+            else Priority.interactive,
         )
     except ValidationError as e:  # what a job allows beyond the request's own rules (blank text, a long voice)
         raise _invalid(e, {"text": "input"}) from None
@@ -393,8 +497,9 @@ def _job_error(job_id: str, status: JobStatus | None) -> ApiError:
 class _Out:
     """One streamed answer: headers go out with the first bytes; SSE wraps them in OpenAI's events."""
 
-    def __init__(self, request: web.Request, job_id: str, fmt: str, sse: bool) -> None:
+    def __init__(self, request: web.Request, job_id: str, fmt: str, sse: bool, io_timeout_s: float) -> None:
         self.request = request
+        self.io_timeout_s = io_timeout_s
         self.job_id = job_id
         self.sse = sse
         self.encoder = encoders.for_format(fmt)
@@ -413,7 +518,7 @@ class _Out:
         if self.sse:
             await self._event({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
         else:
-            await self.response.write(data)
+            await write_within(self.request, self.response, data, self.io_timeout_s)
 
     async def done(self, input_chars: int) -> None:
         if self.sse:
@@ -438,4 +543,4 @@ class _Out:
 
     async def _event(self, event: dict[str, Any]) -> None:
         assert self.response is not None
-        await self.response.write(f"data: {json.dumps(event)}\n\n".encode())
+        await write_within(self.request, self.response, f"data: {json.dumps(event)}\n\n".encode(), self.io_timeout_s)

@@ -1,7 +1,8 @@
 """``tts-pipeline console``: one aiohttp application serving the speech API and the console.
 
-Middlewares, outermost first: ``Guard`` (host allow-list, cross-site writes, JSON bodies), the
-API's errors and key check (``/v1``), the console's auth and headers. The server is a client of
+Middlewares, outermost first: ``Guard`` (host allow-list, cross-site requests, JSON bodies), the
+door's per-client request budget (``pipeline.web.door``), the API's errors and key check
+(``/v1``), the console's auth and headers. The server is a client of
 the bucket, never of a model.
 """
 
@@ -14,11 +15,13 @@ from typing import Any
 
 from aiohttp import web
 
+from pipeline.cloud.consumer import Queue
 from pipeline.cloud.store import Store
 from pipeline.config import Settings
 from pipeline.web.api import SpeechApi
-from pipeline.web.console import Console
-from pipeline.web.guard import Guard, allowed_hosts, is_loopback
+from pipeline.web.console import LIVE_STREAMS, Console
+from pipeline.web.door import Door, OverBudget
+from pipeline.web.guard import Guard, allowed_hosts, is_loopback, refusal_body
 
 log = logging.getLogger(__name__)
 
@@ -31,15 +34,39 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
-def make_app(settings: Settings, store: Store, bound: str = "127.0.0.1") -> web.Application:
+METERED = ("/v1/", "/console/api/", "/login")
+
+
+def budget_middleware(door: Door) -> Callable[..., Any]:
+    """Every metered request takes one from its client's request budget; any handler's
+    ``OverBudget`` (streams, jobs, characters, wrong keys) becomes the same 429."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+        metered = request.path.startswith(METERED)
+        try:
+            if metered:
+                door.admit(door.client(request))
+            return await handler(request)
+        except OverBudget as e:
+            log.info("%s %s from %s: 429: %s", request.method, request.path, door.client(request), e.message)
+            body = refusal_body(request, e.message, e.code)
+            return web.Response(
+                text=body, status=429, content_type="application/json", headers={"Retry-After": e.retry_after}
+            )
+
+    return middleware
+
+
+def make_app(settings: Settings, store: Store, bound: str = "127.0.0.1", lane: Queue | None = None) -> web.Application:
     guard = Guard(allowed_hosts(settings.console_allowed_hosts, bound))
-    api = SpeechApi(settings, store)
-    page = Console(settings, store)
+    door = Door(settings)
+    api = SpeechApi(settings, store, door, lane)
+    page = Console(settings, store, door)
     # client_max_size bounds every body read whole; the console's uploads stream (multipart) and
     # are held to their budget part by part (Console._read_form).
-    app = web.Application(
-        middlewares=[guard.middleware, api.errors, page.middleware], client_max_size=settings.max_manifest_bytes
-    )
+    middlewares = [guard.middleware, budget_middleware(door), api.errors, page.middleware]
+    app = web.Application(middlewares=middlewares, client_max_size=settings.max_manifest_bytes)
     api.routes(app)
     page.routes(app)
     app.router.add_get("/healthz", healthz)
@@ -65,10 +92,17 @@ async def serve(settings: Settings, host: str, port: int, ready: Callable[[str],
     from pipeline.cloud.store import open_store
 
     check_binding(settings, host)
-    async with open_store(settings, "console") as store:
+    # The S3 pool outnumbers what the handlers can hold at once (each audio answer holds at most
+    # one connection, and only while a ranged GET is read: never while a client reads), so no
+    # client can take the pool.
+    pool = settings.api_max_concurrent + LIVE_STREAMS + 16
+    async with (
+        open_store(settings, "console", max_pool=pool) as store,
+        Queue.open(settings.interactive_queue, resolve=False, calls=settings.calls("console")) as lane,
+    ):
         # handler_cancellation: a client that disconnects stops its handler (a speech request's
         # polling), instead of keeping it polling S3 for TTS_API_WAIT_S.
-        runner = web.AppRunner(make_app(settings, store, host), access_log=None, handler_cancellation=True)
+        runner = web.AppRunner(make_app(settings, store, host, lane), access_log=None, handler_cancellation=True)
         await runner.setup()
         site = web.TCPSite(runner, host, port)
         await site.start()

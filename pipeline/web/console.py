@@ -44,11 +44,13 @@ import hmac
 import json
 import logging
 import math
+import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import BodyPartReader, web
 from pydantic import ValidationError
@@ -62,10 +64,12 @@ from pipeline.jobs.state import request_cancel
 from pipeline.tts import audio as audio_utils
 from pipeline.tts.voices import VoiceError, VoiceLibrary, is_name
 from pipeline.web import encoders
-from pipeline.web.sessions import SESSION_S, LoginThrottle, Sessions
-from pipeline.web.stream import ChunkFollower, StreamFailed, StreamMismatch, StreamStalled
+from pipeline.web.door import Door, OverBudget
+from pipeline.web.sessions import SESSION_S, Sessions
+from pipeline.web.stream import ChunkFollower, ClientGone, StreamFailed, StreamMismatch, StreamStalled, write_within
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 STATIC_DIR = Path(__file__).parent / "static"
 COOKIE = "tts_console"
@@ -74,6 +78,10 @@ AUDIO_EXTS = {".wav", ".flac", ".mp3", ".ogg"}
 FORM_OVERHEAD = 256 * 1024  # multipart headers and the small text fields around a clip
 MAX_FORM_FIELDS = 32  # the forms have 8 fields at most; empty ones count too
 PAGE_MAX = 100
+MAX_OFFSET = 1_000  # deeper pages are what a state filter is for
+MAX_SCAN = 2_000  # statuses one filtered page may read (scan_bound)
+LISTING_TTL_S = 2.0  # one listing of the bucket serves every job-list request this long
+LIST_CONCURRENCY = 8  # status and manifest reads of the job list at once, all requests together
 LIVE_STREAMS = 16  # live players at once (each polls the job's chunks)
 PEAKS = 4000  # computed once per audio at this resolution; a request's ``n`` is drawn from it
 
@@ -105,12 +113,14 @@ class ConsoleError(web.HTTPException):
 
 
 class Console:
-    def __init__(self, settings: Settings, store: Store) -> None:
+    def __init__(self, settings: Settings, store: Store, door: Door) -> None:
         self.settings = settings
         self.store = store
+        self.door = door
         self.voices = VoiceLibrary(store)
         self.sessions = Sessions()
-        self.throttle = LoginThrottle()
+        self._listing: tuple[float, asyncio.Future[_Listing]] | None = None
+        self._rows = asyncio.Semaphore(LIST_CONCURRENCY)
         self._status_cache: OrderedDict[str, tuple[datetime, JobStatus]] = OrderedDict()
         self._voice_cache: OrderedDict[str, str | None] = OrderedDict()
         # key -> peaks at PEAKS resolution; one computation per key at a time, two at most at once
@@ -150,12 +160,27 @@ class Console:
         key = self.key
         return key is None or self.sessions.valid(request.cookies.get(COOKIE)) or _bearer_ok(request, key)
 
+    async def _check_key(self, request: web.Request) -> None:
+        """A JSON request without a valid session: its bearer key, if it sends one, is a guess the
+        door counts (the same budget as the API's and the login form's)."""
+        key = self.key
+        if key is None or self.sessions.valid(request.cookies.get(COOKIE)):
+            return
+        if "Authorization" in request.headers:
+            client = self.door.client(request)
+            self.door.check_guesses(client)
+            if _bearer_ok(request, key):
+                self.door.right_key(client)
+                return
+            await self.door.wrong_key(client)
+        raise ConsoleError(401, "sign in first (or send Authorization: Bearer <key>)", "unauthorized")
+
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         path = request.path
         if path.startswith("/console/api/"):
-            if path != "/console/api/session" and not self.authenticated(request):
-                raise ConsoleError(401, "sign in first (or send Authorization: Bearer <key>)", "unauthorized")
+            if path != "/console/api/session":
+                await self._check_key(request)
             if request.method not in ("GET", "HEAD") and request.headers.get("X-Console") != "1":
                 # Forms from other sites cannot set this header (a CORS preflight would be needed).
                 raise ConsoleError(403, "missing X-Console header", "forbidden")
@@ -202,19 +227,20 @@ class Console:
         key = self.key
         if key is None:
             return _see_other("/")
-        client_addr = request.remote or "?"
-        wait = self.throttle.retry_after(client_addr)
-        if wait is not None:
+        client_addr = self.door.client(request)  # the proxy's client, not the proxy, when trusted
+        try:
+            self.door.check_guesses(client_addr)
+        except OverBudget as e:
             log.warning("login from %r refused: too many wrong keys", client_addr)
             response = self._login_response(request, status=429, error="Too many wrong keys: try again later.")
-            response.headers["Retry-After"] = str(math.ceil(wait))
+            response.headers["Retry-After"] = e.retry_after
             return response
         form = await request.post()
         given = str(form.get("key", ""))
         if not hmac.compare_digest(given.encode(), key.encode()):
-            await self.throttle.failed(client_addr)
+            await self.door.wrong_key(client_addr)
             return self._login_response(request, status=401, error="That key is not right.")
-        self.throttle.succeeded(client_addr)
+        self.door.right_key(client_addr)
         response = _see_other("/")
         response.set_cookie(
             COOKIE,
@@ -262,6 +288,11 @@ class Console:
         return job_id
 
     async def list_jobs(self, request: web.Request) -> web.Response:
+        """A page of recent jobs, newest first. Bounded whatever is asked: ``offset`` at most
+        ``MAX_OFFSET``; one listing of the bucket shared by every request within ``LISTING_TTL_S``;
+        with a ``state`` filter at most ``scan_bound`` statuses read (``total_exact`` false when
+        it stopped early); a manifest read only for the rows on the page; all reads through
+        ``LIST_CONCURRENCY`` slots shared by every request."""
         q = request.query
         state = q.get("state", "").upper() or None
         if state is not None and state not in JobState.__members__:
@@ -271,7 +302,50 @@ class Console:
             limit = min(PAGE_MAX, max(1, int(q.get("limit", "20"))))
         except ValueError:
             raise ConsoleError(400, "offset and limit are integers", "invalid_value") from None
+        if offset > MAX_OFFSET:
+            raise ConsoleError(400, f"offset is at most {MAX_OFFSET}; filter by state instead", "invalid_value")
+        listing = await self._listed()
+        want = offset + limit
+        order = listing.order[:want] if state is None else listing.order[: scan_bound(want)]
+        statuses = await self._gated([self._status(j, listing.status_lm.get(j)) for j in order])
+        matched = [
+            (job_id, st)
+            for job_id, st in zip(order, statuses, strict=True)
+            if st is not None and (state is None or st.state.value == state)
+        ]
+        page = matched[offset:want]
+        voices = await self._gated([self._manifest_voice(job_id) for job_id, _ in page])
+        exact = state is None or len(order) == len(listing.order)
+        return web.json_response(
+            {
+                "jobs": [_row(job_id, st, voice) for (job_id, st), voice in zip(page, voices, strict=True)],
+                "offset": offset,
+                "limit": limit,
+                "total": len(listing.order) if state is None else len(matched),
+                "total_exact": exact,
+                "now": utcnow().isoformat(),
+            }
+        )
 
+    async def _gated(self, calls: list[Coroutine[Any, Any, T]]) -> list[T]:
+        async def one(call: Coroutine[Any, Any, T]) -> T:
+            async with self._rows:
+                return await call
+
+        return await asyncio.gather(*(one(c) for c in calls))
+
+    async def _listed(self) -> _Listing:
+        """The bucket's jobs by creation, listed at most once per ``LISTING_TTL_S`` for everyone."""
+        now = time.monotonic()
+        if (
+            self._listing is None
+            or now - self._listing[0] > LISTING_TTL_S
+            or (self._listing[1].done() and self._listing[1].exception() is not None)
+        ):
+            self._listing = (now, asyncio.ensure_future(self._list()))
+        return await asyncio.shield(self._listing[1])
+
+    async def _list(self) -> _Listing:
         statuses, *inboxes = await asyncio.gather(
             self.store.list_objects(keys.STATUS), *(self.store.list_objects(p) for p in keys.INBOXES.values())
         )
@@ -286,40 +360,7 @@ class Console:
             job_id = keys.job_id_from_any_inbox(o.key)
             if job_id:
                 created[job_id] = o.last_modified
-        order = sorted(created, key=lambda j: (created[j], j), reverse=True)
-
-        matched: list[dict[str, Any]] = []
-        total_matched = 0
-        want = offset + limit
-        batch = max(limit, 25)
-        i = 0
-        scanned_all = True
-        while i < len(order):
-            if len(matched) >= want and state is None:
-                break
-            chunk = order[i : i + batch]
-            i += len(chunk)
-            rows = await asyncio.gather(*(self._row(j, status_lm.get(j)) for j in chunk))
-            for row in rows:
-                if row is None or (state is not None and row["state"] != state):
-                    continue
-                total_matched += 1
-                if len(matched) < want:
-                    matched.append(row)
-            if state is not None and len(matched) >= want and i >= 2000:
-                scanned_all = False  # enough for this page; stop scanning a huge bucket
-                break
-        total = len(order) if state is None else total_matched
-        return web.json_response(
-            {
-                "jobs": matched[offset:want],
-                "offset": offset,
-                "limit": limit,
-                "total": total,
-                "total_exact": state is None or scanned_all,
-                "now": utcnow().isoformat(),
-            }
-        )
+        return _Listing(sorted(created, key=lambda j: (created[j], j), reverse=True), status_lm)
 
     async def _status(self, job_id: str, last_modified: datetime | None) -> JobStatus | None:
         if last_modified is not None:
@@ -359,23 +400,6 @@ class Console:
         cache.move_to_end(key)
         while len(cache) > size:
             cache.popitem(last=False)
-
-    async def _row(self, job_id: str, status_lm: datetime | None) -> dict[str, Any] | None:
-        status, voice = await asyncio.gather(self._status(job_id, status_lm), self._manifest_voice(job_id))
-        if status is None:
-            return None
-        end = status.finished_at or utcnow()
-        progress = status.progress
-        return {
-            "job_id": job_id,
-            "state": status.state.value,
-            "created_at": status.created_at.isoformat(),
-            "updated_at": status.updated_at.isoformat(),
-            "duration_s": round(max(0.0, (end - status.created_at).total_seconds()), 1),
-            "voice": voice,
-            "error_code": status.error.code if status.error else None,
-            "progress": progress.model_dump(include={"chunks_done", "chunks_total"}) if progress else None,
-        }
 
     async def job(self, request: web.Request) -> web.Response:
         job_id = self._job_id(request)
@@ -465,20 +489,26 @@ class Console:
         """The job's audio while it renders, from its durable chunks (``pipeline.web.stream``): a
         WAV of unknown length the page's player plays as it arrives; it ends with the job."""
         job_id = self._job_id(request)
-        if self._live_slots.locked():
-            raise ConsoleError(429, f"more than {LIVE_STREAMS} live players at once", "rate_limit_exceeded")
-        async with self._live_slots:
-            s = self.settings
-            follower = ChunkFollower(
-                self.store, job_id, poll_s=s.api_stream_poll_s, idle_s=s.api_wait_s, max_bytes=s.console_max_audio_bytes
-            )
-            wav = encoders.Wav()
-            response = web.StreamResponse(headers={"Content-Type": "audio/wav", "Cache-Control": "no-store"})
-            await response.prepare(request)
-            await response.write(wav.finish())  # the header: the player starts at once
+        with self.door.stream(self.door.client(request)):
+            if self._live_slots.locked():
+                raise ConsoleError(429, f"more than {LIVE_STREAMS} live players at once", "rate_limit_exceeded")
+            async with self._live_slots:
+                return await self._live(request, job_id)
+
+    async def _live(self, request: web.Request, job_id: str) -> web.StreamResponse:
+        s = self.settings
+        follower = ChunkFollower(
+            self.store, job_id, poll_s=s.api_stream_poll_s, idle_s=s.api_wait_s, max_bytes=s.console_max_audio_bytes
+        )
+        wav = encoders.Wav()
+        response = web.StreamResponse(headers={"Content-Type": "audio/wav", "Cache-Control": "no-store"})
+        await response.prepare(request)
+        timeout_s = s.api_io_timeout_s
+        try:
+            await write_within(request, response, wav.finish(), timeout_s)  # the header: the player starts at once
             try:
                 async for block in follower.blocks():
-                    await response.write(await asyncio.to_thread(wav.encode, block))
+                    await write_within(request, response, await asyncio.to_thread(wav.encode, block), timeout_s)
             except StreamMismatch as e:
                 # What the player has is not the job's audio (another attempt finished it): cut the
                 # body short, as the speech API does, so the player reports an error rather than
@@ -490,7 +520,9 @@ class Console:
             except (StreamFailed, StreamStalled, client.JobNotFound, keys.UntrustedKey) as e:
                 log.info("live audio of %s ended early: %s", job_id, e)
             await response.write_eof()
-            return response
+        except ClientGone:
+            pass  # cut off: the player took nothing for TTS_API_IO_TIMEOUT_S
+        return response
 
     async def _peaks_of(self, key: str) -> list[float]:
         """Peaks of one audio object, computed once (whatever ``n`` callers ask for) by one request
@@ -678,6 +710,32 @@ class Console:
         if not await self.voices.remove(name):
             raise ConsoleError(404, f"no voice named {name}", "voice_not_found")
         return web.json_response({"removed": name})
+
+
+@dataclass
+class _Listing:
+    order: list[str]  # job ids, newest first
+    status_lm: dict[str, datetime]  # job id -> its status object's LastModified
+
+
+def scan_bound(want: int) -> int:
+    """Statuses a filtered page may read: ten per row wanted, at least 200, at most 2,000."""
+    return min(MAX_SCAN, max(200, 10 * want))
+
+
+def _row(job_id: str, status: JobStatus, voice: str | None) -> dict[str, Any]:
+    end = status.finished_at or utcnow()
+    progress = status.progress
+    return {
+        "job_id": job_id,
+        "state": status.state.value,
+        "created_at": status.created_at.isoformat(),
+        "updated_at": status.updated_at.isoformat(),
+        "duration_s": round(max(0.0, (end - status.created_at).total_seconds()), 1),
+        "voice": voice,
+        "error_code": status.error.code if status.error else None,
+        "progress": progress.model_dump(include={"chunks_done", "chunks_total"}) if progress else None,
+    }
 
 
 def _see_other(location: str) -> web.Response:

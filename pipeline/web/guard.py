@@ -7,6 +7,9 @@ A browser is an attacker's client too. A page the operator visits can send reque
   server was told to bind): a request naming another host is answered 421 Misdirected Request, so a
   rebound name reaches nothing. ``/healthz`` is exempt (probes use the pod's address; it says
   nothing).
+- **Cross-site reads of the JSON endpoints** (``/v1``, ``/console/api``): a GET a browser marks
+  as coming from another site (an ``<img>`` on any page the operator visits) is refused 403 before
+  it costs a listing.
 - **Cross-site writes**: a state-changing request (anything but GET/HEAD/OPTIONS) that a browser
   marks as coming from another site (``Sec-Fetch-Site`` other than ``same-origin``/``none``), or,
   from a browser too old to send that header, whose ``Origin`` is not the server's own, is
@@ -38,6 +41,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 EXEMPT = ("/healthz",)
+READ_APIS = ("/v1/", "/console/api/")
 
 
 def is_loopback(host: str) -> bool:
@@ -66,12 +70,17 @@ def host_name(header: str) -> str:
     return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
 
 
-def _refuse(request: web.Request, status: int, message: str, code: str) -> web.Response:
-    if request.path.startswith("/v1/"):  # OpenAI's error shape
+def refusal_body(request: web.Request, message: str, code: str) -> str:
+    """An error body in the shape the path's clients read: OpenAI's under ``/v1``."""
+    if request.path.startswith("/v1/"):
         body = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
     else:
         body = {"error": {"message": message, "code": code}}
-    return web.Response(text=json.dumps(body), status=status, content_type="application/json")
+    return json.dumps(body)
+
+
+def _refuse(request: web.Request, status: int, message: str, code: str) -> web.Response:
+    return web.Response(text=refusal_body(request, message, code), status=status, content_type="application/json")
 
 
 class Guard:
@@ -93,12 +102,16 @@ class Guard:
         if not self.any_host and host not in self.hosts:
             log.warning("refused a request for host %r (TTS_CONSOLE_ALLOWED_HOSTS)", host)
             return _refuse(request, 421, "this server does not answer for that host name", "misdirected_request")
+        site = request.headers.get("Sec-Fetch-Site")
         if request.method in SAFE_METHODS:
+            # A page elsewhere can fire GETs at the JSON endpoints from an <img> (in the no-key
+            # mode they answer anyone): reading them is the console's own page's business only.
+            if site not in (None, "same-origin", "none") and request.path.startswith(READ_APIS):
+                return _refuse(request, 403, f"cross-site request refused (Sec-Fetch-Site: {site})", "cross_site")
             return None
         # A browser sets Sec-Fetch-Site itself (no page can forge it): where it is present it is the
         # answer. (A same-origin form under Referrer-Policy: no-referrer says Origin: null.) Older
         # browsers send only Origin, which must then be this server's own.
-        site = request.headers.get("Sec-Fetch-Site")
         origin = request.headers.get("Origin")
         if site is not None:
             if site not in ("same-origin", "none"):

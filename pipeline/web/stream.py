@@ -41,15 +41,17 @@ import hashlib
 import io
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import soundfile as sf
+from aiohttp import web
 
 from pipeline.client import jobs as client
 from pipeline.cloud.aws import describe, is_transient
-from pipeline.cloud.store import NotFound, Store, TooLarge
+from pipeline.cloud.store import RANGE_BLOCK, NotFound, Store, TooLarge
 from pipeline.jobs import chunks as chunk_io
 from pipeline.jobs import keys
 from pipeline.jobs.chunks import ChunkRecord, ChunkStore
@@ -77,6 +79,8 @@ SKETCH = 24
 SKETCH_WINDOW = SAMPLE_RATE // SKETCH
 SKETCH_FLOOR = 32.0
 LOSSY_SHORT = 1152  # a lossy file may decode at most one mp3 frame shorter than what was sent
+WAV_HEADER_MAX = 64 * 1024  # a WAV's chunks before its samples fit in this (the worker's: 44 bytes)
+T = TypeVar("T")
 
 
 class StreamFailed(Exception):
@@ -109,7 +113,9 @@ class ChunkFollower:
 
     store: Store
     job_id: str
-    poll_s: float = 0.1
+    poll_s: float = 0.1  # the first look after something happened
+    poll_max_s: float = 1.0  # the longest gap between looks while nothing happens
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep  # how the gaps are waited (tests record them)
     idle_s: float = 120.0
     max_bytes: int = 256 * 1024 * 1024  # the finished audio is read at most this large
     status: JobStatus | None = None  # the last status read (final once blocks() is exhausted)
@@ -125,12 +131,19 @@ class ChunkFollower:
     _follow: bool = True  # False once a chunk cannot be placed: wait for the finished audio
 
     async def blocks(self) -> AsyncIterator[np.ndarray]:
+        """Blocks of final samples, in order, until the job's audio is all sent.
+
+        What a stream costs while nothing happens is bounded: the gap between looks doubles from
+        ``poll_s`` up to ``poll_max_s`` while neither the status nor the chunks move, and a job
+        that is not PROCESSING (queued, handed back) has its status read but its chunks not
+        listed. At most 2 requests per ``poll_max_s`` per stream while idle (docs/security.md)."""
         self._chunks = ChunkStore(self.store, self.job_id)
-        progressed, seen = time.monotonic(), None
+        progressed, seen, delay = time.monotonic(), None, self.poll_s
         while True:
             # S3 unreachable past the store's retries is a poll without progress, not the end of
             # the stream: the job goes on through an outage, and so does its listener, until
             # ``idle_s`` passes with nothing new (the stall rule).
+            moved = False
             try:
                 self.status = await client.get_status(self.store, self.job_id)
                 if self.status.state.terminal:
@@ -138,32 +151,33 @@ class ChunkFollower:
                 # Progress is audio sent or the job's own status moving (a job rendering while the
                 # stream waits for its finished file is not stalled).
                 if self.status.updated_at != seen:
-                    progressed, seen = time.monotonic(), self.status.updated_at
-                if self._follow:
+                    progressed, seen, moved = time.monotonic(), self.status.updated_at, True
+                if self._follow and self.status.state is JobState.PROCESSING:
                     async for block in self._new_chunks():
-                        progressed = time.monotonic()
+                        progressed, moved = time.monotonic(), True
                         yield block
             except Exception as e:
                 if not is_transient(e):
                     raise
                 log.warning("job %s: the store is unreachable (%s): the stream waits", self.job_id, describe(e))
             self._stalled(progressed)
-            await asyncio.sleep(self.poll_s)
+            delay = self.poll_s if moved else min(self.poll_max_s, delay * 2)
+            await self.sleep(delay)
         if self.status.state is not JobState.COMPLETED:
             raise StreamFailed(f"job {self.job_id} ended {self.status.state}", self.status)
-        rest = await self._final_rest(time.monotonic())
-        for i in range(0, len(rest), REST_BLOCK):  # a second at a time: each is encoded off the loop
-            yield rest[i : i + REST_BLOCK]
+        async for block in self._final_blocks():
+            yield block
 
     def _stalled(self, progressed: float) -> None:
         if time.monotonic() - progressed > self.idle_s:
             raise StreamStalled(f"job {self.job_id}: no progress and no final state for {self.idle_s:g}s")
 
-    async def _final_rest(self, since: float) -> np.ndarray:
-        """``_rest_of_final``, read again while the store is unreachable (within ``idle_s``)."""
+    async def _patient(self, make: Callable[[], Awaitable[T]]) -> T:
+        """``make()``, made again while the store is unreachable (within ``idle_s``)."""
+        since = time.monotonic()
         while True:
             try:
-                return await self._rest_of_final()
+                return await make()
             except Exception as e:
                 if not is_transient(e):
                     raise
@@ -227,14 +241,22 @@ class ChunkFollower:
         self.sent += len(block)
         return block
 
-    async def _rest_of_final(self) -> np.ndarray:
-        """The finished audio from the first sample not yet sent (the result names it)."""
+    async def _final_blocks(self) -> AsyncIterator[np.ndarray]:
+        """The finished audio from the first sample not yet sent (the result names it), a block at
+        a time. A plain 16-bit WAV (every speech API job's) is read by ranged GETs from the sample
+        offset: a slow listener holds one block, never the file. Another format (a console job's
+        flac/mp3/ogg) is read whole, compressed, and decoded a block at a time."""
         job = self.job_id
-        result = await client.get_result(self.store, job)
         try:
+            result = await self._patient(lambda: client.get_result(self.store, job))
             key = keys.job_output_key(self.store.bucket, job, result.audio.uri)
-            data = await self.store.get_bytes(key, max_bytes=self.max_bytes)
-            pcm, sr = await asyncio.to_thread(sf.read, io.BytesIO(data), dtype="int16")
+            size = await self._patient(lambda: self.store.size(key, max_bytes=self.max_bytes))
+            head = await self._patient(lambda: self.store.get_range(key, 0, min(size, WAV_HEADER_MAX)))
+            layout = wav_layout(head[0], size)
+            lossless = result.audio.format.value in LOSSLESS  # an mp3/ogg job decodes near, not equal
+            blocks = self._wav_blocks(key, layout) if layout else self._decoded_blocks(key, lossless)
+            async for block in blocks:
+                yield block
         except keys.UntrustedKey as e:
             log.warning("job %s: %s: not served", job, e)
             raise StreamFailed(f"job {job}'s result names no audio of its own", code="bad_result", http=502) from None
@@ -245,17 +267,47 @@ class ChunkFollower:
             raise StreamFailed(message, code="too_large", http=413) from None
         except (sf.LibsndfileError, RuntimeError) as e:
             raise StreamFailed(f"job {job}'s audio does not decode: {e}", code="bad_result", http=502) from None
-        if sr != SAMPLE_RATE or pcm.ndim != 1:
-            raise StreamFailed(f"job {job}'s audio is not 24 kHz mono", code="bad_result", http=502)
-        lossless = result.audio.format.value in LOSSLESS  # an mp3/ogg job (the console's) decodes near, not equal
-        await asyncio.to_thread(self._check_prefix, pcm, lossless)
-        rest = pcm[self.sent :]
-        await asyncio.to_thread(self._emit, rest)
-        return rest
+
+    async def _wav_blocks(self, key: str, layout: tuple[int, int]) -> AsyncIterator[np.ndarray]:
+        start, end = layout
+        if self.sent:  # what was sent must be the file's first samples, byte for byte
+            digest = hashlib.sha256()
+            async for data in self._ranges(key, start, min(end, start + 2 * self.sent)):
+                digest.update(data)
+            same = end - start >= 2 * self.sent and digest.digest() == self._digest.digest()
+            self._judge(same, (end - start) // 2, lossless=True)
+        async for data in self._ranges(key, start + 2 * self.sent, end, block=2 * REST_BLOCK):
+            pcm = np.frombuffer(data[: len(data) // 2 * 2], dtype="<i2").astype(np.int16)
+            yield await asyncio.to_thread(self._emit, pcm)
+
+    async def _ranges(self, key: str, start: int, end: int, block: int = RANGE_BLOCK) -> AsyncIterator[bytes]:
+        at = start
+        while at < end:
+            length = min(block, end - at)
+            data, _ = await self._patient(lambda: self.store.get_range(key, at, length))  # noqa: B023
+            if not data:
+                return
+            at += len(data)
+            yield data
+
+    async def _decoded_blocks(self, key: str, lossless: bool) -> AsyncIterator[np.ndarray]:
+        data = await self._patient(lambda: self.store.get_bytes(key, max_bytes=self.max_bytes))
+        with sf.SoundFile(io.BytesIO(data)) as f:
+            if f.samplerate != SAMPLE_RATE or f.channels != 1:
+                raise StreamFailed(f"job {self.job_id}'s audio is not 24 kHz mono", code="bad_result", http=502)
+            if self.sent:
+                start = await asyncio.to_thread(f.read, self.sent, dtype="int16")
+                await asyncio.to_thread(self._check_prefix, start, lossless)
+            while True:
+                block = await asyncio.to_thread(f.read, REST_BLOCK, dtype="int16")
+                if not len(block):
+                    return
+                yield await asyncio.to_thread(self._emit, block)
 
     def _check_prefix(self, pcm: np.ndarray, lossless: bool) -> None:
-        """What was sent is the finished file's start, or ``StreamMismatch``: called before any
-        sample of the file is sent, so a stream never goes on with another rendering's audio."""
+        """What was sent is the finished file's start (``pcm``: its first samples, at most as many
+        as were sent), or ``StreamMismatch``: called before any sample of the file is sent, so a
+        stream never goes on with another rendering's audio."""
         if not self.sent:
             return
         if lossless:
@@ -264,6 +316,9 @@ class ChunkFollower:
             )
         else:
             same = self._near(pcm)
+        self._judge(same, len(pcm), lossless)
+
+    def _judge(self, same: bool, samples: int, lossless: bool) -> None:
         if same:
             return
         metrics.STREAM_MISMATCHES.inc()
@@ -272,7 +327,7 @@ class ChunkFollower:
             "fails (an attempt that rendered the job otherwise finished it)",
             self.job_id,
             self.sent,
-            len(pcm),
+            samples,
             "lossless" if lossless else "lossy",
         )
         raise StreamMismatch(
@@ -301,3 +356,52 @@ def _sketch(pcm: np.ndarray) -> np.ndarray:
     """The mean of every ``SKETCH`` samples (``len(pcm)`` a multiple of it), as int16."""
     means = pcm.astype(np.int32).reshape(-1, SKETCH).mean(axis=1)
     return np.rint(means).astype(np.int16)
+
+
+def wav_layout(head: bytes, size: int) -> tuple[int, int] | None:
+    """Where a plain WAV's samples are (byte offsets ``start``, ``end``), from its first bytes;
+    None for anything else: not RIFF/WAVE, not 16-bit PCM at 24 kHz mono, or a layout that does
+    not fit ``size``. Total on any bytes (the result names the file; its bytes are still untrusted)."""
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    at, fmt_ok = 12, False
+    while at + 8 <= len(head):
+        chunk, length = head[at : at + 4], int.from_bytes(head[at + 4 : at + 8], "little")
+        body = at + 8
+        if chunk == b"fmt ":
+            f = head[body : body + 16]
+            if len(f) < 16:
+                return None
+            tag, channels = int.from_bytes(f[0:2], "little"), int.from_bytes(f[2:4], "little")
+            rate, bits = int.from_bytes(f[4:8], "little"), int.from_bytes(f[14:16], "little")
+            fmt_ok = tag in (1, 0xFFFE) and channels == 1 and rate == SAMPLE_RATE and bits == 16
+        elif chunk == b"data":
+            if not fmt_ok or body > size:
+                return None
+            end = min(size, body + length)
+            return body, body + (end - body) // 2 * 2
+        at = body + length + (length & 1)  # chunks are word-aligned
+    return None
+
+
+class ClientGone(Exception):
+    """A client took no bytes for the write deadline: its connection is closed and its handler
+    returns ``response`` as it stands (the body is cut short)."""
+
+    def __init__(self, response: web.StreamResponse) -> None:
+        super().__init__("the client took no bytes in time")
+        self.response = response
+
+
+async def write_within(request: web.Request, response: web.StreamResponse, data: bytes, timeout_s: float) -> None:
+    """``response.write(data)``, or ``ClientGone`` if the client has not taken it within
+    ``timeout_s`` (aiohttp has no write timeout of its own: a client that never reads would hold
+    the handler, its slot and its buffer for ever)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            await response.write(data)
+    except TimeoutError:
+        log.info("%s %s: the client took no bytes for %gs: cut off", request.method, request.path, timeout_s)
+        if request.transport is not None:
+            request.transport.close()
+        raise ClientGone(response) from None
