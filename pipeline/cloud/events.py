@@ -6,7 +6,8 @@ event wrapped in an SNS envelope (S3 -> SNS -> SQS fan-out), and S3's EventBridg
 (``"source": "aws.s3"``, ``"detail-type": "Object Created"``; S3 -> EventBridge rule -> SQS), whose
 key is NOT URL-encoded (AWS's documented example carries ``:`` as is). Each ``ObjectCreated``
 carries the uploader (``principal``: ``userIdentity.principalId``, or EventBridge's
-``detail.requester``), which the worker shares bulk work fairly among. Anything else is
+``detail.requester``, as sent); the worker shares bulk work fairly among ``submitter(principal)``,
+the principal without its caller-chosen part. Anything else is
 ``Unrecognised``: the consumer must not delete what it does not understand (it goes to the DLQ).
 """
 
@@ -170,6 +171,41 @@ def _optional_str(value: object, what: str) -> str | None:
 def _str(value: object) -> str | None:
     # Who uploaded it only picks a turn in the fair share: an odd one is no reason to refuse the event.
     return value if isinstance(value, str) and value else None
+
+
+# -- who submitted it -------------------------------------------------------------------------------
+
+ANONYMOUS = ""
+
+
+def submitter(principal: str | None) -> str:
+    """The submitter bulk work is shared fairly among: ``principal`` without the part its caller
+    chooses, so that one identity is one submitter however it names its sessions. Total: any string
+    gives a string (``ANONYMOUS`` for nothing usable), and ``submitter(submitter(p)) == submitter(p)``.
+
+    S3 documents ``userIdentity.principalId`` only as "the unique ID of the IAM resource that caused
+    the event" (https://docs.aws.amazon.com/AmazonS3/latest/userguide/notification-content-structure.html);
+    in practice it is ``AWS:`` followed by the caller's ``aws:userid``, whose forms the IAM user guide
+    lists (policy variables, "Principal key values") and STS's AssumedRoleUser describes as "a unique
+    identifier that contains the role ID and the role session name"
+    (https://docs.aws.amazon.com/STS/latest/APIReference/API_AssumedRoleUser.html):
+
+    - IAM user: ``AWS:AIDAEXAMPLE`` -> itself;
+    - assumed role: ``AWS:AROAEXAMPLE:session-name`` -> ``AWS:AROAEXAMPLE`` (the role's unique id;
+      the session name is whatever the caller passed to AssumeRole, so rotating it would otherwise
+      make one role many submitters);
+    - federated user (GetFederationToken): ``AWS:123456789012:caller-chosen-name`` ->
+      ``AWS:123456789012`` (the name is the caller's choice too: the account is the submitter);
+    - root, or EventBridge's ``detail.requester`` (an account id, or a service such as
+      ``s3.amazonaws.com``): no session part, itself;
+    - the same ids without ``AWS:`` (as CloudTrail writes them): the part before the first ``:``.
+    """
+    if not principal:
+        return ANONYMOUS
+    p = principal.strip()
+    prefix = "AWS:" if p.startswith("AWS:") else ""
+    ident = p[len(prefix) :].split(":", 1)[0].strip()
+    return prefix + ident if ident else ANONYMOUS
 
 
 def _parse_time(value: object) -> datetime | None:

@@ -148,7 +148,11 @@ def _queue_policy(queue_arn: str, bucket: str) -> dict[str, Any]:
                 "Principal": {"Service": "s3.amazonaws.com"},
                 "Action": "sqs:SendMessage",
                 "Resource": queue_arn,
-                "Condition": {"ArnLike": {"aws:SourceArn": f"arn:aws:s3:::{bucket}"}},
+                # The account: a bucket name is global, and may one day be another account's.
+                "Condition": {
+                    "ArnLike": {"aws:SourceArn": f"arn:aws:s3:::{bucket}"},
+                    "StringEquals": {"aws:SourceAccount": queue_arn.split(":")[4]},
+                },
             }
         ],
     }

@@ -6,7 +6,9 @@ bulk receive loop therefore keeps up to ``TTS_BULK_LOOKAHEAD`` received-but-not-
 here (the heartbeat keeps them invisible, like any message in hand) and starts the next job
 round-robin across submitters, the oldest message first within one submitter.
 
-A submitter is the S3 event's principal (``ObjectCreated.principal``); a message that names none,
+A submitter is the S3 event's principal without its caller-chosen session part
+(``pipeline.cloud.events.submitter``: an assumed role is one submitter whatever its session names,
+issue 27); a message that names none,
 or that is not an S3 event at all, is the anonymous submitter's, and is handled in its turn (the
 loop then parks what it cannot parse in the DLQ, as always).
 """
@@ -17,18 +19,18 @@ import bisect
 from collections import deque
 
 from pipeline.cloud.consumer import Message
-from pipeline.cloud.events import UnrecognisedMessage, parse_message_body
+from pipeline.cloud.events import ANONYMOUS, UnrecognisedMessage, parse_message_body, submitter
 
-ANONYMOUS = ""
+__all__ = ["ANONYMOUS", "WaitingRoom", "submitter_of"]
 
 
 def submitter_of(msg: Message) -> str:
-    """Whose turn the message is: the principal of its first record (one upload per message)."""
+    """Whose turn the message is: the submitter of its first record (one upload per message)."""
     try:
         parsed = parse_message_body(msg.body)
     except UnrecognisedMessage:
         return ANONYMOUS
-    return next((r.principal for r in parsed.created if r.principal), ANONYMOUS)
+    return next((submitter(r.principal) for r in parsed.created if r.principal), ANONYMOUS)
 
 
 def _age(msg: Message) -> tuple[int, str]:

@@ -152,3 +152,19 @@ def test_every_lane_has_its_queue_notification_and_scaler_trigger() -> None:
     )
     urls = [t["metadata"]["queueURL"].rsplit("/", 1)[-1] for t in scaled["spec"]["triggers"]]
     assert urls == ["tts-jobs", "tts-jobs-interactive"]
+
+
+def test_queue_policies_name_both_the_source_bucket_and_its_account() -> None:
+    """Issue 27: a statement letting an AWS service send to a queue holds it to this bucket
+    (aws:SourceArn) and this account (aws:SourceAccount): a bucket name is global, so the ARN alone
+    would admit a bucket of that name in another account (the confused deputy)."""
+    resources = _template()["Resources"]
+    policies = [r for r in resources.values() if r["Type"] == "AWS::SQS::QueuePolicy"]
+    assert policies
+    for policy in policies:
+        for st in policy["Properties"]["PolicyDocument"]["Statement"]:
+            if st["Effect"] != "Allow" or "Service" not in st.get("Principal", {}):
+                continue
+            keys = {key: value for test in st.get("Condition", {}).values() for key, value in test.items()}
+            assert "aws:SourceArn" in keys, st
+            assert keys.get("aws:SourceAccount") == "!Ref AWS::AccountId", st
