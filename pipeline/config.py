@@ -51,7 +51,8 @@ class Settings(BaseSettings):
     # The work one job may cost, counted after expansion (lexicons, normalization, chunking) and
     # checked before any synthesis (pipeline/worker/budget.py): over one, the job fails
     # JOB_TOO_COSTLY naming the limit. The defaults fit a 100,000-character plain job with a
-    # typical reference at the default steps (docs/security.md has the figures).
+    # typical reference at the default steps, at the default quality gate's worst case (model
+    # work counts every retry and transcription it may make; docs/security.md has the figures).
     max_spoken_chars: int = Field(default=300_000, ge=1, description="after normalization and lexicons")
     max_turns: int = Field(default=1_000, ge=1, le=1_000, description="dialogue segments (the manifest allows 1,000)")
     max_references: int = Field(default=16, ge=1, description="distinct (clip, transcript) pairs")

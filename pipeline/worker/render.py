@@ -201,9 +201,14 @@ class Renderer:
             first_short=inputs.priority is Priority.interactive,
         )
         m = inputs.manifest
-        work = budget.check_plan(self.settings, pieces, refs, inputs.turn_voice, m.nfe_step, m.cfg_strength)
-        run = _Render(self, inputs, refs, pieces, seed, model_label, attempt, workdir, warnings)
-        if run.gate is not None:  # regenerations share the job's model-work limit with its plan
+        # The gate's policy is part of the budget: its retries and transcriptions are GPU work too.
+        policy = quality.resolve(self.settings, m.quality, self.engine.bundle)
+        work = budget.check_plan(self.settings, pieces, refs, inputs.turn_voice, m.nfe_step, m.cfg_strength, policy)
+        run = _Render(self, inputs, refs, pieces, seed, model_label, attempt, workdir, warnings, policy)
+        if run.gate is not None:
+            # Regenerations share the job's model-work limit with its plan. check_plan admitted
+            # the worst case (every try of every chunk), so this never binds; it stays as a
+            # second fence should the estimate and the gate ever disagree.
             run.gate.regen_left = max(0, self.settings.max_model_work - work)
         return await run.go()
 
@@ -234,6 +239,7 @@ class _Render:
         attempt: Attempt,
         workdir: Path,
         warnings: list[ResultWarning],
+        policy: quality.Policy | None,
     ) -> None:
         self.st = renderer
         self.inputs = inputs
@@ -249,7 +255,6 @@ class _Render:
         self.durable = len(self.speech) > 1
         self.ordinal = {p.index: k for k, p in enumerate(self.speech)}
         self.specs: dict[int, ChunkSpec] = {}
-        policy = quality.resolve(renderer.settings, m.quality, renderer.engine.bundle)
         self.gate = (
             None
             if policy is None

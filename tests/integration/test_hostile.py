@@ -233,6 +233,21 @@ BOMBS = {
         },
         "TTS_MAX_MODEL_WORK",
     ),
+    # Issue 27: the quality gate's worst case. One step and no guidance make the plan cheap (~11 M
+    # for 3,500 chunks: the old budget let it through), but a gate no chunk can pass (max_wer 0:
+    # the job turns transcription on, even on the tiny bundle) with five retries may synthesise
+    # and transcribe every chunk six times: 21,000 Whisper runs, ~700 M counted
+    "quality": (
+        {
+            "text": "The river runs past the old stone mill. " * 700,
+            "voice": VOICE,
+            "ref_text": "a",
+            "nfe_step": 1,
+            "cfg_strength": 0,
+            "quality": {"max_wer": 0, "max_retries": 5},
+        },
+        "TTS_MAX_MODEL_WORK",
+    ),
     "turns": ({"segments": _segments(MAX_TURNS + 1), "voice": VOICE}, "TTS_MAX_TURNS"),
     # one clip, many transcripts: each pair would be a reference preparation
     "transcripts": ({"segments": _segments(40, ref_text=lambda i: f"Take {i}."), "voice": VOICE}, "TTS_MAX_REFERENCES"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -13,14 +14,15 @@ from aiohttp.test_utils import make_mocked_request
 
 from pipeline.config import Settings
 from pipeline.jobs import keys
-from pipeline.jobs.contract import ErrorCode, parse_manifest
+from pipeline.jobs.contract import ErrorCode, Manifest, parse_manifest
+from pipeline.models.bundle import AlignerSpec, AsrSpec, Bundle, TtsSpec, VocoderSpec
 from pipeline.runtime.logs import _TextFormatter, escape_controls
 from pipeline.text import script
 from pipeline.tts.engine import Reference, chunk_budget
 from pipeline.tts.voices import VoiceRecord, is_name
 from pipeline.web.guard import Guard, allowed_hosts, host_name, is_loopback
 from pipeline.web.sessions import FREE_FAILURES, WINDOW_S, LoginThrottle, Sessions
-from pipeline.worker import budget
+from pipeline.worker import budget, quality
 from pipeline.worker.failures import JobFailed
 from tests.helpers import REF_TEXT
 from tests.integration.test_longform import long_text
@@ -84,21 +86,93 @@ def test_the_library_deletes_only_inside_the_voices_own_folder() -> None:
 # -- the work budget ---------------------------------------------------------------------------
 
 
-def _work(text: str, ref_text: str, **fields: object) -> tuple[int, int]:
+# A bundle with a real ASR model (the worker's default policy transcribes every chunk there), and
+# the tiny test bundle (random weights: signal checks only, unless a job sets max_wer).
+REAL = Bundle(
+    name="b",
+    version="1",
+    tts=TtsSpec(arch={}, checkpoint="c", vocab="v"),
+    vocoder=VocoderSpec(dir="voc"),
+    aligner=AlignerSpec(model="a.onnx"),
+    asr=AsrSpec(dir="asr"),
+)
+TINY = REAL.model_copy(update={"random_weights": True})
+
+
+@dataclass
+class _Plan:
+    manifest: Manifest
+    pieces: list[script.Piece]
+    ref: Reference
+    turn_voice: list[int]
+
+    @property
+    def chunks(self) -> int:
+        return sum(1 for p in self.pieces if not p.is_pause)
+
+    @property
+    def work(self) -> int:
+        """The plan's own model work: one try per chunk (all the budget counted before issue 27)."""
+        m = self.manifest
+        return budget.model_work(self.pieces, [self.ref], self.turn_voice, m.nfe_step, m.cfg_strength)
+
+    def check(self, settings: Settings, bundle: Bundle) -> int:
+        """The worker's check before synthesis, with the gate the job gets on ``bundle``."""
+        m = self.manifest
+        policy = quality.resolve(settings, m.quality, bundle)
+        return budget.check_plan(settings, self.pieces, [self.ref], self.turn_voice, m.nfe_step, m.cfg_strength, policy)
+
+
+def _plan(text: str, ref_text: str, **fields: object) -> _Plan:
     m = parse_manifest(json.dumps({"text": text, "voice": "voices/a.wav", "ref_text": ref_text, **fields}).encode())
     analysis = script.analyse(m, {})
     ref = Reference(np.zeros(int(5.33 * 24000), dtype=np.float32), 24000, ref_text, "manifest")
     pieces = analysis.plan(lambda turn, speed: chunk_budget(len(ref.audio), ref.text, speed))
-    chunks = sum(1 for p in pieces if not p.is_pause)
-    return chunks, budget.model_work(pieces, [ref], [0] * len(analysis.turns), m.nfe_step, m.cfg_strength)
+    return _Plan(m, pieces, ref, [0] * len(analysis.turns))
+
+
+def _work(text: str, ref_text: str, **fields: object) -> tuple[int, int]:
+    plan = _plan(text, ref_text, **fields)
+    return plan.chunks, plan.work
 
 
 def test_a_100k_character_plain_job_fits_the_default_budget() -> None:
     s = Settings()
-    chunks, work = _work(long_text(100_000), REF_TEXT)
-    budget.check(s, "chunks", chunks)
-    budget.check(s, "work", work)
-    assert work > s.max_model_work / 10, "the limit should be within an order of magnitude of a real long job"
+    plan = _plan(long_text(100_000), REF_TEXT)
+    budget.check(s, "chunks", plan.chunks)
+    budget.check(s, "work", plan.work)
+    assert plan.work > s.max_model_work / 10, "the limit should be within an order of magnitude of a real long job"
+    # ... and so does its worst case with the default quality gate (issue 27): every chunk synthesised
+    # three times, and on a bundle with real ASR weights transcribed three times as well.
+    for bundle in (REAL, TINY):
+        assert plan.check(s, bundle) == plan.work
+    worst = budget.worst_case(plan.work, plan.chunks, quality.resolve(s, None, REAL))
+    assert worst.tries == 3 and worst.transcriptions == 3 * plan.chunks and worst.total <= s.max_model_work
+
+
+def test_the_quality_gates_retries_and_transcriptions_are_in_the_budget() -> None:
+    """Issue 27, defect 7: one step, no guidance and a gate no chunk can pass, asking for five
+    retries, over ~3,900 chunks (a one-character transcript shrinks them): the plan's own work is
+    small, but each chunk may be synthesised and transcribed six times, ~23,000 Whisper runs. The
+    job is refused before any synthesis, the message naming what to lower."""
+    quality_bomb = {"nfe_step": 1, "cfg_strength": 0, "quality": {"max_wer": 0, "max_retries": 5}}
+    plan = _plan(long_text(24_000), "a", **quality_bomb)
+    s = Settings()
+    assert 3_500 < plan.chunks <= s.max_chunks and plan.work < s.max_model_work / 10  # what was counted
+    for bundle in (REAL, TINY):  # max_wer in the manifest turns transcription on even on the tiny bundle
+        with pytest.raises(JobFailed) as e:
+            plan.check(s, bundle)
+        assert e.value.code == ErrorCode.JOB_TOO_COSTLY
+        assert "TTS_MAX_MODEL_WORK" in e.value.message and "quality.max_retries (now 5)" in e.value.message
+        assert "transcriptions" in e.value.message and "quality: false" in e.value.message
+    # Without the gate the same text fits: the gate is what it cost.
+    assert _plan(long_text(24_000), "a", nfe_step=1, cfg_strength=0, quality=False).check(s, REAL) == plan.work
+
+
+def test_a_references_transcription_counts_too() -> None:
+    assert budget.worst_case(0, 10, None, reference_transcriptions=2).total == 2 * budget.TRANSCRIPTION_WORK
+    signal_only = quality.Policy(asr=False, max_wer=None, max_retries=4)
+    assert budget.worst_case(100, 10, signal_only) == budget.Worst(synthesis=500, tries=5, transcriptions=0)
 
 
 @pytest.mark.parametrize(
