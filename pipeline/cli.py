@@ -50,7 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except _CliError as e:
-        print(f"tts-pipeline: {e}", file=sys.stderr)
+        from pipeline.client.terminal import safe_lines
+
+        # Messages quote what the bucket holds (a result's URI, a voice record): escaped.
+        print(f"tts-pipeline: {safe_lines(e)}", file=sys.stderr)
         return 1
 
 
@@ -443,8 +446,10 @@ def _model_list(args: argparse.Namespace) -> int:
     from pipeline.models.cache import ModelCache
 
     s = get_settings()
+    from pipeline.client.terminal import safe
+
     for name, latest in ModelCache.for_settings(s).list_remote().items():
-        print(f"{name}\t{latest}")
+        print(f"{safe(name)}\t{safe(latest)}")  # `latest` is an object's content
     return 0
 
 
@@ -473,6 +478,7 @@ def _model_pull(args: argparse.Namespace) -> int:
 
 
 def _voices_add(args: argparse.Namespace) -> int:
+    from pipeline.client.terminal import json_text
     from pipeline.cloud.store import open_store
     from pipeline.tts.voices import VoiceError, VoiceLibrary
 
@@ -483,7 +489,7 @@ def _voices_add(args: argparse.Namespace) -> int:
     async def go() -> str:
         async with open_store(get_settings()) as store:
             record = await VoiceLibrary(store).add(args.name, data, args.file.suffix or ".wav", args.ref_text)
-            return record.model_dump_json(indent=2)
+            return json_text(record.model_dump_json(indent=2))
 
     try:
         print(asyncio.run(go()))
@@ -493,12 +499,14 @@ def _voices_add(args: argparse.Namespace) -> int:
 
 
 def _voices_list(args: argparse.Namespace) -> int:
+    from pipeline.client.terminal import json_text
     from pipeline.cloud.store import open_store
     from pipeline.tts.voices import VoiceLibrary
 
     async def go() -> list[str]:
         async with open_store(get_settings()) as store:
-            return [r.model_dump_json() for r in await VoiceLibrary(store).list()]
+            # Transcripts may have come from anyone who may write voices/.
+            return [json_text(r.model_dump_json()) for r in await VoiceLibrary(store).list()]
 
     for line in asyncio.run(go()):
         print(line)
@@ -722,6 +730,7 @@ def _submit(args: argparse.Namespace) -> int:
 
     from pipeline.client import jobs as client
     from pipeline.client.progress import wait_view
+    from pipeline.client.terminal import safe
     from pipeline.cloud.store import open_store
     from pipeline.jobs.contract import JobState, Manifest
 
@@ -761,7 +770,7 @@ def _submit(args: argparse.Namespace) -> int:
                 status = await client.submit(store, job_id, manifest)
             except ValueError as e:
                 raise _CliError(str(e)) from None
-            print(f"submitted {job_id} (voice {voice})", file=sys.stderr)
+            print(f"submitted {job_id} (voice {safe(voice)})", file=sys.stderr)
             if not wait:
                 _print_doc(status, None, human)
                 return 0

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from pipeline.client.terminal import json_text
 from pipeline.cloud.store import PreconditionFailed, Store
 from pipeline.jobs import keys
 from pipeline.jobs.contract import JobResult, JobState, JobStatus, Manifest, Priority, utcnow
@@ -219,4 +220,5 @@ def _write(dest: Path, data: bytes) -> None:
 
 
 def dump(doc: BaseModel) -> str:
-    return doc.model_dump_json(indent=2)
+    """A document as the CLI prints it: JSON, with what a terminal would act on escaped."""
+    return json_text(doc.model_dump_json(indent=2))

@@ -6,6 +6,10 @@ documents themselves when stdout is not a terminal or ``--json`` is given. The b
 (stdout keeps the final document or summary) and only when stdout and stderr are both terminals;
 otherwise :class:`PlainWaitView` writes one plain line to stderr per change, with no escape codes.
 Nothing here touches S3 or a model.
+
+Every string taken from a job's documents (ids, notes, error messages, worker names, URIs) goes
+through :mod:`pipeline.client.terminal` before it is drawn: the bucket is written by clients, and a
+terminal acts on the escape sequences such text may carry.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from pipeline.client.terminal import markup, safe, text
 from pipeline.jobs.contract import JobResult, JobState, JobStatus, utcnow
 
 STATE_STYLE = {
@@ -180,13 +185,13 @@ class PlainWaitView:
         if key == self._last:
             return
         self._last = key
-        parts = [self.job_id, status.state.value]
+        parts = [safe(self.job_id), status.state.value]
         if self.chunks.total is not None and status.state in (JobState.PROCESSING, JobState.COMPLETED):
             parts.append(chunks_text(self.chunks.done, self.chunks.total, self.chunks.reused))
         if status.attempt > 1:
             parts.append(f"(attempt {status.attempt})")
         if status.error is not None:
-            parts.append(f"{status.error.code}: {status.error.message}")
+            parts.append(f"{safe(status.error.code)}: {safe(status.error.message)}")
         print(" ".join(parts), file=self.stream, flush=True)
 
     def update(self, status: JobStatus) -> None:
@@ -201,7 +206,7 @@ class PlainWaitView:
         self._line(status)
         if not status.state.terminal:
             print(
-                f"{self.job_id} still {status.state.value} after {self.timeout_s:g}s (--timeout)",
+                f"{safe(self.job_id)} still {status.state.value} after {self.timeout_s:g}s (--timeout)",
                 file=self.stream,
                 flush=True,
             )
@@ -243,7 +248,8 @@ class RichWaitView:
             transient=False,
             expand=False,
         )
-        self.task = self.progress.add_task("wait", total=None, job=job_id, state="", detail="", final=None)
+        # The text columns read their fields as rich markup.
+        self.task = self.progress.add_task("wait", total=None, job=markup(job_id), state="", detail="", final=None)
         self._started = False
 
     @property
@@ -280,7 +286,7 @@ class RichWaitView:
         if status.attempt > 1:
             detail += f" (attempt {status.attempt})"
         if final and status.error is not None:
-            detail += f"  {status.error.code}"
+            detail += f"  {markup(status.error.code)}"
         self.progress.update(
             self.task,
             total=total,
@@ -326,7 +332,7 @@ def status_summary(
     """``tts-pipeline status`` on a terminal: the state and what matters about it."""
     now = now or utcnow()
     title = Text.assemble(
-        (status.job_id, "bold"), "  ", state_text(status.state), (f"  attempt {status.attempt}", "dim")
+        text(status.job_id, "bold"), "  ", state_text(status.state), (f"  attempt {status.attempt}", "dim")
     )
     grid = _grid()
     grid.add_row("created", f"{local_time(status.created_at)} ({age(status.created_at, now)} ago)")
@@ -338,7 +344,7 @@ def status_summary(
     else:
         grid.add_row("updated", f"{local_time(status.updated_at)} ({age(status.updated_at, now)} ago)")
     if status.worker:
-        worker = Text(status.worker)
+        worker = text(status.worker)
         if status.lease_expires_at is not None and not status.state.terminal:
             worker.append(f"  lease until {local_time(status.lease_expires_at)}", style="dim")
         grid.add_row("worker", worker)
@@ -351,32 +357,32 @@ def status_summary(
         )
         grid.add_row("progress", bar)
     if status.error is not None:
-        grid.add_row("error", Text.assemble((status.error.code, "bold red"), ": ", status.error.message))
+        grid.add_row("error", Text.assemble(text(status.error.code, "bold red"), ": ", text(status.error.message)))
     if result is not None:
         a = result.audio
         grid.add_row(
             "audio",
             Text.assemble(
-                a.uri,
+                text(a.uri),
                 (f"  {a.format.value}, {a.duration_s:.1f} s, {a.sample_rate // 1000} kHz, {human_bytes(a.bytes)}", ""),
             ),
         )
         if audio_path is not None:
-            grid.add_row("saved", str(audio_path))
+            grid.add_row("saved", text(audio_path))
         for fmt, uri in sorted(result.subtitles.items()):
-            grid.add_row(str(getattr(fmt, "value", fmt)), uri)
+            grid.add_row(text(getattr(fmt, "value", fmt)), text(uri))
         chunks = f"{result.chunks}" + (f" ({result.chunks_reused} reused)" if result.chunks_reused else "")
         grid.add_row("chunks", chunks)
-        grid.add_row("model", f"{result.model.name}/{result.model.version} on {result.model.device}")
+        grid.add_row("model", text(f"{result.model.name}/{result.model.version} on {result.model.device}"))
         if result.warnings:
-            grid.add_row("warnings", Text(", ".join(w.code for w in result.warnings), style="yellow"))
+            grid.add_row("warnings", text(", ".join(w.code for w in result.warnings), "yellow"))
     elif status.result_key:
-        grid.add_row("result", status.result_key)
+        grid.add_row("result", text(status.result_key))
     hints = []
     if status.state is JobState.COMPLETED:
-        hints.append(f"tts-pipeline result {status.job_id} [--out FILE] for the result JSON and the audio")
+        hints.append(f"tts-pipeline result {safe(status.job_id)} [--out FILE] for the result JSON and the audio")
     elif not status.state.terminal:
-        hints.append(f"tts-pipeline wait {status.job_id} to follow it")
+        hints.append(f"tts-pipeline wait {safe(status.job_id)} to follow it")
     hints.append("--json for the status document")
     footer = Text("  ".join(hints), style="dim")
     return Group(title, grid, footer)
@@ -409,11 +415,11 @@ def jobs_table(statuses: Iterable[JobStatus], *, now: datetime | None = None) ->
         else:
             detail = "-"
         table.add_row(
-            st.job_id,
+            text(st.job_id),
             state_text(st.state),
             age(st.created_at, now),
             str(st.attempt),
             detail,
-            Text(st.error.code, style="red") if st.error else "",
+            text(st.error.code, "red") if st.error else "",
         )
     return table

@@ -331,3 +331,38 @@ def test_the_bar_shows_chunks_done_while_the_job_runs(make_stack: Any, holds: Ho
         assert re.search(rf"\b{n}/{n} chunks", text), text[-2000:]
     finally:
         stop_worker(worker)
+
+
+def test_escape_codes_in_a_status_never_reach_the_terminal(aws_env: dict[str, str], s3: Any) -> None:
+    """Issue 27, defect 8: a FAILED status whose error message carries what a manifest's unknown
+    key did (``\\x1b[2J`` clears the screen; a title change, an 8-bit CSI, a right-to-left
+    override). `status` and `jobs` on a terminal, `wait` piped and `status --json`: the operator
+    sees the escapes spelled out, and no byte of them reaches the terminal."""
+    job = f"cli-hostile-{time.time_ns()}"
+    hostile = "extra field '\x1b[2J\x1b]0;owned\x07' \x9b31m \u202eevil [bold]x[/]"
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    doc = {"job_id": job, "state": "FAILED", "attempt": 1, "created_at": now, "updated_at": now}
+    doc |= {"finished_at": now, "error": {"code": "INVALID_MANIFEST", "message": hostile}, "worker": hostile}
+    s3.put_object(Bucket=BUCKET, Key=f"status/{job}.json", Body=json.dumps(doc).encode())
+    shown = "extra field '\\x1b[2J\\x1b]0;owned\\x07' \\x9b31m \\u202eevil [bold]x[/]"
+    try:
+        for argv in ([TTS, "status", job], [TTS, "jobs", "--state", "FAILED", "--limit", "5"]):
+            code, out = run_in_terminal(argv, aws_env)
+            rest = re.sub(r"\x1b\[[0-9;]*m", "", out)  # rich's own colours and styles
+            assert code == 0 and "\x1b" not in rest and "\x9b" not in rest and "\u202e" not in rest, repr(rest)
+            assert job in rest, rest
+            if argv[1] == "status":  # (the table shows the error's code only)
+                assert shown in plain(out).replace("\n", ""), plain(out)
+
+        waited = piped([TTS, "wait", job, "--timeout", "0"], aws_env)
+        assert waited.returncode == 1, waited.stderr
+        assert json.loads(waited.stdout)["error"]["message"] == hostile  # the same document
+        for stream in (waited.stdout, waited.stderr):
+            assert "\x1b" not in stream and "\x9b" not in stream and "\u202e" not in stream, repr(stream)
+        assert waited.stderr.splitlines()[-1] == f"{job} FAILED INVALID_MANIFEST: {shown}"
+
+        code, out = run_in_terminal([TTS, "status", job, "--json"], aws_env)
+        assert code == 0 and "\x1b" not in out and "\x9b" not in out and "\u202e" not in out, repr(out)
+        assert json.loads(out.replace("\r\n", "\n"))["error"]["message"] == hostile
+    finally:
+        s3.delete_object(Bucket=BUCKET, Key=f"status/{job}.json")
