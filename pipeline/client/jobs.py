@@ -51,31 +51,50 @@ async def upload_voice(store: Store, path: Path) -> str:
 
 
 async def submit(store: Store, job_id: str, manifest: Manifest) -> JobStatus:
-    """Write the QUEUED status, then the manifest (whose upload triggers the worker) into the inbox
-    its ``priority`` names: the inbox, not the field, is what the worker goes by.
+    """Create the manifest (whose upload triggers the worker) in the inbox its ``priority`` names:
+    the inbox, not the field, is what the worker goes by. Nothing else is written: the worker
+    creates the status when it claims the job, as for a manifest uploaded with the AWS CLI, so a
+    submitter needs no write access to ``status/`` (with it, anyone who may submit could end or
+    take over any job). Returns the QUEUED status ``get_status`` reports until then.
 
     A job id is used once: ``JobExists`` if a manifest is in either inbox or a status exists. The
-    status is *created* (``If-None-Match: *``), never written over: a second submit of the same
-    id (two racing requests, or a re-submit once the inbox object has expired) cannot put a live
-    or finished job back to QUEUED, attempt 0; it fails before writing a manifest. A retry whose
-    first try created the status but lost the answer recognises its own write (``Store.put_new``)."""
+    manifest is *created* (``If-None-Match: *``), never written over: of two submits of one id at
+    once into one inbox, one wins (across the two inboxes, at most one: ``_check_other_inbox``).
+    A retry whose first try created the manifest but lost the answer recognises its own write
+    (``Store.put_new``). A status only ever follows a manifest, and manifests expire only long
+    after their job's status exists: looking at the inboxes first, then at the status, finds a
+    job that ran even once its manifest is gone."""
     if not keys.is_valid_job_id(job_id):
         raise ValueError(f"invalid job id {job_id!r}: use [A-Za-z0-9._-]{{1,128}}")
-    for key in keys.manifest_keys(job_id):  # one job-id namespace across both inboxes
+    for key in (*keys.manifest_keys(job_id), keys.status_key(job_id)):  # one job-id namespace
         if await store.exists(key):
             raise JobExists(job_id, key)
-    status = JobStatus.new(job_id, note="submitted with tts-pipeline submit")
-    status.priority = manifest.priority
-    key = keys.status_key(job_id)
+    key = keys.manifest_key(job_id, manifest.priority)
+    body = manifest.model_dump_json(exclude_defaults=True).encode()
     try:
-        await store.put_new(key, status.model_dump_json(indent=2).encode(), "application/json")
+        await store.put_new(key, body, "application/json")
     except PreconditionFailed:
         raise JobExists(job_id, key) from None
-    await store.put_bytes(
-        keys.manifest_key(job_id, manifest.priority),
-        manifest.model_dump_json(exclude_defaults=True).encode(),
-        "application/json",
-    )
+    await _check_other_inbox(store, job_id, manifest.priority)
+    return queued_status(job_id, utcnow(), manifest.priority)
+
+
+async def _check_other_inbox(store: Store, job_id: str, priority: Priority) -> None:
+    """Two submits of one id into *different* inboxes at once both pass the checks and may both
+    create their manifest (``If-None-Match`` guards one key). Of two that write and then look here,
+    at least one sees the other (S3 is strongly consistent), so at most one is told it won; the
+    job runs once, from the manifest a worker meets first (not always the winner's: a race of
+    one id across lanes is a client's mistake, and it is refused, not arbitrated)."""
+    other = Priority.bulk if priority is Priority.interactive else Priority.interactive
+    other_key = keys.manifest_key(job_id, other)
+    if await store.exists(other_key):
+        raise JobExists(job_id, other_key)
+
+
+def queued_status(job_id: str, at: datetime, priority: Priority | None) -> JobStatus:
+    """What a job whose manifest no worker has claimed yet looks like: QUEUED since ``at``."""
+    status = JobStatus.new(job_id, created_at=at, note="manifest in inbox; not picked up yet")
+    status.priority = priority
     return status
 
 
@@ -92,10 +111,9 @@ async def get_status(store: Store, job_id: str) -> JobStatus:
     for priority in (Priority.bulk, Priority.interactive):
         head = await store.head(keys.manifest_key(job_id, priority))
         if head is not None:
-            # Uploaded with the AWS CLI and not picked up yet: the manifest's presence is the QUEUED state.
-            status = JobStatus.new(job_id, created_at=head["LastModified"], note="manifest in inbox; not picked up yet")
-            status.priority = priority
-            return status
+            # Submitted (by ``submit`` or the AWS CLI) and not picked up yet: the manifest's
+            # presence is the QUEUED state.
+            return queued_status(job_id, head["LastModified"], priority)
     raise JobNotFound(f"no job {job_id}: neither {keys.status_key(job_id)} nor a manifest in either inbox exist")
 
 

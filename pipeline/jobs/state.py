@@ -29,6 +29,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import Enum
 
+from botocore.exceptions import ClientError
+
+from pipeline.cloud.aws import is_access_denied
 from pipeline.cloud.store import PreconditionFailed, Store, Unreadable
 from pipeline.jobs import keys
 from pipeline.jobs.contract import JobErrorInfo, JobState, JobStatus, Priority, Progress, utcnow
@@ -257,24 +260,60 @@ async def recheck_commit(store: Store, written: JobStatus, etag: str, worker: st
 async def request_cancel(store: Store, job_id: str) -> JobStatus | None:
     """Ask for a job to be cancelled: write ``cancel/<job_id>``; a QUEUED job is cancelled at once,
     unless its result exists (an attempt published it and could not write COMPLETED: the job is
-    done, and its next delivery says so).
+    done, and its next delivery says so). A job no worker has claimed yet has no status (``submit``
+    writes none): its CANCELLED status is created, as a claim would create one (``If-None-Match``;
+    a worker claiming it meanwhile wins, and meets the marker).
 
-    A running job is cancelled by its worker at the next check (before start, between text chunks).
+    The marker is the request; the status write only makes it visible at once. A caller whose
+    role may not write ``status/`` (infra/cloudformation.yaml ``ClientPolicy``: submitters must
+    not rewrite statuses) gets the status as it was read, and the worker that receives the job
+    ends it CANCELLED. A running job is cancelled by its worker at the next check (before start,
+    between text chunks).
     """
     await store.put_bytes(keys.cancel_key(job_id), b"", "text/plain")
+    try:
+        return await _cancel_queued(store, job_id)
+    except ClientError as e:
+        if not is_access_denied(e):
+            raise
+        log.info("cancel %s: may not write its status; the worker ends it at its next check", job_id)
+        try:
+            return (await store.get_model_etag(keys.status_key(job_id), JobStatus))[0]
+        except Unreadable:
+            return None
+
+
+async def _cancel_queued(store: Store, job_id: str) -> JobStatus | None:
     for _ in range(_CLAIM_ROUNDS):
         try:
             status, etag = await store.get_model_etag(keys.status_key(job_id), JobStatus)
         except Unreadable:
             return None  # no state to move; the worker that claims over it meets the marker first
-        if status is None or status.state is not JobState.QUEUED or etag is None:
-            return status
-        if await committed(store, job_id):
+        if status is None:
+            # Unclaimed: no result can exist yet (one is published only under a claim).
+            status = await _unclaimed(store, job_id)
+            if status is None:
+                return None  # no manifest either: nothing to move
+        elif status.state is not JobState.QUEUED or etag is None or await committed(store, job_id):
             return status
         new = status.moved_to(JobState.CANCELLED, note="cancelled before a worker started it")
         try:
-            new_etag = await store.put_json(keys.status_key(job_id), new, if_match=etag)
+            if etag is None:
+                new_etag = await store.put_json(keys.status_key(job_id), new, if_none_match=True)
+            else:
+                new_etag = await store.put_json(keys.status_key(job_id), new, if_match=etag)
         except PreconditionFailed:
             continue  # a worker claimed it meanwhile: it will see the marker
         return (await recheck_commit(store, new, new_etag, new.worker or "cancel"))[0]
+    return None
+
+
+async def _unclaimed(store: Store, job_id: str) -> JobStatus | None:
+    """The QUEUED status of a job whose manifest is in an inbox and that no worker has claimed."""
+    for priority in (Priority.bulk, Priority.interactive):
+        head = await store.head(keys.manifest_key(job_id, priority))
+        if head is not None:
+            status = JobStatus.new(job_id, created_at=head["LastModified"])
+            status.priority = priority
+            return status
     return None

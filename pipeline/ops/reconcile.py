@@ -9,7 +9,8 @@ Found                                                       Done
 ==========================================================  =========================================
 manifest in ``inbox/`` or ``inbox-interactive/`` with no    status QUEUED (``If-None-Match``), then an
 status, older than the threshold (its S3 event never        S3-event message for it is sent, to the
-reached the queue)                                          queue of its inbox
+reached the queue), and no message can still carry it       queue of its inbox
+(as for a QUEUED job below: ``submit`` writes no status)
 status QUEUED, unchanged for longer than the threshold      QUEUED again (new ``updated_at``), message
 (its message vanished: retention, deletion, a lost send)    sent; a duplicate is harmless (claims)
 status PROCESSING whose lease lapsed more than the          ``attempt`` < max attempts: re-enqueued as
@@ -270,12 +271,17 @@ class Reconciler:
     # -- jobs ----------------------------------------------------------------------------------
 
     async def _orphan(self, job_id: str, manifest: ObjectInfo, report: Report, now: datetime) -> None:
-        """A manifest no worker ever saw: its S3 event never reached the queue."""
+        """A manifest no worker ever saw: its S3 event never reached the queue, or still waits in
+        it (re-enqueued only when no message can still carry it, as a QUEUED job is)."""
         age = (now - manifest.last_modified).total_seconds()
         created = manifest.last_modified
         if self._expired(created, now):
             action, why = Action.EXPIRED, f"never started: no status {age:.0f}s after upload, past the TTL"
             new = JobStatus.new(job_id, created_at=created).moved_to(JobState.EXPIRED, worker=WORKER, note=why, at=now)
+        elif not self._message_lost(keys.inbox_of(manifest.key), created, now):
+            # Its S3 event may still be waiting in the queue: ``submit`` writes no status (issue
+            # 27), so every job waiting in a backlog looks like this one; a copy would be a duplicate.
+            return
         else:
             action, why = Action.REENQUEUED, f"re-enqueued by the reconciler: no status {age:.0f}s after upload"
             new = JobStatus.new(job_id, created_at=created, note=why).model_copy(update={"updated_at": now})

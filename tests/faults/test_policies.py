@@ -199,10 +199,11 @@ def traced(
         console, url = start_console(_env(stack, proxy, "console-key", topic), tmp / "console.log")
         _worker_paths(stack, proxy, topic, s3, sqs, holds, tmp, started)
         _console_paths(url, s3)
-        console.terminate()
-        console.wait(timeout=30)
         for w in started:
             stop_worker(w)
+        _console_cancels_an_unclaimed_job(url, s3)
+        console.terminate()
+        console.wait(timeout=30)
         _reconciler_paths(stack, proxy, topic, s3, sqs)
         yield proxy.trace(), _arns(NAME, NAME)
     finally:
@@ -339,6 +340,23 @@ def _console_paths(url: str, s3: Any) -> None:
     assert code in (200, 204), resp[:300]
     code, resp, _ = http_request(f"{url}/v1/voices")
     assert code == 200
+
+
+def _console_cancels_an_unclaimed_job(url: str, s3: Any) -> None:
+    """No worker runs now: a job submitted from the page (with an uploaded clip) has a manifest and
+    no status (``submit`` writes none, issue 27); cancelling it from the page creates its CANCELLED
+    status. That is the one status write the console makes (its status/* grant)."""
+    mutate = {"X-Console": "1"}
+    fields = {"text": "Never run.", "ref_text": REF_TEXT}
+    body, ctype = multipart(fields, "clip", reference_voice_path().read_bytes())
+    code, resp, _ = http_request(f"{url}/console/api/jobs", "POST", body, {"Content-Type": ctype, **mutate})
+    assert code == 201, resp[:300]
+    job = json.loads(resp)["job_id"]
+    assert s3.list_objects_v2(Bucket=NAME, Prefix=f"status/{job}.json").get("KeyCount", 0) == 0
+    code, resp, _ = http_request(f"{url}/console/api/jobs/{job}/cancel", "POST", b"", mutate)
+    assert code == 200, resp[:300]
+    status = json.loads(s3.get_object(Bucket=NAME, Key=f"status/{job}.json")["Body"].read())
+    assert status["state"] == "CANCELLED", status
 
 
 def _reconciler_paths(stack: dict[str, str], proxy: ProxyProcess, topic: str, s3: Any, sqs: Any) -> None:

@@ -168,3 +168,44 @@ def test_queue_policies_name_both_the_source_bucket_and_its_account() -> None:
             keys = {key: value for test in st.get("Condition", {}).values() for key, value in test.items()}
             assert "aws:SourceArn" in keys, st
             assert keys.get("aws:SourceAccount") == "!Ref AWS::AccountId", st
+
+
+def _statements(policy: str) -> list[dict]:
+    statements = _template()["Resources"][policy]["Properties"]["PolicyDocument"]["Statement"]
+    # A conditional statement (!If [cond, statement, NoValue]) counts as its statement.
+    return [s if isinstance(s, dict) else s[1] for s in statements]
+
+
+def _listed(value: str | list[str]) -> list[str]:
+    return value if isinstance(value, list) else [value]
+
+
+CLIENT_WRITES = {"inbox/*", "inbox-interactive/*", "voices/uploads/*", "cancel/*"}
+CLIENT_READS = {"s3:GetObject", "s3:ListBucket", "kms:Decrypt", "kms:GenerateDataKey"}
+
+
+def test_clients_may_write_the_inbox_and_never_a_status_or_a_result() -> None:
+    """Issue 27, defect 9: submitting writes the manifest only (the worker creates the status),
+    so the client policy grants no write under status/ or results/ (whoever holds it could end any
+    job or break a running one's claim), nor outputs/; every write it grants is on a prefix the
+    client commands write: manifests of either lane, uploaded clips, cancellation markers. The
+    requests those commands make: tests/integration/test_submit.py (a submit writes its manifest
+    and nothing else)."""
+    statements = _statements("ClientPolicy")
+    writes: set[str] = set()
+    for st in statements:
+        assert st["Effect"] == "Allow", st
+        actions = _listed(st["Action"])
+        assert not any("*" in a for a in actions), st  # no s3:*, no s3:Put*
+        for action in actions:
+            if action in CLIENT_READS:
+                continue
+            for resource in _listed(st["Resource"]):
+                prefix = resource.removeprefix("!Sub ${JobBucket.Arn}/")
+                assert prefix != resource, f"{action} on {resource}: not a key pattern of the job bucket"
+                assert not prefix.startswith(("status/", "results/", "outputs/")), f"{action} on {prefix}"
+                assert prefix in CLIENT_WRITES, f"{action} on {prefix}"
+                writes.add(f"{action} {prefix}")
+    assert writes == {f"s3:PutObject {p}" for p in CLIENT_WRITES}, writes
+    outputs = _template()["Outputs"]
+    assert outputs["ClientPolicyArn"]["Value"] == "!Ref ClientPolicy"
