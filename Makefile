@@ -5,7 +5,7 @@ VENV := .venv
 LS_VENV := localstack/.venv
 TTS := $(VENV)/bin/tts-pipeline
 
-.PHONY: help setup browser console venv localstack-venv demo test unit integration faults sweep nemesis reliability bench bench-latency bench-gpu lint format schemas clean image-check
+.PHONY: help setup browser console venv localstack-venv demo test unit integration faults sweep nemesis reliability bench bench-latency bench-abuse bench-gpu lint format schemas clean image-check
 
 help:
 	@echo "make demo    set up, start LocalStack, run one voice-cloning job end to end, print the result"
@@ -53,6 +53,11 @@ bench: setup
 # tiny bundle: docs/bench/latency-cpu.json.
 bench-latency: setup
 	$(VENV)/bin/python scripts/bench_latency.py
+
+# Issue 27's hostile-load benchmark (real stack, loopback only, bounded): a legitimate client's
+# latency while every abuse of the front door runs at once. docs/bench/abuse.json.
+bench-abuse: setup
+	$(VENV)/bin/python scripts/bench_abuse.py $(BENCH_ABUSE_ARGS)
 
 # Throughput (jobs in flight, batching, compile, alignment): full-size random bundle on a GPU,
 # the tiny bundle on CPU. Writes docs/bench/throughput-<label>.json and docs/benchmarks.md.

@@ -181,11 +181,15 @@ class Settings(BaseSettings):
     # 429 with Retry-After before any S3 call. requests: every /v1 and /console/api request;
     # streams: answers carrying audio at once (speech, live players); jobs: jobs the API made for
     # the client that have not ended (a client that hangs up still holds its job's place until it
-    # ends); chars: input characters the API takes per minute.
+    # ends; at most door_interactive_jobs of them interactive, the rest bulk); chars: input
+    # characters the API takes per minute.
     door_requests_per_s: float = Field(default=20.0, gt=0)
     door_request_burst: int = Field(default=60, ge=1)
     door_streams: int = Field(default=4, ge=1)
     door_jobs: int = Field(default=4, ge=1)
+    # Of those, how many may be in the interactive lane at once; the client's further jobs are bulk
+    # (a client's burst of requests cannot take the lane every other client's first audio needs).
+    door_interactive_jobs: int = Field(default=1, ge=1)
     door_chars_per_minute: int = Field(default=100_000, ge=1)
     # The longest input a speech request sends to the interactive lane; longer input becomes a
     # bulk job (still answered, behind no one's interactive request). OpenAI's own limit is 4,096.

@@ -105,6 +105,13 @@ class Queue:
         self.retention_s = int(retention) if retention else None
         self.max_receive_count = int(policy["maxReceiveCount"]) if dlq_url and "maxReceiveCount" in policy else None
 
+    async def locate(self) -> None:
+        """Find the queue URL only: all a sender needs (and all its role may look up)."""
+        async for attempt in self.calls.retrying():
+            with attempt:
+                async with asyncio.timeout(self.calls.timeout_s):
+                    self.url = (await self.sqs.get_queue_url(QueueName=self.name))["QueueUrl"]
+
     @classmethod
     @contextlib.asynccontextmanager
     async def open_dlq(cls, name: str) -> AsyncIterator[tuple[Queue, Queue]]:

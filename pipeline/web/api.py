@@ -63,7 +63,7 @@ log = logging.getLogger(__name__)
 
 SENT_BY = "tts-console"  # the principal and sender the API's own messages name
 WATCH_MAX_S = 24 * 3600.0  # a job a hung-up client left is watched this long at most
-WATCH_MAX_DELAY_S = 30.0
+WATCH_MAX_DELAY_S = 5.0  # a job's end frees its place at most this late (one status GET per look)
 MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts", "f5-tts")
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
 
@@ -192,7 +192,10 @@ class SpeechApi:
                     code="rate_limit_exceeded",
                 )
             async with self.slots:
-                ticket = self.door.job(client, len(req.input), self._job_id_for(request))
+                interactive = manifest.priority is Priority.interactive
+                ticket = self.door.job(client, len(req.input), self._job_id_for(request), interactive)
+                if interactive and not ticket.interactive:  # the client's interactive share is in use
+                    manifest = manifest.model_copy(update={"priority": Priority.bulk})
                 try:
                     return await self._speech(request, req, manifest, ticket)
                 finally:
@@ -350,8 +353,9 @@ class SpeechApi:
     async def _submit(self, request: web.Request, job_id: str, manifest: Manifest) -> None:
         """A new job; or, for a request carrying an ``Idempotency-Key`` seen before (a client retrying
         after a 504, or racing the first request), the job that key started, so retries wait on one
-        job instead of starting more. ``client.submit`` creates the status only if there is none, so
-        a retry never puts that job back to QUEUED (not even once its manifest has expired)."""
+        job instead of starting more. ``client.submit`` refuses an id whose manifest or status
+        exists and creates the manifest only if there is none, so a retry never starts that job
+        again (not even once its manifest has expired: its status stays)."""
         try:
             await client.submit(self.store, job_id, manifest)
         except client.JobExists:  # the same request again (earlier, or at the same time)
@@ -371,7 +375,7 @@ class SpeechApi:
         key = keys.manifest_key(job_id, manifest.priority)
         try:
             if self.lane.url is None:
-                await self.lane.resolve()
+                await self.lane.locate()
             await self.lane.send(s3_event(self.store.bucket, key, principal=SENT_BY), {"tts-sent-by": SENT_BY})
         except Exception as e:
             log.warning("job %s: could not send its message (%s): the S3 notification will", job_id, describe(e))

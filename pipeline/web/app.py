@@ -49,7 +49,7 @@ def budget_middleware(door: Door) -> Callable[..., Any]:
                 door.admit(door.client(request))
             return await handler(request)
         except OverBudget as e:
-            log.info("%s %s from %s: 429: %s", request.method, request.path, door.client(request), e.message)
+            door.refused(door.client(request), f"{request.method} {request.path}: {e.message}")
             body = refusal_body(request, e.message, e.code)
             return web.Response(
                 text=body, status=429, content_type="application/json", headers={"Retry-After": e.retry_after}

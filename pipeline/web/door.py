@@ -9,10 +9,11 @@ before any S3 call:
   over every ``/v1`` and ``/console/api`` request;
 - **streams**: at most ``TTS_DOOR_STREAMS`` answers carrying audio at once (speech requests, the
   console's live players);
-- **jobs**: at most ``TTS_DOOR_JOBS`` jobs the API made for it that have not ended. A client that
-  hangs up does not free its place: the job goes on, and its place is given back when the job
-  ends (``Door.watch`` looks, with backoff), so ``curl -m 1`` in a loop makes ``TTS_DOOR_JOBS``
-  jobs, not one per second;
+- **jobs**: at most ``TTS_DOOR_JOBS`` jobs the API made for it that have not ended, of which at
+  most ``TTS_DOOR_INTERACTIVE_JOBS`` in the interactive lane (the rest are bulk jobs, fair-shared
+  behind everyone's interactive ones). A client that hangs up does not free its place: the job
+  goes on, and its place is given back when the job ends (the API looks, with backoff), so
+  ``curl -m 1`` in a loop keeps ``TTS_DOOR_JOBS`` jobs unfinished, not one more per second;
 - **characters**: ``TTS_DOOR_CHARS_PER_MINUTE`` input characters a minute (a bucket as large);
 - **wrong keys** (``pipeline.web.sessions.LoginThrottle``): five wrong keys in 15 minutes, bearer
   or login form, lock the address out (429, the key unchecked) for the rest of the window.
@@ -23,6 +24,7 @@ clients (the least recently seen go first), so a flood of addresses costs bounde
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections import OrderedDict
@@ -34,6 +36,9 @@ from aiohttp import web
 
 from pipeline.config import Settings
 from pipeline.web.sessions import MAX_CLIENTS, LoginThrottle
+
+log = logging.getLogger(__name__)
+REFUSAL_LOG_S = 60.0  # a client's refusals are logged once a minute at most
 
 
 class OverBudget(Exception):
@@ -77,6 +82,7 @@ class Ticket:
 
     client: str
     job_id: str
+    interactive: bool = False  # the job goes to the interactive lane (else bulk)
     made: bool = False  # the job was submitted (else the ticket ends with its request)
     watched: bool = False  # someone is looking for the job's end
     ended: bool = False
@@ -105,6 +111,7 @@ class Door:
         self.clock = clock
         self.throttle = LoginThrottle(clock=clock)
         self._clients: OrderedDict[str, _Client] = OrderedDict()
+        self._refusals: OrderedDict[str, tuple[float, int]] = OrderedDict()  # client -> (logged at, hidden)
 
     def client(self, request: web.Request) -> str:
         return client_address(request, self.settings.console_trust_proxy)
@@ -129,6 +136,21 @@ class Door:
             c = self._clients[name]
             if not c.streams and not c.jobs:
                 del self._clients[name]
+
+    def refused(self, client: str, what: str) -> None:
+        """Log a refusal: the first of a client's in each ``REFUSAL_LOG_S``, with how many were not
+        logged since (a flood of 429s must not become a flood of log lines on the operator's disk)."""
+        now = self.clock()
+        last, hidden = self._refusals.get(client, (-REFUSAL_LOG_S, 0))
+        if now - last < REFUSAL_LOG_S:
+            self._refusals[client] = (last, hidden + 1)
+            return
+        self._refusals[client] = (now, 0)
+        self._refusals.move_to_end(client)
+        while len(self._refusals) > MAX_CLIENTS:
+            self._refusals.popitem(last=False)
+        more = f" ({hidden} more refused since the last line)" if hidden else ""
+        log.info("client %s: 429: %s%s", client, what, more)
 
     # -- requests
 
@@ -170,9 +192,11 @@ class Door:
 
     # -- jobs
 
-    def job(self, client: str, chars: int, job_id: str) -> Ticket:
+    def job(self, client: str, chars: int, job_id: str, interactive: bool = True) -> Ticket:
         """A place for job ``job_id`` of ``chars`` input characters, or OverBudget; the place it
-        already has when the client asks for the same job again."""
+        already has when the client asks for the same job again. The ticket says whether the job
+        may be interactive: only while the client has fewer than ``TTS_DOOR_INTERACTIVE_JOBS``
+        interactive jobs unfinished (a burst of requests from one client is bulk work)."""
         c = self._get(client)
         if job_id in c.jobs:
             return c.jobs[job_id]
@@ -188,7 +212,9 @@ class Door:
         wait = c.chars.take(chars, self.clock())
         if wait is not None:
             raise OverBudget(f"more than {s.door_chars_per_minute} input characters a minute from {client}", wait)
-        ticket = c.jobs[job_id] = Ticket(client, job_id)
+        fast = sum(t.interactive for t in c.jobs.values()) < s.door_interactive_jobs
+        ticket = c.jobs[job_id] = Ticket(client, job_id, interactive=interactive and fast)
+        log.info("client %s: %d unfinished job(s) (a place taken for %s)", client, len(c.jobs), job_id)
         return ticket
 
     def ended(self, ticket: Ticket) -> None:
@@ -197,6 +223,7 @@ class Door:
         c = self._clients.get(ticket.client)
         if c is not None and c.jobs.get(ticket.job_id) is ticket:
             del c.jobs[ticket.job_id]
+            log.info("client %s: %d unfinished job(s) (%s's place freed)", ticket.client, len(c.jobs), ticket.job_id)
 
     def open_jobs(self, client: str) -> int:
         c = self._clients.get(client)

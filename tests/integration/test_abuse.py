@@ -52,9 +52,12 @@ def door_env(make_stack: Any) -> dict[str, str]:
 @contextlib.contextmanager
 def _console(env: dict[str, str], tmp: Path, **settings: str) -> Iterator[str]:
     proc, url = start_console(env, tmp / "console.log", **settings)
-    yield url
-    proc.terminate()
-    assert proc.wait(timeout=30) == 0
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        code = proc.wait(timeout=30)
+    assert code == 0
 
 
 def _manifests(s3: Any, prefix: str) -> set[str]:

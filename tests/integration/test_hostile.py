@@ -84,9 +84,12 @@ def door_env(make_stack: Any, s3: Any) -> dict[str, str]:
 
 def _console(env: dict[str, str], tmp: Path, **settings: str) -> Iterator[str]:
     proc, url = start_console(env, tmp / "console.log", **settings)
-    yield url
-    proc.terminate()
-    assert proc.wait(timeout=30) == 0
+    try:
+        yield url
+    finally:  # also when the test fails inside (the generator is closed, not exhausted)
+        proc.terminate()
+        code = proc.wait(timeout=30)
+    assert code == 0
 
 
 @pytest.fixture(scope="module")

@@ -178,3 +178,29 @@ def test_the_wav_layout_is_total_and_stays_inside_the_file(head: bytes, size: in
 def test_a_filtered_job_list_reads_a_bounded_number_of_statuses() -> None:
     """Defect 5: a state filter kept reading to the end of the bucket."""
     assert scan_bound(20) == 200 and scan_bound(10**9) == MAX_SCAN
+
+
+def test_a_client_has_one_interactive_job_at_a_time_and_the_rest_are_bulk() -> None:
+    """A burst from one client (the hang-up loop) cannot take the interactive lane every other
+    client's first audio needs: its jobs beyond TTS_DOOR_INTERACTIVE_JOBS are bulk."""
+    door, _ = _door(door_jobs=3, door_interactive_jobs=1)
+    first = door.job("a", 1, "j1")
+    second = door.job("a", 1, "j2")
+    assert first.interactive and not second.interactive
+    assert door.job("b", 1, "k1").interactive  # another client has its own share
+    assert not door.job("a", 1, "j3", interactive=False).interactive  # long input stays bulk
+    door.ended(first)
+    door.ended(second)
+    assert door.job("a", 1, "j4").interactive
+
+
+def test_a_flood_of_refusals_is_one_log_line_a_minute(caplog: pytest.LogCaptureFixture) -> None:
+    """A client sending 429-bound requests at line rate must not fill the operator's disk."""
+    door, clock = _door()
+    with caplog.at_level("INFO", logger="pipeline.web.door"):
+        for _ in range(1000):
+            door.refused("a", "GET /v1/models: too many")
+        clock.now += 61
+        door.refused("a", "GET /v1/models: too many")
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2 and "999 more refused" in lines[1]
