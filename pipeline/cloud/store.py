@@ -74,6 +74,13 @@ def parse_document(key: str, body: bytes, model: type[M]) -> M:
         raise Unreadable(key, model.__name__, f"{e.error_count()} error(s), first at {where}: {first['msg']}") from None
 
 
+class RangeIgnored(RuntimeError):
+    """A ranged GET answered with other bytes than the range asked for."""
+
+    def __init__(self, key: str, start: int) -> None:
+        super().__init__(f"{key}: the answer to a read from byte {start} is not that range")
+
+
 class TooLarge(ValueError):
     def __init__(self, key: str, size: int, limit: int) -> None:
         super().__init__(f"{key}: {size} bytes > limit {limit}")
@@ -170,7 +177,13 @@ class Store:
                         raise
                 size = _total_size(resp)
                 async with resp["Body"] as body, asyncio.timeout(self.calls.for_bytes(length)):
-                    return await body.read(), size
+                    if not str(resp.get("ContentRange", "")).startswith(f"bytes {start}-"):
+                        # An answer that ignored the Range (the whole object) is not these bytes.
+                        raise RangeIgnored(key, start)
+                    data = await body.read()  # a range's answer: at most ``length`` bytes
+                if len(data) > length:
+                    raise RangeIgnored(key, start)
+                return data, size
         raise AssertionError("unreachable")
 
     async def size(self, key: str, max_bytes: int | None = None) -> int:

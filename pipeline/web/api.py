@@ -57,13 +57,20 @@ from pipeline.jobs.state import request_cancel
 from pipeline.tts.voices import VoiceError, VoiceLibrary, is_name
 from pipeline.web import encoders
 from pipeline.web.door import Door, OverBudget, Ticket
-from pipeline.web.stream import ChunkFollower, ClientGone, StreamFailed, StreamStalled, write_within
+from pipeline.web.stream import (
+    ChunkFollower,
+    ClientGone,
+    StreamFailed,
+    StreamStalled,
+    begin,
+    prepared,
+    write_within,
+)
 
 log = logging.getLogger(__name__)
 
 SENT_BY = "tts-console"  # the principal and sender the API's own messages name
-WATCH_MAX_S = 24 * 3600.0  # a job a hung-up client left is watched this long at most
-WATCH_MAX_DELAY_S = 5.0  # a job's end frees its place at most this late (one status GET per look)
+LANE_RETRY_S = 60.0  # an interactive queue that could not be found is looked up again this much later
 MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts", "f5-tts")
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
 
@@ -123,6 +130,7 @@ class SpeechApi:
         self.voices = VoiceLibrary(store)
         self.slots = asyncio.Semaphore(settings.api_max_concurrent)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._lane_missing_until = 0.0  # the interactive queue was not found: not looked up again before
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/audio/speech", self.speech)
@@ -149,6 +157,12 @@ class SpeechApi:
                 raise
             return ApiError(e.status, e.reason or "error").response()
         except Exception as e:
+            begun = prepared(request)
+            if begun is not None:  # mid-answer: no second answer on this connection, cut it short
+                log.warning("%s %s failed mid-answer (%s): the body is cut short", request.method, request.path, e)
+                if request.transport is not None:
+                    request.transport.close()
+                return begun
             # What the handlers do not answer themselves (S3 unreachable past the retries while a
             # voice or a job is looked up) still gets OpenAI's error shape, never aiohttp's bare
             # 500 page: a 503 the client's own retries handle, or a 500 that points at the log.
@@ -183,7 +197,8 @@ class SpeechApi:
         then, in order and before any S3 call: the client's stream budget, the server's
         concurrency bound, the client's job and character budgets."""
         client = self.door.client(request)
-        req, manifest = await self._speech_request(request)
+        with self.door.body(client):
+            req, manifest = await self._speech_request(request)
         with self.door.stream(client):
             if self.slots.locked():
                 raise ApiError(
@@ -199,36 +214,7 @@ class SpeechApi:
                 try:
                     return await self._speech(request, req, manifest, ticket)
                 finally:
-                    self._settle(ticket)
-
-    def _settle(self, ticket: Ticket) -> None:
-        """Give the ticket's place back now if its job ended or was never made; else once the job
-        ends (the client hung up, or waited past TTS_API_WAIT_S: the job goes on)."""
-        if ticket.ended or ticket.watched:
-            return
-        if not ticket.made:
-            self.door.ended(ticket)
-        else:
-            ticket.watched = True
-            self._later(self._watch(ticket))
-
-    async def _watch(self, ticket: Ticket) -> None:
-        """Look at the job, less and less often, until it ends; then free its place. A job that
-        never ends (a lost one the reconciler has not met yet) frees it after ``WATCH_MAX_S``."""
-        delay, deadline = 1.0, time.monotonic() + WATCH_MAX_S
-        try:
-            while time.monotonic() < deadline:
-                await asyncio.sleep(delay)
-                delay = min(WATCH_MAX_DELAY_S, delay * 2)
-                try:
-                    if (await client.get_status(self.store, ticket.job_id)).state.terminal:
-                        return
-                except client.JobNotFound:
-                    return
-                except Exception as e:  # the store unreachable: look again later
-                    log.info("job %s: its status is unreachable (%s); looking again later", ticket.job_id, e)
-        finally:
-            self.door.ended(ticket)
+                    self.door.settle(ticket, self.store)
 
     async def _speech(
         self, request: web.Request, req: SpeechRequest, manifest: Manifest, ticket: Ticket
@@ -236,8 +222,8 @@ class SpeechApi:
         await self._check_voice(req.voice)
         streamed = req.response_format in encoders.STREAMED
         job_id = ticket.job_id
+        ticket.made = True  # from here the job may exist (a hang-up mid-write must not free its place)
         await self._submit(request, job_id, manifest)
-        ticket.made = True
         log.info(
             "speech request: job %s (voice %r, %d chars, %s lane)", job_id, req.voice, len(req.input), manifest.priority
         )
@@ -332,7 +318,7 @@ class SpeechApi:
             ) from None
         response = web.StreamResponse(headers={"X-Job-Id": job_id, "Content-Type": encoders.CONTENT_TYPES["flac"]})
         response.content_length = size
-        await response.prepare(request)
+        await begin(request, response)
         try:
             async for block in self.store.ranges(key, size):
                 await write_within(request, response, block, self.settings.api_io_timeout_s)
@@ -341,7 +327,7 @@ class SpeechApi:
             if request.transport is not None:
                 request.transport.close()
             return response
-        await response.write_eof()
+        await write_within(request, response, None, self.settings.api_io_timeout_s)
         return response
 
     @staticmethod
@@ -363,19 +349,25 @@ class SpeechApi:
                 raise
             log.info("idempotency key seen before: waiting on job %s", job_id)
             return
-        await self._announce(job_id, manifest)
+        if self.lane is not None and manifest.priority is Priority.interactive:
+            self._later(self._announce(job_id, manifest))  # the request's answer does not wait on SQS
 
     async def _announce(self, job_id: str, manifest: Manifest) -> None:
         """Put the interactive job's message on its queue now, not when S3's notification arrives
         (on AWS "typically in seconds, sometimes a minute or longer"): someone is waiting. The
         notification's message follows as a duplicate the worker drops (the claim decides). A
         failed send costs only that wait: the notification is still on its way."""
-        if self.lane is None or manifest.priority is not Priority.interactive:
+        assert self.lane is not None
+        if time.monotonic() < self._lane_missing_until:
             return
         key = keys.manifest_key(job_id, manifest.priority)
         try:
             if self.lane.url is None:
-                await self.lane.locate()
+                try:
+                    await self.lane.locate()
+                except Exception:
+                    self._lane_missing_until = time.monotonic() + LANE_RETRY_S  # not on every request
+                    raise
             await self.lane.send(s3_event(self.store.bucket, key, principal=SENT_BY), {"tts-sent-by": SENT_BY})
         except Exception as e:
             log.warning("job %s: could not send its message (%s): the S3 notification will", job_id, describe(e))
@@ -516,7 +508,7 @@ class _Out:
         if self.response is None:
             headers = {"X-Job-Id": self.job_id, "Content-Type": self.content_type, "Cache-Control": "no-store"}
             self.response = web.StreamResponse(headers=headers)
-            await self.response.prepare(self.request)
+            await begin(self.request, self.response)
         if not data:
             return
         if self.sse:
@@ -530,7 +522,7 @@ class _Out:
             usage = {"input_tokens": input_chars, "output_tokens": 0, "total_tokens": input_chars}
             await self._event({"type": "speech.audio.done", "usage": usage})
         assert self.response is not None
-        await self.response.write_eof()
+        await write_within(self.request, self.response, None, self.io_timeout_s)
 
     async def fail(self, code: str, message: str) -> web.StreamResponse:
         assert self.response is not None
@@ -542,7 +534,7 @@ class _Out:
                 self.request.transport.close()
             return self.response
         await self._event({"type": "error", "error": {"message": message, "type": "server_error", "code": code}})
-        await self.response.write_eof()
+        await write_within(self.request, self.response, None, self.io_timeout_s)
         return self.response
 
     async def _event(self, event: dict[str, Any]) -> None:

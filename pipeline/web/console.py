@@ -64,9 +64,17 @@ from pipeline.jobs.state import request_cancel
 from pipeline.tts import audio as audio_utils
 from pipeline.tts.voices import VoiceError, VoiceLibrary, is_name
 from pipeline.web import encoders
-from pipeline.web.door import Door, OverBudget
+from pipeline.web.door import Door, OverBudget, Ticket
 from pipeline.web.sessions import SESSION_S, Sessions
-from pipeline.web.stream import ChunkFollower, ClientGone, StreamFailed, StreamMismatch, StreamStalled, write_within
+from pipeline.web.stream import (
+    ChunkFollower,
+    ClientGone,
+    StreamFailed,
+    StreamMismatch,
+    StreamStalled,
+    begin,
+    write_within,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -157,8 +165,10 @@ class Console:
     # -- auth and headers
 
     def authenticated(self, request: web.Request) -> bool:
-        key = self.key
-        return key is None or self.sessions.valid(request.cookies.get(COOKIE)) or _bearer_ok(request, key)
+        """A page's visitor: signed in (the session cookie), or no key is set. A bearer key is
+        checked only on the JSON endpoints, where the door counts wrong ones (``_check_key``):
+        a page that took one would be a way round the guess throttle."""
+        return self.key is None or self.sessions.valid(request.cookies.get(COOKIE))
 
     async def _check_key(self, request: web.Request) -> None:
         """A JSON request without a valid session: its bearer key, if it sends one, is a guess the
@@ -306,14 +316,16 @@ class Console:
             raise ConsoleError(400, f"offset is at most {MAX_OFFSET}; filter by state instead", "invalid_value")
         listing = await self._listed()
         want = offset + limit
-        order = listing.order[:want] if state is None else listing.order[: scan_bound(want)]
+        # Unfiltered, the page is a slice of the listing (a status gone since it is a row short,
+        # not a shift of every later page); filtered, the matches among the first scan_bound.
+        order = listing.order[offset:want] if state is None else listing.order[: scan_bound(want)]
         statuses = await self._gated([self._status(j, listing.status_lm.get(j)) for j in order])
         matched = [
             (job_id, st)
             for job_id, st in zip(order, statuses, strict=True)
             if st is not None and (state is None or st.state.value == state)
         ]
-        page = matched[offset:want]
+        page = matched if state is None else matched[offset:want]
         voices = await self._gated([self._manifest_voice(job_id) for job_id, _ in page])
         exact = state is None or len(order) == len(listing.order)
         return web.json_response(
@@ -337,13 +349,11 @@ class Console:
     async def _listed(self) -> _Listing:
         """The bucket's jobs by creation, listed at most once per ``LISTING_TTL_S`` for everyone."""
         now = time.monotonic()
-        if (
-            self._listing is None
-            or now - self._listing[0] > LISTING_TTL_S
-            or (self._listing[1].done() and self._listing[1].exception() is not None)
-        ):
-            self._listing = (now, asyncio.ensure_future(self._list()))
-        return await asyncio.shield(self._listing[1])
+        current = self._listing
+        if current is None or (current[1].done() and (now - current[0] > LISTING_TTL_S or _failed(current[1]))):
+            # A listing still under way is waited for, never doubled (a slow LIST of a big bucket).
+            current = self._listing = (now, asyncio.ensure_future(self._list()))
+        return await asyncio.shield(current[1])
 
     async def _list(self) -> _Listing:
         statuses, *inboxes = await asyncio.gather(
@@ -502,7 +512,7 @@ class Console:
         )
         wav = encoders.Wav()
         response = web.StreamResponse(headers={"Content-Type": "audio/wav", "Cache-Control": "no-store"})
-        await response.prepare(request)
+        await begin(request, response)
         timeout_s = s.api_io_timeout_s
         try:
             await write_within(request, response, wav.finish(), timeout_s)  # the header: the player starts at once
@@ -519,7 +529,7 @@ class Console:
                 return response
             except (StreamFailed, StreamStalled, client.JobNotFound, keys.UntrustedKey) as e:
                 log.info("live audio of %s ended early: %s", job_id, e)
-            await response.write_eof()
+            await write_within(request, response, None, timeout_s)
         except ClientGone:
             pass  # cut off: the player took nothing for TTS_API_IO_TIMEOUT_S
         return response
@@ -593,6 +603,16 @@ class Console:
             raise ConsoleError(400, "text is empty", "invalid_value")
         if len(text) > s.max_text_chars:
             raise ConsoleError(400, f"text has {len(text)} characters; the limit is {s.max_text_chars}", "too_long")
+        job_id = client.new_job_id()
+        # The API's job and character budgets (a key holder could otherwise submit here at the
+        # request rate), before any S3 call; the place is held until the job ends.
+        ticket = self.door.job(self.door.client(request), len(text), job_id, interactive=False)
+        try:
+            return await self._submit(form, clip, job_id, ticket)
+        finally:
+            self.door.settle(ticket, self.store)
+
+    async def _submit(self, form: _Form, clip: tuple[str, bytes] | None, job_id: str, ticket: Ticket) -> web.Response:
         if clip is not None:
             filename, data = clip
             voice = await self._upload_clip(filename, data)
@@ -601,12 +621,12 @@ class Console:
             if not await self._in_library(voice):
                 raise ConsoleError(400, f"voice {voice!r} is not in the voice library", "voice_not_found")
         manifest = form_manifest(form, voice)
-        job_id = client.new_job_id()
+        ticket.made = True
         try:
             status = await client.submit(self.store, job_id, manifest)
         except client.JobExists as e:  # a fresh random id taken: nothing was written
             raise ConsoleError(409, str(e), "job_exists") from None
-        log.info("console: submitted %s (voice %s, %d chars)", job_id, voice, len(text))
+        log.info("console: submitted %s (voice %s, %d chars)", job_id, voice, len(manifest.text or ""))
         return web.json_response({"job_id": job_id, "status": json.loads(status.model_dump_json())}, status=201)
 
     async def _in_library(self, voice: str) -> bool:
@@ -716,6 +736,10 @@ class Console:
 class _Listing:
     order: list[str]  # job ids, newest first
     status_lm: dict[str, datetime]  # job id -> its status object's LastModified
+
+
+def _failed(future: asyncio.Future[Any]) -> bool:
+    return future.cancelled() or future.exception() is not None
 
 
 def scan_bound(want: int) -> int:

@@ -24,6 +24,7 @@ clients (the least recently seen go first), so a flood of addresses costs bounde
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -34,11 +35,15 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from pipeline.cloud.store import Store
 from pipeline.config import Settings
 from pipeline.web.sessions import MAX_CLIENTS, LoginThrottle
 
 log = logging.getLogger(__name__)
 REFUSAL_LOG_S = 60.0  # a client's refusals are logged once a minute at most
+WATCH_MAX_S = 24 * 3600.0  # a job a hung-up client left is watched this long at most
+WATCH_MAX_DELAY_S = 5.0  # a job's end frees its place at most this late (one status GET per look)
+BODIES_AT_ONCE = 4  # request bodies one client may have in flight (read before anything is held)
 
 
 class OverBudget(Exception):
@@ -83,7 +88,8 @@ class Ticket:
     client: str
     job_id: str
     interactive: bool = False  # the job goes to the interactive lane (else bulk)
-    made: bool = False  # the job was submitted (else the ticket ends with its request)
+    made: bool = False  # the job may exist: its manifest write was started
+    holders: int = 1  # requests holding the ticket (retries with one Idempotency-Key)
     watched: bool = False  # someone is looking for the job's end
     ended: bool = False
 
@@ -93,6 +99,7 @@ class _Client:
     requests: Bucket
     chars: Bucket
     streams: int = 0
+    bodies: int = 0
     jobs: dict[str, Ticket] = field(default_factory=dict)  # its open tickets, by job id
 
 
@@ -111,6 +118,7 @@ class Door:
         self.clock = clock
         self.throttle = LoginThrottle(clock=clock)
         self._clients: OrderedDict[str, _Client] = OrderedDict()
+        self._watches: set[asyncio.Task[None]] = set()
         self._refusals: OrderedDict[str, tuple[float, int]] = OrderedDict()  # client -> (logged at, hidden)
 
     def client(self, request: web.Request) -> str:
@@ -134,7 +142,7 @@ class Door:
         excess = len(self._clients) - MAX_CLIENTS
         for name in list(self._clients)[: max(0, excess)]:
             c = self._clients[name]
-            if not c.streams and not c.jobs:
+            if not c.streams and not c.jobs and not c.bodies:
                 del self._clients[name]
 
     def refused(self, client: str, what: str) -> None:
@@ -190,6 +198,19 @@ class Door:
         finally:
             c.streams -= 1
 
+    @contextmanager
+    def body(self, client: str) -> Iterator[None]:
+        """One request body being read (bodies come before any slot: this bounds how many a client
+        can trickle in at once, and so the memory they may hold)."""
+        c = self._get(client)
+        if c.bodies >= BODIES_AT_ONCE:
+            raise OverBudget(f"{BODIES_AT_ONCE} request bodies from {client} are still arriving", 1.0)
+        c.bodies += 1
+        try:
+            yield
+        finally:
+            c.bodies -= 1
+
     # -- jobs
 
     def job(self, client: str, chars: int, job_id: str, interactive: bool = True) -> Ticket:
@@ -199,6 +220,7 @@ class Door:
         interactive jobs unfinished (a burst of requests from one client is bulk work)."""
         c = self._get(client)
         if job_id in c.jobs:
+            c.jobs[job_id].holders += 1
             return c.jobs[job_id]
         s = self.settings
         if len(c.jobs) >= s.door_jobs:
@@ -224,6 +246,42 @@ class Door:
         if c is not None and c.jobs.get(ticket.job_id) is ticket:
             del c.jobs[ticket.job_id]
             log.info("client %s: %d unfinished job(s) (%s's place freed)", ticket.client, len(c.jobs), ticket.job_id)
+
+    def settle(self, ticket: Ticket, store: Store) -> None:
+        """A request holding ``ticket`` is done. When it was the last: the place is given back
+        now if the job ended or was never made, else once the job ends (the client hung up, or
+        waited past TTS_API_WAIT_S: the job goes on), which ``_watch`` looks for."""
+        ticket.holders -= 1
+        if ticket.holders > 0 or ticket.ended or ticket.watched:
+            return
+        if not ticket.made:
+            self.ended(ticket)
+            return
+        ticket.watched = True
+        task = asyncio.create_task(self._watch(ticket, store))
+        self._watches.add(task)
+        task.add_done_callback(self._watches.discard)
+
+    async def _watch(self, ticket: Ticket, store: Store) -> None:
+        """Look at the job, less and less often (at most every ``WATCH_MAX_DELAY_S``), until it
+        ends or is not there; then free its place. A job that never ends (a lost one the
+        reconciler has not met yet) frees it after ``WATCH_MAX_S``."""
+        from pipeline.client import jobs as client
+
+        delay, deadline = 1.0, time.monotonic() + WATCH_MAX_S
+        try:
+            while time.monotonic() < deadline and not ticket.ended:
+                await asyncio.sleep(delay)
+                delay = min(WATCH_MAX_DELAY_S, delay * 2)
+                try:
+                    if (await client.get_status(store, ticket.job_id)).state.terminal:
+                        return
+                except client.JobNotFound:  # never made after all (the write failed)
+                    return
+                except Exception as e:  # the store unreachable: look again later
+                    log.info("job %s: its status is unreachable (%s); looking again later", ticket.job_id, e)
+        finally:
+            self.ended(ticket)
 
     def open_jobs(self, client: str) -> int:
         c = self._clients.get(client)

@@ -251,6 +251,8 @@ class ChunkFollower:
             result = await self._patient(lambda: client.get_result(self.store, job))
             key = keys.job_output_key(self.store.bucket, job, result.audio.uri)
             size = await self._patient(lambda: self.store.size(key, max_bytes=self.max_bytes))
+            if size == 0:
+                raise StreamFailed(f"job {job}'s audio is empty", code="bad_result", http=502)
             head = await self._patient(lambda: self.store.get_range(key, 0, min(size, WAV_HEADER_MAX)))
             layout = wav_layout(head[0], size)
             lossless = result.audio.format.value in LOSSLESS  # an mp3/ogg job decodes near, not equal
@@ -276,8 +278,11 @@ class ChunkFollower:
                 digest.update(data)
             same = end - start >= 2 * self.sent and digest.digest() == self._digest.digest()
             self._judge(same, (end - start) // 2, lossless=True)
+        odd = b""  # a byte of a sample split across two reads (a short read)
         async for data in self._ranges(key, start + 2 * self.sent, end, block=2 * REST_BLOCK):
-            pcm = np.frombuffer(data[: len(data) // 2 * 2], dtype="<i2").astype(np.int16)
+            data, whole = odd + data, (len(odd) + len(data)) // 2 * 2
+            data, odd = data[:whole], data[whole:]
+            pcm = np.frombuffer(data, dtype="<i2").astype(np.int16)
             yield await asyncio.to_thread(self._emit, pcm)
 
     async def _ranges(self, key: str, start: int, end: int, block: int = RANGE_BLOCK) -> AsyncIterator[bytes]:
@@ -393,13 +398,31 @@ class ClientGone(Exception):
         self.response = response
 
 
-async def write_within(request: web.Request, response: web.StreamResponse, data: bytes, timeout_s: float) -> None:
-    """``response.write(data)``, or ``ClientGone`` if the client has not taken it within
-    ``timeout_s`` (aiohttp has no write timeout of its own: a client that never reads would hold
-    the handler, its slot and its buffer for ever)."""
+def prepared(request: web.Request) -> web.StreamResponse | None:
+    """The answer a handler has begun (headers sent), if any: an error after it cannot be a new
+    answer on the same connection."""
+    return request.get("tts_prepared")
+
+
+async def begin(request: web.Request, response: web.StreamResponse) -> None:
+    """``response.prepare``, remembered (``prepared``)."""
+    await response.prepare(request)
+    request["tts_prepared"] = response
+
+
+async def write_within(
+    request: web.Request, response: web.StreamResponse, data: bytes | None, timeout_s: float
+) -> None:
+    """``response.write(data)`` (``None``: ``write_eof()``, which waits for the client to take
+    everything), or ``ClientGone`` if the client has not taken it within ``timeout_s`` (aiohttp
+    has no write timeout of its own: a client that never reads would hold the handler, its slot
+    and its buffer for ever)."""
     try:
         async with asyncio.timeout(timeout_s):
-            await response.write(data)
+            if data is None:
+                await response.write_eof()
+            else:
+                await response.write(data)
     except TimeoutError:
         log.info("%s %s: the client took no bytes for %gs: cut off", request.method, request.path, timeout_s)
         if request.transport is not None:

@@ -204,3 +204,26 @@ def test_a_flood_of_refusals_is_one_log_line_a_minute(caplog: pytest.LogCaptureF
         door.refused("a", "GET /v1/models: too many")
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 2 and "999 more refused" in lines[1]
+
+
+def test_a_shared_ticket_is_freed_only_by_its_last_holder() -> None:
+    """Two requests with one Idempotency-Key share a place: the first to fail before the job was
+    made must not free it under the other (review of issue 27)."""
+    door, _ = _door()
+    ticket = door.job("a", 1, "j1")
+    assert door.job("a", 1, "j1") is ticket and ticket.holders == 2
+    door.settle(ticket, store=None)  # type: ignore[arg-type]
+    assert door.open_jobs("a") == 1 and not ticket.ended
+    door.settle(ticket, store=None)  # type: ignore[arg-type]
+    assert door.open_jobs("a") == 0 and ticket.ended  # never made: freed at once
+
+
+def test_a_console_page_takes_no_bearer_key() -> None:
+    """A page that took a bearer key would be a way round the guess throttle (review of issue 27):
+    pages take the session cookie; bearer keys are for the JSON endpoints, where guesses count."""
+    from pipeline.web.console import Console
+
+    door, _ = _door(api_key="sk-right")
+    page = Console(door.settings, store=None, door=door)  # type: ignore[arg-type]
+    request = make_mocked_request("GET", "/", headers={"Authorization": "Bearer sk-right"})
+    assert not page.authenticated(request)
