@@ -383,7 +383,8 @@ def _abuse_jobs(s: Stack) -> int:
 def _door_max(s: Stack, client: str) -> int:
     """The most unfinished jobs the console's door counted for ``client`` at once (its log)."""
     mark = f"client {client}: "
-    counts = [int(line.split(mark, 1)[1].split()[0]) for line in s.log("console").splitlines() if mark in line]
+    lines = [line for line in s.log("console").splitlines() if mark in line and "unfinished job" in line]
+    counts = [int(line.split(mark, 1)[1].split()[0]) for line in lines]
     return max(counts, default=0)
 
 
