@@ -406,12 +406,15 @@ def _phases(s: Stack, jobs: list[str]) -> list[dict[str, float]]:
 
 
 def _pin(pgid: int, cpus: set[int]) -> None:
-    """Every process of one process group onto ``cpus``."""
+    """Every thread of every process of one process group onto ``cpus`` (an affinity is a
+    thread's: threads started before the pin, the model thread among them, keep their own)."""
     for stat in Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError, ValueError, IndexError):
             fields = stat.read_text().rsplit(")", 1)[1].split()
             if int(fields[2]) == pgid:
-                os.sched_setaffinity(int(stat.parent.name), cpus)
+                for task in (stat.parent / "task").iterdir():
+                    with contextlib.suppress(OSError):
+                        os.sched_setaffinity(int(task.name), cpus)
 
 
 def run(requests: int, attack_s: float, door_jobs: int, only: list[str] | None = None) -> dict[str, Any]:
