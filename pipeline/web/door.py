@@ -30,7 +30,7 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -185,31 +185,27 @@ class Door:
 
     # -- streams
 
-    @contextmanager
-    def stream(self, client: str) -> Iterator[None]:
+    def stream(self, client: str) -> AbstractContextManager[None]:
         """One answer carrying audio, for as long as it lasts."""
-        c = self._get(client)
         limit = self.settings.door_streams
-        if c.streams >= limit:
-            raise OverBudget(f"{limit} audio answers at once from {client} already; retry when one ends", 1.0)
-        c.streams += 1
-        try:
-            yield
-        finally:
-            c.streams -= 1
+        return self._held(client, "streams", limit, f"{limit} audio answers at once from {client} already")
 
-    @contextmanager
-    def body(self, client: str) -> Iterator[None]:
+    def body(self, client: str) -> AbstractContextManager[None]:
         """One request body being read (bodies come before any slot: this bounds how many a client
         can trickle in at once, and so the memory they may hold)."""
+        return self._held(client, "bodies", BODIES_AT_ONCE, f"{BODIES_AT_ONCE} request bodies from {client} arriving")
+
+    @contextmanager
+    def _held(self, client: str, counter: str, limit: int, what: str) -> Iterator[None]:
+        """One of ``limit`` things a client may hold at once (a ``_Client`` counter), while held."""
         c = self._get(client)
-        if c.bodies >= BODIES_AT_ONCE:
-            raise OverBudget(f"{BODIES_AT_ONCE} request bodies from {client} are still arriving", 1.0)
-        c.bodies += 1
+        if getattr(c, counter) >= limit:
+            raise OverBudget(f"{what}; retry when one ends", 1.0)
+        setattr(c, counter, getattr(c, counter) + 1)
         try:
             yield
         finally:
-            c.bodies -= 1
+            setattr(c, counter, getattr(c, counter) - 1)
 
     # -- jobs
 
