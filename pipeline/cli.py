@@ -528,6 +528,9 @@ def _voices_rm(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
+    from pipeline.runtime import scratch
+
+    scratch.claim()  # first: what a killed worker left in /tmp goes, and this one's files follow it
     from pipeline.models.cache import BundleNotFound, CacheDiskFull
     from pipeline.worker import ConfigError, serve
 

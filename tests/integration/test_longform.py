@@ -13,12 +13,14 @@ from __future__ import annotations
 import json
 import re
 import signal
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from pipeline.runtime import scratch
 from tests.helpers import (
     REF_TEXT,
     Holds,
@@ -109,6 +111,13 @@ def _chunk_metrics(w: WorkerProcess) -> dict[str, float]:
     return {src: m.get(f'tts_chunks_total{{source="{src}"}}', 0.0) for src in ("synthesized", "reused")}
 
 
+def _scratch_of(env: dict[str, str], pid: int) -> Path:
+    top = scratch.root(env.get("TMPDIR") or tempfile.gettempdir())
+    found = list(top.glob(f"{pid}-*"))
+    assert len(found) == 1, (top, found)
+    return found[0]
+
+
 def test_long_job_resumes_after_kill_9_from_its_durable_chunks(
     env: dict[str, str], s3: Any, holds: Holds, workers: list[WorkerProcess], tmp_path: Path
 ) -> None:
@@ -140,8 +149,12 @@ def test_long_job_resumes_after_kill_9_from_its_durable_chunks(
     total_short = held["lf-b"]["chunks_total"]
     assert total_long > HELD_LONG * 3
 
+    # What w1 has in /tmp is all under its scratch directory (pipeline.runtime.scratch).
+    w1_scratch = _scratch_of(env, w1.proc.pid)
+    assert w1_scratch.is_dir(), w1_scratch
     w1.proc.send_signal(signal.SIGKILL)
     w1.proc.wait()
+    assert w1_scratch.is_dir()  # a kill runs no cleanup
     # The successor holds the long job once more, a third of the way in: the memory it gains from
     # there to the end is what rendering the remaining two thirds cost.
     mid = total_long // 3
@@ -150,6 +163,7 @@ def test_long_job_resumes_after_kill_9_from_its_durable_chunks(
     w2 = _worker(env, tmp_path / "w2.log", holds)
     workers.append(w2)
     assert holds.wait_held("lf-long", w2, timeout_s=1800)["attempt"] == 2
+    assert not w1_scratch.exists(), "the successor's start did not remove what the killed worker left"
     rss_mid = _peak_rss_kib(w2.proc.pid)
     holds.release("lf-long")
     for job_id in ("lf-b", "lf-long"):

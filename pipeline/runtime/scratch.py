@@ -1,0 +1,105 @@
+"""The process's scratch space: one directory per process under one root, swept of the
+directories of processes that no longer run each time a process claims its own.
+
+A process killed with SIGKILL (an OOM kill, ``kill -9``, a node drain past its grace) runs no
+cleanup: the temporary files it had open stay in ``/tmp`` forever, one set per kill. A worker
+makes several: a job's rendered audio (``pipeline.worker.runner``), the engine's reference and
+output files, and the two directories ``wandb`` makes at import (f5-tts's trainer module imports
+it). So the worker calls ``claim()`` first: ``tempfile`` and ``TMPDIR`` then point at
+``<tmp>/tts-pipeline-<uid>/<pid>-<start>/``, so the libraries and child processes (the text
+sandbox) put their files there too, and the directories of dead processes are removed.
+
+What stays is bounded: one directory per live process, plus those of processes killed since the
+last start on this machine (the next start removes them). A directory is its process's while a
+process with that pid *and that start time* runs (``/proc/<pid>/stat``), so a recycled pid does
+not keep a dead process's files. Without ``/proc`` (not Linux) the pid alone decides.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_claimed: Path | None = None
+
+
+def root(base: str | os.PathLike[str] | None = None) -> Path:
+    """Where every process's scratch directory lives (one root per user: 0700)."""
+    return Path(base if base is not None else tempfile.gettempdir()) / f"tts-pipeline-{os.getuid()}"
+
+
+def claim(base: str | os.PathLike[str] | None = None) -> Path:
+    """Sweep, then make this process's scratch directory and point ``tempfile``/``TMPDIR`` at it.
+    Idempotent within a process. Removed at a normal exit; after a kill, by the next claim."""
+    global _claimed
+    if _claimed is not None:
+        return _claimed
+    top = root(base)
+    top.mkdir(mode=0o700, parents=True, exist_ok=True)
+    removed = sweep(top)
+    if removed:
+        log.info("removed the scratch directories of %d process(es) that no longer run", removed)
+    mine = top / tag(os.getpid())
+    mine.mkdir(mode=0o700, exist_ok=True)
+    tempfile.tempdir = str(mine)
+    os.environ["TMPDIR"] = str(mine)  # child processes, and libraries that read it themselves
+    atexit.register(shutil.rmtree, mine, True)
+    _claimed = mine
+    return mine
+
+
+def sweep(top: Path) -> int:
+    """Remove the directories under ``top`` whose process no longer runs. Returns how many."""
+    removed = 0
+    try:
+        entries = list(top.iterdir())
+    except OSError:
+        return 0
+    for d in entries:
+        pid, _, _ = d.name.partition("-")
+        if not pid.isdigit() or d.name == tag(int(pid)):  # not ours, or its process still runs
+            continue
+        with contextlib.suppress(OSError):
+            shutil.rmtree(d)
+            removed += 1
+    return removed
+
+
+def tag(pid: int) -> str:
+    """The directory name of process ``pid`` as it runs now ("" start time where unknown); a
+    process that no longer runs has no tag any directory can match."""
+    start = _start_time(pid)
+    if start is None:
+        return ""
+    return f"{pid}-{start}"
+
+
+def _start_time(pid: int) -> str | None:
+    """``pid``'s start time in clock ticks since boot; "" without /proc; None if it does not run."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        if Path("/proc/self/stat").exists():
+            return None  # /proc exists: the process does not
+        return "" if _alive(pid) else None
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()
+    return fields[19] if len(fields) > 19 else None  # field 22 of proc(5), counted after "(comm)"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
