@@ -217,6 +217,14 @@ class Manifest(BaseModel):
         description="W3C PLS lexicon files in the job bucket (keys under TTS_LEXICON_PREFIXES, lexicons/ by "
         "default); later files win.",
     )
+    requester: str | None = Field(
+        default=None,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9._:@/+=-]+$",
+        description="Whom the job is for, within its submitter: an opaque name (an app that submits for its end "
+        "users names them here; the speech API and the console write their client's id). The worker shares the "
+        "model fairly among submitters, then among the requesters of one submitter; it grants nothing else.",
+    )
     quality: bool | QualitySpec | None = Field(
         default=None,
         description="The quality gate: every chunk checked (signal checks; ASR against the text where the bundle "

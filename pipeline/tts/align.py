@@ -323,13 +323,17 @@ class BatchedEmitter:
     def run(self, output_names: list[str], inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         """The part of ``onnxruntime.InferenceSession`` that ``generate_emissions`` uses."""
         from pipeline.runtime.logs import job_id_var
-        from pipeline.tts.batcher import Work
+        from pipeline.tts.batcher import Work, job_place
 
         owner = job_id_var.get()  # copied into this thread by asyncio.to_thread
+        priority, tenant = job_place.get()  # likewise: an interactive job's windows are interactive
 
         async def score(window: np.ndarray) -> np.ndarray:
             seconds = len(window) / ALIGN_SAMPLE_RATE
-            return await self.batcher.submit(Work("emissions", "ctc", len(window), owner, window, seconds=seconds))
+            work = Work(
+                "emissions", "ctc", len(window), owner, window, priority=priority, seconds=seconds, tenant=tenant
+            )
+            return await self.batcher.submit(work)
 
         windows = inputs["input_values"]
         futures = [asyncio.run_coroutine_threadsafe(score(w), self.loop) for w in windows]

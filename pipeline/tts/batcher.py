@@ -8,8 +8,9 @@ chunks of many jobs. The shape is NVIDIA Triton's dynamic batcher:
 - a batch closes when it holds ``max_batch`` items, or when its oldest item has waited
   ``max_wait_s`` (``TTS_BATCH_WAIT_MS``) for batch-mates; while one batch runs the next one fills,
   so under load batches close full without waiting;
-- the oldest item of the most urgent priority present anchors the next batch (interactive jobs'
-  chunks lead; first come, first served within a priority); only items that may share its model
+- the most urgent priority present anchors the next batch (interactive jobs' chunks lead); within
+  it, the oldest item of the tenant that has had the least model time lately (``Shares``:
+  submitter, then requester; first come, first served within a tenant); only items that may share its model
   call join it (same ``kind`` and ``group``: nfe steps and CFG strength are one value per call),
   the more urgent first, then nearest in length, within ``max_length_ratio`` of each other
   (padding is wasted work and needs the attention mask);
@@ -37,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import logging
 import threading
 import time
@@ -48,6 +50,7 @@ from typing import Any
 from pipeline.runtime import deadlines, metrics
 from pipeline.runtime.deadlines import Deadline
 from pipeline.runtime.faults import NO_FAULTS, FaultHooks
+from pipeline.tts.shares import NOBODY, Shares, Tenant
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +87,12 @@ class Work:
     attempt: int = 0  # the job's attempt (what the fault hooks' call log records)
     priority: int = BULK  # INTERACTIVE items anchor batches before any BULK item
     seconds: float = 0.0  # audio it makes or reads: its share of its call's deadline
+    tenant: Tenant = NOBODY  # whose it is: the order within a priority (``Shares``)
+
+
+# The place in the model's queue of the job the current task (and the threads it starts) works
+# for: what the aligner's items, made deep in ctc-forced-aligner, carry. Set by the job's runner.
+job_place: contextvars.ContextVar[tuple[int, Tenant]] = contextvars.ContextVar("job_place", default=(BULK, NOBODY))
 
 
 @dataclass(frozen=True)
@@ -133,6 +142,7 @@ class Batcher:
         self._busy: collections.deque[tuple[float, float]] = collections.deque()  # (start, end)
         self._busy_lock = threading.Lock()  # read by the metrics server's thread
         self.calls = 0
+        self.shares = Shares()  # who has had the model lately: the order within a priority
         metrics.MODEL_BUSY_FRACTION.set_function(self.busy_fraction)
 
     # -- the jobs' side -------------------------------------------------------------------------
@@ -196,7 +206,7 @@ class Batcher:
                 self._arrived.clear()
                 await self._idle()
                 continue
-            anchor = min(self._queue, key=lambda p: p.work.priority)  # the first (oldest) of the most urgent
+            anchor = self._anchor()
             batch = self._select(anchor)
             wait_s = anchor.enqueued + self.max_wait_s - time.monotonic()
             if len(batch) < self.max_batch and wait_s > 0:
@@ -215,6 +225,18 @@ class Batcher:
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._arrived.wait(), 0.25)
+
+    def _anchor(self) -> _Pending:
+        """The most urgent priority's oldest item of the tenant that has had the model least lately."""
+        urgent = min(p.work.priority for p in self._queue)
+        ranks: dict[Tenant, tuple[float, float]] = {}
+        for p in self._queue:
+            if p.work.priority == urgent and p.work.tenant not in ranks:
+                ranks[p.work.tenant] = self.shares.rank(p.work.tenant)
+        return min(
+            (p for p in self._queue if p.work.priority == urgent),
+            key=lambda p: (*ranks[p.work.tenant], p.enqueued),
+        )
 
     def _select(self, anchor: _Pending) -> list[_Pending]:
         kind, group, size = anchor.work.kind, anchor.work.group, max(anchor.work.size, 1)
@@ -251,6 +273,7 @@ class Batcher:
                 self._busy.append((started, ended))
                 self._prune(ended)  # here, not only when /metrics is read: metrics are off by default
             metrics.MODEL_BUSY_SECONDS.inc(ended - started)
+            self._charge(works, ended - started)
         for p, result in zip(batch, results, strict=True):
             if p.future.done():  # cancelled while running: the job has moved on
                 continue
@@ -259,6 +282,12 @@ class Batcher:
             else:
                 p.future.set_result(result)
         self._in_call = []  # only now: a dispatcher stopped before this fails them in ``run``
+
+    def _charge(self, works: list[Work], seconds: float) -> None:
+        """Each item's tenant had its part of the call (by the audio it makes or reads)."""
+        total = sum(w.seconds for w in works)
+        for w in works:
+            self.shares.charge(w.tenant, seconds * (w.seconds / total if total > 0 else 1 / len(works)))
 
     async def _watch(self, call: asyncio.Future[list[Any]]) -> list[Any]:
         """``call``'s results, unless one of its tries runs past its deadline: then the model thread

@@ -209,8 +209,10 @@ class SpeechApi:
             async with self.slots:
                 interactive = manifest.priority is Priority.interactive
                 ticket = self.door.job(client, len(req.input), self._job_id_for(request), interactive)
+                update: dict[str, object] = {"requester": self.door.requester(client)}  # the worker's fair share
                 if interactive and not ticket.interactive:  # the client's interactive share is in use
-                    manifest = manifest.model_copy(update={"priority": Priority.bulk})
+                    update["priority"] = Priority.bulk
+                manifest = manifest.model_copy(update=update)
                 try:
                     return await self._speech(request, req, manifest, ticket)
                 finally:

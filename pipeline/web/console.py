@@ -620,7 +620,7 @@ class Console:
             voice = form.get("voice", "").strip()
             if not await self._in_library(voice):
                 raise ConsoleError(400, f"voice {voice!r} is not in the voice library", "voice_not_found")
-        manifest = form_manifest(form, voice)
+        manifest = form_manifest(form, voice).model_copy(update={"requester": self.door.requester(ticket.client)})
         ticket.made = True
         try:
             status = await client.submit(self.store, job_id, manifest)

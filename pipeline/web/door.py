@@ -25,8 +25,11 @@ clients (the least recently seen go first), so a flood of addresses costs bounde
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 import math
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -120,9 +123,16 @@ class Door:
         self._clients: OrderedDict[str, _Client] = OrderedDict()
         self._watches: set[asyncio.Task[None]] = set()
         self._refusals: OrderedDict[str, tuple[float, int]] = OrderedDict()  # client -> (logged at, hidden)
+        self._salt = os.urandom(16)
 
     def client(self, request: web.Request) -> str:
         return client_address(request, self.settings.console_trust_proxy)
+
+    def requester(self, client: str) -> str:
+        """The manifest's ``requester`` for ``client``'s jobs: the worker shares the model fairly
+        among the API's clients by it (``pipeline.tts.shares``). Keyed with a salt of this process,
+        so the address itself is not written to the bucket."""
+        return "door-" + hmac.new(self._salt, client.encode(), hashlib.sha256).hexdigest()[:20]
 
     def _get(self, client: str) -> _Client:
         c = self._clients.get(client)

@@ -30,6 +30,7 @@ from pipeline.text.sandbox import SpokenOverLimit, TextSandbox, TextTooComplex
 from pipeline.text.script import Analysis
 from pipeline.tts import audio as audio_utils
 from pipeline.tts.batcher import BULK, INTERACTIVE
+from pipeline.tts.shares import Tenant
 from pipeline.tts.voices import UnusableRecord, VoiceLibrary, VoiceRecord
 from pipeline.worker import budget
 from pipeline.worker.failures import fail
@@ -84,11 +85,17 @@ class JobInputs:
     voices: list[VoiceInput]
     turn_voice: list[int]  # turn -> index into voices
     priority: Priority = Priority.bulk  # effective: the inbox the manifest was dropped in
+    submitter: str = ""  # who wrote the manifest (the S3 event's, pipeline.cloud.events.submitter)
 
     @property
     def batch_priority(self) -> int:
         """Where the job's chunks stand in the batcher's queue (interactive ones lead)."""
         return INTERACTIVE if self.priority is Priority.interactive else BULK
+
+    @property
+    def tenant(self) -> Tenant:
+        """Whose turn the job's model work takes within its priority (``pipeline.tts.shares``)."""
+        return Tenant(self.submitter, self.manifest.requester or "")
 
     @property
     def dialogue(self) -> bool:

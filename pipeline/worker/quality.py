@@ -58,6 +58,7 @@ from pipeline.text import normalize, zh
 from pipeline.tts import audio as audio_utils
 from pipeline.tts.asr import ASR_SAMPLE_RATE
 from pipeline.tts.batcher import BULK, Batcher, BatcherUnavailable, Work, settled
+from pipeline.tts.shares import NOBODY, Tenant
 from pipeline.worker.failures import JobFailed
 
 if TYPE_CHECKING:
@@ -238,10 +239,12 @@ class Gate:
         sample_rate: int,
         faults: FaultHooks = NO_FAULTS,
         priority: int = BULK,
+        tenant: Tenant = NOBODY,
     ) -> None:
         self.policy = policy
         self.batcher = batcher
         self.priority = priority  # the job's place in the batcher's queue, as for its synthesis
+        self.tenant = tenant
         # Model work regenerations may still spend: TTS_MAX_MODEL_WORK less the plan's (the
         # renderer sets it; a resumed job charges its reused chunks' tries in the same order).
         self.regen_left = 0
@@ -344,7 +347,15 @@ class Gate:
         a = self.attempt
         seconds = len(audio16) / ASR_SAMPLE_RATE
         work = Work(
-            "transcription", WHISPER_LANGUAGES.get(language), 1, a.job_id, audio16, a.number, self.priority, seconds
+            "transcription",
+            WHISPER_LANGUAGES.get(language),
+            1,
+            a.job_id,
+            audio16,
+            a.number,
+            self.priority,
+            seconds,
+            self.tenant,
         )
         answer = await settled(self.batcher, work, a.abort.event, a.check)
         try:

@@ -60,6 +60,7 @@ from pipeline.tts.engine import (
     chunk_budget,
     transcription_failed,
 )
+from pipeline.tts.shares import Tenant
 from pipeline.tts.voices import VoiceError, VoiceLibrary, VoiceRecord
 from pipeline.worker import budget, quality
 from pipeline.worker.attempt import Attempt
@@ -130,7 +131,7 @@ class Renderer:
             if ref is None:
                 attempt.check()
                 try:
-                    ref = await self._reference(voice, attempt, inputs.batch_priority)
+                    ref = await self._reference(voice, attempt, inputs.batch_priority, inputs.tenant)
                 except EngineError as e:
                     fail(e.code, f"voice {voice.name!r}: {e}" if inputs.dialogue else str(e))
                 prepared[(voice.sha256, voice.ref_text)] = ref
@@ -139,7 +140,7 @@ class Renderer:
             refs.append(ref)
         return refs
 
-    async def _reference(self, voice: VoiceInput, attempt: Attempt, priority: int) -> Reference:
+    async def _reference(self, voice: VoiceInput, attempt: Attempt, priority: int, tenant: Tenant) -> Reference:
         """A voice's reference. Clipping and trimming run in a thread (CPU only); a voice without a
         transcript is transcribed by the bundle's ASR model on the model thread, as a
         ``transcription`` item through the batcher like the quality gate's: one thread owns the
@@ -151,7 +152,7 @@ class Renderer:
             if isinstance(step, Reference):
                 return step
             work = Work(
-                "transcription", None, 1, attempt.job_id, step.asr_audio, attempt.number, priority, step.seconds
+                "transcription", None, 1, attempt.job_id, step.asr_audio, attempt.number, priority, step.seconds, tenant
             )
             answer = await settled(self.batcher, work, attempt.abort.event, attempt.check)
             try:
@@ -259,7 +260,14 @@ class _Render:
             None
             if policy is None
             else quality.Gate(
-                policy, renderer.batcher, attempt, seed, SAMPLE_RATE, renderer.faults, inputs.batch_priority
+                policy,
+                renderer.batcher,
+                attempt,
+                seed,
+                SAMPLE_RATE,
+                renderer.faults,
+                inputs.batch_priority,
+                inputs.tenant,
             )
         )
         self.verdicts: list[ChunkQuality] = []
@@ -394,7 +402,17 @@ class _Render:
         a = self.attempt
         group = (m.nfe_step, m.cfg_strength)
         seconds = item.frames * sampler.HOP_LENGTH / SAMPLE_RATE  # reference + generated: what the call computes
-        work = Work("synthesis", group, item.frames, a.job_id, item, a.number, self.inputs.batch_priority, seconds)
+        work = Work(
+            "synthesis",
+            group,
+            item.frames,
+            a.job_id,
+            item,
+            a.number,
+            self.inputs.batch_priority,
+            seconds,
+            self.inputs.tenant,
+        )
         return self.st.batcher.submit(work)
 
     async def _wait(self, fut: asyncio.Future[np.ndarray], k: int, total: int) -> np.ndarray:

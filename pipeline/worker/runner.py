@@ -68,11 +68,12 @@ from pipeline.jobs.state import ClaimResult, Ledger, LostClaim, Seen
 from pipeline.runtime import metrics
 from pipeline.runtime.logs import job_id_var
 from pipeline.text.sandbox import TextSandboxUnavailable
-from pipeline.tts.batcher import BatcherUnavailable, ModelCallStuck
+from pipeline.tts.batcher import BatcherUnavailable, ModelCallStuck, job_place
 from pipeline.tts.engine import Reference
 from pipeline.worker.attempt import Attempt, ResultState
 from pipeline.worker.backoff import retry_delay
 from pipeline.worker.failures import JobFailed
+from pipeline.worker.fair import submitter_of
 from pipeline.worker.inputs import Inputs
 from pipeline.worker.lease import Heartbeat
 from pipeline.worker.publish import Outputs, Publisher
@@ -435,6 +436,8 @@ class JobRunner:
             raise
         if await cancel:
             raise _CancelledBeforeStart
+        inputs.submitter = submitter_of(attempt.msg)
+        job_place.set((inputs.batch_priority, inputs.tenant))  # for the items made in threads (alignment)
         manifest = inputs.manifest
         seed = manifest.seed if manifest.seed is not None else derived_seed(job_id)
         attempt.check()

@@ -342,6 +342,12 @@ def test_clients_that_hang_up_keep_their_jobs_places(door_env: dict[str, str], s
             wait_until(lambda: len(_manifests(s3, "inbox") - before) == 3, "the other client's job")
         finally:
             other.close()
+    # Each manifest names its client (not its address) as the requester the worker shares the
+    # model among (pipeline.tts.shares): one client's jobs one requester, the other's another.
+    docs = [json.loads(s3.get_object(Bucket=DOOR, Key=k)["Body"].read()) for k in _manifests(s3, "inbox") - before]
+    requesters = {d["text"]: d["requester"] for d in docs}
+    assert requesters["Hang up number 1."] == requesters["Hang up number 2."] != requesters["Another client."]
+    assert all(r.startswith("door-") and "127.0" not in r for r in requesters.values()), requesters
 
 
 @pytest.fixture

@@ -212,3 +212,39 @@ def test_close_does_not_wait_for_a_stopped_child(own_aligner: Aligner) -> None:
     with ThreadPoolExecutor(1) as pool:
         pool.submit(own_aligner.close).result(timeout=120)  # hang guard
     assert _gone(stopped)
+
+
+def test_alignment_windows_take_their_jobs_place_in_the_model_queue() -> None:
+    """Issue 27: the windows the aligner scores were all bulk items, so an interactive job's
+    alignment waited behind every bulk chunk queued before it (first come, first served among
+    bulk), and they were nobody's for the fair share. They carry the job's place now: the priority
+    and tenant its runner set (``job_place``), read in the aligner's thread."""
+    import contextvars
+
+    from pipeline.tts.batcher import INTERACTIVE, job_place
+    from pipeline.tts.shares import Tenant
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    works: list[Any] = []
+
+    class Capture:
+        def submit(self, work: Any) -> asyncio.Future[Any]:
+            works.append(work)
+            done = loop.create_future()
+            done.set_result(np.zeros((3, 4), dtype=np.float32))
+            return done
+
+    try:
+        emitter = BatchedEmitter(Capture(), loop)  # type: ignore[arg-type]
+        tenant = Tenant("AWS:AIDAEXAMPLE", "door-abc")
+        ctx = contextvars.copy_context()
+        ctx.run(job_place.set, (INTERACTIVE, tenant))
+        out = ctx.run(emitter.run, ["logits"], {"input_values": np.zeros((2, 16000), dtype=np.float32)})
+        assert out[0].shape == (2, 3, 4)
+        assert [(w.kind, w.priority, w.tenant) for w in works] == [("emissions", INTERACTIVE, tenant)] * 2
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()

@@ -7,6 +7,7 @@ and owners; assertions are on those calls, never on time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Hashable, Sequence
 from pathlib import Path
@@ -17,9 +18,11 @@ import pytest
 
 from pipeline.runtime.deadlines import Deadline
 from pipeline.runtime.faults import FaultHooks, InjectedCrash, InjectedOutOfMemory
-from pipeline.tts.batcher import Batcher, BatcherUnavailable, ModelCallStuck, Work
+from pipeline.tts import batcher as batcher_module
+from pipeline.tts.batcher import BULK, INTERACTIVE, Batcher, BatcherUnavailable, ModelCallStuck, Work
 from pipeline.tts.engine import F5Engine, Reference
 from pipeline.tts.sampler import Item
+from pipeline.tts.shares import Shares, Tenant
 from tests.helpers import reference_voice
 
 
@@ -303,3 +306,121 @@ async def test_healthz_fails_while_a_watched_part_is_stuck() -> None:
         server.shutdown()
         runner.gate.set()
         batcher.executor.shutdown(wait=True)
+
+
+# -- fair share within a priority (issue 27): the tenant that has had the model least goes first --
+
+
+def _tenant_work(tenant: Tenant, n: int, priority: int = BULK) -> Work:
+    return Work(
+        "synthesis",
+        "g",
+        1,
+        f"{tenant.requester or tenant.submitter}-{n}",
+        (tenant, n),
+        priority=priority,
+        tenant=tenant,
+    )
+
+
+async def test_within_a_priority_the_tenant_that_had_the_model_least_goes_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client with four jobs in flight had one item queued per job, each going before another
+    client's next item (first come, first served): the light client waited behind all of them at
+    every chunk. Now: the light client's item runs next, the heavy one's keep their own order,
+    and priority still comes first (the light client's bulk item waits for every interactive one)."""
+    clock = [100.0]
+    ran: list[tuple[Tenant, int]] = []
+
+    def runner(_group: Hashable, items: Sequence[Any]) -> list[Any]:
+        clock[0] += 1.0
+        ran.extend(items)
+        return list(items)
+
+    batcher = Batcher({"synthesis": runner}, max_batch=1, max_wait_s=0)
+    batcher.shares = Shares(clock=lambda: clock[0])
+    monkeypatch.setattr(batcher_module.time, "monotonic", lambda: clock[0])
+    heavy, light = Tenant("tts-console", "door-heavy"), Tenant("tts-console", "door-light")
+    batcher.shares.charge(heavy, 4.0)  # four calls' worth lately
+    works = [
+        *(_tenant_work(heavy, n, INTERACTIVE) for n in range(4, 7)),  # queued first
+        _tenant_work(light, 0, BULK),
+        _tenant_work(light, 1, INTERACTIVE),
+    ]
+    await _run(batcher, works)
+    assert ran == [(light, 1), (heavy, 4), (heavy, 5), (heavy, 6), (light, 0)]
+
+
+async def test_a_submitter_naming_many_requesters_only_divides_its_own_share(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The requester is the manifest's, so anyone may name a fresh one per job: the submitter level
+    (from the S3 event) decides first."""
+    clock = [100.0]
+    ran: list[tuple[Tenant, int]] = []
+
+    def runner(_group: Hashable, items: Sequence[Any]) -> list[Any]:
+        clock[0] += 1.0
+        ran.extend(items)
+        return list(items)
+
+    batcher = Batcher({"synthesis": runner}, max_batch=1, max_wait_s=0)
+    batcher.shares = Shares(clock=lambda: clock[0])
+    monkeypatch.setattr(batcher_module.time, "monotonic", lambda: clock[0])
+    rotating = [Tenant("AWS:AIDAGREEDY", f"fresh-{n}") for n in range(6)]
+    other = Tenant("AWS:AIDAOTHER", "")
+    batcher.shares.charge(rotating[0], 1.0)  # the greedy submitter has had one call lately
+    await _run(batcher, [*(_tenant_work(t, 1) for t in rotating[1:]), _tenant_work(other, 0), _tenant_work(other, 1)])
+    # other runs first, then takes turns with the greedy submitter by their shares, never more than
+    # one item behind it.
+    assert ran[0] == (other, 0)
+    assert ran.index((other, 1)) <= 3, ran
+
+
+async def test_no_tenant_starves_its_share_decays_while_others_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tenant that had a lot of the model long ago still gets its turn while a light one keeps
+    sending work: its share decays (half-life), the light one's grows as it runs."""
+    clock = [100.0]
+    ran: list[str] = []
+
+    def runner(_group: Hashable, items: Sequence[Any]) -> list[Any]:
+        clock[0] += 1.0
+        ran.extend(t.requester for t, _ in items)
+        return list(items)
+
+    batcher = Batcher({"synthesis": runner}, max_batch=1, max_wait_s=0)
+    batcher.shares = Shares(half_life_s=10.0, clock=lambda: clock[0])
+    monkeypatch.setattr(batcher_module.time, "monotonic", lambda: clock[0])
+    heavy, light = Tenant("s", "heavy"), Tenant("s", "light")
+    batcher.shares.charge(heavy, 100.0)
+    task = asyncio.create_task(batcher.run())
+    try:
+        queued = batcher.submit(_tenant_work(light, 0))
+        waiting = batcher.submit(_tenant_work(heavy, 0))
+        for n in range(1, 200):  # the light tenant always has another item queued
+            following = batcher.submit(_tenant_work(light, n))
+            await queued
+            queued = following
+            if waiting.done():
+                break
+        assert waiting.done()
+        assert 10 < ran.index("heavy") < 60, ran.index("heavy")  # ~30 calls: 100 s halved three times
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def test_shares_decay_and_forget() -> None:
+    clock = [0.0]
+    shares = Shares(half_life_s=10.0, clock=lambda: clock[0])
+    a, b = Tenant("s", "a"), Tenant("s", "b")
+    shares.charge(a, 8.0)
+    shares.charge(b, 2.0)
+    assert shares.rank(a) == (10.0, 8.0) and shares.rank(b) == (10.0, 2.0)
+    clock[0] = 10.0
+    assert shares.rank(a) == pytest.approx((5.0, 4.0))
+    clock[0] = 1000.0
+    for n in range(512):  # enough charges to sweep the table: a and b are long forgotten
+        shares.charge(Tenant("t", str(n % 2)), 1e-6)
+    assert len(shares) <= 3
+    assert shares.rank(a) == (0.0, 0.0)

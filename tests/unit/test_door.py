@@ -227,3 +227,18 @@ def test_a_console_page_takes_no_bearer_key() -> None:
     page = Console(door.settings, store=None, door=door)  # type: ignore[arg-type]
     request = make_mocked_request("GET", "/", headers={"Authorization": "Bearer sk-right"})
     assert not page.authenticated(request)
+
+
+def test_requester_names_a_client_without_its_address() -> None:
+    """The manifest's ``requester`` (the worker's fair share among the API's clients): one client
+    one name, another client another, and the address is not in it, nor is it the same name in
+    another console process."""
+    door, _ = _door()
+    a, b = door.requester("203.0.113.7"), door.requester("203.0.113.8")
+    assert a == door.requester("203.0.113.7") != b
+    assert a.startswith("door-") and "203.0.113.7" not in a
+    other, _ = _door()
+    assert other.requester("203.0.113.7") != a
+    from pipeline.jobs.contract import Manifest
+
+    assert Manifest(text="x", requester=a).requester == a  # a valid manifest field
