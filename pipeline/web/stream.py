@@ -389,6 +389,9 @@ def wav_layout(head: bytes, size: int) -> tuple[int, int] | None:
     return None
 
 
+_PREPARED = web.RequestKey("tts_prepared", web.StreamResponse)
+
+
 class ClientGone(Exception):
     """A client took no bytes for the write deadline: its connection is closed and its handler
     returns ``response`` as it stands (the body is cut short)."""
@@ -401,13 +404,13 @@ class ClientGone(Exception):
 def prepared(request: web.Request) -> web.StreamResponse | None:
     """The answer a handler has begun (headers sent), if any: an error after it cannot be a new
     answer on the same connection."""
-    return request.get("tts_prepared")
+    return request.get(_PREPARED)
 
 
 async def begin(request: web.Request, response: web.StreamResponse) -> None:
     """``response.prepare``, remembered (``prepared``)."""
     await response.prepare(request)
-    request["tts_prepared"] = response
+    request[_PREPARED] = response
 
 
 async def write_within(

@@ -278,6 +278,77 @@ def test_a_finished_wav_is_streamed_by_ranges_from_the_sample_offset(door_env: d
     assert audio and all(how == "range" and n <= RANGE_BLOCK for how, n in audio), audio[:3]
 
 
+def test_short_range_reads_that_split_a_sample_leave_the_stream_exact(door_env: dict[str, str], s3: Any) -> None:
+    """A ranged read may answer fewer bytes than asked (S3 may; a proxy may): a read that ends in
+    the middle of a 16-bit sample carries the odd byte to the next one, so every sample after it
+    is still the file's (read as pairs from the answer's start, every later sample was garbage)."""
+    from pipeline.cloud.store import Store
+    from pipeline.web.stream import ChunkFollower
+
+    samples = (np.random.default_rng(2).standard_normal(24000 * 3) * 3000).astype(np.int16)
+    buf = io.BytesIO()
+    sf.write(buf, samples, 24000, format="WAV", subtype="PCM_16")
+    job = "abuse-short-reads"
+    _plant_completed(s3, job, buf.getvalue(), "wav")
+    short: list[int] = []
+
+    class ShortReads(Store):
+        async def get_range(self, key: str, start: int, length: int) -> tuple[bytes, int]:
+            data, size = await super().get_range(key, start, length)
+            if key.startswith("outputs/") and len(data) > 1001:
+                data = data[:1001]  # odd: the last sample of this answer is split
+                short.append(len(data))
+            return data, size
+
+    async def follow() -> np.ndarray:
+        async with Store.open(DOOR) as store:
+            reader = ShortReads(store.s3, store.bucket, store.put_params, store.calls)
+            follower = ChunkFollower(reader, job, poll_s=0.01, idle_s=60)
+            return np.concatenate([b async for b in follower.blocks()])
+
+    got = asyncio.run(follow())
+    assert len(short) > 10  # the splitting path ran, many times
+    assert np.array_equal(got, samples)
+
+
+def test_an_empty_or_range_ignoring_audio_object_is_a_clear_error(door_env: dict[str, str], s3: Any) -> None:
+    """A finished job whose audio object is empty is a 502 ``bad_result`` before any read of it
+    (a ranged read of an empty object has no answer); an answer that ignores the Range (the whole
+    object where a range was asked) is refused, never taken as those bytes."""
+    from pipeline.cloud.store import RangeIgnored, Store
+    from pipeline.web.stream import ChunkFollower, StreamFailed
+
+    _plant_completed(s3, "abuse-empty", b"", "wav")
+    s3.put_object(Bucket=DOOR, Key="outputs/abuse-whole/blob.bin", Body=b"0123456789" * 100)
+
+    class NoRanges:
+        """The S3 client, except that its GetObject answers ignore Range (as some proxies do)."""
+
+        def __init__(self, s3: Any) -> None:
+            self._s3 = s3
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._s3, name)
+
+        async def get_object(self, **kw: Any) -> Any:
+            kw.pop("Range", None)
+            return await self._s3.get_object(**kw)
+
+    async def go() -> StreamFailed:
+        async with Store.open(DOOR) as store:
+            with pytest.raises(StreamFailed) as failed:
+                async for _ in ChunkFollower(store, "abuse-empty", poll_s=0.01, idle_s=60).blocks():
+                    pass
+            assert (await store.get_range("outputs/abuse-whole/blob.bin", 10, 5))[0] == b"01234"
+            ignoring = Store(NoRanges(store.s3), store.bucket, store.put_params, store.calls)
+            with pytest.raises(RangeIgnored):
+                await ignoring.get_range("outputs/abuse-whole/blob.bin", 10, 5)
+            return failed.value
+
+    failed = asyncio.run(go())
+    assert failed.code == "bad_result" and failed.http == 502 and "empty" in str(failed)
+
+
 # -- 4: the interactive lane ---------------------------------------------------------------------------
 
 
