@@ -220,6 +220,7 @@ class CellResult:
     seconds: float = 0.0
     fired: bool = False
     unreached: bool = False  # a timing-dependent point (a beat after the cancel) this run never made
+    diagnosis: list[str] = field(default_factory=list)  # for a cell the harness could not drive
 
     @property
     def passed(self) -> bool:
@@ -232,6 +233,7 @@ class CellResult:
             f"{self.attempts} attempts): "
             + ("point not reached this run; " if self.unreached else "")
             + "; ".join(self.broken)
+            + "".join(f"\n      {line}" for line in self.diagnosis)
         )
 
 
@@ -490,6 +492,7 @@ def run_cell(lane: Lane, cell: Cell, chunks: int, ref: Reference) -> CellResult:
         victim = _drive(lane, cell, ref, res)
     except AssertionError as e:
         res.broken.append(f"harness: {e}".splitlines()[0][:300])
+        res.diagnosis = _diagnose(lane, job)
     finally:
         lane.holds.release(job)
     if victim is not None and not res.broken:
@@ -503,6 +506,27 @@ def run_cell(lane: Lane, cell: Cell, chunks: int, ref: Reference) -> CellResult:
         _check(lane, job, ref, chunks, victim if kind == "kill" else None, res)
     res.seconds = round(time.monotonic() - t0, 1)
     return res
+
+
+def _diagnose(lane: Lane, job: str) -> list[str]:
+    """What a cell the harness could not drive looked like: the job's status, the requests that
+    named it, the queue, and each worker's log lines that name it (a flaky cell explains itself)."""
+    out = []
+    try:
+        status = lane.status(job)
+        states = [h.get("state") for h in status.get("history", [])] if status else None
+        out.append(f"status: {status and status.get('state')}, history {states}")
+        ops = [f"{e['agent']} {e['op']}" for e in lane.proxy.trace() if job in e["jobs"]]
+        out.append(f"requests naming it ({len(ops)}): {ops[:12]}{' …' if len(ops) > 12 else ''}")
+        out.append(f"queue empty: {lane.queue_empty()}; fired: {lane.proxy.fired(job)}")
+        for w in lane.workers:
+            lines = [line for line in w.proc.log().splitlines() if job in line][-6:]
+            state = f"{'alive' if w.alive() else 'gone'}, ready {w.alive() and w.ready()}"
+            out.append(f"worker {w.pid} ({state}): {len(lines)} lines")
+            out += [f"  {line[:240]}" for line in lines]
+    except Exception as e:  # a diagnosis must not hide the failure it explains
+        out.append(f"(diagnosis failed: {type(e).__name__}: {e})")
+    return out
 
 
 def _drive(lane: Lane, cell: Cell, ref: Reference, res: CellResult) -> LaneWorker | None:
