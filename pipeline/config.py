@@ -186,7 +186,10 @@ class Settings(BaseSettings):
     door_requests_per_s: float = Field(default=20.0, gt=0)
     door_request_burst: int = Field(default=60, ge=1)
     door_streams: int = Field(default=4, ge=1)
-    door_jobs: int = Field(default=4, ge=1)
+    # 2: someone waiting for audio needs one at a time; more unfinished jobs per client is a batch
+    # (the inbox's). Measured: with 4, an abuser's budgeted jobs cost a legitimate client 2.2-2.8x
+    # its idle p95 on a CPU worker; with 2, 2.0-2.2x (docs/security.md, make bench-abuse).
+    door_jobs: int = Field(default=2, ge=1)
     # Of those, how many may be in the interactive lane at once; the client's further jobs are bulk
     # (a client's burst of requests cannot take the lane every other client's first audio needs).
     door_interactive_jobs: int = Field(default=1, ge=1)

@@ -52,6 +52,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 
+from pipeline.config import Settings  # noqa: E402
 from pipeline.ops import localstack_host  # noqa: E402
 from scripts.latency.common import VOICE, Stack, percentile, stack  # noqa: E402
 
@@ -525,7 +526,7 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--requests", type=int, default=20, help="legitimate requests per phase")
     p.add_argument("--attack-s", type=float, default=120.0, help="the longest the attacks run")
-    p.add_argument("--door-jobs", type=int, default=4, help="TTS_DOOR_JOBS for the console (default: the default)")
+    p.add_argument("--door-jobs", type=int, default=Settings().door_jobs, help="TTS_DOOR_JOBS (default: its default)")
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--only", nargs="*", help="run only these attacks (to find what costs what)")
     a = p.parse_args(argv)

@@ -572,6 +572,22 @@ class StageTimings(BaseModel):
     total: float
 
 
+class Usage(BaseModel):
+    """What the job cost, for charging it back (**new, issue 28**). The model figures are the
+    publishing attempt's: chunks an earlier attempt made durable cost nothing here."""
+
+    characters: int = Field(description="Characters spoken: the text after lexicons and normalization.")
+    audio_s: float = Field(description="Seconds of audio in the output.")
+    model_s: float = Field(
+        description="Seconds of model time: the job's share of each model call it was in (synthesis, "
+        "alignment, transcription), by the audio each item made or read."
+    )
+    chunks_synthesized: int = Field(description="Chunk syntheses run, regenerations by the quality gate included.")
+    chunks_regenerated: int = Field(default=0, description="Chunks synthesised more than once (the quality gate).")
+    transcriptions: int = Field(default=0, description="ASR runs: the quality gate's and a reference's.")
+    alignment_windows: int = Field(default=0, description="Audio windows the aligner scored.")
+
+
 class ResultWarning(BaseModel):
     code: str = Field(description="One of WarningCode.")
     message: str
@@ -613,6 +629,7 @@ class JobResult(BaseModel):
     quality: QualitySummary | None = Field(
         default=None, description="The quality gate's summary and per-chunk verdicts; null when the gate was off."
     )
+    usage: Usage | None = Field(default=None, description="What the job cost (null: published before issue 28).")
     completed_at: datetime
 
 

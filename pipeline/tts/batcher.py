@@ -95,6 +95,18 @@ class Work:
 job_place: contextvars.ContextVar[tuple[int, Tenant]] = contextvars.ContextVar("job_place", default=(BULK, NOBODY))
 
 
+@dataclass
+class Metered:
+    """What one job's items used of the model: its share of each call's time (by the audio each
+    item made or read), and how many items of each kind ran."""
+
+    seconds: float = 0.0
+    items: dict[str, int] = field(default_factory=dict)
+
+
+_METERED_JOBS = 4096  # jobs whose meters are kept until taken (a job that never takes its own: the oldest go)
+
+
 @dataclass(frozen=True)
 class _Running:
     """The model call in progress (written by the model thread, read by the event loop)."""
@@ -143,6 +155,7 @@ class Batcher:
         self._busy_lock = threading.Lock()  # read by the metrics server's thread
         self.calls = 0
         self.shares = Shares()  # who has had the model lately: the order within a priority
+        self._meters: collections.OrderedDict[str, Metered] = collections.OrderedDict()  # by job
         metrics.MODEL_BUSY_FRACTION.set_function(self.busy_fraction)
 
     # -- the jobs' side -------------------------------------------------------------------------
@@ -168,6 +181,10 @@ class Batcher:
 
     def queued(self) -> int:
         return len(self._queue)
+
+    def take_meter(self, owner: str) -> Metered:
+        """What ``owner``'s items have used since its meter was last taken (then it starts again)."""
+        return self._meters.pop(owner, None) or Metered()
 
     def sick(self) -> str | None:
         """Why this batcher makes the worker not live (None: it does not). Cheap, any thread:
@@ -287,7 +304,15 @@ class Batcher:
         """Each item's tenant had its part of the call (by the audio it makes or reads)."""
         total = sum(w.seconds for w in works)
         for w in works:
-            self.shares.charge(w.tenant, seconds * (w.seconds / total if total > 0 else 1 / len(works)))
+            share = seconds * (w.seconds / total if total > 0 else 1 / len(works))
+            self.shares.charge(w.tenant, share)
+            meter = self._meters.get(w.owner)
+            if meter is None:
+                meter = self._meters[w.owner] = Metered()
+                while len(self._meters) > _METERED_JOBS:
+                    self._meters.popitem(last=False)
+            meter.seconds += share
+            meter.items[w.kind] = meter.items.get(w.kind, 0) + 1
 
     async def _watch(self, call: asyncio.Future[list[Any]]) -> list[Any]:
         """``call``'s results, unless one of its tries runs past its deadline: then the model thread

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TypeVar
 
@@ -32,6 +32,7 @@ from pipeline.jobs.contract import (
     ResultWarning,
     StageTimings,
     SubtitleFormat,
+    Usage,
     WordTiming,
     utcnow,
 )
@@ -39,6 +40,7 @@ from pipeline.jobs.outputs import named_keys, unneeded
 from pipeline.jobs.state import Ledger
 from pipeline.runtime.faults import NO_FAULTS, FaultHooks
 from pipeline.tts import subtitles
+from pipeline.tts.batcher import Metered
 from pipeline.worker.attempt import Attempt, ResultState
 from pipeline.worker.render import Rendered
 
@@ -62,10 +64,23 @@ class Outputs:
     languages: dict[str, int]
     seed: int
     warnings: list[ResultWarning]
+    metered: Metered = field(default_factory=Metered)  # the attempt's model use (the batcher's meter)
 
     @property
     def words(self) -> list[WordTiming]:
         return self.rendered.words
+
+    def usage(self, audio_s: float) -> Usage:
+        items, quality = self.metered.items, self.rendered.quality
+        return Usage(
+            characters=len(self.normalized_text),
+            audio_s=audio_s,
+            model_s=round(self.metered.seconds, 3),
+            chunks_synthesized=items.get("synthesis", 0),
+            chunks_regenerated=quality.chunks_regenerated if quality else 0,
+            transcriptions=items.get("transcription", 0),
+            alignment_windows=items.get("emissions", 0),
+        )
 
 
 class Publisher:
@@ -161,6 +176,7 @@ class Publisher:
         expires = self.settings.presign_expiry_s
         manifest = out.manifest
         r = out.rendered
+        duration_s = round(r.samples / r.sample_rate, 4)
         return JobResult(
             job_id=job_id,
             audio=AudioInfo(
@@ -169,7 +185,7 @@ class Publisher:
                 url_expires_at=utcnow() + timedelta(seconds=expires),
                 format=manifest.output_format,
                 sample_rate=r.sample_rate,
-                duration_s=round(r.samples / r.sample_rate, 4),
+                duration_s=duration_s,
                 bytes=r.path.stat().st_size,
             ),
             word_timings=r.words if manifest.word_timings else None,
@@ -192,5 +208,6 @@ class Publisher:
             timings_ms=timings,
             warnings=out.warnings,
             quality=r.quality,
+            usage=out.usage(duration_s),
             completed_at=utcnow(),
         )

@@ -456,7 +456,9 @@ class JobRunner:
                 attempt.check()
                 return refs, await self.renderer.render(inputs, refs, seed, label, attempt, Path(tmp), warnings)
 
+            self.renderer.batcher.take_meter(job_id)  # from zero: nothing of an earlier attempt here
             refs, rendered = await clock.run("synthesis", synthesis)
+            metered = self.renderer.batcher.take_meter(job_id)
             for stage, ms in rendered.stage_ms.items():  # done inside synthesis, reported as their own
                 clock.ms[stage] = clock.ms.get(stage, 0.0) + ms
                 clock.ms["synthesis"] -= ms
@@ -473,6 +475,7 @@ class JobRunner:
                 languages=inputs.analysis.languages,
                 seed=seed,
                 warnings=warnings,
+                metered=metered,
             )
             return await self.publisher.publish(attempt, out, clock.run, lambda: clock.timings(queue_wait_ms))
 

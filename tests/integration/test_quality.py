@@ -111,6 +111,12 @@ def test_a_silent_chunk_is_made_again_with_a_derived_seed_and_the_result_records
     assert "QUALITY_BELOW_THRESHOLD" not in _codes(result)
     calls = _calls(faults, "qg-retry")
     assert calls.get("synthesis", 0) == 4 and "transcription" not in calls  # 3 chunks + 1 retry, no ASR
+    # What it cost (issue 28): the same counts, from the batcher's meter, on the result.
+    usage = result["usage"]
+    assert (usage["chunks_synthesized"], usage["chunks_regenerated"], usage["transcriptions"]) == (4, 1, 0)
+    assert usage["alignment_windows"] >= calls.get("emissions", 0) > 0
+    assert usage["model_s"] > 0 and usage["audio_s"] == result["audio"]["duration_s"]
+    assert usage["characters"] == len(result["normalized_text"]) > 0
     # The durable chunk record carries the verdict.
     listed = s3.list_objects_v2(Bucket=NAME, Prefix="outputs/qg-retry/chunks/").get("Contents", [])
     records = [json.loads(s3.get_object(Bucket=NAME, Key=o["Key"])["Body"].read()) for o in listed]

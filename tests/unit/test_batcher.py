@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Any
@@ -424,3 +425,28 @@ def test_shares_decay_and_forget() -> None:
         shares.charge(Tenant("t", str(n % 2)), 1e-6)
     assert len(shares) <= 3
     assert shares.rank(a) == (0.0, 0.0)
+
+
+async def test_each_job_is_metered_its_share_of_the_calls_it_was_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Usage (issue 28): a call's time is split among its items by the audio each makes or reads,
+    and counted per job and kind; taking a job's meter starts it again."""
+    # The clock starts at the real one: an item's enqueue time is read from the real clock, and a
+    # lone item waits for mates until it is past (max_wait_s 0).
+    clock = [time.monotonic()]
+
+    def runner(_group: Hashable, items: Sequence[Any]) -> list[Any]:
+        clock[0] += 1000.0  # each call "takes" 1000 seconds
+        return list(items)
+
+    monkeypatch.setattr(batcher_module.time, "monotonic", lambda: clock[0])
+    batcher = Batcher({"synthesis": runner, "emissions": runner}, max_batch=2, max_wait_s=0)
+    works = [
+        Work("synthesis", "g", 1, "job-a", 0, seconds=2.0),
+        Work("synthesis", "g", 1, "job-b", 1, seconds=1.0),
+        Work("emissions", "ctc", 1, "job-a", 2, seconds=1.0),
+    ]
+    await _run(batcher, works)
+    a, b = batcher.take_meter("job-a"), batcher.take_meter("job-b")
+    assert a.seconds == pytest.approx(2000 / 3 + 1000) and a.items == {"synthesis": 1, "emissions": 1}
+    assert b.seconds == pytest.approx(1000 / 3) and b.items == {"synthesis": 1}
+    assert batcher.take_meter("job-a").seconds == 0 and batcher.take_meter("nobody").items == {}
