@@ -579,13 +579,13 @@ class Usage(BaseModel):
     characters: int = Field(description="Characters spoken: the text after lexicons and normalization.")
     audio_s: float = Field(description="Seconds of audio in the output.")
     model_s: float = Field(
-        description="Seconds of model time: the job's share of each model call it was in (synthesis, "
-        "alignment, transcription), by the audio each item made or read."
+        description="Seconds of model time: the job's share of each call on the worker's model thread it was in "
+        "(synthesis, transcription, and alignment where the bundle's aligner runs there: on a GPU), by the audio "
+        "each item made or read."
     )
     chunks_synthesized: int = Field(description="Chunk syntheses run, regenerations by the quality gate included.")
     chunks_regenerated: int = Field(default=0, description="Chunks synthesised more than once (the quality gate).")
     transcriptions: int = Field(default=0, description="ASR runs: the quality gate's and a reference's.")
-    alignment_windows: int = Field(default=0, description="Audio windows the aligner scored.")
 
 
 class ResultWarning(BaseModel):

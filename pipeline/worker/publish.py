@@ -79,7 +79,6 @@ class Outputs:
             chunks_synthesized=items.get("synthesis", 0),
             chunks_regenerated=quality.chunks_regenerated if quality else 0,
             transcriptions=items.get("transcription", 0),
-            alignment_windows=items.get("emissions", 0),
         )
 
 

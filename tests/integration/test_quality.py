@@ -114,7 +114,6 @@ def test_a_silent_chunk_is_made_again_with_a_derived_seed_and_the_result_records
     # What it cost (issue 28): the same counts, from the batcher's meter, on the result.
     usage = result["usage"]
     assert (usage["chunks_synthesized"], usage["chunks_regenerated"], usage["transcriptions"]) == (4, 1, 0)
-    assert usage["alignment_windows"] >= calls.get("emissions", 0) > 0
     assert usage["model_s"] > 0 and usage["audio_s"] == result["audio"]["duration_s"]
     assert usage["characters"] == len(result["normalized_text"]) > 0
     # The durable chunk record carries the verdict.
