@@ -40,6 +40,18 @@ DEFERRED = Counter("tts_deferred_deliveries", "Deliveries of jobs held by a live
 CHUNKS = Counter(
     "tts_chunks", "Text chunks rendered: synthesised by the model, or reused from an earlier attempt", ["source"]
 )
+AUDIO_SECONDS = Counter("tts_audio_seconds", "Seconds of audio in published results, by lane", ["priority"])
+REAL_TIME_FACTOR = Histogram(
+    "tts_real_time_factor",
+    "A published job's time on the worker (claim to result) per second of its audio: below 1 is faster than real time",
+    buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50),
+)
+FIRST_AUDIO_SECONDS = Histogram(
+    "tts_first_audio_seconds",
+    "From a job's claim to its first audio chunk being durable (what a stream can play), by lane",
+    ["priority"],
+    buckets=(0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 60),
+)
 RETRIES = Counter("tts_job_retries", "Jobs put back on the queue after a transient error")
 BATCH_SIZE = Histogram(
     "tts_batch_size", "Items per model call", ["kind"], buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)

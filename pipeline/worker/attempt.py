@@ -18,6 +18,7 @@ Nothing here is shared between attempts: two attempts of one job in one worker n
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -48,6 +49,8 @@ class Attempt:
     result: ResultState = ResultState.NONE
     named: set[str] | None = None
     ending: bool = False  # its outcome is decided: only the lease and the message are kept alive
+    started: float = field(default_factory=time.monotonic)  # when the claim was won
+    first_audio: bool = False  # its first chunk is durable (time to first audio observed)
 
     @classmethod
     def start(

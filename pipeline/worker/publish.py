@@ -16,6 +16,7 @@ answer) is adopted instead of replaced; the attempt's record of what it sent and
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -29,6 +30,7 @@ from pipeline.jobs.contract import (
     JobResult,
     Manifest,
     ModelInfo,
+    Priority,
     ResultWarning,
     StageTimings,
     SubtitleFormat,
@@ -38,6 +40,7 @@ from pipeline.jobs.contract import (
 )
 from pipeline.jobs.outputs import named_keys, unneeded
 from pipeline.jobs.state import Ledger
+from pipeline.runtime import metrics
 from pipeline.runtime.faults import NO_FAULTS, FaultHooks
 from pipeline.tts import subtitles
 from pipeline.tts.batcher import Metered
@@ -80,6 +83,18 @@ class Outputs:
             chunks_regenerated=quality.chunks_regenerated if quality else 0,
             transcriptions=items.get("transcription", 0),
         )
+
+
+def _observe(attempt: Attempt, lane: str, audio_s: float) -> None:
+    """The figures a fleet is sized by (docs/operations.md): audio made, real-time factor, and time
+    to first audio for a job whose audio is one piece (a job of several chunks had it at chunk 1)."""
+    on_worker = time.monotonic() - attempt.started
+    metrics.AUDIO_SECONDS.labels(lane).inc(audio_s)
+    if audio_s > 0:
+        metrics.REAL_TIME_FACTOR.observe(on_worker / audio_s)
+    if not attempt.first_audio:
+        attempt.first_audio = True
+        metrics.FIRST_AUDIO_SECONDS.labels(lane).observe(on_worker)
 
 
 class Publisher:
@@ -137,6 +152,7 @@ class Publisher:
             result.audio.duration_s,
             {k: round(v) for k, v in result.timings_ms.model_dump().items()},
         )
+        _observe(attempt, (attempt.claim.status.priority or Priority.bulk).value, result.audio.duration_s)
         return True
 
     async def _discard(self, attempt: Attempt) -> None:

@@ -493,6 +493,10 @@ class _Render:
             self.attempt.chunks.update(self.chunks.keys(record))  # before: a lost answer may still land
             await self.chunks.save(record, pcm)
             self.ms["upload"] += (time.perf_counter() - t0) * 1000
+            if not self.attempt.first_audio:
+                self.attempt.first_audio = True
+                lane = self.inputs.priority.value
+                metrics.FIRST_AUDIO_SECONDS.labels(lane).observe(time.monotonic() - self.attempt.started)
         await self._place(piece, prev, audio, record)
 
     async def _gate(self, piece: Piece, wave: np.ndarray) -> tuple[np.ndarray, ChunkQuality]:

@@ -180,6 +180,11 @@ def test_second_job_reuses_the_loaded_model(
     m = worker.metrics()
     assert m["tts_model_loads_total"] == 1.0
     assert m['tts_jobs_total{code="",state="COMPLETED"}'] >= 2
+    # What a fleet is sized by (issue 28): audio made, real-time factor, time to first audio.
+    audio_s = sum(get_json(s3, f"results/{j}.json")["audio"]["duration_s"] for j in (first, second))  # type: ignore[index]
+    assert m['tts_audio_seconds_total{priority="bulk"}'] >= audio_s > 0
+    assert m["tts_real_time_factor_count"] >= 2 and m["tts_real_time_factor_sum"] > 0
+    assert m['tts_first_audio_seconds_count{priority="bulk"}'] >= 2
 
 
 def test_malformed_manifest_fails_clearly_and_the_next_good_job_completes(
