@@ -22,6 +22,7 @@ import contextlib
 import logging
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
@@ -43,16 +44,36 @@ def claim(base: str | os.PathLike[str] | None = None) -> Path:
         return _claimed
     top = root(base)
     top.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not _ours(top):
+        # In a shared /tmp another user may have made the name first (or a symlink to elsewhere):
+        # nothing there is swept; this process gets a private directory of its own.
+        log.warning("%s is not a directory of this user's: scratch space not shared, nothing swept", top)
+        _claimed = Path(tempfile.mkdtemp(prefix="tts-pipeline-"))
+        _point_at(_claimed)
+        return _claimed
     removed = sweep(top)
     if removed:
         log.info("removed the scratch directories of %d process(es) that no longer run", removed)
     mine = top / tag(os.getpid())
     mine.mkdir(mode=0o700, exist_ok=True)
+    _point_at(mine)
+    _claimed = mine
+    return mine
+
+
+def _point_at(mine: Path) -> None:
     tempfile.tempdir = str(mine)
     os.environ["TMPDIR"] = str(mine)  # child processes, and libraries that read it themselves
     atexit.register(shutil.rmtree, mine, True)
-    _claimed = mine
-    return mine
+
+
+def _ours(top: Path) -> bool:
+    """``top`` is a real directory (not a symlink) of this user's, closed to others."""
+    try:
+        st = os.lstat(top)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077
 
 
 def sweep(top: Path) -> int:

@@ -72,3 +72,15 @@ def test_tag_is_the_running_process_and_nothing_for_a_dead_one() -> None:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     assert scratch.tag(proc.pid) == ""
+
+
+def test_a_root_that_is_not_ours_is_neither_used_nor_swept(tmp_path: Path) -> None:
+    """In a shared /tmp another user (or a symlink) may hold the name: nothing under it is swept,
+    the process gets a private directory instead."""
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "123-456").mkdir(parents=True)  # looks like a dead process's directory
+    scratch.root(tmp_path).symlink_to(elsewhere)
+    code = "import sys; from pipeline.runtime import scratch; print(scratch.claim(sys.argv[1]))"
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
+    assert (elsewhere / "123-456").is_dir()
+    assert not out.stdout.strip().startswith(str(scratch.root(tmp_path)))
