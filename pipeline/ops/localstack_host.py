@@ -21,6 +21,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.runtime import procs
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LOCALSTACK_DIR = REPO_ROOT / "localstack"
 DEFAULT_STATE_DIR = REPO_ROOT / ".localstack"
@@ -62,23 +64,13 @@ def _pid_file(state_dir: Path) -> Path:
     return state_dir / "localstack.json"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def running(state_dir: Path = DEFAULT_STATE_DIR) -> Instance | None:
     try:
         info = json.loads(_pid_file(state_dir).read_text())
     except (OSError, ValueError):
         return None
     inst = Instance(pid=int(info["pid"]), port=int(info["port"]), state_dir=state_dir)
-    return inst if _alive(inst.pid) else None
+    return inst if procs.alive(inst.pid) else None
 
 
 def _get_json(url: str) -> dict | None:
@@ -203,7 +195,7 @@ def stop(state_dir: Path = DEFAULT_STATE_DIR, timeout_s: float = 20.0) -> bool:
         return False
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if not _alive(inst.pid) or _reap(inst.pid):
+        if not procs.alive(inst.pid) or _reap(inst.pid):
             return True
         time.sleep(0.2)
     os.killpg(inst.pid, signal.SIGKILL)

@@ -26,6 +26,8 @@ import stat
 import tempfile
 from pathlib import Path
 
+from pipeline.runtime import procs
+
 log = logging.getLogger(__name__)
 
 _claimed: Path | None = None
@@ -96,31 +98,7 @@ def sweep(top: Path) -> int:
 def tag(pid: int) -> str:
     """The directory name of process ``pid`` as it runs now ("" start time where unknown); a
     process that no longer runs has no tag any directory can match."""
-    start = _start_time(pid)
+    start = procs.start_time(pid)
     if start is None:
         return ""
     return f"{pid}-{start}"
-
-
-def _start_time(pid: int) -> str | None:
-    """``pid``'s start time in clock ticks since boot; "" without /proc; None if it does not run."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        if Path("/proc/self/stat").exists():
-            return None  # /proc exists: the process does not
-        return "" if _alive(pid) else None
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[-1].split()
-    return fields[19] if len(fields) > 19 else None  # field 22 of proc(5), counted after "(comm)"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

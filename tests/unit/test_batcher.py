@@ -324,15 +324,11 @@ def _tenant_work(tenant: Tenant, n: int, priority: int = BULK) -> Work:
     )
 
 
-async def test_within_a_priority_the_tenant_that_had_the_model_least_goes_first(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A client with four jobs in flight had one item queued per job, each going before another
-    client's next item (first come, first served): the light client waited behind all of them at
-    every chunk. Now: the light client's item runs next, the heavy one's keep their own order,
-    and priority still comes first (the light client's bulk item waits for every interactive one)."""
+def _ticking(monkeypatch: pytest.MonkeyPatch, half_life_s: float = 10.0) -> tuple[Batcher, list[Any]]:
+    """A batcher of single-item calls on a clock that moves one second per call; the items it
+    ran, in order."""
     clock = [100.0]
-    ran: list[tuple[Tenant, int]] = []
+    ran: list[Any] = []
 
     def runner(_group: Hashable, items: Sequence[Any]) -> list[Any]:
         clock[0] += 1.0
@@ -340,8 +336,19 @@ async def test_within_a_priority_the_tenant_that_had_the_model_least_goes_first(
         return list(items)
 
     batcher = Batcher({"synthesis": runner}, max_batch=1, max_wait_s=0)
-    batcher.shares = Shares(clock=lambda: clock[0])
+    batcher.shares = Shares(half_life_s=half_life_s, clock=lambda: clock[0])
     monkeypatch.setattr(batcher_module.time, "monotonic", lambda: clock[0])
+    return batcher, ran
+
+
+async def test_within_a_priority_the_tenant_that_had_the_model_least_goes_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client with four jobs in flight had one item queued per job, each going before another
+    client's next item (first come, first served): the light client waited behind all of them at
+    every chunk. Now: the light client's item runs next, the heavy one's keep their own order,
+    and priority still comes first (the light client's bulk item waits for every interactive one)."""
+    batcher, ran = _ticking(monkeypatch)
     heavy, light = Tenant("tts-console", "door-heavy"), Tenant("tts-console", "door-light")
     batcher.shares.charge(heavy, 4.0)  # four calls' worth lately
     works = [
@@ -356,17 +363,7 @@ async def test_within_a_priority_the_tenant_that_had_the_model_least_goes_first(
 async def test_a_submitter_naming_many_requesters_only_divides_its_own_share(monkeypatch: pytest.MonkeyPatch) -> None:
     """The requester is the manifest's, so anyone may name a fresh one per job: the submitter level
     (from the S3 event) decides first."""
-    clock = [100.0]
-    ran: list[tuple[Tenant, int]] = []
-
-    def runner(_group: Hashable, items: Sequence[Any]) -> list[Any]:
-        clock[0] += 1.0
-        ran.extend(items)
-        return list(items)
-
-    batcher = Batcher({"synthesis": runner}, max_batch=1, max_wait_s=0)
-    batcher.shares = Shares(clock=lambda: clock[0])
-    monkeypatch.setattr(batcher_module.time, "monotonic", lambda: clock[0])
+    batcher, ran = _ticking(monkeypatch)
     rotating = [Tenant("AWS:AIDAGREEDY", f"fresh-{n}") for n in range(6)]
     other = Tenant("AWS:AIDAOTHER", "")
     batcher.shares.charge(rotating[0], 1.0)  # the greedy submitter has had one call lately
@@ -380,17 +377,7 @@ async def test_a_submitter_naming_many_requesters_only_divides_its_own_share(mon
 async def test_no_tenant_starves_its_share_decays_while_others_run(monkeypatch: pytest.MonkeyPatch) -> None:
     """A tenant that had a lot of the model long ago still gets its turn while a light one keeps
     sending work: its share decays (half-life), the light one's grows as it runs."""
-    clock = [100.0]
-    ran: list[str] = []
-
-    def runner(_group: Hashable, items: Sequence[Any]) -> list[Any]:
-        clock[0] += 1.0
-        ran.extend(t.requester for t, _ in items)
-        return list(items)
-
-    batcher = Batcher({"synthesis": runner}, max_batch=1, max_wait_s=0)
-    batcher.shares = Shares(half_life_s=10.0, clock=lambda: clock[0])
-    monkeypatch.setattr(batcher_module.time, "monotonic", lambda: clock[0])
+    batcher, items = _ticking(monkeypatch, half_life_s=10.0)
     heavy, light = Tenant("s", "heavy"), Tenant("s", "light")
     batcher.shares.charge(heavy, 100.0)
     task = asyncio.create_task(batcher.run())
@@ -404,6 +391,7 @@ async def test_no_tenant_starves_its_share_decays_while_others_run(monkeypatch: 
             if waiting.done():
                 break
         assert waiting.done()
+        ran = [t.requester for t, _ in items]
         assert 10 < ran.index("heavy") < 60, ran.index("heavy")  # ~30 calls: 100 s halved three times
     finally:
         task.cancel()
