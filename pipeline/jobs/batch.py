@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ MAX_INLINE_ITEMS = 1000
 CLIENT_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")  # an item's own id (fullmatch)
 MAX_JOB_ID = 128 + 1 + 64  # batch id, "~", item id
 MAX_LINE_CHARS = 1_000_000  # one line of a source (a CSV field too): beyond it, the line is refused
+MAX_DEPTH = 32  # nesting of an item's values (a manifest needs 4): deeper is that line's problem
 # The fields a batch fixes for its items: an item cannot make itself a batch, or claim another.
 RESERVED = frozenset({"items", "items_from", "batch"})
 # CSV cells are text; a cell in any other column is read as JSON when it parses (1.5, true, ["srt"]),
@@ -110,7 +112,9 @@ def item_manifest(defaults: dict[str, Any], item: Item, batch_id: str) -> bytes:
     merged = {k: v for k, v in defaults.items() if k not in RESERVED}
     merged.update(item.fields)
     merged["batch"] = {"id": batch_id, "line": item.line}
-    return json.dumps(merged, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
+    # allow_nan=False: the readers let no non-finite number through; were one to come, an error, not
+    # bytes that are not JSON.
+    return json.dumps(merged, sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
 
 
 # -- readers -------------------------------------------------------------------------------------
@@ -119,6 +123,8 @@ def item_manifest(defaults: dict[str, Any], item: Item, batch_id: str) -> bytes:
 def _item(line: int, obj: object) -> Item:
     if not isinstance(obj, dict):
         return Item(line, problem=f"line {line}: an item must be a JSON object, got {type(obj).__name__}")
+    if _depth(obj) > MAX_DEPTH:
+        return Item(line, problem=f"line {line}: nested deeper than {MAX_DEPTH}")
     fields = {str(k): v for k, v in obj.items()}
     client_id = fields.pop("id", None)
     reserved = sorted(RESERVED & fields.keys())
@@ -150,7 +156,7 @@ def _jsonl_items(text: str) -> Iterator[Item]:
             yield Item(n, problem=f"line {n}: over {MAX_LINE_CHARS} characters")
             continue
         try:
-            obj = json.loads(line, parse_constant=_no_constant)
+            obj = _loads(line)
         except RecursionError:
             yield Item(n, problem=f"line {n}: JSON nested too deeply")
             continue
@@ -169,7 +175,7 @@ def _text_items(text: str) -> Iterator[Item]:
 
 
 def _csv_items(text: str, max_items: int) -> Iterator[Item]:
-    csv.field_size_limit(MAX_LINE_CHARS + 1)  # a longer cell is that line's problem, not the reader's error
+    csv.field_size_limit(len(text) + 1)  # a cell over MAX_LINE_CHARS is its line's problem, not the reader's error
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     try:
         header = next(reader, None)
@@ -209,10 +215,35 @@ def _cell(column: str, value: str) -> Any:
     if column in CSV_TEXT_COLUMNS:
         return value
     try:
-        return json.loads(value, parse_constant=_no_constant)
+        return _loads(value)
     except (ValueError, RecursionError):
         return value
 
 
+def _loads(text: str) -> Any:
+    """JSON without NaN/Infinity, whether written so or overflowing (1e999): no manifest field
+    means them, and they would make the item's manifest bytes that are not JSON."""
+    return json.loads(text, parse_constant=_no_constant, parse_float=_finite)
+
+
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
+def _depth(value: Any) -> int:
+    """How deeply ``value`` nests (iteratively: no recursion on outside data)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict | list):
+            deepest = max(deepest, d)
+            if d <= MAX_DEPTH:
+                stack.extend((c, d + 1) for c in (v.values() if isinstance(v, dict) else v))
+    return deepest

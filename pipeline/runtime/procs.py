@@ -11,7 +11,7 @@ def alive(pid: int) -> bool:
     """A process ``pid`` exists (ours or another user's)."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # none; a pid no process can have
         return False
     except PermissionError:
         return True
@@ -22,12 +22,12 @@ def start_time(pid: int) -> str | None:
     """``pid``'s start time in clock ticks since boot (what tells a recycled pid from the process
     that had it); "" without /proc (not Linux) while it runs; None if it does not run."""
     try:
-        line = Path(f"/proc/{pid}/stat").read_text()
+        line = Path(f"/proc/{pid}/stat").read_bytes()  # the name in it is any bytes, not UTF-8
     except FileNotFoundError:
         if Path("/proc/self/stat").exists():
             return None  # /proc exists: the process does not
         return "" if alive(pid) else None
     except OSError:
         return None
-    fields = line.rsplit(")", 1)[-1].split()
-    return fields[19] if len(fields) > 19 else None  # field 22 of proc(5), counted after "(comm)"
+    fields = line.rsplit(b")", 1)[-1].split()  # field 22 of proc(5) is fields[19], counted after "(comm)"
+    return fields[19].decode("ascii", "replace") if len(fields) > 19 else None

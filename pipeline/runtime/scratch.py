@@ -18,9 +18,9 @@ not keep a dead process's files. Without ``/proc`` (not Linux) the pid alone dec
 from __future__ import annotations
 
 import atexit
-import contextlib
 import logging
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -31,6 +31,7 @@ from pipeline.runtime import procs
 log = logging.getLogger(__name__)
 
 _claimed: Path | None = None
+_ENTRY = re.compile(r"([0-9]{1,10})-.*", re.ASCII)  # <pid>-<start time>: a process's directory
 
 
 def root(base: str | os.PathLike[str] | None = None) -> Path:
@@ -86,12 +87,14 @@ def sweep(top: Path) -> int:
     except OSError:
         return 0
     for d in entries:
-        pid, _, _ = d.name.partition("-")
-        if not pid.isdigit() or d.name == tag(int(pid)):  # not ours, or its process still runs
-            continue
-        with contextlib.suppress(OSError):
+        named = _ENTRY.fullmatch(d.name)
+        try:
+            if named is None or d.name == tag(int(named[1])):  # not ours, or its process still runs
+                continue
             shutil.rmtree(d)
             removed += 1
+        except Exception as e:  # one odd entry must not keep a worker from starting
+            log.warning("scratch directory %s left in place: %s", d, e)
     return removed
 
 

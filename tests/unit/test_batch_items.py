@@ -124,3 +124,18 @@ def test_the_readers_are_total_over_text(text: str, kind: str) -> None:
         return
     lines = text.count("\n") + 1
     assert all(1 <= i.line <= lines for i in items)
+
+
+def test_lines_the_manifest_could_not_hold_fail_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found in review: an item nested just under the JSON reader's limit made ``item_manifest``
+    raise RecursionError from a deeper stack; ``1e999`` read as infinity made manifest bytes that
+    are not JSON; a CSV cell over the line limit refused the whole batch."""
+    from pipeline.jobs import batch
+
+    deep = '{"text": "x", "lexicon": ' + "[" * 40 + "]" * 40 + "}"
+    items = read_source(f'{deep}\n{{"text": "y", "speed": 1e999}}\n{{"text": "z"}}\n'.encode(), "jsonl", 10)
+    assert [bool(i.problem) for i in items] == [True, True, False]
+    assert "nested deeper" in (items[0].problem or "") and "out of range" in (items[1].problem or "")
+    monkeypatch.setattr(batch, "MAX_LINE_CHARS", 10)
+    rows = read_source(b"text\nshort\n" + b"x" * 50 + b"\nfine\n", "csv", 10)
+    assert [(r.line, bool(r.problem)) for r in rows] == [(2, False), (3, True), (4, False)]

@@ -84,3 +84,15 @@ def test_a_root_that_is_not_ours_is_neither_used_nor_swept(tmp_path: Path) -> No
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
     assert (elsewhere / "123-456").is_dir()
     assert not out.stdout.strip().startswith(str(scratch.root(tmp_path)))
+
+
+def test_odd_entries_never_stop_a_sweep(tmp_path: Path) -> None:
+    """A sweep runs first thing in a worker: an entry it cannot read must not crash the start.
+    Found in review: a name of Unicode digits ("²") passed ``isdigit`` and broke ``int``; a pid no
+    process can have overflowed ``os.kill``."""
+    top = scratch.root(tmp_path)
+    top.mkdir(mode=0o700)
+    for name in ("²-x", "9999999999-1", "12-"):
+        (top / name).mkdir()
+    assert scratch.sweep(top) == 2  # the two that name no running process; "²-x" is not ours
+    assert [p.name for p in top.iterdir()] == ["²-x"]
