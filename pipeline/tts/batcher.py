@@ -225,7 +225,10 @@ class Batcher:
                 continue
             anchor = self._anchor()
             batch = self._select(anchor)
-            wait_s = anchor.enqueued + self.max_wait_s - time.monotonic()
+            # Closed when the oldest item of its priority has waited max_wait_s (the anchor, chosen by
+            # share, may be younger: each newcomer must not restart the wait of those before it).
+            oldest = min(p.enqueued for p in self._queue if p.work.priority == anchor.work.priority)
+            wait_s = oldest + self.max_wait_s - time.monotonic()
             if len(batch) < self.max_batch and wait_s > 0:
                 self._arrived.clear()
                 with contextlib.suppress(TimeoutError):
